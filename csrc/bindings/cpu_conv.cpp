@@ -1,0 +1,116 @@
+// Bindings of the convolution kernels: shape check, buffer checks, GIL released, ISA dispatch.
+#include <pybind11/pybind11.h>
+
+#include "bindings/buffers.h"
+#include "cpu/conv_direct.h"
+
+namespace pyconv {
+
+void check_conv_shape(const ConvShape& s) {
+  PYCONV_CHECK(s.N >= 0 && s.C >= 0 && s.H >= 0 && s.W >= 0 && s.K >= 0, "ConvShape: negative size");
+  PYCONV_CHECK(s.R >= 1 && s.S >= 1, "ConvShape: kernel size ", s.R, "x", s.S, " must be positive");
+  PYCONV_CHECK(s.G >= 1 && s.C % s.G == 0 && s.K % s.G == 0, "ConvShape: groups=", s.G,
+               " must divide C=", s.C, " and K=", s.K);
+  PYCONV_CHECK(s.stride_h >= 1 && s.stride_w >= 1, "ConvShape: stride must be positive");
+  PYCONV_CHECK(s.dil_h >= 1 && s.dil_w >= 1, "ConvShape: dilation must be positive");
+  PYCONV_CHECK(s.pad_h >= 0 && s.pad_w >= 0, "ConvShape: padding must be non-negative");
+  const int64_t lim = int64_t(1) << 40;
+  for (int64_t v : {s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w})
+    PYCONV_CHECK(v < lim, "ConvShape: size ", v, " out of range");
+  // The output size must be torch's for a bottom/right padding of pad or pad+1 ('same', even kernels).
+  auto out_ok = [](int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t st, int64_t out) {
+    for (int64_t extra = 0; extra <= 1; ++extra) {
+      const int64_t span = in + 2 * pad + extra - dil * (k - 1) - 1;
+      if (span >= 0 && span / st + 1 == out) return true;
+    }
+    return false;
+  };
+  PYCONV_CHECK(out_ok(s.H, s.pad_h, s.dil_h, s.R, s.stride_h, s.P), "ConvShape: output height P=", s.P,
+               " is inconsistent with H=", s.H, " pad=", s.pad_h, " R=", s.R);
+  PYCONV_CHECK(out_ok(s.W, s.pad_w, s.dil_w, s.S, s.stride_w, s.Q), "ConvShape: output width Q=", s.Q,
+               " is inconsistent with W=", s.W, " pad=", s.pad_w, " S=", s.S);
+}
+
+namespace {
+
+struct ConvBuffers {
+  int64_t x, w, y;
+};
+
+ConvBuffers conv_sizes(const ConvShape& s) {
+  check_conv_shape(s);
+  return {checked_numel({s.N, s.C, s.H, s.W}), checked_numel({s.K, s.Cg(), s.R, s.S}),
+          checked_numel({s.N, s.K, s.P, s.Q})};
+}
+
+template <typename T>
+void direct_forward(const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
+                    py::array& y) {
+  const ConvBuffers n = conv_sizes(s);
+  const T* xp = in_buffer<T>(x, "input", n.x);
+  const T* wp = in_buffer<T>(w, "weight", n.w);
+  const T* bp = opt_in_buffer<T>(b, "bias", s.K);
+  T* yp = out_buffer<T>(y, "output", n.y);
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp);
+}
+
+template <typename T>
+void direct_backward_input(const ConvShape& s, const py::array& gy, const py::array& w, py::array& gx) {
+  const ConvBuffers n = conv_sizes(s);
+  const T* gyp = in_buffer<T>(gy, "grad_output", n.y);
+  const T* wp = in_buffer<T>(w, "weight", n.w);
+  T* gxp = out_buffer<T>(gx, "grad_input", n.x);
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(conv_direct_backward_input<T>)(s, gyp, wp, gxp);
+}
+
+template <typename T>
+void direct_backward_weight(const ConvShape& s, const py::array& x, const py::array& gy, const py::object& gw,
+                            const py::object& gb) {
+  const ConvBuffers n = conv_sizes(s);
+  const T* xp = in_buffer<T>(x, "input", n.x);
+  const T* gyp = in_buffer<T>(gy, "grad_output", n.y);
+  T* gwp = opt_out_buffer<T>(gw, "grad_weight", n.w);
+  T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.K);
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(conv_direct_backward_weight<T>)(s, xp, gyp, gwp, gbp);
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  py::class_<ConvShape>(m, "ConvShape")
+      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
+                       int64_t Q, int64_t G, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                       int64_t dw) {
+             ConvShape s;
+             s.N = N, s.C = C, s.H = H, s.W = W, s.K = K, s.R = R, s.S = S, s.P = P, s.Q = Q, s.G = G;
+             s.stride_h = sh, s.stride_w = sw, s.pad_h = ph, s.pad_w = pw, s.dil_h = dh, s.dil_w = dw;
+             check_conv_shape(s);
+             return s;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"),
+           py::arg("P"), py::arg("Q"), py::arg("G"), py::arg("stride_h"), py::arg("stride_w"),
+           py::arg("pad_h"), py::arg("pad_w"), py::arg("dil_h"), py::arg("dil_w"))
+      .def_readonly("N", &ConvShape::N).def_readonly("C", &ConvShape::C)
+      .def_readonly("K", &ConvShape::K).def_readonly("P", &ConvShape::P).def_readonly("Q", &ConvShape::Q);
+
+  m.def("conv_direct_forward", [](const ConvShape& s, const py::array& x, const py::array& w,
+                                  const py::object& b, py::array& y) {
+    if (dtype_of(x, "input") == DType::f32) return direct_forward<float>(s, x, w, b, y);
+    return direct_forward<double>(s, x, w, b, y);
+  }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"));
+  m.def("conv_direct_backward_input", [](const ConvShape& s, const py::array& gy, const py::array& w,
+                                         py::array& gx) {
+    if (dtype_of(gy, "grad_output") == DType::f32) return direct_backward_input<float>(s, gy, w, gx);
+    return direct_backward_input<double>(s, gy, w, gx);
+  }, py::arg("shape"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"));
+  m.def("conv_direct_backward_weight", [](const ConvShape& s, const py::array& x, const py::array& gy,
+                                          const py::object& gw, const py::object& gb) {
+    if (dtype_of(x, "input") == DType::f32) return direct_backward_weight<float>(s, x, gy, gw, gb);
+    return direct_backward_weight<double>(s, x, gy, gw, gb);
+  }, py::arg("shape"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("grad_bias"));
+}
+
+}  // namespace pyconv

@@ -1,0 +1,38 @@
+// pyconv._C: the C++ CPU kernels. Each op family binds itself in its own cpu_*.cpp file.
+#include <pybind11/pybind11.h>
+
+#include <new>
+
+#include "common/error.h"
+#include "common/runtime.h"
+#include "cpu/isa.h"
+
+namespace py = pybind11;
+
+namespace pyconv {
+void bind_conv(py::module_& m);
+void bind_pool(py::module_& m);
+void bind_batch_norm(py::module_& m);
+}  // namespace pyconv
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyconv C++ CPU kernels";
+  // Native argument errors surface as pyconv.PyConvError (a ValueError and a RuntimeError).
+  static py::object error_type = py::module_::import("pyconv._errors").attr("PyConvError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const pyconv::Error& e) {
+      PyErr_SetString(error_type.ptr(), e.what());
+    }
+  });
+  m.def("set_num_threads", &pyconv::set_num_threads);
+  m.def("get_num_threads", &pyconv::num_threads);
+  m.def("set_debug_fill", &pyconv::set_debug_fill,
+        "Fill every workspace with 0xA5 bytes before use (tests).");
+  m.def("isa", [] { return pyconv::cpu_has_avx2_fma() ? "avx2" : "generic"; },
+        "Instruction set of the kernels chosen at run time.");
+  pyconv::bind_conv(m);
+  pyconv::bind_pool(m);
+  pyconv::bind_batch_norm(m);
+}

@@ -1,0 +1,50 @@
+#include "common/runtime.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "common/error.h"
+
+namespace pyconv {
+
+namespace {
+std::atomic<int> g_threads{0};
+std::atomic<bool> g_debug_fill{false};
+}  // namespace
+
+int num_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
+}
+
+void set_num_threads(int n) {
+  PYCONV_CHECK(n >= 1, "set_num_threads: n=", n, " but expected a positive thread count");
+  g_threads.store(n, std::memory_order_relaxed);
+}
+
+bool debug_fill() { return g_debug_fill.load(std::memory_order_relaxed); }
+void set_debug_fill(bool on) { g_debug_fill.store(on, std::memory_order_relaxed); }
+
+size_t checked_bytes(int64_t count, size_t elem_size) {
+  PYCONV_CHECK(count >= 0, "negative workspace size ", count);
+  if (count != 0 && static_cast<uint64_t>(count) > std::numeric_limits<size_t>::max() / elem_size / 2)
+    throw std::bad_alloc();
+  return static_cast<size_t>(count) * elem_size;
+}
+
+Workspace::Workspace(size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  size_t rounded = (bytes + 63) / 64 * 64;
+  ptr_ = std::aligned_alloc(64, rounded);
+  if (!ptr_) throw std::bad_alloc();
+  if (debug_fill()) std::memset(ptr_, 0xA5, rounded);
+}
+
+Workspace::~Workspace() { std::free(ptr_); }
+
+}  // namespace pyconv

@@ -1,0 +1,363 @@
+// Direct convolution, NCHW, float32 / float64, any stride, padding, dilation and group count.
+//
+//   forward      y[n,k,p,q]  = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+//   grad-input   gx = conv_stride1( zero_insert(gy, sh, sw), rot180(w) with k and c swapped )
+//                (the transposed convolution, run through the forward path)
+//   grad-weight  gw[k,c,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+//   grad-bias    gb[k] = sum_{n,p,q} gy[n,k,p,q]
+//
+// Each image is first copied into a zero-padded, stride-deinterleaved row buffer (RowPack), so the
+// inner loops do contiguous vector loads with no bounds tests whatever the stride, padding or
+// dilation. The forward micro-kernel holds a KB (output channels) x QV*W (output columns) tile of
+// accumulators in registers; the weight-gradient kernel a KB x SB (filter columns) tile of vectors
+// reduced along the output row.
+#include "cpu/conv_direct.h"
+
+#include "common/runtime.h"
+#include "cpu/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+namespace {
+
+// One channel of the virtual padded image: vimg(i, j) = src((i-top)/ins_h, (j-left)/ins_w) where the
+// divisions are exact and in range, else 0. Element (i, j) is stored at [i][j % phases][j / phases].
+struct RowPack {
+  int64_t Hsrc, Wsrc, ins_h, ins_w, top, left;
+  int64_t Hb, phases, Wl;
+  int64_t row() const { return phases * Wl; }
+  int64_t plane() const { return Hb * phases * Wl; }
+};
+
+template <typename T>
+void pack_rows(const RowPack& g, int64_t channels, const T* src, T* dst) {
+  const int64_t rows = channels * g.Hb;
+  const int64_t len = g.row();
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t cr = 0; cr < rows; ++cr) {
+    const int64_t c = cr / g.Hb, i = cr % g.Hb;
+    T* out = dst + cr * len;
+    const int64_t si = i - g.top;
+    const bool has_row = si >= 0 && si % g.ins_h == 0 && si / g.ins_h < g.Hsrc;
+    if (!has_row) {
+      for (int64_t t = 0; t < len; ++t) out[t] = T(0);
+      continue;
+    }
+    const T* in = src + (c * g.Hsrc + si / g.ins_h) * g.Wsrc;
+    if (g.phases == 1 && g.ins_w == 1) {
+      // Plain padded copy: [0, left) zeros, the source row, zeros to the end.
+      const int64_t w0 = imax(0, -g.left);
+      const int64_t j0 = imax(0, g.left);
+      const int64_t n = imax(0, imin(g.Wsrc - w0, len - j0));
+      for (int64_t t = 0; t < j0; ++t) out[t] = T(0);
+      for (int64_t t = 0; t < n; ++t) out[j0 + t] = in[w0 + t];
+      for (int64_t t = j0 + n; t < len; ++t) out[t] = T(0);
+      continue;
+    }
+    for (int64_t t = 0; t < len; ++t) out[t] = T(0);
+    for (int64_t w = 0; w < g.Wsrc; ++w) {
+      const int64_t j = g.left + w * g.ins_w;
+      if (j < 0) continue;
+      if (j >= len) break;
+      out[(j % g.phases) * g.Wl + j / g.phases] = in[w];
+    }
+  }
+}
+
+// A convolution over packed rows: Cin channels per group in, Kout per group out.
+struct Core {
+  int64_t G, Cin, Kout, R, S, P, Q, sh, dh;
+  RowPack pk;
+  const int64_t* soff;  // offset of filter column s inside a packed row
+};
+
+// Filters as [G][ceil(Kout/KB)][Cin][R][S][KB], zero beyond Kout. `transposed` reads the grad-input
+// filter: output channel = forward input channel, input channel = forward output channel, rotated.
+template <typename T>
+void pack_filters(const T* w, int64_t G, int64_t Kout, int64_t Cin, int64_t R, int64_t S, int KB,
+                  bool transposed, T* dst) {
+  const int64_t nkb = ceil_div(Kout, KB);
+  const int64_t RS = R * S;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t gb = 0; gb < G * nkb; ++gb) {
+    const int64_t g = gb / nkb, kb = gb % nkb;
+    T* out = dst + gb * Cin * RS * KB;
+    for (int64_t c = 0; c < Cin; ++c)
+      for (int64_t rs = 0; rs < RS; ++rs)
+        for (int k = 0; k < KB; ++k) {
+          const int64_t ko = kb * KB + k;
+          T v = T(0);
+          if (ko < Kout) {
+            v = transposed ? w[((g * Cin + c) * Kout + ko) * RS + (RS - 1 - rs)]
+                           : w[((g * Kout + ko) * Cin + c) * RS + rs];
+          }
+          out[(c * RS + rs) * KB + k] = v;
+        }
+  }
+}
+
+template <typename T, int KB, int QV>
+void conv_image(const Core& cc, const T* xp, const T* wp, const T* bias, T* y) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  constexpr int QT = QV * W;
+  const int64_t nkb = ceil_div(cc.Kout, KB);
+  const int64_t RS = cc.R * cc.S, row = cc.pk.row(), plane = cc.pk.plane();
+  const int64_t tasks = cc.G * cc.P * nkb;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t g = t / (cc.P * nkb);
+    const int64_t p = (t / nkb) % cc.P;
+    const int64_t kb = t % nkb;
+    const int64_t k0 = kb * KB;
+    const int kvalid = static_cast<int>(imin(KB, cc.Kout - k0));
+    const T* wblk = wp + (g * nkb + kb) * cc.Cin * RS * KB;
+    const T* xg = xp + g * cc.Cin * plane + p * cc.sh * row;
+    T* yk = y + ((g * cc.Kout + k0) * cc.P + p) * cc.Q;
+    T bk[KB];
+    for (int k = 0; k < KB; ++k) bk[k] = (bias && k < kvalid) ? bias[g * cc.Kout + k0 + k] : T(0);
+    for (int64_t q0 = 0; q0 < cc.Q; q0 += QT) {
+      V acc[KB][QV];
+      for (int k = 0; k < KB; ++k)
+        for (int v = 0; v < QV; ++v) acc[k][v] = V{};
+      for (int64_t c = 0; c < cc.Cin; ++c) {
+        const T* xc = xg + c * plane + q0;
+        const T* wc = wblk + c * RS * KB;
+        for (int64_t r = 0; r < cc.R; ++r) {
+          const T* xr = xc + r * cc.dh * row;
+          const T* wr = wc + r * cc.S * KB;
+          for (int64_t s = 0; s < cc.S; ++s) {
+            const T* xs = xr + cc.soff[s];
+            V xv[QV];
+            for (int v = 0; v < QV; ++v) xv[v] = vload(xs + v * W);
+            const T* ws = wr + s * KB;
+            for (int k = 0; k < KB; ++k) {
+              const V wv = vbroadcast(ws[k]);
+              for (int v = 0; v < QV; ++v) acc[k][v] += wv * xv[v];
+            }
+          }
+        }
+      }
+      const int64_t qn = imin(QT, cc.Q - q0);
+      for (int k = 0; k < kvalid; ++k) {
+        T* yo = yk + k * cc.P * cc.Q + q0;
+        const V bv = vbroadcast(bk[k]);
+        if (qn == QT) {
+          for (int v = 0; v < QV; ++v) vstore(yo + v * W, acc[k][v] + bv);
+        } else {
+          T tmp[QT];
+          for (int v = 0; v < QV; ++v) vstore(tmp + v * W, acc[k][v] + bv);
+          for (int64_t i = 0; i < qn; ++i) yo[i] = tmp[i];
+        }
+      }
+    }
+  }
+}
+
+struct Tile {
+  int KB, QV;
+};
+
+// Register tiles that fit 16 vector registers (KB*QV accumulators + QV inputs + 1 broadcast).
+constexpr Tile kTiles[] = {{1, 4}, {2, 4}, {3, 3}, {4, 3}, {6, 2}, {12, 1}};
+
+// Pick the tile with the fewest modelled cycles: each step issues KB*QV FMAs and KB+QV loads,
+// two of each per cycle; padding of Kout and Q up to the tile is wasted work.
+template <typename T>
+Tile choose_tile(int64_t Kout, int64_t Q) {
+  const int W = Simd<T>::W;
+  Tile best = kTiles[0];
+  double best_cost = 1e300;
+  for (const Tile& t : kTiles) {
+    if (t.KB > Kout && t.KB > 1) continue;
+    const double steps = double(ceil_div(Kout, t.KB)) * double(ceil_div(Q, t.QV * W));
+    const double cost = steps * double(imax(t.KB * t.QV, t.KB + t.QV));
+    if (cost < best_cost) best_cost = cost, best = t;
+  }
+  return best;
+}
+
+template <typename T>
+void run_conv_image(const Tile& tile, const Core& cc, const T* xp, const T* wp, const T* b, T* y) {
+#define PYCONV_TILE_CASE(kb, qv) \
+  if (tile.KB == kb && tile.QV == qv) return conv_image<T, kb, qv>(cc, xp, wp, b, y);
+  PYCONV_TILE_CASE(1, 4)
+  PYCONV_TILE_CASE(2, 4)
+  PYCONV_TILE_CASE(3, 3)
+  PYCONV_TILE_CASE(4, 3)
+  PYCONV_TILE_CASE(6, 2)
+  PYCONV_TILE_CASE(12, 1)
+#undef PYCONV_TILE_CASE
+}
+
+// Filter-column offsets inside a packed row: column j = q*sw + s*dw lives at
+// [(j % sw) * Wl + j / sw], i.e. at q + soff[s].
+void column_offsets(int64_t S, int64_t dw, int64_t phases, int64_t Wl, int64_t* soff) {
+  for (int64_t s = 0; s < S; ++s) soff[s] = ((s * dw) % phases) * Wl + (s * dw) / phases;
+}
+
+// The forward problem's row buffer, wide enough for output columns [0, Qcols).
+RowPack forward_pack(const ConvShape& s, int64_t Qcols) {
+  RowPack pk{};
+  pk.Hsrc = s.H, pk.Wsrc = s.W, pk.ins_h = 1, pk.ins_w = 1, pk.top = s.pad_h, pk.left = s.pad_w;
+  pk.Hb = (s.P - 1) * s.stride_h + s.dil_h * (s.R - 1) + 1;
+  pk.phases = s.stride_w;
+  pk.Wl = ceil_div((Qcols - 1) * s.stride_w + s.dil_w * (s.S - 1) + 1, s.stride_w);
+  return pk;
+}
+
+// Runs a convolution image by image: pack the image's rows, then the register-tiled kernel.
+template <typename T>
+void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, const T* w, bool transposed,
+                const T* b, T* dst, Core cc, const Tile& tile, int64_t dw) {
+  Workspace soff_ws(checked_bytes(cc.S, sizeof(int64_t)));
+  column_offsets(cc.S, dw, cc.pk.phases, cc.pk.Wl, soff_ws.as<int64_t>());
+  cc.soff = soff_ws.as<int64_t>();
+  const int64_t nkb = ceil_div(cc.Kout, tile.KB);
+  Workspace wpack(checked_bytes(cc.G * nkb * cc.Cin * cc.R * cc.S * tile.KB, sizeof(T)));
+  pack_filters(w, cc.G, cc.Kout, cc.Cin, cc.R, cc.S, tile.KB, transposed, wpack.as<T>());
+  // One spare vector past the last row: the widest tile may over-read a row's tail columns.
+  Workspace xpack(checked_bytes(cc.G * cc.Cin * cc.pk.plane() + 64, sizeof(T)));
+  for (int64_t n = 0; n < N; ++n) {
+    pack_rows(cc.pk, cc.G * cc.Cin, src + n * in_image, xpack.as<T>());
+    run_conv_image(tile, cc, xpack.as<T>(), wpack.as<T>(), b, dst + n * out_image);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
+  const Tile tile = choose_tile<T>(s.Kg(), s.Q);
+  const int64_t qt = tile.QV * Simd<T>::W;
+  Core cc{s.G, s.Cg(), s.Kg(), s.R, s.S, s.P, s.Q, s.stride_h, s.dil_h,
+          forward_pack(s, ceil_div(s.Q, qt) * qt), nullptr};
+  conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w);
+}
+
+template <typename T>
+void conv_direct_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return;
+  const Tile tile = choose_tile<T>(s.Cg(), s.W);
+  const int64_t qt = tile.QV * Simd<T>::W;
+  RowPack pk{};
+  pk.Hsrc = s.P, pk.Wsrc = s.Q, pk.ins_h = s.stride_h, pk.ins_w = s.stride_w;
+  pk.top = s.dil_h * (s.R - 1) - s.pad_h;
+  pk.left = s.dil_w * (s.S - 1) - s.pad_w;
+  pk.Hb = s.H + s.dil_h * (s.R - 1);
+  pk.phases = 1;
+  pk.Wl = ceil_div(s.W, qt) * qt + s.dil_w * (s.S - 1);
+  Core cc{s.G, s.Kg(), s.Cg(), s.R, s.S, s.H, s.W, 1, s.dil_h, pk, nullptr};
+  conv_batch(s.N, s.K * s.P * s.Q, s.C * s.H * s.W, gy, w, true, static_cast<const T*>(nullptr), gx, cc,
+             tile, s.dil_w);
+}
+
+namespace {
+
+// gw[k0..k0+KB, c, r, s0..s0+SB] += sum_{p,q} gy[k, p, q] * xrow(c, p*sh + r*dh)[q + soff[s]]
+template <typename T, int KB, int SB>
+void weight_tile(const ConvShape& s, const RowPack& pk, const int64_t* soff, const T* xc, const T* gyg,
+                 int64_t k0, int64_t r, int64_t s0, T* gw_kc) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  const int64_t Kg = s.Kg(), PQ = s.P * s.Q, row = pk.row();
+  const int64_t RS = s.R * s.S, CgRS = s.Cg() * RS;
+  const T* gyk[KB];
+  for (int k = 0; k < KB; ++k) gyk[k] = gyg + imin(k0 + k, Kg - 1) * PQ;  // tail rows repeat, unused
+  V acc[KB][SB];
+  T tail[KB][SB];
+  for (int k = 0; k < KB; ++k)
+    for (int j = 0; j < SB; ++j) acc[k][j] = V{}, tail[k][j] = T(0);
+  for (int64_t p = 0; p < s.P; ++p) {
+    const T* xr = xc + (p * s.stride_h + r * s.dil_h) * row;
+    const T* xs[SB];
+    for (int j = 0; j < SB; ++j) xs[j] = xr + soff[s0 + j];
+    const int64_t prow = p * s.Q;
+    int64_t q = 0;
+    for (; q + W <= s.Q; q += W) {
+      V xv[SB];
+      for (int j = 0; j < SB; ++j) xv[j] = vload(xs[j] + q);
+      for (int k = 0; k < KB; ++k) {
+        const V gv = vload(gyk[k] + prow + q);
+        for (int j = 0; j < SB; ++j) acc[k][j] += gv * xv[j];
+      }
+    }
+    for (; q < s.Q; ++q)
+      for (int k = 0; k < KB; ++k)
+        for (int j = 0; j < SB; ++j) tail[k][j] += gyk[k][prow + q] * xs[j][q];
+  }
+  const int kvalid = static_cast<int>(imin(KB, Kg - k0));
+  for (int k = 0; k < kvalid; ++k)
+    for (int j = 0; j < SB; ++j) gw_kc[k * CgRS + r * s.S + s0 + j] += vsum<T>(acc[k][j]) + tail[k][j];
+}
+
+template <typename T, int KB>
+void weight_columns(const ConvShape& s, const RowPack& pk, const int64_t* soff, const T* xc, const T* gyg,
+                    int64_t k0, T* gw_kc) {
+  for (int64_t r = 0; r < s.R; ++r) {
+    int64_t s0 = 0;
+    for (; s0 + 3 <= s.S; s0 += 3) weight_tile<T, KB, 3>(s, pk, soff, xc, gyg, k0, r, s0, gw_kc);
+    if (s.S - s0 == 2) weight_tile<T, KB, 2>(s, pk, soff, xc, gyg, k0, r, s0, gw_kc);
+    if (s.S - s0 == 1) weight_tile<T, KB, 1>(s, pk, soff, xc, gyg, k0, r, s0, gw_kc);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb) {
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), RS = s.R * s.S, PQ = s.P * s.Q;
+  const int nthr = num_threads();
+  if (gw) {
+    const int64_t wn = s.K * Cg * RS;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t i = 0; i < wn; ++i) gw[i] = T(0);
+  }
+  if (gb) {
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t k = 0; k < s.K; ++k) {
+      T acc = T(0);
+      for (int64_t n = 0; n < s.N; ++n) {
+        const T* g = gy + (n * s.K + k) * PQ;
+        for (int64_t i = 0; i < PQ; ++i) acc += g[i];
+      }
+      gb[k] = acc;
+    }
+  }
+  if (!gw || s.N == 0 || PQ == 0 || s.K == 0 || Cg == 0) return;
+  const RowPack pk = forward_pack(s, s.Q);
+  Workspace soff_ws(checked_bytes(s.S, sizeof(int64_t)));
+  int64_t* soff = soff_ws.as<int64_t>();
+  column_offsets(s.S, s.dil_w, pk.phases, pk.Wl, soff);
+  Workspace xpack(checked_bytes(s.C * pk.plane(), sizeof(T)));
+  const int KB = Kg >= 4 ? 4 : 1;
+  const int64_t nkb = ceil_div(Kg, KB);
+  const int64_t tasks = s.G * nkb * Cg;
+  for (int64_t n = 0; n < s.N; ++n) {
+    pack_rows(pk, s.C, x + n * s.C * s.H * s.W, xpack.as<T>());
+    const T* gyn = gy + n * s.K * PQ;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t g = t / (nkb * Cg), kb = (t / Cg) % nkb, c = t % Cg;
+      const T* xc = xpack.as<T>() + (g * Cg + c) * pk.plane();
+      const T* gyg = gyn + g * Kg * PQ;
+      T* gw_kc = gw + ((g * Kg + kb * KB) * Cg + c) * RS;
+      if (KB == 4)
+        weight_columns<T, 4>(s, pk, soff, xc, gyg, kb * KB, gw_kc);
+      else
+        weight_columns<T, 1>(s, pk, soff, xc, gyg, kb * KB, gw_kc);
+    }
+  }
+}
+
+#define PYCONV_INSTANTIATE(T)                                                                        \
+  template void conv_direct_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);         \
+  template void conv_direct_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
+  template void conv_direct_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);
+PYCONV_INSTANTIATE(float)
+PYCONV_INSTANTIATE(double)
+#undef PYCONV_INSTANTIATE
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,12 @@
+#pragma once
+#include "common/shapes.h"
+#include "cpu/isa.h"
+
+PYCONV_FOR_EACH_ISA(
+  template <typename T>
+  void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+  template <typename T>
+  void conv_direct_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
+  template <typename T>
+  void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb);
+)

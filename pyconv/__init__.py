@@ -1,0 +1,37 @@
+"""pyconv: hand-written convolution, pooling and batch-norm kernels (C++, CUDA, Numba),
+verified against PyTorch."""
+import torch
+
+from ._errors import PyConvError
+from ._version import __version__
+from . import _C, ops  # noqa: F401  (ops registers torch.ops.pyconv.*)
+from . import functional, nn
+from .backends import available_backends
+
+__all__ = ["PyConvError", "__version__", "available_backends", "set_num_threads", "get_num_threads",
+           "functional", "nn"]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU backends (default: torch.get_num_threads())."""
+    import operator
+
+    n = operator.index(n)
+    if n < 1:
+        raise PyConvError(f"set_num_threads: n={n} but expected a positive thread count")
+    _C.set_num_threads(n)
+    try:
+        from .backends import numba as _nb
+
+        if getattr(_nb, "IMPLEMENTED", False):
+            _nb.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def get_num_threads() -> int:
+    return _C.get_num_threads()
+
+
+_C.set_num_threads(max(1, torch.get_num_threads()))
+_C.set_debug_fill(__import__("pyconv._config", fromlist=["DEBUG_FILL"]).DEBUG_FILL)

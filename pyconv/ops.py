@@ -1,0 +1,103 @@
+"""The torch.library custom ops (torch.ops.pyconv.*): one opaque op per kernel call, with its
+autograd formula (register_autograd) and fake-tensor function (register_fake), so autograd and
+torch.compile see pyconv ops and never trace into the kernels.
+
+Ops take normalized arguments (lists of ints, concrete algo and backend names); pyconv.functional
+does the user-facing normalization. The ops still check shapes, so a direct call to
+torch.ops.pyconv.* cannot reach a kernel with inconsistent buffers.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _args, _config, autotune, backends
+
+
+def new_output(shape, like: Tensor) -> Tensor:
+    """Kernel outputs; NaN-filled under PYCONV_DEBUG_FILL so unwritten elements fail the tests."""
+    t = torch.empty(shape, dtype=like.dtype, device=like.device)
+    if _config.DEBUG_FILL:
+        t.fill_(float("nan"))
+    return t
+
+
+def _params(stride, padding, dilation, groups) -> _args.ConvParams:
+    return _args.ConvParams(tuple(stride), tuple(padding), tuple(dilation), int(groups))
+
+
+def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
+    shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
+    backend = backends.resolve(backend, x.device)
+    algo = autotune.resolve_conv_algo(algo, shape, backend)
+    return shape, algo, backends.load(backend)
+
+
+# ------------------------------------------------------------------------------------ conv2d ---
+
+@torch.library.custom_op("pyconv::conv2d", mutates_args=())
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+           dilation: List[int], groups: int, algo: str, backend: str) -> Tensor:
+    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    y = new_output((shape.N, shape.K, shape.P, shape.Q), x)
+    mod.conv2d_forward(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), y,
+                       shape, algo)
+    return y
+
+
+@conv2d.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, algo, backend):
+    s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
+    return x.new_empty((s.N, s.K, s.P, s.Q))
+
+
+@torch.library.custom_op("pyconv::conv2d_backward", mutates_args=())
+def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
+                    dilation: List[int], groups: int, algo: str, backend: str,
+                    output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_input, grad_weight, grad_bias); an entry not asked for in output_mask is empty."""
+    shape, algo, mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
+    gy = grad_output.contiguous()
+    if tuple(gy.shape) != (shape.N, shape.K, shape.P, shape.Q):
+        raise _args.PyConvError(f"grad_output: expected size {(shape.N, shape.K, shape.P, shape.Q)}, "
+                                f"got {tuple(gy.shape)}")
+    x, weight = x.contiguous(), weight.contiguous()
+    empty = x.new_empty(0)
+    gx = new_output(x.shape, x) if output_mask[0] else empty
+    gw = new_output(weight.shape, weight) if output_mask[1] else empty.clone()
+    gb = new_output((shape.K,), weight) if output_mask[2] else empty.clone()
+    if output_mask[0]:
+        mod.conv2d_backward_input(gy, weight, gx, shape, algo)
+    if output_mask[1] or output_mask[2]:
+        mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None,
+                                   shape, algo)
+    return gx, gw, gb
+
+
+@conv2d_backward.register_fake
+def _(grad_output, x, weight, stride, padding, dilation, groups, algo, backend, output_mask):
+    return (x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
+            weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0),
+            weight.new_empty((weight.shape[0],)) if output_mask[2] else weight.new_empty(0))
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, algo, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conf = (stride, padding, dilation, groups, algo, backend)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_backward(ctx, grad_output):
+    x, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    if not any(mask):
+        return None, None, None, None, None, None, None, None, None
+    gx, gw, gb = torch.ops.pyconv.conv2d_backward(grad_output, x, weight, *ctx.conf, mask)
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+            None, None, None, None, None, None)
+
+
+conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
