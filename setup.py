@@ -63,7 +63,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["pyconv", "pyconv.backends", "pyconv.bench", "pyconv.kernels",
+    packages=["pyconv", "pyconv.ops", "pyconv.backends", "pyconv.bench", "pyconv.kernels",
               "pyconv.kernels.cpu", "pyconv.kernels.cuda"],
     package_dir={"pyconv": "pyconv", "pyconv.kernels": "kernels"},
     ext_modules=[CMakeExtension("pyconv._C")] + ([CMakeExtension("pyconv._C_cuda")] if find_nvcc() else []),

@@ -13,6 +13,7 @@ namespace pyconv {
 void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_batch_norm(py::module_& m);
+void bind_gemm(py::module_& m);
 }  // namespace pyconv
 
 PYBIND11_MODULE(_C, m) {
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   pyconv::bind_conv(m);
   pyconv::bind_pool(m);
   pyconv::bind_batch_norm(m);
+  pyconv::bind_gemm(m);
 }

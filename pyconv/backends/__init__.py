@@ -49,11 +49,11 @@ def resolve(name: str, device: torch.device) -> str:
     if name == "auto":
         name = "cuda" if device.type == "cuda" else "cpp"
     mod = load(name)
+    if not getattr(mod, "IMPLEMENTED", True):
+        raise NotImplementedError(f"backend={name!r}: {mod.unavailable_reason()}")
     want = REGISTRY[name].device
     if device.type != want:
         raise PyConvError(f"backend={name!r} runs on {want} data, but the input is on {device}")
-    if not getattr(mod, "IMPLEMENTED", True):
-        raise NotImplementedError(f"backend={name!r}: {mod.unavailable_reason()}")
     if not mod.is_available():
         raise PyConvError(f"backend={name!r} is not available on this machine: {mod.unavailable_reason()}; "
                           f"available: {available_backends()}")

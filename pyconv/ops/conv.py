@@ -1,6 +1,6 @@
-"""The torch.library custom ops (torch.ops.pyconv.*): one opaque op per kernel call, with its
-autograd formula (register_autograd) and fake-tensor function (register_fake), so autograd and
-torch.compile see pyconv ops and never trace into the kernels.
+"""Convolution custom ops (torch.ops.pyconv.conv2d, conv2d_backward): one opaque op per kernel
+call, with its autograd formula (register_autograd) and fake-tensor function (register_fake), so
+autograd and torch.compile see pyconv ops and never trace into the kernels.
 
 Ops take normalized arguments (lists of ints, concrete algo and backend names); pyconv.functional
 does the user-facing normalization. The ops still check shapes, so a direct call to
@@ -13,15 +13,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _args, _config, autotune, backends
-
-
-def new_output(shape, like: Tensor) -> Tensor:
-    """Kernel outputs; NaN-filled under PYCONV_DEBUG_FILL so unwritten elements fail the tests."""
-    t = torch.empty(shape, dtype=like.dtype, device=like.device)
-    if _config.DEBUG_FILL:
-        t.fill_(float("nan"))
-    return t
+from .. import _args, autotune, backends
+from .common import new_output
 
 
 def _params(stride, padding, dilation, groups) -> _args.ConvParams:

@@ -1,0 +1,3 @@
+"""torch.library custom ops (torch.ops.pyconv.*), one module per op family. Importing this package
+registers them all."""
+from . import conv  # noqa: F401

@@ -1,0 +1,35 @@
+import os
+
+# Before pyconv is imported: outputs start as NaN and native workspaces as 0xA5 garbage.
+os.environ.setdefault("PYCONV_DEBUG_FILL", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import pyconv  # noqa: E402
+from pyconv import backends  # noqa: E402
+
+settings.register_profile("default", max_examples=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("PYCONV_HYPOTHESIS_PROFILE", "default"))
+
+torch.set_num_threads(2)
+
+
+def cpu_backends():
+    return [b for b in pyconv.available_backends() if backends.REGISTRY[b].device == "cpu"]
+
+
+def conv_impls():
+    """Every (backend, algo) pair implemented on this machine's CPU backends."""
+    return [(b, a) for b in cpu_backends() for a in backends.load(b).CONV_ALGOS]
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; none present"))

@@ -1,0 +1,214 @@
+"""conv2d against torch.nn.functional.conv2d: forward and every gradient, for every implemented
+(backend, algo) pair, float32 and float64."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+import pyconv
+import pyconv.functional as PF
+from conftest import conv_impls
+from problems import EDGE_WIDTHS, REAL_LAYERS
+
+IMPLS = conv_impls()
+DTYPES = [torch.float32, torch.float64]
+
+
+def tol(dtype, algo="direct"):
+    if dtype == torch.float64:
+        return 1e-9
+    return 2e-4 if algo.startswith("winograd") else 5e-5
+
+
+def assert_close(actual, expected, dtype, algo="direct", what=""):
+    """Norm-wise relative error, so the bound does not depend on the reduction length."""
+    assert actual.shape == expected.shape, what
+    assert torch.isfinite(actual).all() == torch.isfinite(expected).all(), f"{what}: non-finite values differ"
+    if expected.numel() == 0:
+        return
+    err = (actual.double() - expected.double()).norm() / max(expected.double().norm().item(), 1e-30)
+    assert err <= tol(dtype, algo), f"{what}: relative error {err:.3g}"
+
+
+def run_both(x, w, b, backend, algo, **kw):
+    """Forward and all gradients of pyconv and torch on the same data and the same upstream grad."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    refs = [t.detach().clone().requires_grad_() for t in leaves]
+    y = PF.conv2d(leaves[0], leaves[1], leaves[2] if b is not None else None, algo=algo, backend=backend, **kw)
+    yr = F.conv2d(refs[0], refs[1], refs[2] if b is not None else None, **kw)
+    gy = torch.randn_like(yr)
+    got = torch.autograd.grad(y, leaves, gy) if yr.numel() else [torch.zeros_like(t) for t in leaves]
+    want = torch.autograd.grad(yr, refs, gy) if yr.numel() else [torch.zeros_like(t) for t in refs]
+    return (y, *got), (yr, *want)
+
+
+def check(backend, algo, dtype, N, C, H, W, K, R, S, bias=True, **kw):
+    g = kw.get("groups", 1)
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // g, R, S, dtype=dtype)
+    b = torch.randn(K, dtype=dtype) if bias else None
+    got, want = run_both(x, w, b, backend, algo, **kw)
+    for name, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), got, want):
+        assert_close(a, e, dtype, algo, f"{backend}/{algo} {name}")
+
+
+GRID = [
+    # (N, C, H, W, K, R, S, kwargs)
+    (2, 3, 9, 11, 5, 3, 3, dict()),
+    (2, 3, 9, 11, 5, 3, 3, dict(stride=2, padding=1)),
+    (1, 4, 10, 13, 6, 3, 2, dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1))),
+    (2, 6, 13, 10, 4, 5, 3, dict(stride=3, padding=2, dilation=2)),
+    (1, 8, 12, 12, 8, 4, 4, dict(padding="same")),
+    (1, 8, 12, 12, 8, 4, 3, dict(padding="same", dilation=(1, 3))),
+    (1, 5, 7, 9, 7, 3, 3, dict(padding="valid")),
+    (2, 8, 9, 9, 12, 3, 3, dict(groups=4, padding=1)),
+    (2, 8, 9, 9, 8, 3, 3, dict(groups=8, padding=1)),             # depthwise
+    (1, 6, 11, 11, 12, 3, 3, dict(groups=6, stride=2, padding=1)),  # depthwise multiplier 2
+    (2, 16, 8, 8, 16, 1, 1, dict()),
+    (1, 4, 6, 6, 3, 6, 6, dict()),                                # kernel = input
+    (1, 3, 5, 5, 4, 3, 3, dict(padding=4)),                       # padding > kernel
+    (1, 2, 1, 1, 3, 1, 1, dict()),
+]
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRID, ids=lambda c: f"{c[:7]}{c[7]}")
+def test_grid(backend, algo, dtype, case):
+    *dims, kw = case
+    check(backend, algo, dtype, *dims, **kw)
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@pytest.mark.parametrize("W", EDGE_WIDTHS)
+def test_tile_edges(backend, algo, W):
+    check(backend, algo, torch.float32, 1, 3, 3, W, 7, 3, 3, padding=1)
+    check(backend, algo, torch.float64, 1, 3, 3, W, 13, 1, 3, padding=(0, 1))
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@pytest.mark.parametrize("layer", REAL_LAYERS, ids=[layer[0] for layer in REAL_LAYERS])
+def test_real_layers(backend, algo, layer):
+    _, N, C, H, W, K, R, S, stride, padding, groups = layer
+    check(backend, algo, torch.float32, N, C, H, W, K, R, S, bias=False, stride=stride, padding=padding,
+          groups=groups)
+
+
+@st.composite
+def conv_problems(draw):
+    g = draw(st.integers(1, 3))
+    cg, kg = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    same = draw(st.booleans()) and draw(st.booleans())
+    if same:
+        stride, padding = (1, 1), "same"
+    else:
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    ph = 0 if same else padding[0]
+    pw = 0 if same else padding[1]
+    H = draw(st.integers(max(1, dh * (R - 1) + 1 - 2 * ph), 12))
+    W = draw(st.integers(max(1, dw * (S - 1) + 1 - 2 * pw), 20))
+    N = draw(st.integers(0, 3))
+    return N, g * cg, H, W, g * kg, R, S, dict(stride=stride, padding=padding, dilation=(dh, dw), groups=g), \
+        draw(st.booleans())
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@given(problem=conv_problems(), dtype=st.sampled_from(DTYPES))
+def test_hypothesis(backend, algo, problem, dtype):
+    N, C, H, W, K, R, S, kw, bias = problem
+    check(backend, algo, dtype, N, C, H, W, K, R, S, bias=bias, **kw)
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=(1, 0), dilation=(1, 2), groups=2)])
+def test_gradcheck(backend, algo, kw):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // kw.get("groups", 1), 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: PF.conv2d(x, w, b, algo=algo, backend=backend, **kw), (x, w, b))
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+def test_unbatched_empty_and_layouts(backend, algo):
+    w = torch.randn(4, 3, 3, 3)
+    x = torch.randn(3, 8, 9)
+    assert_close(PF.conv2d(x, w, padding=1, algo=algo, backend=backend), F.conv2d(x, w, padding=1),
+                 torch.float32, algo, "unbatched")
+    e = torch.randn(0, 3, 8, 9, requires_grad=True)
+    y = PF.conv2d(e, w, algo=algo, backend=backend)
+    assert y.shape == (0, 4, 6, 7)
+    y.sum().backward()
+    assert e.grad.shape == e.shape
+    xc = torch.randn(2, 3, 8, 9).to(memory_format=torch.channels_last)
+    assert_close(PF.conv2d(xc, w, algo=algo, backend=backend), F.conv2d(xc, w), torch.float32, algo, "channels_last")
+    xs = torch.randn(2, 3, 8, 18)[..., ::2]  # non-contiguous view
+    assert_close(PF.conv2d(xs, w, algo=algo, backend=backend), F.conv2d(xs, w), torch.float32, algo, "strided")
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+def test_numpy_in_numpy_out(backend, algo):
+    x = np.random.randn(2, 3, 8, 8).astype(np.float32)
+    w = np.random.randn(4, 3, 3, 3).astype(np.float32)
+    b = np.random.randn(4).astype(np.float32)
+    y = PF.conv2d(x, w, b, padding=1, algo=algo, backend=backend)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    assert_close(torch.from_numpy(y), ref, torch.float32, algo, "numpy")
+
+
+def test_nan_and_inf_propagate():
+    x = torch.randn(1, 2, 6, 6)
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 4, 4] = float("inf")
+    w = torch.rand(3, 2, 3, 3) + 0.1
+    y, yr = PF.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+    assert torch.equal(torch.isnan(y), torch.isnan(yr))
+    assert torch.equal(torch.isinf(y), torch.isinf(yr))
+
+
+def test_opcheck():
+    x = torch.randn(2, 4, 7, 8, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    args = (x, w, b, [2, 1], [1, 1, 0, 0], [1, 2], 2, "direct", "cpp")
+    torch.library.opcheck(torch.ops.pyconv.conv2d.default, args)
+    gy = torch.randn(2, 6, 4, 4)
+    torch.library.opcheck(torch.ops.pyconv.conv2d_backward.default,
+                          (gy, x.detach(), w.detach(), [2, 1], [1, 1, 0, 0], [1, 2], 2, "direct", "cpp",
+                           [True, True, True]))
+
+
+def test_generic_isa_matches_torch():
+    """The portable kernels (chosen on CPUs without AVX2) are correct too."""
+    code = (
+        "import torch, pyconv, pyconv.functional as PF, torch.nn.functional as F\n"
+        "assert pyconv._C.isa() == 'generic'\n"
+        "for dt in (torch.float32, torch.float64):\n"
+        "  x = torch.randn(2, 6, 11, 13, dtype=dt, requires_grad=True)\n"
+        "  w = torch.randn(4, 3, 3, 3, dtype=dt, requires_grad=True)\n"
+        "  y = PF.conv2d(x, w, stride=(1, 2), padding=1, groups=2); r = F.conv2d(x, w, stride=(1, 2), padding=1, groups=2)\n"
+        "  g = torch.randn_like(r)\n"
+        "  a = torch.autograd.grad(y, (x, w), g); e = torch.autograd.grad(r, (x, w), g)\n"
+        "  for u, v in zip((y,) + a, (r,) + e): assert (u - v).norm() <= 1e-5 * v.norm(), (u - v).norm()\n"
+    )
+    env = dict(__import__("os").environ, PYCONV_FORCE_GENERIC="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_threads_setting_does_not_change_results():
+    x, w = torch.randn(2, 8, 10, 10), torch.randn(8, 8, 3, 3)
+    y1 = PF.conv2d(x, w, padding=1)
+    pyconv.set_num_threads(1)
+    try:
+        y2 = PF.conv2d(x, w, padding=1)
+    finally:
+        pyconv.set_num_threads(torch.get_num_threads())
+    assert torch.equal(y1, y2)
