@@ -16,6 +16,8 @@
 #include "common/runtime.h"
 #include "cpu/simd.h"
 
+#include <omp.h>
+
 namespace pyconv {
 namespace PYCONV_ISA {
 namespace {
@@ -29,39 +31,41 @@ struct RowPack {
   int64_t plane() const { return Hb * phases * Wl; }
 };
 
+// Packs row cr (= channel * Hb + i) of the virtual padded image.
+template <typename T>
+void pack_row(const RowPack& g, const T* src, int64_t cr, T* out) {
+  const int64_t len = g.row();
+  const int64_t c = cr / g.Hb, i = cr % g.Hb;
+  const int64_t si = i - g.top;
+  const bool has_row = si >= 0 && si % g.ins_h == 0 && si / g.ins_h < g.Hsrc;
+  if (!has_row) {
+    for (int64_t t = 0; t < len; ++t) out[t] = T(0);
+    return;
+  }
+  const T* in = src + (c * g.Hsrc + si / g.ins_h) * g.Wsrc;
+  if (g.phases == 1 && g.ins_w == 1) {
+    // Plain padded copy: [0, left) zeros, the source row, zeros to the end.
+    const int64_t w0 = imax(0, -g.left);
+    const int64_t j0 = imax(0, g.left);
+    const int64_t n = imax(0, imin(g.Wsrc - w0, len - j0));
+    for (int64_t t = 0; t < j0; ++t) out[t] = T(0);
+    for (int64_t t = 0; t < n; ++t) out[j0 + t] = in[w0 + t];
+    for (int64_t t = j0 + n; t < len; ++t) out[t] = T(0);
+    return;
+  }
+  for (int64_t t = 0; t < len; ++t) out[t] = T(0);
+  for (int64_t w = 0; w < g.Wsrc; ++w) {
+    const int64_t j = g.left + w * g.ins_w;
+    if (j < 0) continue;
+    if (j >= len) break;
+    out[(j % g.phases) * g.Wl + j / g.phases] = in[w];
+  }
+}
+
 template <typename T>
 void pack_rows(const RowPack& g, int64_t channels, const T* src, T* dst) {
-  const int64_t rows = channels * g.Hb;
-  const int64_t len = g.row();
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t cr = 0; cr < rows; ++cr) {
-    const int64_t c = cr / g.Hb, i = cr % g.Hb;
-    T* out = dst + cr * len;
-    const int64_t si = i - g.top;
-    const bool has_row = si >= 0 && si % g.ins_h == 0 && si / g.ins_h < g.Hsrc;
-    if (!has_row) {
-      for (int64_t t = 0; t < len; ++t) out[t] = T(0);
-      continue;
-    }
-    const T* in = src + (c * g.Hsrc + si / g.ins_h) * g.Wsrc;
-    if (g.phases == 1 && g.ins_w == 1) {
-      // Plain padded copy: [0, left) zeros, the source row, zeros to the end.
-      const int64_t w0 = imax(0, -g.left);
-      const int64_t j0 = imax(0, g.left);
-      const int64_t n = imax(0, imin(g.Wsrc - w0, len - j0));
-      for (int64_t t = 0; t < j0; ++t) out[t] = T(0);
-      for (int64_t t = 0; t < n; ++t) out[j0 + t] = in[w0 + t];
-      for (int64_t t = j0 + n; t < len; ++t) out[t] = T(0);
-      continue;
-    }
-    for (int64_t t = 0; t < len; ++t) out[t] = T(0);
-    for (int64_t w = 0; w < g.Wsrc; ++w) {
-      const int64_t j = g.left + w * g.ins_w;
-      if (j < 0) continue;
-      if (j >= len) break;
-      out[(j % g.phases) * g.Wl + j / g.phases] = in[w];
-    }
-  }
+  for (int64_t cr = 0; cr < channels * g.Hb; ++cr) pack_row(g, src, cr, dst + cr * g.row());
 }
 
 // A convolution over packed rows: Cin channels per group in, Kout per group out.
@@ -96,61 +100,94 @@ void pack_filters(const T* w, int64_t G, int64_t Kout, int64_t Cin, int64_t R, i
   }
 }
 
+// Output row p of output channels [kb*KB, kb*KB+KB) of group g, from the group's packed rows xg.
 template <typename T, int KB, int QV>
-void conv_image(const Core& cc, const T* xp, const T* wp, const T* bias, T* y) {
+PYCONV_INLINE void conv_tile_row(const Core& cc, const T* xg, const T* wp, const T* bias, T* y, int64_t g,
+                                 int64_t p, int64_t kb) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int QT = QV * W;
   const int64_t nkb = ceil_div(cc.Kout, KB);
   const int64_t RS = cc.R * cc.S, row = cc.pk.row(), plane = cc.pk.plane();
-  const int64_t tasks = cc.G * cc.P * nkb;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t g = t / (cc.P * nkb);
-    const int64_t p = (t / nkb) % cc.P;
-    const int64_t kb = t % nkb;
-    const int64_t k0 = kb * KB;
-    const int kvalid = static_cast<int>(imin(KB, cc.Kout - k0));
-    const T* wblk = wp + (g * nkb + kb) * cc.Cin * RS * KB;
-    const T* xg = xp + g * cc.Cin * plane + p * cc.sh * row;
-    T* yk = y + ((g * cc.Kout + k0) * cc.P + p) * cc.Q;
-    T bk[KB];
-    for (int k = 0; k < KB; ++k) bk[k] = (bias && k < kvalid) ? bias[g * cc.Kout + k0 + k] : T(0);
-    for (int64_t q0 = 0; q0 < cc.Q; q0 += QT) {
-      V acc[KB][QV];
-      for (int k = 0; k < KB; ++k)
-        for (int v = 0; v < QV; ++v) acc[k][v] = V{};
-      for (int64_t c = 0; c < cc.Cin; ++c) {
-        const T* xc = xg + c * plane + q0;
-        const T* wc = wblk + c * RS * KB;
-        for (int64_t r = 0; r < cc.R; ++r) {
-          const T* xr = xc + r * cc.dh * row;
-          const T* wr = wc + r * cc.S * KB;
-          for (int64_t s = 0; s < cc.S; ++s) {
-            const T* xs = xr + cc.soff[s];
-            V xv[QV];
-            for (int v = 0; v < QV; ++v) xv[v] = vload(xs + v * W);
-            const T* ws = wr + s * KB;
-            for (int k = 0; k < KB; ++k) {
-              const V wv = vbroadcast(ws[k]);
-              for (int v = 0; v < QV; ++v) acc[k][v] += wv * xv[v];
-            }
+  const int64_t k0 = kb * KB;
+  const int kvalid = static_cast<int>(imin(KB, cc.Kout - k0));
+  const T* wblk = wp + (g * nkb + kb) * cc.Cin * RS * KB;
+  const T* xp = xg + p * cc.sh * row;
+  T* yk = y + ((g * cc.Kout + k0) * cc.P + p) * cc.Q;
+  T bk[KB];
+  for (int k = 0; k < KB; ++k) bk[k] = (bias && k < kvalid) ? bias[g * cc.Kout + k0 + k] : T(0);
+  for (int64_t q0 = 0; q0 < cc.Q; q0 += QT) {
+    V acc[KB][QV];
+    for (int k = 0; k < KB; ++k)
+      for (int v = 0; v < QV; ++v) acc[k][v] = V{};
+    for (int64_t c = 0; c < cc.Cin; ++c) {
+      const T* xc = xp + c * plane + q0;
+      const T* wc = wblk + c * RS * KB;
+      for (int64_t r = 0; r < cc.R; ++r) {
+        const T* xr = xc + r * cc.dh * row;
+        const T* wr = wc + r * cc.S * KB;
+        for (int64_t s = 0; s < cc.S; ++s) {
+          const T* xs = xr + cc.soff[s];
+          V xv[QV];
+          for (int v = 0; v < QV; ++v) xv[v] = vload(xs + v * W);
+          const T* ws = wr + s * KB;
+          for (int k = 0; k < KB; ++k) {
+            const V wv = vbroadcast(ws[k]);
+            for (int v = 0; v < QV; ++v) acc[k][v] += wv * xv[v];
           }
         }
       }
-      const int64_t qn = imin(QT, cc.Q - q0);
-      for (int k = 0; k < kvalid; ++k) {
-        T* yo = yk + k * cc.P * cc.Q + q0;
-        const V bv = vbroadcast(bk[k]);
-        if (qn == QT) {
-          for (int v = 0; v < QV; ++v) vstore(yo + v * W, acc[k][v] + bv);
-        } else {
-          T tmp[QT];
-          for (int v = 0; v < QV; ++v) vstore(tmp + v * W, acc[k][v] + bv);
-          for (int64_t i = 0; i < qn; ++i) yo[i] = tmp[i];
-        }
+    }
+    const int64_t qn = imin(QT, cc.Q - q0);
+    for (int k = 0; k < kvalid; ++k) {
+      T* yo = yk + k * cc.P * cc.Q + q0;
+      const V bv = vbroadcast(bk[k]);
+      if (qn == QT) {
+        for (int v = 0; v < QV; ++v) vstore(yo + v * W, acc[k][v] + bv);
+      } else {
+        T tmp[QT];
+        for (int v = 0; v < QV; ++v) vstore(tmp + v * W, acc[k][v] + bv);
+        for (int64_t i = 0; i < qn; ++i) yo[i] = tmp[i];
       }
     }
+  }
+}
+
+// Packed rows of one group small enough to stay in a core's L2: each thread packs one
+// (image, group) at a time and computes all its outputs while the rows are hot (depthwise and
+// other narrow groups), so the input makes one trip through memory.
+constexpr int64_t kGroupLocalBytes = 256 * 1024;
+
+// The whole batch: pack, then run the register tile over every (group, row, channel block).
+template <typename T, int KB, int QV>
+void conv_packed(const Core& cc, int64_t N, const T* src, int64_t in_image, int64_t out_image, const T* wp,
+                 const T* bias, T* dst) {
+  const int64_t nkb = ceil_div(cc.Kout, KB);
+  const int64_t plane = cc.pk.plane(), group_elems = cc.Cin * plane;
+  const int64_t spare = 64;  // the widest tile may over-read a row's last vector
+  if (group_elems * int64_t(sizeof(T)) <= kGroupLocalBytes) {
+    const int nthr = num_threads();
+    Workspace ws(checked_bytes(nthr * (group_elems + spare), sizeof(T)));
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t ng = 0; ng < N * cc.G; ++ng) {
+      const int64_t n = ng / cc.G, g = ng % cc.G;
+      T* buf = ws.as<T>() + omp_get_thread_num() * (group_elems + spare);
+      const T* src_g = src + n * in_image + g * cc.Cin * cc.pk.Hsrc * cc.pk.Wsrc;
+      for (int64_t cr = 0; cr < cc.Cin * cc.pk.Hb; ++cr) pack_row(cc.pk, src_g, cr, buf + cr * cc.pk.row());
+      for (int64_t p = 0; p < cc.P; ++p)
+        for (int64_t kb = 0; kb < nkb; ++kb)
+          conv_tile_row<T, KB, QV>(cc, buf, wp, bias, dst + n * out_image, g, p, kb);
+    }
+    return;
+  }
+  Workspace xpack(checked_bytes(cc.G * group_elems + spare, sizeof(T)));
+  const int64_t tasks = cc.G * cc.P * nkb;
+  for (int64_t n = 0; n < N; ++n) {
+    pack_rows(cc.pk, cc.G * cc.Cin, src + n * in_image, xpack.as<T>());
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t t = 0; t < tasks; ++t)
+      conv_tile_row<T, KB, QV>(cc, xpack.as<T>() + (t / (cc.P * nkb)) * group_elems, wp, bias, dst + n * out_image,
+                               t / (cc.P * nkb), (t / nkb) % cc.P, t % nkb);
   }
 }
 
@@ -178,9 +215,10 @@ Tile choose_tile(int64_t Kout, int64_t Q) {
 }
 
 template <typename T>
-void run_conv_image(const Tile& tile, const Core& cc, const T* xp, const T* wp, const T* b, T* y) {
+void run_conv_packed(const Tile& tile, const Core& cc, int64_t N, const T* src, int64_t in_image,
+                     int64_t out_image, const T* wp, const T* b, T* dst) {
 #define PYCONV_TILE_CASE(kb, qv) \
-  if (tile.KB == kb && tile.QV == qv) return conv_image<T, kb, qv>(cc, xp, wp, b, y);
+  if (tile.KB == kb && tile.QV == qv) return conv_packed<T, kb, qv>(cc, N, src, in_image, out_image, wp, b, dst);
   PYCONV_TILE_CASE(1, 4)
   PYCONV_TILE_CASE(2, 4)
   PYCONV_TILE_CASE(3, 3)
@@ -206,7 +244,7 @@ RowPack forward_pack(const ConvShape& s, int64_t Qcols) {
   return pk;
 }
 
-// Runs a convolution image by image: pack the image's rows, then the register-tiled kernel.
+// Runs a convolution: pack the filters, then the input rows and the register-tiled kernel.
 template <typename T>
 void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, const T* w, bool transposed,
                 const T* b, T* dst, Core cc, const Tile& tile, int64_t dw) {
@@ -216,12 +254,7 @@ void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, co
   const int64_t nkb = ceil_div(cc.Kout, tile.KB);
   Workspace wpack(checked_bytes(cc.G * nkb * cc.Cin * cc.R * cc.S * tile.KB, sizeof(T)));
   pack_filters(w, cc.G, cc.Kout, cc.Cin, cc.R, cc.S, tile.KB, transposed, wpack.as<T>());
-  // One spare vector past the last row: the widest tile may over-read a row's tail columns.
-  Workspace xpack(checked_bytes(cc.G * cc.Cin * cc.pk.plane() + 64, sizeof(T)));
-  for (int64_t n = 0; n < N; ++n) {
-    pack_rows(cc.pk, cc.G * cc.Cin, src + n * in_image, xpack.as<T>());
-    run_conv_image(tile, cc, xpack.as<T>(), wpack.as<T>(), b, dst + n * out_image);
-  }
+  run_conv_packed(tile, cc, N, src, in_image, out_image, wpack.as<T>(), b, dst);
 }
 
 }  // namespace
