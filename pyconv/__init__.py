@@ -6,9 +6,10 @@ from ._errors import PyConvError
 from ._version import __version__
 from . import _C, ops  # noqa: F401  (ops registers torch.ops.pyconv.*)
 from . import functional, nn
+from .convert import convert
 from .backends import available_backends
 
-__all__ = ["PyConvError", "__version__", "available_backends", "set_num_threads", "get_num_threads",
+__all__ = ["PyConvError", "convert", "__version__", "available_backends", "set_num_threads", "get_num_threads",
            "functional", "nn"]
 
 

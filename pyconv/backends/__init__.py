@@ -24,10 +24,16 @@ REGISTRY: Dict[str, BackendInfo] = {
 }
 
 
+_MODULES: Dict[str, object] = {}
+
+
 def load(name: str):
     if name not in REGISTRY:
         raise PyConvError(f"backend={name!r}: unknown backend; expected one of {sorted(REGISTRY)} or 'auto'")
-    return importlib.import_module(REGISTRY[name].module)
+    mod = _MODULES.get(name)
+    if mod is None:  # imported once, so torch.compile traces a plain dict lookup
+        mod = _MODULES[name] = importlib.import_module(REGISTRY[name].module)
+    return mod
 
 
 def available_backends() -> List[str]:
@@ -35,7 +41,7 @@ def available_backends() -> List[str]:
     out = []
     for name in REGISTRY:
         try:
-            if load(name).is_available():
+            if getattr(load(name), "IMPLEMENTED", True) and load(name).is_available():
                 out.append(name)
         except ImportError:
             pass
@@ -58,3 +64,12 @@ def resolve(name: str, device: torch.device) -> str:
         raise PyConvError(f"backend={name!r} is not available on this machine: {mod.unavailable_reason()}; "
                           f"available: {available_backends()}")
     return name
+
+
+# Import every backend module up front (each imports its heavy dependencies lazily), so that
+# torch.compile never traces an import.
+for _name in REGISTRY:
+    try:
+        load(_name)
+    except ImportError:
+        pass
