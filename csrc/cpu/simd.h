@@ -39,10 +39,14 @@ template <typename T>
 PYCONV_INLINE void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// An initializer list compiles to one vbroadcastss/sd (not `V{} + x`: adding +0.0 turns -0.0 into
+// +0.0, so the compiler must keep the add).
 template <typename T>
-PYCONV_INLINE vec_t<T> vbroadcast(T x) {
-  return vec_t<T>{} + x;
-}
+PYCONV_INLINE vec_t<T> vbroadcast(T x);
+template <>
+PYCONV_INLINE vec_t<float> vbroadcast<float>(float x) { return vec_t<float>{x, x, x, x, x, x, x, x}; }
+template <>
+PYCONV_INLINE vec_t<double> vbroadcast<double>(double x) { return vec_t<double>{x, x, x, x}; }
 template <typename T>
 PYCONV_INLINE T vsum(vec_t<T> v) {
   T s = 0;
