@@ -138,3 +138,32 @@ def test_python_dash_m_entry_point(monkeypatch, capsys):
 
 def test_every_op_has_a_layer_kind():
     assert set(OPS) == {"conv2d", "conv2d_train", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu"}
+
+
+def test_every_op_runs_once_its_function_exists(monkeypatch):
+    """The harness for ops other helpers are still writing: stand-ins built from torch (here, in the
+    test only) must go through bind/check/timing cleanly, errors near zero."""
+    import torch
+    import torch.nn.functional as F
+
+    import pyconv.functional as PF
+
+    monkeypatch.setattr(PF, "max_pool2d", lambda x, k, s, p, backend: F.max_pool2d(x, k, s, p), raising=False)
+    monkeypatch.setattr(PF, "avg_pool2d", lambda x, k, s, p, backend: F.avg_pool2d(x, k, s, p), raising=False)
+    monkeypatch.setattr(PF, "batch_norm", lambda x, rm, rv, w, b, tr, mom, eps, backend:
+                        F.batch_norm(x, rm, rv, w, b, tr, mom, eps), raising=False)
+
+    def cbr(x, w, b, bw, bb, rm, rv, st, pad, dil, g, tr, mom, eps, algo, backend):
+        return F.relu(F.batch_norm(F.conv2d(x, w, b, st, pad, dil, g), rm, rv, bw, bb, tr, mom, eps))
+
+    monkeypatch.setattr(PF, "conv_bn_relu", cbr, raising=False)
+    tiny = suites.get_suite("tiny")
+    conv = suites.conv_layers(tiny)[0]
+    for op, layer in (("max_pool2d", suites.pool_layers(tiny, "max")[0]),
+                      ("avg_pool2d", suites.pool_layers(tiny, "avg")[0]),
+                      ("batch_norm", conv), ("conv_bn_relu", conv)):
+        algo = "direct" if op == "conv_bn_relu" else "-"
+        r = run_case(Case("tiny", op, layer, algo, "cpp", torch.float32, 2), repeats=1)
+        assert r.status == "ok", (op, r.note)
+        assert r.err_pyconv < 1e-5 and r.t_pyconv > 0 and r.work > 0
+        assert r.unit == ("GFLOP/s" if op == "conv_bn_relu" else "GB/s")
