@@ -189,6 +189,7 @@ def _result_record(r: Result, peaks) -> Dict[str, object]:
     if r.status == "ok":
         pk = peaks[(c.backend, c.dtype)]
         d.update({"pyconv_ms": r.t_pyconv * 1e3, "torch_ms": r.t_torch * 1e3,
+                  "pyconv_min_ms": r.min_pyconv * 1e3, "torch_min_ms": r.min_torch * 1e3,
                   "pyconv_first_call_ms": r.first_pyconv * 1e3, "torch_first_call_ms": r.first_torch * 1e3,
                   "pyconv_rate": r.rate, "torch_rate": r.torch_rate, "pct_peak": _pct_peak(r, pk),
                   "torch_pct_peak": 100.0 * r.torch_rate / pk["gflops" if r.unit == "GFLOP/s" else "gbs"],
@@ -207,7 +208,8 @@ def _json_safe(v):
 
 
 CSV_FIELDS = ["suite", "layer", "op", "algo", "backend", "dtype", "batch", "shape", "status", "unit", "work",
-              "pyconv_ms", "torch_ms", "pyconv_first_call_ms", "torch_first_call_ms", "pyconv_rate", "torch_rate",
+              "pyconv_ms", "torch_ms", "pyconv_min_ms", "torch_min_ms", "pyconv_first_call_ms", "torch_first_call_ms",
+              "pyconv_rate", "torch_rate",
               "pct_peak", "torch_pct_peak", "speed_vs_torch", "max_err", "torch_max_err", "note"]
 
 

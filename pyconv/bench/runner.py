@@ -65,6 +65,8 @@ class Result(NamedTuple):
     first_torch: float = math.nan
     err_pyconv: float = math.nan  # max |out - ref| / max |ref| over every output
     err_torch: float = math.nan
+    min_pyconv: float = math.nan  # fastest repeat: on a busy machine, less hit by preemption
+    min_torch: float = math.nan
 
     @property
     def rate(self) -> float:
@@ -318,6 +320,7 @@ def run_case(case: Case, repeats: int, warmup: int = 1, check: bool = True) -> R
     except Exception as e:  # a failing kernel is a result to report, not a reason to stop
         return Result(case, "error", f"{type(e).__name__}: {e}", **partial)
     return Result(case, "ok", "", t_pyconv=statistics.median(tp), t_torch=statistics.median(tt),
+                  min_pyconv=min(tp), min_torch=min(tt),
                   first_pyconv=first_p, first_torch=first_t, err_pyconv=err_p, err_torch=err_t, **partial)
 
 
