@@ -246,9 +246,10 @@ def write_plot(path: str, results: List[Result]) -> None:
                     ys.append(r.speed_vs_torch)
             ax.bar(xs, ys, width=width, label=s)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")  # 0.1x and 10x are equally far from parity
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels([lay.split(":", 1)[1] for lay in layers], rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("speed vs torch (x)")
+        ax.set_ylabel("speed vs torch (x, log)")
         ax.set_title(op)
         ax.legend(fontsize=8)
     fig.tight_layout()
