@@ -8,9 +8,11 @@ from . import _C, ops  # noqa: F401  (ops registers torch.ops.pyconv.*)
 from . import functional, nn
 from .convert import convert
 from .backends import available_backends
+from . import autotune  # noqa: E402  (callable: pyconv.autotune(True) turns on measured algo='auto')
+from .autotune import explain_algo  # noqa: E402
 
 __all__ = ["PyConvError", "convert", "__version__", "available_backends", "set_num_threads", "get_num_threads",
-           "functional", "nn"]
+           "functional", "nn", "autotune", "explain_algo"]
 
 
 def set_num_threads(n: int) -> None:

@@ -2,16 +2,49 @@
 
 A named algorithm that cannot do the shape raises PyConvError naming the algorithm and the reason;
 one the backend does not have yet raises NotImplementedError. 'auto' never fails on a valid shape.
+
+algo='auto' has two modes:
+
+- heuristic (default): a shape rule, in this order (the first that applies fires; explain_algo
+  names it):
+    1. depthwise (one input channel per group) -> direct: no reduction dimension worth a GEMM;
+    2. 3x3, stride 1, dilation 1, >= 16 channels per group in and out -> Winograd (F(4x4,3x3)
+       cuts the multiplies 4x, F(2x2,3x3) 2.25x; small channel counts cannot amortize the
+       transforms);
+    3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
+    4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
+       reductions;
+    5. everything else -> direct.
+  A rule whose algorithm the backend does not implement yet falls through to the next one.
+- measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
+  is timed once per (shape, dtype, backend, threads) on random data through the backend's forward
+  kernel, and the fastest is cached in memory and on disk (JSON in cache_dir(), entries keyed also
+  by CPU model, ISA and pyconv version, so another machine or release never reuses them). A corrupt
+  or stale cache file is ignored; writers merge under a lock file and publish with os.replace, so
+  concurrent processes never leave a torn file.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import types
+from typing import Dict, List, NamedTuple, Optional
+
+import torch
 
 from . import backends
 from ._args import ConvShape
 from ._errors import PyConvError
 
 ALGOS = ("auto", "direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
+CACHE_FORMAT = 1
+WINOGRAD_MIN_CHANNELS = 16
+IM2COL_MIN_REDUCTION = 64
 
 
 def winograd_unsupported(shape: ConvShape) -> Optional[str]:
@@ -25,28 +58,329 @@ def winograd_unsupported(shape: ConvShape) -> Optional[str]:
     return None
 
 
-def _heuristic(shape: ConvShape, have) -> str:
-    """Shape rule for 'auto': Winograd for 3x3 stride-1 layers with enough channels, the GEMM for
-    1x1 and wide layers, direct for depthwise and everything else."""
-    depthwise = shape.G == shape.C and shape.C // shape.G == 1
+class AlgoChoice(NamedTuple):
+    """What algo='auto' picked for one convolution, and why."""
+
+    algo: str
+    rule: str  # the heuristic rule that fired, or the measurement
+    source: str  # "heuristic", "measured", "cache" or "only candidate"
+    times_ms: Dict[str, float]  # measured forward times per algorithm (empty for the heuristic)
+
+    def __str__(self) -> str:
+        out = f"{self.algo} ({self.source}): {self.rule}"
+        if self.times_ms:
+            out += "; " + ", ".join(f"{a} {t:.3g} ms" for a, t in sorted(self.times_ms.items(), key=lambda i: i[1]))
+        return out
+
+
+def _first_winograd(have) -> Optional[str]:
+    for a in ("winograd", "winograd_4x4", "winograd_2x2"):
+        if a in have:
+            return a
+    return None
+
+
+def _heuristic(shape: ConvShape, have) -> AlgoChoice:
+    """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
-    if not depthwise and winograd_unsupported(shape) is None and min(cg, kg) >= 16:
-        for a in ("winograd", "winograd_4x4", "winograd_2x2"):
-            if a in have:
-                return a
-    if not depthwise and "im2col" in have and cg * shape.R * shape.S >= 64:
-        return "im2col"
-    return "direct"
+    reduction = cg * shape.R * shape.S
+    missing = []
+
+    def pick(algo, rule):
+        if missing:
+            rule += f" ({'; '.join(missing)})"
+        return AlgoChoice(algo, rule, "heuristic", {})
+
+    if cg == 1 and shape.G > 1:
+        return pick("direct", f"depthwise/one channel per group (groups={shape.G}): direct")
+    if winograd_unsupported(shape) is None and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
+        w = _first_winograd(have)
+        if w:
+            return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")
+        missing.append("3x3 stride-1 rule wants winograd, not implemented for this backend yet")
+    if (shape.R, shape.S) == (1, 1):
+        if "im2col" in have:
+            return pick("im2col", "1x1 kernel: the convolution is a GEMM")
+        missing.append("1x1 rule wants im2col, not implemented for this backend yet")
+    elif reduction >= IM2COL_MIN_REDUCTION:
+        if "im2col" in have:
+            return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM")
+        missing.append("wide-layer rule wants im2col, not implemented for this backend yet")
+    if missing:
+        return pick("direct", "fallback to direct")
+    return pick("direct", f"no faster rule applies (reduction C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}): direct")
 
 
-def resolve_conv_algo(algo: str, shape: ConvShape, backend: str) -> str:
+# ----------------------------------------------------------------------- measured autotuning ---
+
+def env_enabled() -> bool:
+    """PYCONV_AUTOTUNE=1 (any value but "" and "0") turns measured mode on at import."""
+    return os.environ.get("PYCONV_AUTOTUNE", "0") not in ("", "0")
+
+
+_state = {"enabled": env_enabled()}
+_memory: Dict[str, AlgoChoice] = {}
+_memory_lock = threading.Lock()
+
+
+def set_autotune(enabled: bool = True) -> bool:
+    """Turns measured autotuning for algo='auto' on or off; returns the previous setting.
+    Also reachable as pyconv.autotune(enabled)."""
+    prev = _state["enabled"]
+    _state["enabled"] = bool(enabled)
+    return prev
+
+
+def autotune_enabled() -> bool:
+    return _state["enabled"]
+
+
+def clear_memory_cache() -> None:
+    with _memory_lock:
+        _memory.clear()
+
+
+def cache_dir() -> str:
+    """PYCONV_CACHE_DIR, else $XDG_CACHE_HOME/pyconv, else ~/.cache/pyconv."""
+    d = os.environ.get("PYCONV_CACHE_DIR")
+    if d:
+        return d
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pyconv")
+
+
+def cache_file() -> str:
+    return os.path.join(cache_dir(), "autotune.json")
+
+
+_cpu_model_cache: List[str] = []
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo where there is one)."""
+    if not _cpu_model_cache:
+        name = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        if not name:
+            import platform
+
+            name = platform.processor() or platform.machine() or "unknown-cpu"
+        _cpu_model_cache.append(name)
+    return _cpu_model_cache[0]
+
+
+def _device_name(backend: str) -> str:
+    if backends.REGISTRY[backend].device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from . import _C
+
+    return f"{cpu_model()} ({_C.isa()})"
+
+
+def _threads() -> int:
+    from . import _C
+
+    return _C.get_num_threads()
+
+
+def cache_key(shape: ConvShape, dtype: torch.dtype, backend: str) -> str:
+    """One string per (machine, pyconv version, backend, dtype, threads, shape)."""
+    from ._version import __version__
+
+    dt = str(dtype).replace("torch.", "")
+    return "|".join([f"pyconv={__version__}", _device_name(backend), backend, dt, f"threads={_threads()}",
+                     "shape=" + ",".join(str(int(v)) for v in shape)])
+
+
+def read_json_file(path: str) -> Optional[dict]:
+    """A JSON object from path, or None when missing, unreadable or corrupt (never raises)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive advisory lock (fcntl) where the OS has one; elsewhere writers race, and the
+    os.replace in write_json_atomic still keeps the file whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Writes a temp file in the same folder and renames it over path (atomic on POSIX and
+    Windows), so readers see either the old or the new file, never a torn one."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def update_json_cache(path: str, fmt: int, key: str, value: dict) -> None:
+    """Merges one entry into a {"format": fmt, "entries": {...}} cache file under the lock.
+    Failures (read-only disk, ...) are ignored: the cache is an optimization."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with _file_lock(path + ".lock"):
+            data = read_json_file(path)
+            if not data or data.get("format") != fmt or not isinstance(data.get("entries"), dict):
+                data = {"format": fmt, "entries": {}}
+            # keep only well-formed entries of other keys
+            data["entries"] = {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
+            data["entries"][key] = value
+            write_json_atomic(path, data)
+    except OSError:
+        pass
+
+
+def _disk_lookup(key: str) -> Optional[AlgoChoice]:
+    data = read_json_file(cache_file())
+    if not data or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+        return None
+    e = data["entries"].get(key)
+    try:
+        algo, times = e["algo"], e.get("times_ms", {})
+        if algo not in ALGOS or algo == "auto" or not isinstance(times, dict):
+            return None
+        return AlgoChoice(algo, str(e.get("rule", "measured earlier")), "cache",
+                          {str(k): float(v) for k, v in times.items()})
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def candidates(shape: ConvShape, backend: str) -> List[str]:
+    """The implemented algorithms that can run this shape (the 'winograd' alias only when no
+    concrete variant is there to time instead)."""
+    have = backends.load(backend).CONV_ALGOS
+    out = []
+    for a in have:
+        if a == "auto" or a not in ALGOS:
+            continue
+        if a.startswith("winograd") and winograd_unsupported(shape) is not None:
+            continue
+        out.append(a)
+    if "winograd" in out and any(a in out for a in ("winograd_2x2", "winograd_4x4")):
+        out.remove("winograd")
+    return out or ["direct"]
+
+
+def _time_algo(algo: str, shape: ConvShape, dtype: torch.dtype, backend: str, repeats: int = 3) -> float:
+    """Seconds of one forward convolution with this algorithm (best of `repeats`, after one
+    untimed warm-up call that absorbs JIT compilation and first-touch page faults)."""
+    mod = backends.load(backend)
+    dev = torch.device(backends.REGISTRY[backend].device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.N, shape.C, shape.H, shape.W, generator=g, dtype=dtype).to(dev)
+    w = torch.randn(shape.K, shape.C // shape.G, shape.R, shape.S, generator=g, dtype=dtype).to(dev)
+    y = torch.empty(shape.N, shape.K, shape.P, shape.Q, dtype=dtype, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    mod.conv2d_forward(x, w, None, y, shape, algo)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mod.conv2d_forward(x, w, None, y, shape, algo)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _measure(shape: ConvShape, dtype: torch.dtype, backend: str, cands: List[str]) -> Optional[AlgoChoice]:
+    times = {}
+    for a in cands:
+        try:
+            times[a] = _time_algo(a, shape, dtype, backend) * 1e3
+        except (NotImplementedError, PyConvError):  # a kernel that cannot do it is not a candidate
+            continue
+    if not times:
+        return None
+    best = min(times, key=times.get)
+    return AlgoChoice(best, f"fastest of {len(times)} measured forward kernels", "measured", times)
+
+
+def _measured_choice(shape: ConvShape, dtype: torch.dtype, backend: str) -> Optional[AlgoChoice]:
+    cands = candidates(shape, backend)
+    if len(cands) == 1:
+        return AlgoChoice(cands[0], "the only implemented algorithm valid for this shape", "only candidate", {})
+    key = cache_key(shape, dtype, backend)
+    with _memory_lock:
+        hit = _memory.get(key)
+    if hit is not None and hit.algo in cands:
+        return hit._replace(source="cache")
+    hit = _disk_lookup(key)
+    if hit is not None and hit.algo in cands:
+        with _memory_lock:
+            _memory[key] = hit
+        return hit
+    choice = _measure(shape, dtype, backend, cands)
+    if choice is None:
+        return None
+    with _memory_lock:
+        _memory[key] = choice
+    update_json_cache(cache_file(), CACHE_FORMAT, key,
+                      {"algo": choice.algo, "rule": choice.rule, "times_ms": choice.times_ms,
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return choice
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32) -> AlgoChoice:
+    """algo='auto' for this shape: measured when autotuning is on (and not while torch.compile
+    traces, which must not run kernels), the heuristic otherwise."""
+    if _state["enabled"] and not _compiling() and shape.N * shape.K * shape.P * shape.Q > 0:
+        choice = _measured_choice(shape, dtype, backend)
+        if choice is not None:
+            return choice
+    return _heuristic(shape, backends.load(backend).CONV_ALGOS)
+
+
+def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32) -> str:
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
     have = backends.load(backend).CONV_ALGOS
     if algo == "auto":
-        return _heuristic(shape, have)
+        return choose_auto(shape, backend, dtype).algo
     if algo.startswith("winograd"):
         why = winograd_unsupported(shape)
         if why:
@@ -54,3 +388,48 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str) -> str:
     if algo not in have:
         raise NotImplementedError(f"algo={algo!r} is not implemented for backend={backend!r} yet")
     return algo
+
+
+def explain_algo(input, weight, stride=1, padding=0, dilation=1, groups=1, *, dtype=None,
+                 backend="auto") -> AlgoChoice:
+    """What conv2d(input, weight, ..., algo='auto', backend=backend) runs, and why.
+
+    input and weight are tensors or arrays, or just their sizes (tuples); dtype defaults to the
+    input's (float32 for sizes). In measured mode this times the candidates (or reads the cache)."""
+    from . import _args
+
+    def size_of(a, name):
+        if isinstance(a, (tuple, list, torch.Size)):
+            return tuple(_args.as_int(v, name) for v in a), None, None
+        if hasattr(a, "shape") and hasattr(a, "dtype"):
+            t = a if isinstance(a, torch.Tensor) else torch.as_tensor(a)
+            return tuple(t.shape), t.dtype, t.device
+        raise TypeError(f"{name} must be a tensor, an array or a tuple of sizes, got {type(a).__name__}")
+
+    xs, xdt, xdev = size_of(input, "input")
+    ws, _, _ = size_of(weight, "weight")
+    if len(xs) == 3:
+        xs = (1,) + xs
+    if len(xs) != 4 or len(ws) != 4:
+        raise PyConvError(f"input/weight: expected 4-D (or 3-D input) sizes, got {xs} and {ws}")
+    dtype = dtype or xdt or torch.float32
+    params = _args.conv2d_params(ws[2:], stride, padding, dilation, groups)
+    # the full shape checks of conv2d, on meta tensors (no memory)
+    shape = _args.conv2d_shape(torch.empty(xs, dtype=dtype, device="meta"),
+                               torch.empty(ws, dtype=dtype, device="meta"), None, params)
+    if xdev is None:  # sizes only: the device the backend runs on
+        known = backend in backends.REGISTRY
+        xdev = torch.device(backends.REGISTRY[backend].device if known else "cpu")
+    be = backends.resolve(backend, xdev)
+    return choose_auto(shape, be, dtype)
+
+
+class _CallableModule(types.ModuleType):
+    """pyconv.autotune(True) turns measured mode on, while pyconv.autotune stays this module
+    (import pyconv.autotune keeps working, and so does every `from . import autotune`)."""
+
+    def __call__(self, enabled: bool = True) -> bool:
+        return set_autotune(enabled)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -22,7 +22,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         x = x.unsqueeze(0)
     shape = _args.conv2d_shape(x, w, b, params)
     be = backends.resolve(backend, x.device)
-    algo = autotune.resolve_conv_algo(algo, shape, be)
+    algo = autotune.resolve_conv_algo(algo, shape, be, dtype=x.dtype)
     y = torch.ops.pyconv.conv2d(contiguous_nchw(x), w, b, list(params.stride), list(params.padding),
                                 list(params.dilation), params.groups, algo, be)
     if not batched:
