@@ -24,26 +24,40 @@ constexpr int kIgemmTM = 4, kIgemmTN = 4;
 constexpr int kIgemmThreads = (kIgemmBM / kIgemmTM) * (kIgemmBN / kIgemmTN);
 static_assert(kIgemmThreads == 256, "one thread per TM x TN block of the tile");
 
-// Shared by the three problems: x[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] or 0.
-template <typename T>
-PYCONV_HD T im2col_value(const ConvShape& s, const T* x, int64_t g, int64_t crs, int64_t npq) {
-  const int64_t t = crs % s.S, r = (crs / s.S) % s.R, c = crs / (s.S * s.R);
-  const int64_t q = npq % s.Q, p = (npq / s.Q) % s.P, n = npq / (s.Q * s.P);
-  const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h, v = q * s.stride_w - s.pad_w + t * s.dil_w;
-  if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
-  return x[((n * s.C + g * (s.C / s.G) + c) * s.H + h) * s.W + v];
-}
+// Each problem exposes its operands through per-thread contexts: a thread always stages the same
+// tile row mm of A and column nn of B (see the kernel), so everything that depends on m or n alone
+// (the n,p,q or c,r,s decomposition, base pointers) is computed once per block instead of once per
+// element and slab; only the reduction index k is decoded in the loop.
+//   a_ctx(g, m) -> ACtx,  a_at(ACtx, k) = A[m][k];   b_ctx(g, n) -> BCtx,  b_at(BCtx, k) = B[k][n]
+//   store(g, split, m, n, value) writes C[m][n].
 
 template <typename T>
 struct FpropProblem {
   ConvShape s;
   const T *x, *w, *b;
   T* y;
+  struct ACtx {
+    const T* row;  // w[g*Kg+m][.]
+  };
+  struct BCtx {
+    const T* img;  // x[n][g*Cg][.][.]
+    int64_t h0, v0;
+  };
   PYCONV_HD int64_t M() const { return s.K / s.G; }
   PYCONV_HD int64_t N() const { return s.N * s.P * s.Q; }
   PYCONV_HD int64_t K() const { return (s.C / s.G) * s.R * s.S; }
-  PYCONV_HD T a(int64_t g, int64_t m, int64_t k) const { return w[(g * M() + m) * K() + k]; }
-  PYCONV_HD T b_(int64_t g, int64_t k, int64_t n) const { return im2col_value(s, x, g, k, n); }
+  PYCONV_HD ACtx a_ctx(int64_t g, int64_t m) const { return {w + (g * M() + m) * K()}; }
+  PYCONV_HD T a_at(const ACtx& a, int64_t k) const { return a.row[k]; }
+  PYCONV_HD BCtx b_ctx(int64_t g, int64_t n) const {
+    const int64_t q = n % s.Q, p = (n / s.Q) % s.P, nn = n / (s.Q * s.P);
+    return {x + (nn * s.C + g * (s.C / s.G)) * s.H * s.W, p * s.stride_h - s.pad_h, q * s.stride_w - s.pad_w};
+  }
+  PYCONV_HD T b_at(const BCtx& b_, int64_t k) const {
+    const int64_t t = k % s.S, r = (k / s.S) % s.R, c = k / (s.S * s.R);
+    const int64_t h = b_.h0 + r * s.dil_h, v = b_.v0 + t * s.dil_w;
+    if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
+    return b_.img[(c * s.H + h) * s.W + v];
+  }
   PYCONV_HD void store(int64_t g, int64_t, int64_t m, int64_t n, T v) const {
     const int64_t PQ = s.P * s.Q, ko = g * M() + m;
     y[((n / PQ) * s.K + ko) * PQ + n % PQ] = v + (b ? b[ko] : T(0));
@@ -55,21 +69,32 @@ struct DgradProblem {
   ConvShape s;
   const T *gy, *w;
   T* gx;
+  struct ACtx {
+    const T* filt;  // w[g*Kg][c][.][.]
+  };
+  struct BCtx {
+    const T* img;  // gy[n][g*Kg][.][.]
+    int64_t hp, vp;  // h + pad_h, v + pad_w
+  };
   PYCONV_HD int64_t M() const { return s.C / s.G; }
   PYCONV_HD int64_t N() const { return s.N * s.H * s.W; }
   PYCONV_HD int64_t K() const { return (s.K / s.G) * s.R * s.S; }
-  PYCONV_HD T a(int64_t g, int64_t m, int64_t k) const {
-    const int64_t RS = s.R * s.S, ko = g * (s.K / s.G) + k / RS;
-    return w[(ko * M() + m) * RS + k % RS];
+  PYCONV_HD ACtx a_ctx(int64_t g, int64_t m) const { return {w + (g * (s.K / s.G) * M() + m) * s.R * s.S}; }
+  PYCONV_HD T a_at(const ACtx& a, int64_t k) const {
+    const int64_t RS = s.R * s.S;
+    return a.filt[(k / RS) * M() * RS + k % RS];
   }
-  PYCONV_HD T b_(int64_t g, int64_t k, int64_t n) const {
-    const int64_t t = k % s.S, r = (k / s.S) % s.R, ko = g * (s.K / s.G) + k / (s.S * s.R);
+  PYCONV_HD BCtx b_ctx(int64_t g, int64_t n) const {
     const int64_t v = n % s.W, h = (n / s.W) % s.H, nn = n / (s.W * s.H);
-    const int64_t ph = h + s.pad_h - r * s.dil_h, qw = v + s.pad_w - t * s.dil_w;
+    return {gy + (nn * s.K + g * (s.K / s.G)) * s.P * s.Q, h + s.pad_h, v + s.pad_w};
+  }
+  PYCONV_HD T b_at(const BCtx& b_, int64_t k) const {
+    const int64_t t = k % s.S, r = (k / s.S) % s.R, kl = k / (s.S * s.R);
+    const int64_t ph = b_.hp - r * s.dil_h, qw = b_.vp - t * s.dil_w;
     if (ph < 0 || qw < 0 || ph % s.stride_h || qw % s.stride_w) return T(0);
     const int64_t p = ph / s.stride_h, q = qw / s.stride_w;
     if (p >= s.P || q >= s.Q) return T(0);
-    return gy[((nn * s.K + ko) * s.P + p) * s.Q + q];
+    return b_.img[(kl * s.P + p) * s.Q + q];
   }
   PYCONV_HD void store(int64_t g, int64_t, int64_t m, int64_t n, T v) const {
     const int64_t HW = s.H * s.W;
@@ -82,14 +107,31 @@ struct WgradProblem {
   ConvShape s;
   const T *x, *gy;
   T* out;  // gw when splits == 1, else the [splits][K][Cg*R*S] workspace
+  struct ACtx {
+    const T* plane;  // gy[0][g*Kg+m][.][.]
+  };
+  struct BCtx {
+    const T* chan;  // x[0][g*Cg+c][.][.]
+    int64_t hr, vs;  // r*dh - pad_h, s*dw - pad_w
+  };
   PYCONV_HD int64_t M() const { return s.K / s.G; }
   PYCONV_HD int64_t N() const { return (s.C / s.G) * s.R * s.S; }
   PYCONV_HD int64_t K() const { return s.N * s.P * s.Q; }
-  PYCONV_HD T a(int64_t g, int64_t m, int64_t k) const {
+  PYCONV_HD ACtx a_ctx(int64_t g, int64_t m) const { return {gy + (g * M() + m) * s.P * s.Q}; }
+  PYCONV_HD T a_at(const ACtx& a, int64_t k) const {
     const int64_t PQ = s.P * s.Q;
-    return gy[((k / PQ) * s.K + g * M() + m) * PQ + k % PQ];
+    return a.plane[(k / PQ) * s.K * PQ + k % PQ];
   }
-  PYCONV_HD T b_(int64_t g, int64_t k, int64_t n) const { return im2col_value(s, x, g, n, k); }
+  PYCONV_HD BCtx b_ctx(int64_t g, int64_t n) const {
+    const int64_t t = n % s.S, r = (n / s.S) % s.R, c = n / (s.S * s.R);
+    return {x + (g * (s.C / s.G) + c) * s.H * s.W, r * s.dil_h - s.pad_h, t * s.dil_w - s.pad_w};
+  }
+  PYCONV_HD T b_at(const BCtx& b_, int64_t k) const {
+    const int64_t q = k % s.Q, p = (k / s.Q) % s.P, nn = k / (s.Q * s.P);
+    const int64_t h = p * s.stride_h + b_.hr, v = q * s.stride_w + b_.vs;
+    if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
+    return b_.chan[nn * s.C * s.H * s.W + h * s.W + v];
+  }
   PYCONV_HD void store(int64_t g, int64_t split, int64_t m, int64_t n, T v) const {
     out[(split * s.K + g * M() + m) * N() + n] = v;
   }
@@ -107,39 +149,52 @@ PYCONV_GLOBAL void PYCONV_LAUNCH_BOUNDS(kIgemmThreads) conv_igemm_kernel(Problem
   const int64_t k_begin = split * slab, k_end = k_begin + slab < K ? k_begin + slab : K;
   const int tm = (tid / (BN / TN)) * TM, tn = (tid % (BN / TN)) * TN;
 
-  T acc[TM][TN];
+  T acc[TM][TN];  // registers: every index below is a compile-time constant after unrolling
+  PYCONV_UNROLL
   for (int i = 0; i < TM; ++i)
+    PYCONV_UNROLL
     for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
+  // Thread tid stages rows kk = tid/BM + j*(256/BM) of column tid%BM of each tile (and likewise
+  // for B), so its column of A and of B is fixed for the whole block: contexts built once.
+  static_assert(kIgemmThreads % BM == 0 && kIgemmThreads % BN == 0 && (BK * BM) % kIgemmThreads == 0 &&
+                    (BK * BN) % kIgemmThreads == 0,
+                "each thread stages a fixed tile column");
+  const int a_mm = tid % BM, a_kk = tid / BM, b_nn = tid % BN, b_kk = tid / BN;
+  const bool a_ok = m0 + a_mm < M, b_ok = n0 + b_nn < N;
+  const typename Problem::ACtx actx = pr.a_ctx(g, a_ok ? m0 + a_mm : 0);
+  const typename Problem::BCtx bctx = pr.b_ctx(g, b_ok ? n0 + b_nn : 0);
+
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-    // Stage the slab; consecutive threads take consecutive mm / nn (coalesced along output pixels).
-    for (int i = tid; i < BK * BM; i += kIgemmThreads) {
-      const int kk = i / BM, mm = i % BM;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      As[i] = (m < M && k < k_end) ? pr.a(g, m, k) : T(0);
+    PYCONV_UNROLL
+    for (int kk = a_kk; kk < BK; kk += kIgemmThreads / BM) {
+      const int64_t k = k0 + kk;
+      As[kk * BM + a_mm] = (a_ok && k < k_end) ? pr.a_at(actx, k) : T(0);
     }
-    for (int i = tid; i < BK * BN; i += kIgemmThreads) {
-      const int kk = i / BN, nn = i % BN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      Bs[i] = (n < N && k < k_end) ? pr.b_(g, k, n) : T(0);
+    PYCONV_UNROLL
+    for (int kk = b_kk; kk < BK; kk += kIgemmThreads / BN) {
+      const int64_t k = k0 + kk;
+      Bs[kk * BN + b_nn] = (b_ok && k < k_end) ? pr.b_at(bctx, k) : T(0);
     }
     PYCONV_SYNC();
-PYCONV_UNROLL
+    PYCONV_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       T av[TM], bv[TN];
-PYCONV_UNROLL
+      PYCONV_UNROLL
       for (int i = 0; i < TM; ++i) av[i] = As[kk * BM + tm + i];
-PYCONV_UNROLL
+      PYCONV_UNROLL
       for (int j = 0; j < TN; ++j) bv[j] = Bs[kk * BN + tn + j];
-PYCONV_UNROLL
+      PYCONV_UNROLL
       for (int i = 0; i < TM; ++i)
-PYCONV_UNROLL
+        PYCONV_UNROLL
         for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
     }
     PYCONV_SYNC();  // the next slab overwrites the tiles
   }
 
+  PYCONV_UNROLL
   for (int i = 0; i < TM; ++i)
+    PYCONV_UNROLL
     for (int j = 0; j < TN; ++j) {
       const int64_t m = m0 + tm + i, n = n0 + tn + j;
       if (m < M && n < N) pr.store(g, split, m, n, acc[i][j]);
