@@ -128,6 +128,37 @@ def test_grid_limit_raises():
         emu.conv2d_forward(x, w, None, torch.empty(1, 70000, 1, 1), shape, "im2col")
 
 
+# ------------------------------------------------------------------------- the emulator itself ---
+# Test-only kernels (csrc/cuda_emu/emu_selftest.cpp) pinning down the execution model it provides.
+
+def test_emulator_barrier_and_shared_memory():
+    out = emu._C_cuda_emu.selftest_reverse(3, 128)
+    assert out == [float(b * 128 + 127 - t) for b in range(3) for t in range(128)]
+
+
+def test_emulator_unwritten_shared_memory_reads_nan():
+    assert all(v != v for v in emu._C_cuda_emu.selftest_unwritten_shared())
+
+
+def test_emulator_exited_threads_leave_the_barrier():
+    assert emu._C_cuda_emu.selftest_early_exit(64) == list(range(31, -1, -1))
+
+
+def test_emulator_builtins():
+    out = emu._C_cuda_emu.selftest_builtins(3, 2, 2, 5)
+    rows = [tuple(out[i:i + 4]) for i in range(0, len(out), 4)]
+    assert rows == [(bx, by, bz, t) for bz in range(2) for by in range(2) for bx in range(3) for t in range(5)]
+
+
+def test_emulator_refuses_what_cuda_refuses():
+    with pytest.raises(PyConvError, match="shared"):
+        emu._C_cuda_emu.selftest_shared_overflow()
+    with pytest.raises(PyConvError, match="invalid configuration"):
+        emu._C_cuda_emu.selftest_launch(1, 1, 1, 2048)  # more than 1024 threads per block
+    with pytest.raises(PyConvError, match="invalid configuration"):
+        emu._C_cuda_emu.selftest_launch(1, 70000, 1, 32)  # gridDim.y > 65535
+
+
 # ------------------------------------------------------------------------------------ pooling ---
 
 POOL_CASES = [

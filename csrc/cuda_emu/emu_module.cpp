@@ -8,6 +8,7 @@
 namespace pyconv {
 void bind_cuda_ops(pybind11::module_& m);
 void register_error_translator();
+void bind_emulator_selftests(pybind11::module_& m);
 }  // namespace pyconv
 
 PYBIND11_MODULE(_C_cuda_emu, m) {
@@ -23,4 +24,5 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
     return d;
   }, "Launches, blocks and __syncthreads crossings run by the emulator so far.");
   pyconv::bind_cuda_ops(m);
+  pyconv::bind_emulator_selftests(m);
 }
