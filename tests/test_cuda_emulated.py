@@ -76,6 +76,19 @@ def test_conv2d(case, dtype, algo):
     run_conv(emu, algo, dtype, case)
 
 
+# Around the 64 x 64 implicit-GEMM tile: M = K and N*P*Q exactly one tile, and one past it.
+TILE_EDGE_CASES = [
+    (1, 3, 8, 8, 64, 1, 1, dict()),
+    (1, 2, 5, 13, 65, 1, 1, dict()),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", TILE_EDGE_CASES, ids=lambda c: f"{c[:7]}")
+def test_conv2d_igemm_tile_edges(case, dtype):
+    run_conv(emu, "im2col", dtype, case)
+
+
 def test_conv2d_no_bias_and_partial_grads():
     x, w = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
     shape = conv_shape(x, w, {})
