@@ -28,10 +28,10 @@ def find_nvcc():
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        if ext.name == "pyconv._C_cuda":
+        if ext.name in ("pyconv._C_cuda", "pyconv._C_cuda_emu"):
             # Built by the same CMake run as pyconv._C (listed so editable installs copy it).
             if not Path(self.get_ext_fullpath(ext.name)).exists():
-                raise RuntimeError("CMake did not build pyconv._C_cuda although nvcc was found")
+                raise RuntimeError(f"CMake did not build {ext.name}")
             return
         import pybind11
 
@@ -66,7 +66,7 @@ setup(
     packages=["pyconv", "pyconv.ops", "pyconv.backends", "pyconv.bench", "pyconv.kernels",
               "pyconv.kernels.cpu", "pyconv.kernels.cuda"],
     package_dir={"pyconv": "pyconv", "pyconv.kernels": "kernels"},
-    ext_modules=[CMakeExtension("pyconv._C")] + ([CMakeExtension("pyconv._C_cuda")] if find_nvcc() else []),
+    ext_modules=[CMakeExtension("pyconv._C"), CMakeExtension("pyconv._C_cuda_emu")] + ([CMakeExtension("pyconv._C_cuda")] if find_nvcc() else []),
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

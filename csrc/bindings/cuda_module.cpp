@@ -2,8 +2,14 @@
 #include <pybind11/pybind11.h>
 #include <cuda_runtime_api.h>
 
+namespace pyconv {
+void bind_cuda_ops(pybind11::module_& m);
+void register_error_translator();
+}  // namespace pyconv
+
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "pyconv CUDA kernels";
+  pyconv::register_error_translator();
   m.def("device_count", [] {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -12,5 +18,5 @@ PYBIND11_MODULE(_C_cuda, m) {
     }
     return n;
   }, "Number of CUDA devices visible to the runtime (0 without a GPU or driver).");
-  m.attr("kernels") = pybind11::list();
+  pyconv::bind_cuda_ops(m);
 }

@@ -1,12 +1,194 @@
-"""The cuda backend. Its kernels are not written yet: it reports itself unavailable, and the
-registry raises a clear error when it is asked for."""
-IMPLEMENTED = False
-CONV_ALGOS = ()
+"""The CUDA C++ backend: pyconv._C_cuda (csrc/cuda through csrc/bindings/cuda_ops.cpp).
+
+Tensors reach the kernels as (address, numel) pairs; kernels run on the current torch stream of the
+tensors' device and are not synchronized here (torch's stream semantics). cupy arrays arrive as
+torch tensors through DLPack at the functional level (pyconv._arrays).
+
+KernelTable is shared with pyconv.backends.cuda_emu, which runs the same bindings and the same
+kernel sources on CPU tensors through the launch emulator (tests only).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._errors import PyConvError
+
+IMPLEMENTED = True
+CONV_ALGOS = ("direct", "im2col")  # im2col = implicit GEMM (the column matrix is never materialized)
+
+try:
+    from .. import _C_cuda
+    _IMPORT_ERROR = None
+except ImportError as e:  # built without nvcc
+    _C_cuda = None
+    _IMPORT_ERROR = e
 
 
 def is_available() -> bool:
-    return False
+    return _C_cuda is not None and _C_cuda.device_count() > 0 and torch.cuda.is_available()
 
 
 def unavailable_reason() -> str:
-    return "the cuda kernels are not implemented yet"
+    if _C_cuda is None:
+        return f"pyconv._C_cuda was not built (no nvcc at build time): {_IMPORT_ERROR}"
+    if _C_cuda.device_count() == 0:
+        return "no CUDA device is visible to the CUDA runtime"
+    if not torch.cuda.is_available():
+        return "this torch build has no CUDA support"
+    return ""
+
+
+class KernelTable:
+    """The backend kernel table over one binding module (pyconv._C_cuda or pyconv._C_cuda_emu)."""
+
+    def __init__(self, lib, device_type: str):
+        self.lib = lib
+        self.device_type = device_type
+
+    # ---- buffers and streams
+    def _buf(self, t, name):
+        if t is None:
+            return None
+        if t.device.type != self.device_type:
+            raise PyConvError(f"{name}: on {t.device}, expected a {self.device_type} tensor")
+        if not t.is_contiguous():
+            raise PyConvError(f"{name}: the kernels need a contiguous tensor")
+        return (t.data_ptr(), t.numel())
+
+    def _stream(self, t) -> int:
+        if self.device_type != "cuda":
+            return 0
+        return torch.cuda.current_stream(t.device).cuda_stream
+
+    def _device(self, t):
+        if self.device_type != "cuda":
+            import contextlib
+            return contextlib.nullcontext()
+        return torch.cuda.device(t.device)
+
+    @staticmethod
+    def _dtype(t) -> str:
+        return str(t.dtype).replace("torch.", "")
+
+    # ---- convolution
+    def _algo(self, algo):
+        if algo not in CONV_ALGOS:
+            raise NotImplementedError(f"algo={algo!r} is not implemented in the cuda backend "
+                                      f"(it has {', '.join(CONV_ALGOS)})")
+        return algo
+
+    def conv2d_forward(self, x, w, b, y, shape, algo):
+        with self._device(x):
+            self.lib.conv2d_forward(self._algo(algo), self._dtype(x), tuple(shape), self._buf(x, "input"),
+                                    self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
+                                    self._stream(x))
+
+    def conv2d_backward_input(self, gy, w, gx, shape, algo):
+        with self._device(gy):
+            self.lib.conv2d_backward_input(self._algo(algo), self._dtype(gy), tuple(shape),
+                                           self._buf(gy, "grad_output"), self._buf(w, "weight"),
+                                           self._buf(gx, "grad_input"), self._stream(gy))
+
+    def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
+        algo = self._algo(algo)
+        n = self.lib.conv2d_backward_weight_workspace(algo, tuple(shape)) if gw is not None else 0
+        ws = torch.empty(n, dtype=x.dtype, device=x.device) if n else None
+        with self._device(x):
+            self.lib.conv2d_backward_weight(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
+                                            self._buf(gy, "grad_output"), self._buf(gw, "grad_weight"),
+                                            self._buf(gb, "grad_bias"), self._buf(ws, "workspace"),
+                                            self._stream(x))
+
+    # ---- pooling
+    def _indices(self, idx):
+        if idx.dtype != torch.int64:
+            raise PyConvError(f"indices: dtype {idx.dtype}, expected torch.int64")
+        return self._buf(idx, "indices")
+
+    def max_pool2d_forward(self, x, y, indices, shape):
+        with self._device(x):
+            self.lib.max_pool2d_forward(self._dtype(x), tuple(shape), self._buf(x, "input"), self._buf(y, "output"),
+                                        self._indices(indices), self._stream(x))
+
+    def max_pool2d_backward(self, gy, indices, gx, shape):
+        with self._device(gy):
+            self.lib.max_pool2d_backward(self._dtype(gy), tuple(shape), self._buf(gy, "grad_output"),
+                                         self._indices(indices), self._buf(gx, "grad_input"), self._stream(gy))
+
+    def avg_pool2d_forward(self, x, y, shape, count_include_pad, divisor_override):
+        with self._device(x):
+            self.lib.avg_pool2d_forward(self._dtype(x), tuple(shape), self._buf(x, "input"), self._buf(y, "output"),
+                                        bool(count_include_pad), int(divisor_override), self._stream(x))
+
+    def avg_pool2d_backward(self, gy, gx, shape, count_include_pad, divisor_override):
+        with self._device(gy):
+            self.lib.avg_pool2d_backward(self._dtype(gy), tuple(shape), self._buf(gy, "grad_output"),
+                                         self._buf(gx, "grad_input"), bool(count_include_pad),
+                                         int(divisor_override), self._stream(gy))
+
+    # ---- batch norm
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
+                           training, momentum, eps):
+        with self._device(x):
+            self.lib.batch_norm_forward(
+                self._dtype(x), tuple(shape), self._buf(x, "input"), self._buf(weight, "weight"),
+                self._buf(bias, "bias"), self._buf(running_mean, "running_mean"),
+                self._buf(running_var, "running_var"), self._buf(y, "output"), self._buf(save_mean, "save_mean"),
+                self._buf(save_invstd, "save_invstd"), bool(training),
+                0.0 if momentum is None else float(momentum), float(eps), self._stream(x))
+
+    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+        ws = torch.empty(2 * shape[1], dtype=x.dtype, device=x.device)  # per-channel sums of gy, gy*xhat
+        with self._device(x):
+            self.lib.batch_norm_backward(
+                self._dtype(x), tuple(shape), self._buf(gy, "grad_output"), self._buf(x, "input"),
+                self._buf(weight, "weight"), self._buf(save_mean, "save_mean"), self._buf(save_invstd, "save_invstd"),
+                self._buf(gx, "grad_input"), self._buf(gw, "grad_weight"), self._buf(gb, "grad_bias"),
+                self._buf(ws, "workspace"), bool(training), self._stream(x))
+
+
+_TABLE = KernelTable(_C_cuda, "cuda") if _C_cuda is not None else None
+
+
+def _table() -> KernelTable:
+    if _TABLE is None:
+        raise PyConvError(f"backend='cuda' is not available: {unavailable_reason()}")
+    return _TABLE
+
+
+def conv2d_forward(x, w, b, y, shape, algo):
+    _table().conv2d_forward(x, w, b, y, shape, algo)
+
+
+def conv2d_backward_input(gy, w, gx, shape, algo):
+    _table().conv2d_backward_input(gy, w, gx, shape, algo)
+
+
+def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
+    _table().conv2d_backward_weight(x, gy, gw, gb, shape, algo)
+
+
+def max_pool2d_forward(x, y, indices, shape):
+    _table().max_pool2d_forward(x, y, indices, shape)
+
+
+def max_pool2d_backward(gy, indices, gx, shape):
+    _table().max_pool2d_backward(gy, indices, gx, shape)
+
+
+def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
+    _table().avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
+    _table().avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
+                       momentum, eps):
+    _table().batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
+                                training, momentum, eps)
+
+
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+    _table().batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training)

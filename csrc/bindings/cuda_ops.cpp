@@ -1,0 +1,298 @@
+// Bindings of the CUDA kernels (csrc/cuda/kernels.h). Compiled twice by the host compiler: into
+// pyconv._C_cuda (device pointers, kernels built by nvcc) and into pyconv._C_cuda_emu (host
+// pointers, the same kernels run by the launch emulator). Buffers arrive as (address, numel) pairs
+// from pyconv/backends/cuda.py; everything checkable without dereferencing is checked here: element
+// counts against the shape, null and misaligned addresses, shape ranges, dtype names.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "common/error.h"
+#include "cuda/kernels.h"
+
+namespace pyconv {
+namespace py = pybind11;
+using kern::stream_t;
+
+namespace {
+
+enum class DT { f32, f64 };
+
+DT parse_dtype(const std::string& d) {
+  if (d == "float32") return DT::f32;
+  if (d == "float64") return DT::f64;
+  fail("dtype ", d, " is not supported; expected float32 or float64");
+}
+
+int64_t numel_of(std::initializer_list<int64_t> dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    PYCONV_CHECK(d >= 0, "negative size ", d);
+    PYCONV_CHECK(d == 0 || n <= INT64_MAX / d, "size product overflows int64");
+    n *= d;
+  }
+  return n;
+}
+
+// (address, numel) -> typed pointer; None -> nullptr when the buffer is optional.
+template <typename T>
+T* buffer(const py::object& o, const char* name, int64_t need, bool optional = false) {
+  if (o.is_none()) {
+    PYCONV_CHECK(optional, name, ": buffer is required");
+    return nullptr;
+  }
+  const auto pr = o.cast<std::pair<uintptr_t, int64_t>>();
+  PYCONV_CHECK(pr.second == need, name, ": buffer has ", pr.second, " elements but the shape needs ", need);
+  PYCONV_CHECK(need == 0 || pr.first != 0, name, ": null address");
+  PYCONV_CHECK(pr.first % alignof(T) == 0, name, ": address ", pr.first, " is not aligned to ", alignof(T),
+               " bytes");
+  return reinterpret_cast<T*>(pr.first);
+}
+
+stream_t stream_of(uintptr_t s) { return reinterpret_cast<stream_t>(s); }
+
+constexpr int64_t kSizeLimit = int64_t(1) << 40;
+
+ConvShape conv_shape(const std::array<int64_t, 16>& a) {
+  ConvShape s;
+  s.N = a[0], s.C = a[1], s.H = a[2], s.W = a[3], s.K = a[4], s.R = a[5], s.S = a[6], s.P = a[7], s.Q = a[8];
+  s.G = a[9], s.stride_h = a[10], s.stride_w = a[11], s.pad_h = a[12], s.pad_w = a[13], s.dil_h = a[14],
+  s.dil_w = a[15];
+  for (int64_t v : a) PYCONV_CHECK(v >= 0 && v < kSizeLimit, "ConvShape: size ", v, " out of range");
+  PYCONV_CHECK(s.R >= 1 && s.S >= 1, "ConvShape: kernel size ", s.R, "x", s.S, " must be positive");
+  PYCONV_CHECK(s.G >= 1 && s.C % s.G == 0 && s.K % s.G == 0, "ConvShape: groups=", s.G, " must divide C=", s.C,
+               " and K=", s.K);
+  PYCONV_CHECK(s.stride_h >= 1 && s.stride_w >= 1 && s.dil_h >= 1 && s.dil_w >= 1,
+               "ConvShape: stride and dilation must be positive");
+  // Kernels clip every input coordinate and iterate over P, Q from the shape, so any P, Q whose
+  // buffers have the right sizes is memory-safe; still reject outputs torch would not produce.
+  auto out_ok = [](int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t st, int64_t out) {
+    for (int64_t extra = 0; extra <= 1; ++extra) {
+      const int64_t span = in + 2 * pad + extra - dil * (k - 1) - 1;
+      if (span >= 0 && span / st + 1 == out) return true;
+    }
+    return false;
+  };
+  PYCONV_CHECK(out_ok(s.H, s.pad_h, s.dil_h, s.R, s.stride_h, s.P), "ConvShape: output height P=", s.P,
+               " is inconsistent with H=", s.H, " pad=", s.pad_h, " R=", s.R);
+  PYCONV_CHECK(out_ok(s.W, s.pad_w, s.dil_w, s.S, s.stride_w, s.Q), "ConvShape: output width Q=", s.Q,
+               " is inconsistent with W=", s.W, " pad=", s.pad_w, " S=", s.S);
+  return s;
+}
+
+kern::PoolDims pool_dims(const std::array<int64_t, 14>& a) {
+  kern::PoolDims s{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]};
+  for (int64_t v : a) PYCONV_CHECK(v >= 0 && v < kSizeLimit, "PoolShape: size ", v, " out of range");
+  PYCONV_CHECK(s.kernel_h >= 1 && s.kernel_w >= 1 && s.stride_h >= 1 && s.stride_w >= 1 && s.dil_h >= 1 &&
+                   s.dil_w >= 1,
+               "PoolShape: kernel size, stride and dilation must be positive");
+  return s;
+}
+
+kern::BatchNormDims bn_dims(const std::array<int64_t, 3>& a) {
+  for (int64_t v : a) PYCONV_CHECK(v >= 0 && v < kSizeLimit, "BatchNormShape: size ", v, " out of range");
+  return {a[0], a[1], a[2]};
+}
+
+enum class Algo { direct, igemm };
+
+Algo parse_algo(const std::string& a) {
+  if (a == "direct") return Algo::direct;
+  if (a == "im2col") return Algo::igemm;
+  fail("algo=", a, " is not implemented by the cuda backend (it has 'direct' and 'im2col')");
+}
+
+template <typename T>
+void conv_fwd(Algo algo, const ConvShape& s, const py::object& x, const py::object& w, const py::object& b,
+              const py::object& y, uintptr_t stream) {
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* bp = buffer<const T>(b, "bias", s.K, true);
+  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  py::gil_scoped_release nogil;
+  if (algo == Algo::direct) kern::conv_direct_fprop<T>(s, xp, wp, bp, yp, stream_of(stream));
+  else kern::conv_igemm_fprop<T>(s, xp, wp, bp, yp, stream_of(stream));
+}
+
+template <typename T>
+void conv_bwd_input(Algo algo, const ConvShape& s, const py::object& gy, const py::object& w, const py::object& gx,
+                    uintptr_t stream) {
+  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
+  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  py::gil_scoped_release nogil;
+  if (algo == Algo::direct) kern::conv_direct_dgrad<T>(s, gyp, wp, gxp, stream_of(stream));
+  else kern::conv_igemm_dgrad<T>(s, gyp, wp, gxp, stream_of(stream));
+}
+
+template <typename T>
+void conv_bwd_weight(Algo algo, const ConvShape& s, const py::object& x, const py::object& gy, const py::object& gw,
+                     const py::object& gb, const py::object& ws, uintptr_t stream) {
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* gwp = buffer<T>(gw, "grad_weight", numel_of({s.K, s.C / s.G, s.R, s.S}), true);
+  T* gbp = buffer<T>(gb, "grad_bias", s.K, true);
+  const int64_t ws_need = algo == Algo::igemm && gwp ? kern::conv_igemm_wgrad_workspace(s) : 0;
+  T* wsp = ws_need ? buffer<T>(ws, "workspace", ws_need) : nullptr;
+  py::gil_scoped_release nogil;
+  if (algo == Algo::direct) kern::conv_direct_wgrad<T>(s, xp, gyp, gwp, gbp, stream_of(stream));
+  else kern::conv_igemm_wgrad<T>(s, xp, gyp, gwp, gbp, wsp, stream_of(stream));
+}
+
+template <typename T>
+void max_fwd(const kern::PoolDims& s, const py::object& x, const py::object& y, const py::object& idx,
+             uintptr_t stream) {
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const int64_t out = numel_of({s.N, s.C, s.P, s.Q});
+  T* yp = buffer<T>(y, "output", out);
+  int64_t* ip = buffer<int64_t>(idx, "indices", out);
+  py::gil_scoped_release nogil;
+  kern::max_pool_fprop<T>(s, xp, yp, ip, stream_of(stream));
+}
+
+template <typename T>
+void max_bwd(const kern::PoolDims& s, const py::object& gy, const py::object& idx, const py::object& gx,
+             uintptr_t stream) {
+  const int64_t out = numel_of({s.N, s.C, s.P, s.Q});
+  const T* gyp = buffer<const T>(gy, "grad_output", out);
+  const int64_t* ip = buffer<const int64_t>(idx, "indices", out);
+  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  py::gil_scoped_release nogil;
+  kern::max_pool_bprop<T>(s, gyp, ip, gxp, stream_of(stream));
+}
+
+template <typename T>
+void avg_fwd(const kern::PoolDims& s, const py::object& x, const py::object& y, bool cip, int64_t div,
+             uintptr_t stream) {
+  PYCONV_CHECK(div >= 0, "divisor_override=", div, ": expected a positive divisor (0 = none)");
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  T* yp = buffer<T>(y, "output", numel_of({s.N, s.C, s.P, s.Q}));
+  py::gil_scoped_release nogil;
+  kern::avg_pool_fprop<T>(s, xp, yp, cip, div, stream_of(stream));
+}
+
+template <typename T>
+void avg_bwd(const kern::PoolDims& s, const py::object& gy, const py::object& gx, bool cip, int64_t div,
+             uintptr_t stream) {
+  PYCONV_CHECK(div >= 0, "divisor_override=", div, ": expected a positive divisor (0 = none)");
+  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.C, s.P, s.Q}));
+  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  py::gil_scoped_release nogil;
+  kern::avg_pool_bprop<T>(s, gyp, gxp, cip, div, stream_of(stream));
+}
+
+template <typename T>
+void bn_fwd(const kern::BatchNormDims& s, const py::object& x, const py::object& w, const py::object& b,
+            const py::object& rm, const py::object& rv, const py::object& y, const py::object& sm,
+            const py::object& si, bool training, double momentum, double eps, uintptr_t stream) {
+  const int64_t n = numel_of({s.N, s.C, s.L});
+  const T* xp = buffer<const T>(x, "input", n);
+  const T* wp = buffer<const T>(w, "weight", s.C, true);
+  const T* bp = buffer<const T>(b, "bias", s.C, true);
+  T* rmp = buffer<T>(rm, "running_mean", s.C, true);
+  T* rvp = buffer<T>(rv, "running_var", s.C, true);
+  PYCONV_CHECK(training || (rmp && rvp), "running_mean/running_var: required when training=False");
+  T* yp = buffer<T>(y, "output", n);
+  T* smp = buffer<T>(sm, "save_mean", s.C);
+  T* sip = buffer<T>(si, "save_invstd", s.C);
+  py::gil_scoped_release nogil;
+  kern::batch_norm_fprop<T>(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stream_of(stream));
+}
+
+template <typename T>
+void bn_bwd(const kern::BatchNormDims& s, const py::object& gy, const py::object& x, const py::object& w,
+            const py::object& sm, const py::object& si, const py::object& gx, const py::object& gw,
+            const py::object& gb, const py::object& ws, bool training, uintptr_t stream) {
+  const int64_t n = numel_of({s.N, s.C, s.L});
+  const T* gyp = buffer<const T>(gy, "grad_output", n);
+  const T* xp = buffer<const T>(x, "input", n);
+  const T* wp = buffer<const T>(w, "weight", s.C, true);
+  const T* smp = buffer<const T>(sm, "save_mean", s.C);
+  const T* sip = buffer<const T>(si, "save_invstd", s.C);
+  T* gxp = buffer<T>(gx, "grad_input", n, true);
+  T* gwp = buffer<T>(gw, "grad_weight", s.C, true);
+  T* gbp = buffer<T>(gb, "grad_bias", s.C, true);
+  T* wsp = buffer<T>(ws, "workspace", 2 * s.C);
+  py::gil_scoped_release nogil;
+  kern::batch_norm_bprop<T>(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, wsp, training, stream_of(stream));
+}
+
+}  // namespace
+
+// The same functions in pyconv._C_cuda and pyconv._C_cuda_emu.
+void bind_cuda_ops(py::module_& m) {
+  using A16 = std::array<int64_t, 16>;
+  using A14 = std::array<int64_t, 14>;
+  using A3 = std::array<int64_t, 3>;
+  using O = const py::object&;
+  m.attr("CONV_ALGOS") = py::make_tuple("direct", "im2col");
+  m.def("conv2d_forward", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w, O b, O y,
+                             uintptr_t stream) {
+    const Algo a = parse_algo(algo);
+    const ConvShape s = conv_shape(shape);
+    if (parse_dtype(dt) == DT::f32) conv_fwd<float>(a, s, x, w, b, y, stream);
+    else conv_fwd<double>(a, s, x, w, b, y, stream);
+  });
+  m.def("conv2d_backward_input", [](const std::string& algo, const std::string& dt, const A16& shape, O gy, O w,
+                                    O gx, uintptr_t stream) {
+    const Algo a = parse_algo(algo);
+    const ConvShape s = conv_shape(shape);
+    if (parse_dtype(dt) == DT::f32) conv_bwd_input<float>(a, s, gy, w, gx, stream);
+    else conv_bwd_input<double>(a, s, gy, w, gx, stream);
+  });
+  m.def("conv2d_backward_weight", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O gy,
+                                     O gw, O gb, O ws, uintptr_t stream) {
+    const Algo a = parse_algo(algo);
+    const ConvShape s = conv_shape(shape);
+    if (parse_dtype(dt) == DT::f32) conv_bwd_weight<float>(a, s, x, gy, gw, gb, ws, stream);
+    else conv_bwd_weight<double>(a, s, x, gy, gw, gb, ws, stream);
+  });
+  m.def("conv2d_backward_weight_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
+    return parse_algo(algo) == Algo::igemm ? kern::conv_igemm_wgrad_workspace(conv_shape(shape)) : 0;
+  }, "Elements of the split-K workspace conv2d_backward_weight needs (0: none).");
+  m.def("max_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, O idx, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) max_fwd<float>(pool_dims(shape), x, y, idx, stream);
+    else max_fwd<double>(pool_dims(shape), x, y, idx, stream);
+  });
+  m.def("max_pool2d_backward", [](const std::string& dt, const A14& shape, O gy, O idx, O gx, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) max_bwd<float>(pool_dims(shape), gy, idx, gx, stream);
+    else max_bwd<double>(pool_dims(shape), gy, idx, gx, stream);
+  });
+  m.def("avg_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, bool cip, int64_t div,
+                                 uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) avg_fwd<float>(pool_dims(shape), x, y, cip, div, stream);
+    else avg_fwd<double>(pool_dims(shape), x, y, cip, div, stream);
+  });
+  m.def("avg_pool2d_backward", [](const std::string& dt, const A14& shape, O gy, O gx, bool cip, int64_t div,
+                                  uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) avg_bwd<float>(pool_dims(shape), gy, gx, cip, div, stream);
+    else avg_bwd<double>(pool_dims(shape), gy, gx, cip, div, stream);
+  });
+  m.def("batch_norm_forward", [](const std::string& dt, const A3& shape, O x, O w, O b, O rm, O rv, O y, O sm,
+                                 O si, bool training, double momentum, double eps, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) bn_fwd<float>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, stream);
+    else bn_fwd<double>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, stream);
+  });
+  m.def("batch_norm_backward", [](const std::string& dt, const A3& shape, O gy, O x, O w, O sm, O si, O gx, O gw,
+                                  O gb, O ws, bool training, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) bn_bwd<float>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, training, stream);
+    else bn_bwd<double>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, training, stream);
+  });
+}
+
+// pyconv::Error -> pyconv.PyConvError, for both modules.
+void register_error_translator() {
+  static py::object error_type = py::module_::import("pyconv._errors").attr("PyConvError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      PyErr_SetString(error_type.ptr(), e.what());
+    }
+  });
+}
+
+}  // namespace pyconv

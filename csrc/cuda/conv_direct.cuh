@@ -1,0 +1,147 @@
+// Direct convolution on the GPU, NCHW, any stride / padding / dilation / groups; one thread per
+// output element, 64-bit indices, grid-stride loops.
+//
+//   fprop  y[n,k,p,q]  = b[k] + sum_{c<Cg,r,s} w[k,c,r,s] * x[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]
+//   dgrad  gx[n,g*Cg+c,h,v] = sum_{k<Kg,r,s : h+ph-r*dh = p*sh, v+pw-s*dw = q*sw, 0<=p<P, 0<=q<Q}
+//                                gy[n, g*Kg+k, p, q] * w[g*Kg+k, c, r, s]
+//          (a gather per input element: no atomics, deterministic)
+//   wgrad  gw[k,c,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]
+//          (one thread per weight element, serial over n,p,q)
+//   bias   gb[k] = sum_{n,p,q} gy[n,k,p,q]   (one block per k, block_sum)
+#pragma once
+#include "cuda/block_reduce.cuh"
+#include "cuda/kernels.h"
+#include "cuda/launch.h"
+
+namespace pyconv {
+namespace kern {
+
+constexpr int kElementwiseThreads = 256;
+
+// Enough blocks to fill any current GPU; grid-stride loops cover the rest.
+inline unsigned elementwise_blocks(int64_t n) {
+  const int64_t b = ceil_div(n, kElementwiseThreads);
+  return unsigned(b < 8192 ? b : 8192);
+}
+
+template <typename T>
+PYCONV_GLOBAL void conv_direct_fprop_kernel(ConvShape s, const T* x, const T* w, const T* b, T* y) {
+  const int64_t Cg = s.C / s.G, Kg = s.K / s.G;
+  const int64_t total = s.N * s.K * s.P * s.Q;
+  for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
+    const int64_t q = i % s.Q, p = (i / s.Q) % s.P, k = (i / (s.Q * s.P)) % s.K, n = i / (s.Q * s.P * s.K);
+    const int64_t g = k / Kg;
+    const int64_t h0 = p * s.stride_h - s.pad_h, v0 = q * s.stride_w - s.pad_w;
+    T acc = b ? b[k] : T(0);
+    for (int64_t c = 0; c < Cg; ++c) {
+      const T* xc = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
+      const T* wc = w + ((k * Cg + c) * s.R) * s.S;
+      for (int64_t r = 0; r < s.R; ++r) {
+        const int64_t h = h0 + r * s.dil_h;
+        if (h < 0 || h >= s.H) continue;
+        for (int64_t t = 0; t < s.S; ++t) {
+          const int64_t v = v0 + t * s.dil_w;
+          if (v < 0 || v >= s.W) continue;
+          acc += wc[r * s.S + t] * xc[h * s.W + v];
+        }
+      }
+    }
+    y[i] = acc;
+  }
+}
+
+template <typename T>
+PYCONV_GLOBAL void conv_direct_dgrad_kernel(ConvShape s, const T* gy, const T* w, T* gx) {
+  const int64_t Cg = s.C / s.G, Kg = s.K / s.G;
+  const int64_t total = s.N * s.C * s.H * s.W;
+  for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
+    const int64_t v = i % s.W, h = (i / s.W) % s.H, ci = (i / (s.W * s.H)) % s.C, n = i / (s.W * s.H * s.C);
+    const int64_t g = ci / Cg, c = ci % Cg;
+    T acc = T(0);
+    for (int64_t r = 0; r < s.R; ++r) {
+      const int64_t ph = h + s.pad_h - r * s.dil_h;
+      if (ph < 0 || ph % s.stride_h) continue;
+      const int64_t p = ph / s.stride_h;
+      if (p >= s.P) continue;
+      for (int64_t t = 0; t < s.S; ++t) {
+        const int64_t qw = v + s.pad_w - t * s.dil_w;
+        if (qw < 0 || qw % s.stride_w) continue;
+        const int64_t q = qw / s.stride_w;
+        if (q >= s.Q) continue;
+        for (int64_t k = 0; k < Kg; ++k) {
+          const int64_t ko = g * Kg + k;
+          acc += gy[((n * s.K + ko) * s.P + p) * s.Q + q] * w[((ko * Cg + c) * s.R + r) * s.S + t];
+        }
+      }
+    }
+    gx[i] = acc;
+  }
+}
+
+template <typename T>
+PYCONV_GLOBAL void conv_direct_wgrad_kernel(ConvShape s, const T* x, const T* gy, T* gw) {
+  const int64_t Cg = s.C / s.G, Kg = s.K / s.G;
+  const int64_t total = s.K * Cg * s.R * s.S;
+  for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
+    const int64_t t = i % s.S, r = (i / s.S) % s.R, c = (i / (s.S * s.R)) % Cg, k = i / (s.S * s.R * Cg);
+    const int64_t g = k / Kg;
+    T acc = T(0);
+    for (int64_t n = 0; n < s.N; ++n) {
+      const T* xc = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
+      const T* gyk = gy + ((n * s.K + k) * s.P) * s.Q;
+      for (int64_t p = 0; p < s.P; ++p) {
+        const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+        if (h < 0 || h >= s.H) continue;
+        for (int64_t q = 0; q < s.Q; ++q) {
+          const int64_t v = q * s.stride_w - s.pad_w + t * s.dil_w;
+          if (v < 0 || v >= s.W) continue;
+          acc += gyk[p * s.Q + q] * xc[h * s.W + v];
+        }
+      }
+    }
+    gw[i] = acc;
+  }
+}
+
+// gb[k]: block k sums its channel of gy over n and the P*Q plane.
+template <typename T>
+PYCONV_GLOBAL void conv_bias_grad_kernel(ConvShape s, const T* gy, T* gb) {
+  PYCONV_SHARED_ARRAY(T, scratch, kReduceThreads);
+  const int64_t k = block_x(), PQ = s.P * s.Q;
+  T acc = T(0);
+  for (int64_t j = thread_x(); j < s.N * PQ; j += kReduceThreads) {
+    const int64_t n = j / PQ, pq = j % PQ;
+    acc += gy[(n * s.K + k) * PQ + pq];
+  }
+  acc = block_sum(acc, scratch);
+  if (thread_x() == 0) gb[k] = acc;
+}
+
+template <typename T>
+void conv_bias_grad(const ConvShape& s, const T* gy, T* gb, stream_t st) {
+  launch(&conv_bias_grad_kernel<T>, {grid_dim(s.K, 2147483647, "conv_bias_grad"), 1, 1},
+         {kReduceThreads, 1, 1}, st, "conv_bias_grad", s, gy, gb);
+}
+
+template <typename T>
+void conv_direct_fprop(const ConvShape& s, const T* x, const T* w, const T* b, T* y, stream_t st) {
+  launch(&conv_direct_fprop_kernel<T>, {elementwise_blocks(s.N * s.K * s.P * s.Q), 1, 1},
+         {kElementwiseThreads, 1, 1}, st, "conv_direct_fprop", s, x, w, b, y);
+}
+
+template <typename T>
+void conv_direct_dgrad(const ConvShape& s, const T* gy, const T* w, T* gx, stream_t st) {
+  launch(&conv_direct_dgrad_kernel<T>, {elementwise_blocks(s.N * s.C * s.H * s.W), 1, 1},
+         {kElementwiseThreads, 1, 1}, st, "conv_direct_dgrad", s, gy, w, gx);
+}
+
+template <typename T>
+void conv_direct_wgrad(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb, stream_t st) {
+  if (gw)
+    launch(&conv_direct_wgrad_kernel<T>, {elementwise_blocks(s.K * (s.C / s.G) * s.R * s.S), 1, 1},
+           {kElementwiseThreads, 1, 1}, st, "conv_direct_wgrad", s, x, gy, gw);
+  if (gb) conv_bias_grad(s, gy, gb, st);
+}
+
+}  // namespace kern
+}  // namespace pyconv

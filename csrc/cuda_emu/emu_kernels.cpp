@@ -1,0 +1,16 @@
+// g++ instantiation of the unchanged kernel sources of csrc/cuda for the launch emulator
+// (pyconv._C_cuda_emu): cuda_compat.h maps the CUDA built-ins onto csrc/cuda_emu/emulator.h.
+#if defined(__CUDACC__)
+#error "the emulator build is compiled by the host compiler"
+#endif
+#include "cuda/batch_norm.cuh"
+#include "cuda/conv_igemm.cuh"
+#include "cuda/instantiate.h"
+#include "cuda/pool.cuh"
+
+PYCONV_INSTANTIATE_CONV(float)
+PYCONV_INSTANTIATE_CONV(double)
+PYCONV_INSTANTIATE_POOL(float)
+PYCONV_INSTANTIATE_POOL(double)
+PYCONV_INSTANTIATE_BATCH_NORM(float)
+PYCONV_INSTANTIATE_BATCH_NORM(double)

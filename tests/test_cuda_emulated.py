@@ -1,0 +1,261 @@
+"""The CUDA C++ kernels (csrc/cuda) on the CPU launch emulator: the unchanged kernel sources,
+compiled by g++ and run with one std::thread per CUDA thread, a real barrier for __syncthreads and
+per-block shared memory. Forward and every gradient against torch, float32 and float64, through the
+cuda backend's kernel table (pyconv.backends.cuda_emu). Small grids: the emulator is slow."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyconv import _args
+from pyconv._errors import PyConvError
+
+emu = pytest.importorskip("pyconv.backends.cuda_emu")
+
+DTYPES = [torch.float32, torch.float64]
+NAN = float("nan")
+
+# (N, C, H, W, K, R, S, kwargs): strides, paddings, dilations, groups, depthwise, 1x1, kernel = input.
+CONV_CASES = [
+    (2, 3, 9, 11, 5, 3, 3, dict(padding=1)),
+    (1, 4, 10, 13, 6, 3, 2, dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1))),
+    (2, 6, 11, 10, 4, 5, 3, dict(stride=3, padding=2, dilation=2)),
+    (2, 8, 7, 7, 12, 3, 3, dict(groups=4, padding=1, stride=2)),
+    (1, 6, 9, 9, 6, 3, 3, dict(groups=6, padding=1)),  # depthwise
+    (2, 16, 6, 6, 70, 1, 1, dict()),                   # 1x1, K > one 64-row tile
+    (1, 3, 5, 5, 4, 5, 5, dict()),                      # kernel = input
+    (3, 5, 8, 8, 7, 3, 3, dict(padding=(1, 2))),        # N*P*Q long enough for a split-K wgrad
+]
+
+
+def tol(dtype):
+    return 1e-9 if dtype == torch.float64 else 5e-5
+
+
+def assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, what
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (an element was not written)"
+    if expected.numel() == 0:
+        return
+    err = (actual.double() - expected.double()).norm() / max(expected.double().norm().item(), 1e-30)
+    assert err <= tol(dtype), f"{what}: relative error {err:.3g}"
+
+
+def nan_like(t, shape=None):
+    return torch.full(tuple(t.shape) if shape is None else shape, NAN, dtype=t.dtype)
+
+
+def conv_shape(x, w, kw):
+    p = _args.conv2d_params(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                            kw.get("groups", 1))
+    return _args.conv2d_shape(x, w, None, p)
+
+
+def run_conv(table, algo, dtype, case, device="cpu"):
+    N, C, H, W, K, R, S, kw = case
+    g = kw.get("groups", 1)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=device)
+    w = torch.randn(K, C // g, R, S, dtype=dtype, device=device)
+    b = torch.randn(K, dtype=dtype, device=device)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    yr = F.conv2d(*leaves, **kw)
+    gy = torch.randn_like(yr)
+    gxr, gwr, gbr = torch.autograd.grad(yr, leaves, gy)
+    shape = conv_shape(x, w, kw)
+    y, gx, gw, gb = nan_like(yr).to(device), nan_like(x).to(device), nan_like(w).to(device), nan_like(b).to(device)
+    table.conv2d_forward(x, w, b, y, shape, algo)
+    table.conv2d_backward_input(gy, w, gx, shape, algo)
+    table.conv2d_backward_weight(x, gy, gw, gb, shape, algo)
+    for name, a, e in (("output", y, yr), ("grad_input", gx, gxr), ("grad_weight", gw, gwr), ("grad_bias", gb, gbr)):
+        assert_close(a.cpu(), e.detach().cpu(), dtype, f"{algo} {name}")
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[:7]}{c[7]}")
+def test_conv2d(case, dtype, algo):
+    run_conv(emu, algo, dtype, case)
+
+
+# Around the 64 x 64 implicit-GEMM tile: M = K and N*P*Q exactly one tile, and one past it.
+TILE_EDGE_CASES = [
+    (1, 3, 8, 8, 64, 1, 1, dict()),
+    (1, 2, 5, 13, 65, 1, 1, dict()),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", TILE_EDGE_CASES, ids=lambda c: f"{c[:7]}")
+def test_conv2d_igemm_tile_edges(case, dtype):
+    run_conv(emu, "im2col", dtype, case)
+
+
+def test_conv2d_no_bias_and_partial_grads():
+    x, w = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    shape = conv_shape(x, w, {})
+    y = nan_like(x, (2, 5, 4, 4))
+    emu.conv2d_forward(x, w, None, y, shape, "im2col")
+    assert_close(y, F.conv2d(x, w), torch.float64, "output without bias")
+    gy = torch.randn_like(y)
+    gb = torch.full((5,), NAN, dtype=torch.float64)
+    emu.conv2d_backward_weight(x, gy, None, gb, shape, "im2col")  # bias gradient only
+    assert_close(gb, gy.sum((0, 2, 3)), torch.float64, "grad_bias alone")
+
+
+def test_igemm_wgrad_split_k_is_deterministic_and_uses_barriers():
+    x, w = torch.randn(3, 5, 8, 8), torch.randn(7, 5, 3, 3)
+    shape = conv_shape(x, w, dict(padding=1))
+    assert emu._C_cuda_emu.conv2d_backward_weight_workspace("im2col", tuple(shape)) > 0, "expected split-K"
+    gy = torch.randn(3, 7, 8, 8)
+    before = emu.stats()
+    outs = []
+    for _ in range(2):
+        gw = nan_like(w)
+        emu.conv2d_backward_weight(x, gy, gw, None, shape, "im2col")
+        outs.append(gw)
+    after = emu.stats()
+    assert torch.equal(outs[0], outs[1])
+    assert after["launches"] - before["launches"] == 4  # GEMM + split-K sum, twice
+    assert after["syncs"] > before["syncs"]
+
+
+def test_binding_checks_raise_pyconv_error():
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    shape = conv_shape(x, w, {})
+    with pytest.raises(PyConvError, match="elements"):
+        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 4), shape, "direct")
+    with pytest.raises(PyConvError, match="aligned"):
+        emu._C_cuda_emu.conv2d_forward("direct", "float32", tuple(shape), (x.data_ptr() + 1, x.numel()),
+                                       (w.data_ptr(), w.numel()), None, (0, 0), 0)
+    with pytest.raises(PyConvError, match="inconsistent"):
+        emu._C_cuda_emu.conv2d_forward("direct", "float32", tuple(shape._replace(P=6)), (x.data_ptr(), x.numel()),
+                                       (w.data_ptr(), w.numel()), None, (0, 0), 0)
+    with pytest.raises(NotImplementedError):
+        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "winograd")
+
+
+def test_grid_limit_raises():
+    # 70000 groups -> gridDim.z = 70000 > 65535: refused before launch, never truncated.
+    x, w = torch.randn(1, 70000, 1, 1), torch.randn(70000, 1, 1, 1)
+    shape = conv_shape(x, w, dict(groups=70000))
+    with pytest.raises(PyConvError, match="grid dimension"):
+        emu.conv2d_forward(x, w, None, torch.empty(1, 70000, 1, 1), shape, "im2col")
+
+
+# ------------------------------------------------------------------------- the emulator itself ---
+# Test-only kernels (csrc/cuda_emu/emu_selftest.cpp) pinning down the execution model it provides.
+
+def test_emulator_barrier_and_shared_memory():
+    out = emu._C_cuda_emu.selftest_reverse(3, 128)
+    assert out == [float(b * 128 + 127 - t) for b in range(3) for t in range(128)]
+
+
+def test_emulator_unwritten_shared_memory_reads_nan():
+    assert all(v != v for v in emu._C_cuda_emu.selftest_unwritten_shared())
+
+
+def test_emulator_exited_threads_leave_the_barrier():
+    assert emu._C_cuda_emu.selftest_early_exit(64) == list(range(31, -1, -1))
+
+
+def test_emulator_builtins():
+    out = emu._C_cuda_emu.selftest_builtins(3, 2, 2, 5)
+    rows = [tuple(out[i:i + 4]) for i in range(0, len(out), 4)]
+    assert rows == [(bx, by, bz, t) for bz in range(2) for by in range(2) for bx in range(3) for t in range(5)]
+
+
+def test_emulator_refuses_what_cuda_refuses():
+    with pytest.raises(PyConvError, match="shared"):
+        emu._C_cuda_emu.selftest_shared_overflow()
+    with pytest.raises(PyConvError, match="invalid configuration"):
+        emu._C_cuda_emu.selftest_launch(1, 1, 1, 2048)  # more than 1024 threads per block
+    with pytest.raises(PyConvError, match="invalid configuration"):
+        emu._C_cuda_emu.selftest_launch(1, 70000, 1, 32)  # gridDim.y > 65535
+
+
+# ------------------------------------------------------------------------------------ pooling ---
+
+POOL_CASES = [
+    # (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+    (2, 3, 9, 11, 3, 2, 1, 1, False),
+    (1, 2, 10, 7, (3, 2), (2, 1), (1, 0), 1, True),
+    (1, 3, 12, 12, 3, 3, 1, 2, False),
+    (2, 2, 5, 6, 2, None, 0, 1, True),
+]
+
+
+def pool_case(case, dtype, op):
+    N, C, H, W, k, s, p, d, ceil = case
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    dil = d if op == "max_pool2d" else 1
+    shape = _args.pool2d_shape(x, k, s, p, dil, ceil, op)
+    return x, dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil), dil, shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool2d(case, dtype, table=emu, device="cpu"):
+    x, kw, dil, shape = pool_case(case, dtype, "max_pool2d")
+    xr = x.clone().requires_grad_()
+    yr, ir = F.max_pool2d(xr, dilation=dil, return_indices=True, **{k: v for k, v in kw.items() if v is not None})
+    gy = torch.randn_like(yr)
+    (gxr,) = torch.autograd.grad(yr, xr, gy)
+    x, gy = x.to(device), gy.to(device)
+    y, idx, gx = nan_like(yr).to(device), torch.full(yr.shape, -7, dtype=torch.int64, device=device), nan_like(x).to(device)
+    table.max_pool2d_forward(x, y, idx, shape)
+    table.max_pool2d_backward(gy, idx, gx, shape)
+    assert torch.equal(y.cpu(), yr.detach()) and torch.equal(idx.cpu(), ir)
+    assert_close(gx.cpu(), gxr, dtype, "max_pool2d grad_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cip,div", [(True, None), (False, None), (True, 3)])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_avg_pool2d(case, cip, div, dtype, table=emu, device="cpu"):
+    x, kw, _, shape = pool_case(case, dtype, "avg_pool2d")
+    xr = x.clone().requires_grad_()
+    yr = F.avg_pool2d(xr, count_include_pad=cip, divisor_override=div, **{k: v for k, v in kw.items() if v is not None})
+    gy = torch.randn_like(yr)
+    (gxr,) = torch.autograd.grad(yr, xr, gy)
+    x, gy = x.to(device), gy.to(device)
+    y, gx = nan_like(yr).to(device), nan_like(x).to(device)
+    table.avg_pool2d_forward(x, y, shape, cip, _args.divisor(div))
+    table.avg_pool2d_backward(gy, gx, shape, cip, _args.divisor(div))
+    assert_close(y.cpu(), yr.detach(), dtype, "avg_pool2d output")
+    assert_close(gx.cpu(), gxr, dtype, "avg_pool2d grad_input")
+
+
+# --------------------------------------------------------------------------------- batch norm ---
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("size", [(4, 3, 5, 7), (300, 2), (2, 5, 3)])
+def test_batch_norm(size, affine, training, dtype, table=emu, device="cpu"):
+    C = size[1]
+    x = torch.randn(*size, dtype=dtype) * 3 + 1
+    w = torch.randn(C, dtype=dtype) if affine else None
+    b = torch.randn(C, dtype=dtype) if affine else None
+    rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
+    momentum, eps = 0.1, 1e-5
+    leaves = [x.clone().requires_grad_()] + ([w.clone().requires_grad_(), b.clone().requires_grad_()] if affine else [])
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    yr = F.batch_norm(leaves[0], rm_ref, rv_ref, leaves[1] if affine else None, leaves[2] if affine else None,
+                      training, momentum, eps)
+    gy = torch.randn_like(yr)
+    grads = torch.autograd.grad(yr, leaves, gy)
+    shape = _args.batch_norm_shape(x, rm, rv, w, b, training, momentum, eps)
+    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+    x_d, w_d, b_d, rm_d, rv_d, gy_d = map(dev, (x, w, b, rm, rv, gy))
+    y, sm, si = nan_like(x).to(device), torch.full((C,), NAN, dtype=dtype, device=device), torch.full((C,), NAN, dtype=dtype, device=device)
+    table.batch_norm_forward(x_d, w_d, b_d, rm_d, rv_d, y, sm, si, shape, training, momentum, eps)
+    assert_close(y.cpu(), yr.detach(), dtype, "batch_norm output")
+    assert_close(rm_d.cpu(), rm_ref, dtype, "running_mean")
+    assert_close(rv_d.cpu(), rv_ref, dtype, "running_var")
+    gx = nan_like(x).to(device)
+    gw = torch.full((C,), NAN, dtype=dtype, device=device) if affine else None
+    gb = torch.full((C,), NAN, dtype=dtype, device=device) if affine else None
+    table.batch_norm_backward(gy_d, x_d, w_d, sm, si, gx, gw, gb, shape, training)
+    assert_close(gx.cpu(), grads[0], dtype, "batch_norm grad_input")
+    if affine:
+        assert_close(gw.cpu(), grads[1], dtype, "batch_norm grad_weight")
+        assert_close(gb.cpu(), grads[2], dtype, "batch_norm grad_bias")
