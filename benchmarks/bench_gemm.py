@@ -1,4 +1,5 @@
-"""pyconv._C.gemm vs torch.matmul (sgemm / dgemm), one process, same threads; GFLOP/s medians.
+"""pyconv._C.gemm vs torch.matmul (sgemm / dgemm), one process, same threads: GFLOP/s of the best of
+three interleaved medians (a shared, loaded machine only ever slows a run down).
 
     python benchmarks/bench_gemm.py [--sizes 256 512 1024 2048] [--dtype float32] [--threads 2]
 """
@@ -42,7 +43,7 @@ def main():
         reps = args.reps if n <= 1024 else max(3, args.reps // 2)
         # Interleave the two so machine noise hits both alike.
         t_ours, t_torch = [], []
-        for _ in range(2):
+        for _ in range(3):
             t_ours.append(median_time(lambda: _C.gemm(a, b, c), reps))
             t_torch.append(median_time(lambda: torch.matmul(ta, tb), reps))
         flops = 2.0 * n * n * n
