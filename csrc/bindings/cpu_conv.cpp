@@ -1,8 +1,12 @@
 // Bindings of the convolution kernels: shape check, buffer checks, GIL released, ISA dispatch.
 #include <pybind11/pybind11.h>
 
+#include <string>
+#include <utility>
+
 #include "bindings/buffers.h"
 #include "cpu/conv_direct.h"
+#include "cpu/conv_im2col.h"
 
 namespace pyconv {
 
@@ -43,38 +47,45 @@ ConvBuffers conv_sizes(const ConvShape& s) {
           checked_numel({s.N, s.K, s.P, s.Q})};
 }
 
+enum class Algo { direct, im2col };
+
 template <typename T>
-void direct_forward(const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
-                    py::array& y) {
+void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
+                 py::array& y) {
   const ConvBuffers n = conv_sizes(s);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
   T* yp = out_buffer<T>(y, "output", n.y);
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp);
+  auto fn = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_forward<T>) : PYCONV_ISA_FN(conv_im2col_forward<T>);
+  fn(s, xp, wp, bp, yp);
 }
 
 template <typename T>
-void direct_backward_input(const ConvShape& s, const py::array& gy, const py::array& w, py::array& gx) {
+void run_backward_input(Algo algo, const ConvShape& s, const py::array& gy, const py::array& w, py::array& gx) {
   const ConvBuffers n = conv_sizes(s);
   const T* gyp = in_buffer<T>(gy, "grad_output", n.y);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   T* gxp = out_buffer<T>(gx, "grad_input", n.x);
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(conv_direct_backward_input<T>)(s, gyp, wp, gxp);
+  auto fn = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_backward_input<T>)
+                                 : PYCONV_ISA_FN(conv_im2col_backward_input<T>);
+  fn(s, gyp, wp, gxp);
 }
 
 template <typename T>
-void direct_backward_weight(const ConvShape& s, const py::array& x, const py::array& gy, const py::object& gw,
-                            const py::object& gb) {
+void run_backward_weight(Algo algo, const ConvShape& s, const py::array& x, const py::array& gy,
+                         const py::object& gw, const py::object& gb) {
   const ConvBuffers n = conv_sizes(s);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* gyp = in_buffer<T>(gy, "grad_output", n.y);
   T* gwp = opt_out_buffer<T>(gw, "grad_weight", n.w);
   T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.K);
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(conv_direct_backward_weight<T>)(s, xp, gyp, gwp, gbp);
+  auto fn = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_backward_weight<T>)
+                                 : PYCONV_ISA_FN(conv_im2col_backward_weight<T>);
+  fn(s, xp, gyp, gwp, gbp);
 }
 
 }  // namespace
@@ -96,21 +107,37 @@ void bind_conv(py::module_& m) {
       .def_readonly("N", &ConvShape::N).def_readonly("C", &ConvShape::C)
       .def_readonly("K", &ConvShape::K).def_readonly("P", &ConvShape::P).def_readonly("Q", &ConvShape::Q);
 
-  m.def("conv_direct_forward", [](const ConvShape& s, const py::array& x, const py::array& w,
-                                  const py::object& b, py::array& y) {
-    if (dtype_of(x, "input") == DType::f32) return direct_forward<float>(s, x, w, b, y);
-    return direct_forward<double>(s, x, w, b, y);
-  }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"));
-  m.def("conv_direct_backward_input", [](const ConvShape& s, const py::array& gy, const py::array& w,
-                                         py::array& gx) {
-    if (dtype_of(gy, "grad_output") == DType::f32) return direct_backward_input<float>(s, gy, w, gx);
-    return direct_backward_input<double>(s, gy, w, gx);
-  }, py::arg("shape"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"));
-  m.def("conv_direct_backward_weight", [](const ConvShape& s, const py::array& x, const py::array& gy,
-                                          const py::object& gw, const py::object& gb) {
-    if (dtype_of(x, "input") == DType::f32) return direct_backward_weight<float>(s, x, gy, gw, gb);
-    return direct_backward_weight<double>(s, x, gy, gw, gb);
-  }, py::arg("shape"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("grad_bias"));
+  // One set of bindings per algorithm: conv_<algo>_forward / _backward_input / _backward_weight.
+  for (const auto& entry : {std::make_pair(std::string("direct"), Algo::direct),
+                            std::make_pair(std::string("im2col"), Algo::im2col)}) {
+    const std::string name = "conv_" + entry.first;
+    const Algo algo = entry.second;
+    m.def((name + "_forward").c_str(), [algo](const ConvShape& s, const py::array& x, const py::array& w,
+                                              const py::object& b, py::array& y) {
+      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y);
+      return run_forward<double>(algo, s, x, w, b, y);
+    }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"));
+    m.def((name + "_backward_input").c_str(), [algo](const ConvShape& s, const py::array& gy,
+                                                     const py::array& w, py::array& gx) {
+      if (dtype_of(gy, "grad_output") == DType::f32) return run_backward_input<float>(algo, s, gy, w, gx);
+      return run_backward_input<double>(algo, s, gy, w, gx);
+    }, py::arg("shape"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"));
+    m.def((name + "_backward_weight").c_str(), [algo](const ConvShape& s, const py::array& x,
+                                                      const py::array& gy, const py::object& gw,
+                                                      const py::object& gb) {
+      if (dtype_of(x, "input") == DType::f32) return run_backward_weight<float>(algo, s, x, gy, gw, gb);
+      return run_backward_weight<double>(algo, s, x, gy, gw, gb);
+    }, py::arg("shape"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
+       py::arg("grad_bias"));
+  }
+  m.def("conv_im2col_workspace_bytes", [](const ConvShape& s, const std::string& dtype, int pass) {
+    check_conv_shape(s);
+    PYCONV_CHECK(pass >= 0 && pass <= 2, "pass must be 0 (forward), 1 (grad-input) or 2 (grad-weight)");
+    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype must be 'float32' or 'float64'");
+    if (dtype == "float32") return PYCONV_ISA_FN(conv_im2col_workspace_bytes<float>)(s, pass);
+    return PYCONV_ISA_FN(conv_im2col_workspace_bytes<double>)(s, pass);
+  }, py::arg("shape"), py::arg("dtype"), py::arg("pass_"),
+     "Scratch bytes of one im2col call (0 forward, 1 grad-input, 2 grad-weight).");
 }
 
 }  // namespace pyconv

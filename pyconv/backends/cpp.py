@@ -6,7 +6,7 @@ import torch
 
 from .. import _C
 
-CONV_ALGOS = ("direct",)
+CONV_ALGOS = ("direct", "im2col")
 
 
 def is_available() -> bool:
@@ -26,18 +26,18 @@ def _shape(shape):
 
 
 def conv2d_forward(x, w, b, y, shape, algo):
-    if algo == "direct":
-        return _C.conv_direct_forward(_shape(shape), _np(x), _np(w), _np(b), _np(y))
+    if algo in CONV_ALGOS:
+        return getattr(_C, f"conv_{algo}_forward")(_shape(shape), _np(x), _np(w), _np(b), _np(y))
     raise NotImplementedError(f"algo={algo!r} is not implemented in the cpp backend yet")
 
 
 def conv2d_backward_input(gy, w, gx, shape, algo):
-    if algo == "direct":
-        return _C.conv_direct_backward_input(_shape(shape), _np(gy), _np(w), _np(gx))
+    if algo in CONV_ALGOS:
+        return getattr(_C, f"conv_{algo}_backward_input")(_shape(shape), _np(gy), _np(w), _np(gx))
     raise NotImplementedError(f"algo={algo!r} grad-input is not implemented in the cpp backend yet")
 
 
 def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
-    if algo == "direct":
-        return _C.conv_direct_backward_weight(_shape(shape), _np(x), _np(gy), _np(gw), _np(gb))
+    if algo in CONV_ALGOS:
+        return getattr(_C, f"conv_{algo}_backward_weight")(_shape(shape), _np(x), _np(gy), _np(gw), _np(gb))
     raise NotImplementedError(f"algo={algo!r} grad-weight is not implemented in the cpp backend yet")

@@ -1,0 +1,17 @@
+#pragma once
+#include <cstdint>
+
+#include "common/shapes.h"
+#include "cpu/isa.h"
+
+PYCONV_FOR_EACH_ISA(
+  template <typename T>
+  void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+  template <typename T>
+  void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
+  template <typename T>
+  void conv_im2col_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb);
+  // Scratch bytes one call allocates; pass 0 = forward, 1 = grad-input, 2 = grad-weight.
+  template <typename T>
+  int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass);
+)

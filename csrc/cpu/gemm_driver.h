@@ -1,0 +1,375 @@
+// The GEMM engine shared by gemm.cpp, conv_im2col.cpp and (later) winograd: Goto / BLIS loops
+//
+//   for pc in K step KC:                      pack A[0:M, pc:pc+KC] into MR-row panels (shared)
+//     parallel for each (N chunk, M range):   pack B[pc:pc+KC, chunk] into NR-column panels (per thread)
+//       for ic in M range step MC:            A block MC x KC stays in L2
+//         for jr in chunk step NR:            B micro-panel KC x NR stays in L1
+//           for ir in MC step MR:             MR x NR accumulators in registers
+//             C tile (+)= A panel . B panel
+//
+// Operands are never read directly: a PackA functor writes one MR panel, a PackB functor one NR
+// panel, both zero-padded past the matrix edge, so edge tiles never read out of bounds and the
+// micro-kernel always runs full tiles. The caller's packers may build their panels from anything
+// (a strided matrix, a virtual im2col matrix, images laid out batch by batch). An Out functor
+// stores each finished tile (alpha, beta, bias, scattered column layouts).
+//
+// Include only from csrc/cpu kernel sources (compiled per ISA).
+#pragma once
+#include <cstdint>
+
+#include <omp.h>
+
+#include "common/runtime.h"
+#include "cpu/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Register tile MR x NR (NR = 2 vectors: 6x16 for float, 6x8 for double: 12 accumulators, 2 B
+// vectors and 1 broadcast of the 16 ymm registers) and cache blocks (B micro-panel KC*NR = 16 KiB in
+// L1, A block MC*KC ~ 144 KiB in L2, B block KC*NC per thread in L3).
+template <typename T>
+struct GemmBlocking {
+  static constexpr int MR = 6;
+  static constexpr int NR = 2 * Simd<T>::W;
+  static constexpr int64_t KC = 256;
+  static constexpr int64_t MC = sizeof(T) == 4 ? 144 : 72;
+  static constexpr int64_t NC = sizeof(T) == 4 ? 2048 : 1024;
+};
+
+// x - 0 == x for every x (unlike 0 + x at x = -0), so this folds into one vbroadcast from memory.
+template <typename T>
+PYCONV_INLINE vec_t<T> gemm_splat(T x) {
+  return x - vec_t<T>{};
+}
+
+// tile[MR][NR] = a_panel[kc][MR] . b_panel[kc][NR], portable version (vector extensions).
+template <typename T>
+PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a, const T* __restrict b,
+                                     T* __restrict tile) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
+  V c00{}, c01{}, c10{}, c11{}, c20{}, c21{}, c30{}, c31{}, c40{}, c41{}, c50{}, c51{};
+#define PYCONV_GEMM_STEP(kk)                                  \
+  {                                                           \
+    const V b0 = vload(b + (kk) * NR), b1 = vload(b + (kk) * NR + W); \
+    const T* ak = a + (kk) * MR;                              \
+    V av = gemm_splat(ak[0]); c00 += av * b0; c01 += av * b1; \
+    av = gemm_splat(ak[1]); c10 += av * b0; c11 += av * b1;   \
+    av = gemm_splat(ak[2]); c20 += av * b0; c21 += av * b1;   \
+    av = gemm_splat(ak[3]); c30 += av * b0; c31 += av * b1;   \
+    av = gemm_splat(ak[4]); c40 += av * b0; c41 += av * b1;   \
+    av = gemm_splat(ak[5]); c50 += av * b0; c51 += av * b1;   \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    __builtin_prefetch(b + 8 * NR);
+    PYCONV_GEMM_STEP(0) PYCONV_GEMM_STEP(1) PYCONV_GEMM_STEP(2) PYCONV_GEMM_STEP(3)
+    a += 4 * MR;
+    b += 4 * NR;
+  }
+  for (; k < kc; ++k) {
+    PYCONV_GEMM_STEP(0)
+    a += MR;
+    b += NR;
+  }
+#undef PYCONV_GEMM_STEP
+  vstore(tile + 0 * NR, c00), vstore(tile + 0 * NR + W, c01);
+  vstore(tile + 1 * NR, c10), vstore(tile + 1 * NR + W, c11);
+  vstore(tile + 2 * NR, c20), vstore(tile + 2 * NR + W, c21);
+  vstore(tile + 3 * NR, c30), vstore(tile + 3 * NR + W, c31);
+  vstore(tile + 4 * NR, c40), vstore(tile + 4 * NR + W, c41);
+  vstore(tile + 5 * NR, c50), vstore(tile + 5 * NR + W, c51);
+}
+
+
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2 + FMA: the same kernel written in assembly. GCC's register allocator spills accumulators of
+// the vector-extension version (about 20% slower); here ymm0-11 hold the 6x2 accumulators, ymm12-13
+// the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs.
+#define PYCONV_GEMM_ROW(i, off, acc0, acc1)                                  \
+  "vbroadcast" PYCONV_SFX " " off "(%[a]), %%ymm14\n\t"                     \
+  "vfmadd231p" PYCONV_P " %%ymm12, %%ymm14, %%ymm" acc0 "\n\t"              \
+  "vfmadd231p" PYCONV_P " %%ymm13, %%ymm14, %%ymm" acc1 "\n\t"
+#define PYCONV_GEMM_ASM_KERNEL(T, SFX, P, O1, O2, O3, O4, O5, ASTEP)                               \
+  PYCONV_INLINE void gemm_micro_kernel_asm(int64_t kc, const T* a, const T* b, T* tile) {           \
+    __asm__ volatile(                                                                               \
+        "vxorps %%ymm0, %%ymm0, %%ymm0\n\t vxorps %%ymm1, %%ymm1, %%ymm1\n\t"                      \
+        "vxorps %%ymm2, %%ymm2, %%ymm2\n\t vxorps %%ymm3, %%ymm3, %%ymm3\n\t"                      \
+        "vxorps %%ymm4, %%ymm4, %%ymm4\n\t vxorps %%ymm5, %%ymm5, %%ymm5\n\t"                      \
+        "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t"                      \
+        "vxorps %%ymm8, %%ymm8, %%ymm8\n\t vxorps %%ymm9, %%ymm9, %%ymm9\n\t"                      \
+        "vxorps %%ymm10, %%ymm10, %%ymm10\n\t vxorps %%ymm11, %%ymm11, %%ymm11\n\t"                \
+        "test %[k], %[k]\n\t"                                                                       \
+        "jle 2f\n\t"                                                                                \
+        ".p2align 4\n"                                                                              \
+        "1:\n\t"                                                                                    \
+        "prefetcht0 512(%[b])\n\t"                                                                  \
+        "vmovups (%[b]), %%ymm12\n\t"                                                               \
+        "vmovups 32(%[b]), %%ymm13\n\t"                                                             \
+        PYCONV_GEMM_ROW(0, "", "0", "1") PYCONV_GEMM_ROW(1, O1, "2", "3")                           \
+        PYCONV_GEMM_ROW(2, O2, "4", "5") PYCONV_GEMM_ROW(3, O3, "6", "7")                           \
+        PYCONV_GEMM_ROW(4, O4, "8", "9") PYCONV_GEMM_ROW(5, O5, "10", "11")                         \
+        "add $" ASTEP ", %[a]\n\t"                                                                  \
+        "add $64, %[b]\n\t"                                                                         \
+        "dec %[k]\n\t"                                                                              \
+        "jnz 1b\n"                                                                                  \
+        "2:\n\t"                                                                                    \
+        "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                                  \
+        "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                                \
+        "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"                              \
+        "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"                              \
+        "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"                              \
+        "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"                            \
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)                                                   \
+        : [t] "r"(tile)                                                                             \
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+          "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                     \
+  }
+#define PYCONV_SFX "ss"
+#define PYCONV_P "s"
+PYCONV_GEMM_ASM_KERNEL(float, "ss", "s", "4", "8", "12", "16", "20", "24")
+#undef PYCONV_SFX
+#undef PYCONV_P
+#define PYCONV_SFX "sd"
+#define PYCONV_P "d"
+PYCONV_GEMM_ASM_KERNEL(double, "sd", "d", "8", "16", "24", "32", "40", "48")
+#undef PYCONV_SFX
+#undef PYCONV_P
+#undef PYCONV_GEMM_ASM_KERNEL
+#undef PYCONV_GEMM_ROW
+
+template <typename T>
+PYCONV_INLINE void gemm_micro_kernel(int64_t kc, const T* a, const T* b, T* tile) {
+  gemm_micro_kernel_asm(kc, a, b, tile);
+}
+#else
+template <typename T>
+PYCONV_INLINE void gemm_micro_kernel(int64_t kc, const T* a, const T* b, T* tile) {
+  gemm_micro_kernel_portable(kc, a, b, tile);
+}
+#endif
+
+// ---------------------------------------------------------------------------------- packers ---
+
+// Element (i, k) of A at a[i*rs + k*cs]: packs rows [i0, i0+mr) x cols [k0, k0+kc) as dst[k][MR].
+template <typename T>
+struct StridedPackA {
+  const T* a;
+  int64_t rs, cs;
+  void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
+    constexpr int MR = GemmBlocking<T>::MR;
+    if (mr < MR)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
+    if (cs == 1) {
+      for (int64_t i = 0; i < mr; ++i) {
+        const T* row = a + (i0 + i) * rs + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = row[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* col = a + (k0 + k) * cs + i0 * rs;
+        for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = col[i * rs];
+      }
+    }
+  }
+};
+
+// Element (k, j) of B at b[k*rs + j*cs]: packs rows [k0, k0+kc) x cols [j0, j0+nr) as dst[k][NR].
+template <typename T>
+struct StridedPackB {
+  const T* b;
+  int64_t rs, cs;
+  void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
+    constexpr int NR = GemmBlocking<T>::NR;
+    for (int64_t k = 0; k < kc; ++k) {
+      T* d = dst + k * NR;
+      const T* src = b + (k0 + k) * rs + j0 * cs;
+      if (cs == 1 && nr == NR) {
+        for (int j = 0; j < NR; ++j) d[j] = src[j];
+        continue;
+      }
+      for (int64_t j = 0; j < nr; ++j) d[j] = src[j * cs];
+      for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
+    }
+  }
+};
+
+// A matrix stored image by image: element (row, n*L + l) at base[n*img + row*ld + l]. The activations
+// of a convolution seen as [channels, N*P*Q] (1x1 inputs, grad-outputs).
+template <typename T>
+struct BatchedColumns {
+  const T* base;
+  int64_t img, ld, L;
+};
+
+// BatchedColumns as the B operand (k = row, j = column).
+template <typename T>
+struct BatchedPackB {
+  BatchedColumns<T> m;
+  void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
+    constexpr int NR = GemmBlocking<T>::NR;
+    for (int64_t j = j0; j < j0 + nr;) {
+      const int64_t n = j / m.L, l = j % m.L, len = imin(m.L - l, j0 + nr - j);
+      const T* src = m.base + n * m.img + k0 * m.ld + l;
+      T* d = dst + (j - j0);
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t t = 0; t < len; ++t) d[k * NR + t] = src[k * m.ld + t];
+      j += len;
+    }
+    if (nr < NR)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
+  }
+};
+
+// BatchedColumns as the A operand (i = row, k = column).
+template <typename T>
+struct BatchedPackA {
+  BatchedColumns<T> m;
+  void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
+    constexpr int MR = GemmBlocking<T>::MR;
+    for (int64_t k = k0; k < k0 + kc;) {
+      const int64_t n = k / m.L, l = k % m.L, len = imin(m.L - l, k0 + kc - k);
+      T* d = dst + (k - k0) * MR;
+      for (int64_t i = 0; i < mr; ++i) {
+        const T* src = m.base + n * m.img + (i0 + i) * m.ld + l;
+        for (int64_t t = 0; t < len; ++t) d[t * MR + i] = src[t];
+      }
+      for (int64_t i = mr; i < MR; ++i)
+        for (int64_t t = 0; t < len; ++t) d[t * MR + i] = T(0);
+      k += len;
+    }
+  }
+};
+
+// ------------------------------------------------------------------------------------ output ---
+
+// Column j of C lives at column offset off(j); run(j) columns from j on are contiguous.
+struct DenseColumns {
+  int64_t operator()(int64_t j) const { return j; }
+  int64_t run(int64_t j) const { return INT64_MAX - j; }
+};
+// Columns j = n*L + l of an image-by-image output: offset n*img + l.
+struct BatchedOutColumns {
+  int64_t img, L;
+  int64_t operator()(int64_t j) const { return (j / L) * img + j % L; }
+  int64_t run(int64_t j) const { return L - j % L; }
+};
+
+// C(i, j) at c[i*ldc + cols(j)]. First K block: C = alpha*AB + beta*C + bias[i] (C unread when
+// beta == 0); later K blocks: C += alpha*AB.
+template <typename T, class Cols>
+struct MatrixOut {
+  T* c;
+  int64_t ldc;
+  Cols cols;
+  T alpha, beta;
+  const T* row_bias;
+  void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first) const {
+    constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
+    using V = vec_t<T>;
+    if (nr == NR && cols.run(j0) >= NR) {  // full-width contiguous tile: vector epilogue
+      const int64_t off = cols(j0);
+      const V va = gemm_splat(alpha), vb = gemm_splat(beta);
+      for (int64_t i = 0; i < mr; ++i) {
+        T* out = c + (i0 + i) * ldc + off;
+        const V t0 = vload(tile + i * NR), t1 = vload(tile + i * NR + W);
+        V r0, r1;
+        if (!first) {
+          r0 = vload(out) + va * t0, r1 = vload(out + W) + va * t1;
+        } else {
+          const V bias = gemm_splat(row_bias ? row_bias[i0 + i] : T(0));
+          r0 = va * t0 + bias, r1 = va * t1 + bias;
+          if (beta != T(0)) r0 += vb * vload(out), r1 += vb * vload(out + W);
+        }
+        vstore(out, r0), vstore(out + W, r1);
+      }
+      return;
+    }
+    for (int64_t jj = 0; jj < nr;) {
+      const int64_t off = cols(j0 + jj), len = imin(cols.run(j0 + jj), nr - jj);
+      for (int64_t i = 0; i < mr; ++i) {
+        T* out = c + (i0 + i) * ldc + off;
+        const T* t = tile + i * NR + jj;
+        if (!first) {
+          for (int64_t x = 0; x < len; ++x) out[x] += alpha * t[x];
+          continue;
+        }
+        const T bias = row_bias ? row_bias[i0 + i] : T(0);
+        if (beta == T(0))
+          for (int64_t x = 0; x < len; ++x) out[x] = alpha * t[x] + bias;
+        else
+          for (int64_t x = 0; x < len; ++x) out[x] = alpha * t[x] + beta * out[x] + bias;
+      }
+      jj += len;
+    }
+  }
+};
+
+// ------------------------------------------------------------------------------------ driver ---
+
+// Bytes of scratch gemm_run allocates for an M x N x K problem (reported by the convolutions).
+template <typename T>
+int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
+  using B = GemmBlocking<T>;
+  const int64_t kc = imin(imax(K, 1), B::KC);
+  const int64_t nc = imin(B::NC, ceil_div(N, B::NR) * B::NR);
+  return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
+}
+
+template <typename T, class PackA, class PackB, class Out>
+void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out) {
+  using B = GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR;
+  if (M <= 0 || N <= 0) return;
+  const int nthr = num_threads();
+  const int64_t kc_max = imin(imax(K, 1), B::KC);
+  // N chunks per work item; split finer (then M too) until every thread has work.
+  int64_t nc = imin(B::NC, ceil_div(N, NR) * NR);
+  if (ceil_div(N, nc) < nthr) nc = imax(NR, ceil_div(ceil_div(N, nthr), NR) * NR);
+  const int64_t n_chunks = ceil_div(N, nc);
+  const int64_t m_panels = ceil_div(M, MR);
+  const int64_t m_splits = imin(m_panels, imax(1, ceil_div(nthr, n_chunks)));
+  const int64_t items = n_chunks * m_splits;
+  const int64_t k_blocks = imax(1, ceil_div(K, B::KC));
+  Workspace apack(checked_bytes(m_panels * MR * kc_max, sizeof(T)));
+  Workspace bpack(checked_bytes(int64_t(nthr) * nc * kc_max, sizeof(T)));
+  T* const ap = apack.as<T>();
+#pragma omp parallel num_threads(nthr)
+  {
+    T* const bp = bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
+    alignas(64) T tile[MR * NR];
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+      const int64_t k0 = kb * B::KC, kc = imin(B::KC, K - k0);
+#pragma omp for schedule(static)
+      for (int64_t ip = 0; ip < m_panels; ++ip)
+        pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, ap + ip * MR * kc);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) {
+        const int64_t jc = item / m_splits, ms = item % m_splits;
+        const int64_t j0 = jc * nc, ncur = imin(nc, N - j0);
+        const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
+        for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp)
+          pack_b(k0, kc, j0 + jp * NR, imin(NR, ncur - jp * NR), bp + jp * NR * kc);
+        const int64_t mc_panels = B::MC / MR;
+        for (int64_t ic = ip_begin; ic < ip_end; ic += mc_panels) {
+          const int64_t ic_end = imin(ip_end, ic + mc_panels);
+          for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
+            const T* bpanel = bp + jp * NR * kc;
+            const int64_t nr = imin(NR, ncur - jp * NR);
+            for (int64_t ip = ic; ip < ic_end; ++ip) {
+              gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
+              out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv
