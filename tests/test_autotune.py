@@ -64,8 +64,8 @@ def test_heuristic_falls_through_missing_algorithms(monkeypatch):
 def test_explain_algo_public():
     ch = pyconv.explain_algo(torch.randn(1, 16, 8, 8), torch.randn(16, 1, 3, 3), padding=1, groups=16)
     assert ch.algo in backends.load("cpp").CONV_ALGOS and "depthwise" in str(ch)
-    ch = pyconv.explain_algo((2, 3, 9, 9), (4, 3, 5, 5), stride=2, backend="cpp")
-    assert ch.algo == "direct"
+    ch = pyconv.explain_algo((2, 2, 9, 9), (4, 2, 3, 3), stride=2, backend="cpp")
+    assert ch.algo == "direct" and "reduction" in ch.rule
     with pytest.raises(pyconv.PyConvError):
         pyconv.explain_algo((2, 3, 9, 9), (4, 2, 5, 5))  # channel mismatch: the same checks as conv2d
 
