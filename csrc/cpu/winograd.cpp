@@ -1,0 +1,488 @@
+// Winograd convolution F(m x m, 3 x 3), m in {2, 4}, NCHW, float32 / float64 (Lavin & Gray 2016).
+//
+// The output is cut into m x m tiles; tile (n, ti, tj) reads the alpha x alpha input patch
+// d = x[n, c, ti*m - pad_h + [0, alpha), tj*m - pad_w + [0, alpha)] (zero outside), alpha = m + 2:
+//
+//   forward      Y_tile[k] = A^T [ sum_c U[k,c] . V[c] ] A,   U = G g[k,c] G^T,  V = B^T d B
+//                (. is elementwise: alpha^2 independent GEMMs [K x C] x [C x tiles] per group)
+//   grad-input   a stride-1 convolution of gy with the rotated, channel-transposed filter and padding
+//                2 - pad (negative = crop), run through the forward path
+//   grad-weight  the adjoint: dg[k,c] = G^T [ sum_{n,tiles} (A dY_tile[k] A^T) . V[c] ] G
+//                (alpha^2 GEMMs [K x tiles] x [tiles x C]);  grad-bias gb[k] = sum_{n,p,q} gy[n,k,p,q]
+//
+// Matrices, from Toom-Cook on the points below plus infinity (B^T scaled to integers, the scale
+// moved into G; generated and checked exactly with fractions, points chosen by measured float32 error):
+//
+//   F(2x2,3x3), points 0, 1, -1:
+//     B^T = [ 1  0 -1  0 ]    G = [ 1    0    0   ]    A^T = [ 1  1  1  0 ]
+//           [ 0  1  1  0 ]        [ 1/2  1/2  1/2 ]          [ 0  1 -1  1 ]
+//           [ 0 -1  1  0 ]        [ 1/2 -1/2  1/2 ]
+//           [ 0 -1  0  1 ]        [ 0    0    1   ]
+//
+//   F(4x4,3x3), points 0, 1, -1, 1/2, -2 (2x lower float32 error than 0, +-1, +-2 or 0, +-1, +-1/2):
+//     B^T = [ 2 -3 -4  3  2  0 ]    G = [ 1/2    0      0    ]    A^T = [ 1  1  1  1     1  0 ]
+//           [ 0 -2  1  5  2  0 ]        [ 1/6    1/6    1/6  ]          [ 0  1 -1  1/2  -2  0 ]
+//           [ 0 -2  5 -1 -2  0 ]        [ 1/6   -1/6    1/6  ]          [ 0  1  1  1/4   4  0 ]
+//           [ 0  2  1 -2 -1  0 ]        [ 16/15  8/15   4/15 ]          [ 0  1 -1  1/8  -8  1 ]
+//           [ 0  1 -2 -1  2  0 ]        [ 1/30  -1/15   2/15 ]
+//           [ 0  2 -3 -4  3  2 ]        [ 0      0      1/2  ]
+//
+// Layout and loop order. Filters are transformed once per call into packed A panels
+// U[g][xi][kb][c][MR] (xi = position in the alpha x alpha tile, K zero-padded to MR). Threads take
+// blocks of NB tiles: the block's input is transformed (vectorized across tiles) into
+// V[xi][c][NB], which stays in cache, the micro-kernel multiplies U panels by NR-tile slices of V
+// into M[xi][k][NB], and the output transform writes Y. No full transformed-input tensor exists.
+#include "cpu/winograd.h"
+
+#include "common/runtime.h"
+#include "cpu/simd.h"
+
+#include <omp.h>
+
+namespace pyconv {
+namespace PYCONV_ISA {
+namespace {
+
+template <int M>
+struct WinogradTile;
+
+template <>
+struct WinogradTile<2> {
+  static constexpr int alpha = 4;
+  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
+};
+
+template <>
+struct WinogradTile<4> {
+  static constexpr int alpha = 6;
+  static constexpr double BT[6][6] = {{2, -3, -4, 3, 2, 0},  {0, -2, 1, 5, 2, 0},  {0, -2, 5, -1, -2, 0},
+                                      {0, 2, 1, -2, -1, 0},  {0, 1, -2, -1, 2, 0}, {0, 2, -3, -4, 3, 2}};
+  static constexpr double G[6][3] = {{0.5, 0, 0},
+                                     {1.0 / 6, 1.0 / 6, 1.0 / 6},
+                                     {1.0 / 6, -1.0 / 6, 1.0 / 6},
+                                     {16.0 / 15, 8.0 / 15, 4.0 / 15},
+                                     {1.0 / 30, -1.0 / 15, 2.0 / 15},
+                                     {0, 0, 0.5}};
+  static constexpr double AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5, -2, 0}, {0, 1, 1, 0.25, 4, 0}, {0, 1, -1, 0.125, -8, 1}};
+};
+
+// Adds c * v, with the multiplications by 0 and +-1 resolved at compile time once the loops
+// over the constant matrices are unrolled.
+template <typename S, typename V>
+PYCONV_INLINE void axpy_const(V& acc, double c, V v) {
+  if (c == 1.0)
+    acc += v;
+  else if (c == -1.0)
+    acc -= v;
+  else if (c != 0.0)
+    acc += S(c) * v;
+}
+
+// out[i][j] = sum_k X[i][k] in[k][j], X = Mx or Mx^T (Tr); in is [K][J], out [I][J].
+template <bool Tr, int J, typename S, typename V, int R0, int R1>
+PYCONV_INLINE void mul_left(const double (&Mx)[R0][R1], const V* in, V* out) {
+  constexpr int I = Tr ? R1 : R0, K = Tr ? R0 : R1;
+#pragma GCC unroll 8
+  for (int i = 0; i < I; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) {
+      V acc{};
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) axpy_const<S>(acc, Tr ? Mx[k][i] : Mx[i][k], in[k * J + j]);
+      out[i * J + j] = acc;
+    }
+}
+
+// out[i][j] = sum_k in[i][k] X[k][j], X = Mx or Mx^T (Tr); in is [I][K], out [I][J].
+template <bool Tr, int I, typename S, typename V, int R0, int R1>
+PYCONV_INLINE void mul_right(const double (&Mx)[R0][R1], const V* in, V* out) {
+  constexpr int K = Tr ? R1 : R0, J = Tr ? R0 : R1;
+#pragma GCC unroll 8
+  for (int i = 0; i < I; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) {
+      V acc{};
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) axpy_const<S>(acc, Tr ? Mx[j][k] : Mx[k][j], in[i * K + k]);
+      out[i * J + j] = acc;
+    }
+}
+
+// ---- GEMM micro-kernel ---------------------------------------------------------------------------
+// c[i][j] (+)= sum_l a[l][i] * b[l][j] for an MR x NR tile: a is a packed panel [len][MR], b has rows
+// of NR values with stride ldb, c rows have stride ldc. MR x NR/W accumulators + NR/W + 1 registers
+// fit the 16 ymm registers. Kept self-contained so the shared packed GEMM's kernel can replace it.
+constexpr int kMR = 6;
+template <typename T>
+constexpr int kNR = 2 * Simd<T>::W;
+
+template <typename T>
+void gemm_micro(int64_t len, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  V acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = V{};
+  for (int64_t l = 0; l < len; ++l) {
+    const V b0 = vload(b + l * ldb), b1 = vload(b + l * ldb + W);
+    const T* al = a + l * kMR;
+    for (int i = 0; i < kMR; ++i) {
+      const V ai = vbroadcast(al[i]);
+      acc[i][0] += ai * b0;
+      acc[i][1] += ai * b1;
+    }
+  }
+  for (int i = 0; i < kMR; ++i) {
+    T* ci = c + i * ldc;
+    if (accumulate) {
+      acc[i][0] += vload(ci);
+      acc[i][1] += vload(ci + W);
+    }
+    vstore(ci, acc[i][0]);
+    vstore(ci + W, acc[i][1]);
+  }
+}
+
+// ---- Problem description -------------------------------------------------------------------------
+// A stride-1 3x3 convolution per group: Cin -> Kout channels, input H x W, output P x Q, top/left
+// padding (may be negative: grad-input crops).
+struct Conv {
+  int64_t N, G, Cin, Kout, H, W, P, Q, pad_h, pad_w;
+};
+
+template <int M>
+struct Tiling {
+  int64_t th, tw, tiles;  // tiles per column / row of one image, total over the batch
+  explicit Tiling(const Conv& c) : th(ceil_div(c.P, M)), tw(ceil_div(c.Q, M)), tiles(c.N * th * tw) {}
+};
+
+// Where each of the W tiles starting at tile t0 lies: image, output row/col origin; n = -1 past the end.
+template <int M, int W>
+struct LaneTiles {
+  int64_t n[W], p0[W], q0[W];
+  LaneTiles(const Tiling<M>& tl, int64_t t0) {
+    for (int l = 0; l < W; ++l) {
+      const int64_t t = t0 + l;
+      if (t >= tl.tiles) {
+        n[l] = -1, p0[l] = q0[l] = 0;
+        continue;
+      }
+      n[l] = t / (tl.th * tl.tw);
+      p0[l] = (t / tl.tw) % tl.th * M;
+      q0[l] = t % tl.tw * M;
+    }
+  }
+};
+
+// Filters of group g to packed panels U[xi][kb][c][MR] (kb over ceil(Kout/MR) blocks, zero past Kout).
+// `transposed` reads grad-input's filter: output channel = forward input channel, rotated 180 degrees.
+template <typename T, int M>
+void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
+  constexpr int A = WinogradTile<M>::alpha;
+  const int64_t nkb = ceil_div(c.Kout, kMR);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t gk = 0; gk < c.G * nkb * kMR; ++gk) {
+    const int64_t g = gk / (nkb * kMR), k = gk % (nkb * kMR), kb = k / kMR, i = k % kMR;
+    T* Ug = U + g * A * A * nkb * c.Cin * kMR;
+    for (int64_t ci = 0; ci < c.Cin; ++ci) {
+      T f[9], tmp[A * 3], u[A * A];
+      for (int rs = 0; rs < 9; ++rs) {
+        if (k >= c.Kout)
+          f[rs] = T(0);
+        else if (transposed)
+          f[rs] = w[((g * c.Cin + ci) * c.Kout + k) * 9 + (8 - rs)];
+        else
+          f[rs] = w[((g * c.Kout + k) * c.Cin + ci) * 9 + rs];
+      }
+      mul_left<false, 3, T>(WinogradTile<M>::G, f, tmp);
+      mul_right<true, A, T>(WinogradTile<M>::G, tmp, u);
+      for (int xi = 0; xi < A * A; ++xi) Ug[((xi * nkb + kb) * c.Cin + ci) * kMR + i] = u[xi];
+    }
+  }
+}
+
+// V[xi][ci][NB] = B^T d B for the NB tiles from t0 (zero past the last tile), channels of group g;
+// V has `rows` >= Cin channel rows per position.
+template <typename T, int M>
+void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64_t g, int64_t t0, int64_t NB,
+                           int64_t rows, T* V) {
+  using Vec = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  constexpr int A = WinogradTile<M>::alpha;
+  for (int64_t ch = 0; ch < NB / W; ++ch) {
+    const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    for (int64_t ci = 0; ci < c.Cin; ++ci) {
+      alignas(32) T d[A * A * W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w;
+        if (lt.n[l] < 0) {
+          for (int e = 0; e < A * A; ++e) d[e * W + l] = T(0);
+          continue;
+        }
+        const T* xc = x + ((lt.n[l] * c.G + g) * c.Cin + ci) * c.H * c.W;
+        if (y0 >= 0 && x0 >= 0 && y0 + A <= c.H && x0 + A <= c.W) {
+          for (int i = 0; i < A; ++i)
+            for (int j = 0; j < A; ++j) d[(i * A + j) * W + l] = xc[(y0 + i) * c.W + x0 + j];
+          continue;
+        }
+        for (int i = 0; i < A; ++i)
+          for (int j = 0; j < A; ++j) {
+            const int64_t yy = y0 + i, xx = x0 + j;
+            d[(i * A + j) * W + l] = (yy >= 0 && yy < c.H && xx >= 0 && xx < c.W) ? xc[yy * c.W + xx] : T(0);
+          }
+      }
+      Vec dv[A * A], tmp[A * A], v[A * A];
+      for (int e = 0; e < A * A; ++e) dv[e] = vload(d + e * W);
+      mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
+      mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
+      for (int xi = 0; xi < A * A; ++xi) vstore(V + (xi * rows + ci) * NB + ch * W, v[xi]);
+    }
+  }
+}
+
+// Y = A^T M A (+ bias) for the NB tiles from t0, M[xi][Kpad][NB], output channels of group g.
+template <typename T, int M>
+void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t Kpad, const T* bias,
+                            int64_t g, int64_t t0, int64_t NB, T* y) {
+  using Vec = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  constexpr int A = WinogradTile<M>::alpha;
+  for (int64_t ch = 0; ch < NB / W; ++ch) {
+    const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    for (int64_t k = 0; k < c.Kout; ++k) {
+      Vec mv[A * A], tmp[M * A], o[M * M];
+      for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(Mb + (xi * Kpad + k) * NB + ch * W);
+      mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
+      mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
+      const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
+      alignas(32) T ob[M * M * W];
+      for (int e = 0; e < M * M; ++e) vstore(ob + e * W, o[e] + bv);
+      for (int l = 0; l < W; ++l) {
+        if (lt.n[l] < 0) break;
+        T* yk = y + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
+        const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
+        for (int64_t i = 0; i < pn; ++i)
+          for (int64_t j = 0; j < qn; ++j) yk[(lt.p0[l] + i) * c.Q + lt.q0[l] + j] = ob[(i * M + j) * W + l];
+      }
+    }
+  }
+}
+
+// Tiles per block: a multiple of NR with the block's V and M near a core's L2, and enough blocks
+// for every thread.
+template <typename T>
+int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) {
+  constexpr int64_t NR = kNR<T>;
+  const int64_t budget = 512 * 1024;
+  int64_t panels = imax(1, imin(8, budget / imax(1, per_tile_elems * NR * int64_t(sizeof(T)))));
+  while (panels > 1 && G * ceil_div(tiles, panels * NR) < 4 * nthr) --panels;
+  return panels * NR;
+}
+
+template <typename T, int M>
+void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, const T* bias, T* y) {
+  constexpr int A = WinogradTile<M>::alpha;
+  constexpr int64_t NR = kNR<T>;
+  const Tiling<M> tl(c);
+  if (tl.tiles == 0 || c.Kout == 0) return;
+  const int64_t nkb = ceil_div(c.Kout, kMR), Kpad = nkb * kMR;
+  Workspace uw(checked_bytes(c.G * A * A * Kpad * c.Cin, sizeof(T)));
+  T* U = uw.as<T>();
+  transform_filters<T, M>(c, w, transposed_w, U);
+
+  const int nthr = num_threads();
+  const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
+  const int64_t nblocks = ceil_div(tl.tiles, NB);
+  const int64_t per_thread = A * A * (c.Cin + Kpad) * NB;
+  Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
+#pragma omp parallel num_threads(nthr)
+  {
+    T* V = ws.as<T>() + omp_get_thread_num() * per_thread;
+    T* Mb = V + A * A * c.Cin * NB;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < c.G * nblocks; ++task) {
+      const int64_t g = task / nblocks, t0 = task % nblocks * NB;
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, c.Cin, V);
+      const T* Ug = U + g * A * A * Kpad * c.Cin;
+      for (int xi = 0; xi < A * A; ++xi)
+        for (int64_t kb = 0; kb < nkb; ++kb)
+          for (int64_t j = 0; j < NB; j += NR)
+            gemm_micro<T>(c.Cin, Ug + (xi * nkb + kb) * c.Cin * kMR, V + xi * c.Cin * NB + j, NB,
+                          Mb + (xi * Kpad + kb * kMR) * NB + j, NB, false);
+      transform_output_block<T, M>(c, tl, Mb, Kpad, bias, g, t0, NB, y);
+    }
+  }
+}
+
+Conv forward_conv(const ConvShape& s) {
+  return Conv{s.N, s.G, s.Cg(), s.Kg(), s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w};
+}
+
+// grad-input as a forward convolution of gy: Kg -> Cg channels, P x Q -> H x W, padding 2 - pad.
+Conv backward_input_conv(const ConvShape& s) {
+  return Conv{s.N, s.G, s.Kg(), s.Cg(), s.P, s.Q, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w};
+}
+
+// Z[xi][k][NB] = A dY A^T for the NB output tiles from t0 (zero outside P x Q and past the last
+// tile), channels of group g; rows k >= Kout are zero.
+template <typename T, int M>
+void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy, int64_t Kpad, int64_t g,
+                                 int64_t t0, int64_t NB, T* Z) {
+  using Vec = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  constexpr int A = WinogradTile<M>::alpha;
+  for (int64_t ch = 0; ch < NB / W; ++ch) {
+    const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    for (int64_t k = 0; k < Kpad; ++k) {
+      Vec z[A * A];
+      if (k >= c.Kout) {
+        for (int xi = 0; xi < A * A; ++xi) vstore(Z + (xi * Kpad + k) * NB + ch * W, Vec{});
+        continue;
+      }
+      alignas(32) T d[M * M * W];
+      for (int l = 0; l < W; ++l) {
+        if (lt.n[l] < 0) {
+          for (int e = 0; e < M * M; ++e) d[e * W + l] = T(0);
+          continue;
+        }
+        const T* gk = gy + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < M; ++j) {
+            const int64_t p = lt.p0[l] + i, q = lt.q0[l] + j;
+            d[(i * M + j) * W + l] = (p < c.P && q < c.Q) ? gk[p * c.Q + q] : T(0);
+          }
+      }
+      Vec dv[M * M], tmp[A * M];
+      for (int e = 0; e < M * M; ++e) dv[e] = vload(d + e * W);
+      mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
+      mul_right<false, A, T>(WinogradTile<M>::AT, tmp, z);
+      for (int xi = 0; xi < A * A; ++xi) vstore(Z + (xi * Kpad + k) * NB + ch * W, z[xi]);
+    }
+  }
+}
+
+// src[xi][rows][NB] -> dst[xi][rows/P][NB][P]: tiles become the reduction dimension of packed panels.
+template <typename T, int P>
+void pack_tile_major(const T* src, int64_t positions, int64_t rows, int64_t NB, T* dst) {
+  for (int64_t xi = 0; xi < positions; ++xi)
+    for (int64_t rb = 0; rb < rows / P; ++rb) {
+      const T* s = src + (xi * rows + rb * P) * NB;
+      T* d = dst + (xi * rows + rb * P) * NB;
+      for (int64_t t = 0; t < NB; ++t)
+        for (int i = 0; i < P; ++i) d[t * P + i] = s[i * NB + t];
+    }
+}
+
+template <typename T, int M>
+void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
+  constexpr int A = WinogradTile<M>::alpha;
+  constexpr int64_t NR = kNR<T>;
+  const Tiling<M> tl(c);
+  const int64_t nkb = ceil_div(c.Kout, kMR), Kpad = nkb * kMR;
+  const int64_t ncb = ceil_div(c.Cin, NR), Cpad = ncb * NR;
+  const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU
+  const int64_t nblocks = ceil_div(tl.tiles, NB);
+  const int64_t du_elems = c.G * A * A * Kpad * Cpad;
+  // Per thread: dU accumulator, V[xi][Cpad][NB], Z[xi][Kpad][NB] and their tile-major copies.
+  const int64_t per_thread = du_elems + 2 * A * A * (Cpad + Kpad) * NB;
+  const int nthr = num_threads();
+  Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
+  T* base = ws.as<T>();
+#pragma omp parallel num_threads(nthr)
+  {
+    T* dU = base + omp_get_thread_num() * per_thread;
+    T* V = dU + du_elems;
+    T* Z = V + A * A * Cpad * NB;
+    T* Vt = Z + A * A * Kpad * NB;
+    T* Zt = Vt + A * A * Cpad * NB;
+    for (int64_t e = 0; e < du_elems; ++e) dU[e] = T(0);
+    // Channels past Cin stay zero in V (the input transform writes rows [0, Cin)).
+    for (int64_t e = 0; e < A * A * Cpad * NB; ++e) V[e] = T(0);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < c.G * nblocks; ++task) {
+      const int64_t g = task / nblocks, t0 = task % nblocks * NB;
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, Cpad, V);
+      transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, Z);
+      pack_tile_major<T, NR>(V, A * A, Cpad, NB, Vt);
+      pack_tile_major<T, kMR>(Z, A * A, Kpad, NB, Zt);
+      T* dUg = dU + g * A * A * Kpad * Cpad;
+      for (int xi = 0; xi < A * A; ++xi)
+        for (int64_t kb = 0; kb < nkb; ++kb)
+          for (int64_t cb = 0; cb < ncb; ++cb)
+            gemm_micro<T>(NB, Zt + (xi * Kpad + kb * kMR) * NB, Vt + (xi * Cpad + cb * NR) * NB, NR,
+                          dUg + (xi * Kpad + kb * kMR) * Cpad + cb * NR, Cpad, true);
+    }
+  }
+  // Sum the threads' dU, then dg = G^T dU G.
+#pragma omp parallel for num_threads(nthr) schedule(static)
+  for (int64_t gk = 0; gk < c.G * c.Kout; ++gk) {
+    const int64_t g = gk / c.Kout, k = gk % c.Kout;
+    for (int64_t ci = 0; ci < c.Cin; ++ci) {
+      T du[A * A], tmp[3 * A], f[9];
+      for (int xi = 0; xi < A * A; ++xi) {
+        T sum = T(0);
+        for (int t = 0; t < nthr; ++t) sum += base[t * per_thread + ((g * A * A + xi) * Kpad + k) * Cpad + ci];
+        du[xi] = sum;
+      }
+      mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
+      mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
+      for (int rs = 0; rs < 9; ++rs) gw[((g * c.Kout + k) * c.Cin + ci) * 9 + rs] = f[rs];
+    }
+  }
+}
+
+template <typename T>
+void bias_grad(const ConvShape& s, const T* gy, T* gb) {
+  const int64_t PQ = s.P * s.Q;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t k = 0; k < s.K; ++k) {
+    double sum = 0;  // the reduction is N*P*Q long
+    for (int64_t n = 0; n < s.N; ++n) {
+      const T* p = gy + (n * s.K + k) * PQ;
+      for (int64_t i = 0; i < PQ; ++i) sum += p[i];
+    }
+    gb[k] = T(sum);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_forward(const ConvShape& s, int m, const T* x, const T* w, const T* b, T* y) {
+  if (m == 2)
+    conv_winograd<T, 2>(forward_conv(s), x, w, false, b, y);
+  else
+    conv_winograd<T, 4>(forward_conv(s), x, w, false, b, y);
+}
+
+template <typename T>
+void winograd_backward_input(const ConvShape& s, int m, const T* gy, const T* w, T* gx) {
+  if (m == 2)
+    conv_winograd<T, 2>(backward_input_conv(s), gy, w, true, nullptr, gx);
+  else
+    conv_winograd<T, 4>(backward_input_conv(s), gy, w, true, nullptr, gx);
+}
+
+template <typename T>
+void winograd_backward_weight(const ConvShape& s, int m, const T* x, const T* gy, T* gw, T* gb) {
+  if (gw) {
+    if (m == 2)
+      weight_grad_winograd<T, 2>(forward_conv(s), x, gy, gw);
+    else
+      weight_grad_winograd<T, 4>(forward_conv(s), x, gy, gw);
+  }
+  if (gb) bias_grad(s, gy, gb);
+}
+
+template void winograd_forward<float>(const ConvShape&, int, const float*, const float*, const float*, float*);
+template void winograd_forward<double>(const ConvShape&, int, const double*, const double*, const double*, double*);
+template void winograd_backward_input<float>(const ConvShape&, int, const float*, const float*, float*);
+template void winograd_backward_input<double>(const ConvShape&, int, const double*, const double*, double*);
+template void winograd_backward_weight<float>(const ConvShape&, int, const float*, const float*, float*, float*);
+template void winograd_backward_weight<double>(const ConvShape&, int, const double*, const double*, double*,
+                                               double*);
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv
