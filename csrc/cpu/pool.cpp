@@ -11,12 +11,16 @@
 //                 ws = q*sw-pw; else the number of in-range taps
 //   avg backward  gx[h,w] = sum over the windows (p,q) holding (h,w) of gy[p,q] / div(p,q)
 //
-// Layout trick: the input rows a task needs are copied into a per-thread buffer (L2-sized), padded
-// with -inf (max) or 0 (avg) and split into sw phases: padded column j is stored at
-// [j % sw][j / sw]. Tap s of output column q is then at [(s*dw) % sw][(s*dw) / sw + q], so every
-// inner loop loads whole vectors of consecutive output columns, whatever the stride or padding, with
-// no bounds tests. The average backward runs the same layout in reverse: scatter-add the scaled
-// gradient rows into a phase-split accumulator, then copy it back un-split into gx.
+// Layout trick: rows are copied into a per-thread buffer, padded with -inf (max) or 0 (avg) and
+// split into sw phases: padded column j is stored at [j % sw][j / sw]. Tap s of output column q is
+// then at [(s*dw) % sw][(s*dw) / sw + q], so every inner loop loads whole vectors of consecutive
+// output columns, whatever the stride or padding, with no bounds tests.
+//   - values only (avg, max without indices): max and sum are associative, so each window reduces
+//     its rows first (contiguous vectors read straight from x) into one row, which alone is split;
+//   - max with indices: every input row is split once (the plane's rows stay in L2) and the taps
+//     are scanned in torch's order, carrying the index lanes along;
+//   - avg backward: the same layout in reverse, scatter-add of the scaled gradient rows into a
+//     phase-split accumulator, then copied back un-split into gx.
 // Work is split into (plane, block of rows) tasks, so small batches still use every thread.
 #include "cpu/pool.h"
 
@@ -94,9 +98,24 @@ Geometry make_geometry(const PoolShape& s, int64_t rows_total, InRows in_rows) {
 
 // Copies one input row into its phase-split padded form: out[ph * Wl + t] = in[t*sw + ph - pw], or
 // `pad` where that column is outside [0, W). SW > 0 fixes the stride at compile time.
+// Even lanes of the concatenation (a, b): the stride-2 deinterleave.
+PYCONV_INLINE vec_t<float> even_lanes(vec_t<float> a, vec_t<float> b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+}
+PYCONV_INLINE vec_t<double> even_lanes(vec_t<double> a, vec_t<double> b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6);
+}
+PYCONV_INLINE vec_t<float> odd_lanes(vec_t<float> a, vec_t<float> b) {
+  return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+PYCONV_INLINE vec_t<double> odd_lanes(vec_t<double> a, vec_t<double> b) {
+  return __builtin_shufflevector(a, b, 1, 3, 5, 7);
+}
+
 template <typename T, int SW>
 void pack_row(const T* in, int64_t W, int64_t pw, int64_t sw_rt, int64_t Wl, T pad, T* out) {
   const int64_t sw = SW > 0 ? SW : sw_rt;
+  constexpr int64_t V = Simd<T>::W;
   for (int64_t ph = 0; ph < sw; ++ph) {
     T* o = out + ph * Wl;
     const int64_t lo = pw - ph;           // t*sw >= lo  <=> column >= 0
@@ -105,8 +124,22 @@ void pack_row(const T* in, int64_t W, int64_t pw, int64_t sw_rt, int64_t Wl, T p
     const int64_t t1 = hi < 0 ? t0 : imax(t0, imin(Wl, hi / sw + 1));
     for (int64_t t = 0; t < t0; ++t) o[t] = pad;
     const T* src = in + t0 * sw + ph - pw;
-    for (int64_t t = t0; t < t1; ++t) o[t] = src[(t - t0) * sw];
-    for (int64_t t = t1; t < Wl; ++t) o[t] = pad;
+    int64_t t = t0;
+    if (SW == 1)
+      for (; t + V <= t1; t += V) vstore(o + t, vload(src + (t - t0)));
+    if (SW == 2) {  // t + V < t1: the second load ends before the row's last element
+      for (; t + V < t1; t += V) {
+        const T* p = src + 2 * (t - t0);
+        vstore(o + t, even_lanes(vload(p), vload(p + V)));
+      }
+      if (t < t1 && t1 - V > t0) {  // the last V columns: odd lanes of a window shifted back by one
+        const T* p = src + 2 * (t1 - V - t0) - 1;
+        vstore(o + t1 - V, odd_lanes(vload(p), vload(p + V)));
+        t = t1;
+      }
+    }
+    for (; t < t1; ++t) o[t] = src[(t - t0) * sw];
+    for (t = t1; t < Wl; ++t) o[t] = pad;
   }
 }
 
@@ -145,10 +178,13 @@ UnpackFn<T> unpack_fn(int64_t sw) {
 // First in-range tap of a window starting at `start` (may be negative) with dilation d.
 PYCONV_INLINE int64_t first_tap(int64_t start, int64_t d) { return start >= 0 ? start : start + d * ceil_div(-start, d); }
 
-// Stores the first n lanes of v.
+// Stores the first n lanes of v (all of them with one vector store in the common case).
 template <typename T, typename VT>
 PYCONV_INLINE void store_lanes(T* p, VT v, int64_t n) {
-  std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T));
+  if (n * static_cast<int64_t>(sizeof(T)) == static_cast<int64_t>(sizeof(VT)))
+    std::memcpy(p, &v, sizeof(VT));
+  else
+    std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T));
 }
 
 // Runs body(task, thread_buffer) over planes * tasks_per_plane tasks, with per-thread scratch of
@@ -168,10 +204,70 @@ void run_tasks(int64_t tasks, int64_t per_thread, Body body) {
   }
 }
 
+// ------------------------------------------------------------- separable forward (values only) ---
+
+// Max and sum are associative and commutative on values (max with NaN sticky), so a window reduces
+// as rows first (contiguous vectors straight from x), then the phase-split row across columns.
+template <typename T>
+struct MaxReduce {
+  static T init() { return -std::numeric_limits<T>::infinity(); }
+  static PYCONV_INLINE vec_t<T> combine(vec_t<T> m, vec_t<T> v) { return ((v > m) | (v != v)) ? v : m; }
+  static PYCONV_INLINE T combine(T m, T v) { return (v > m || v != v) ? v : m; }
+};
+template <typename T>
+struct SumReduce {
+  static T init() { return T(0); }
+  static PYCONV_INLINE vec_t<T> combine(vec_t<T> m, vec_t<T> v) { return m + v; }
+  static PYCONV_INLINE T combine(T m, T v) { return m + v; }
+};
+
+// finish(p, qb, acc) -> the output vector of columns [qb, qb + V) of row p.
+template <typename T, typename Op, typename Finish>
+void separable_forward(const PoolShape& s, const T* x, T* y, Finish finish) {
+  using V = vec_t<T>;
+  const Geometry g = make_geometry<T>(s, s.P, [](int64_t) { return 1; });
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
+  const int64_t Wv = ceil_div(s.W, g.V) * g.V;
+  const int64_t span_h = (s.kernel_h - 1) * s.dil_h + 1;
+  const PackFn<T> pack = pack_fn<T>(s.stride_w);
+  run_tasks<T>(s.N * s.C * g.tasks_per_plane, g.RL + Wv, [&](int64_t task, T* buf) {
+    const int64_t plane = task / g.tasks_per_plane;
+    const int64_t p0 = (task % g.tasks_per_plane) * g.block, p1 = imin(s.P, p0 + g.block);
+    const T* xp = x + plane * HW;
+    T* vrow = buf + g.RL;  // the rows of one window reduced, W columns
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t hs = p * s.stride_h - s.pad_h;
+      const int64_t ih0 = first_tap(hs, s.dil_h), ih_end = imin(s.H, hs + span_h);
+      const T* r0 = xp + ih0 * s.W;
+      int64_t c = 0;
+      for (; c + g.V <= s.W; c += g.V) {
+        V m = vload(r0 + c);
+        for (int64_t ih = ih0 + s.dil_h; ih < ih_end; ih += s.dil_h) m = Op::combine(m, vload(xp + ih * s.W + c));
+        vstore(vrow + c, m);
+      }
+      for (; c < s.W; ++c) {
+        T m = r0[c];
+        for (int64_t ih = ih0 + s.dil_h; ih < ih_end; ih += s.dil_h) m = Op::combine(m, xp[ih * s.W + c]);
+        vrow[c] = m;
+      }
+      pack(vrow, s.W, s.pad_w, s.stride_w, g.Wl, Op::init(), buf);
+      T* yrow = y + plane * PQ + p * s.Q;
+      for (int64_t qb = 0; qb < s.Q; qb += g.V) {
+        V acc = vload(buf + qb);  // tap 0: phase 0, offset 0
+        for (int64_t k = 1; k < s.kernel_w; ++k) {
+          const int64_t off = k * s.dil_w;
+          acc = Op::combine(acc, vload(buf + (off % s.stride_w) * g.Wl + off / s.stride_w + qb));
+        }
+        store_lanes(yrow + qb, finish(p, qb, acc), imin(g.V, s.Q - qb));
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------- max forward ---
 
-template <typename T, bool kIndices>
-void max_forward_impl(const PoolShape& s, const T* x, T* y, int64_t* indices) {
+template <typename T>
+void max_forward_with_indices(const PoolShape& s, const T* x, T* y, int64_t* indices) {
   using IV = typename Lanes<T>::IV;
   using I = typename Lanes<T>::I;
   using I64V = typename Lanes<T>::I64V;
@@ -201,15 +297,12 @@ void max_forward_impl(const PoolShape& s, const T* x, T* y, int64_t* indices) {
       const int64_t ih0 = first_tap(hs, s.dil_h);
       const int64_t ih_end = imin(s.H, hs + span_h);
       T* yrow = y + plane * PQ + p * s.Q;
-      int64_t* irow = kIndices ? indices + plane * PQ + p * s.Q : nullptr;
+      int64_t* irow = indices + plane * PQ + p * s.Q;
       for (int64_t qb = 0; qb < s.Q; qb += g.V) {
         V m = vbroadcast<T>(neg_inf);
-        IV idx{};
-        if (kIndices) {
-          IV first;
-          std::memcpy(&first, iw0 + qb, sizeof first);
-          idx = first + static_cast<I>(ih0 * s.W);
-        }
+        IV idx;
+        std::memcpy(&idx, iw0 + qb, sizeof idx);
+        idx += static_cast<I>(ih0 * s.W);
         for (int64_t ih = ih0; ih < ih_end; ih += s.dil_h) {
           const T* row = buf + (ih - r_lo) * g.RL + qb;
           const IV cols = lane_cols + static_cast<I>(ih * s.W - s.pad_w + qb * s.stride_w);
@@ -218,12 +311,12 @@ void max_forward_impl(const PoolShape& s, const T* x, T* y, int64_t* indices) {
             const V v = vload(row + (off % s.stride_w) * g.Wl + off / s.stride_w);
             const auto take = (v > m) | (v != v);
             m = take ? v : m;
-            if (kIndices) idx = take ? cols + static_cast<I>(off) : idx;
+            idx = take ? cols + static_cast<I>(off) : idx;
           }
         }
         const int64_t n = imin(g.V, s.Q - qb);
         store_lanes(yrow + qb, m, n);
-        if (kIndices) store_lanes(irow + qb, __builtin_convertvector(idx, I64V), n);
+        store_lanes(irow + qb, __builtin_convertvector(idx, I64V), n);
       }
     }
   });
@@ -242,37 +335,15 @@ PYCONV_INLINE int64_t avg_extent(int64_t o, int64_t stride, int64_t pad, int64_t
 template <typename T>
 void avg_forward_impl(const PoolShape& s, const T* x, T* y, bool include_pad, int64_t divisor_override) {
   using V = vec_t<T>;
-  const Geometry g = make_geometry<T>(s, s.P, [&](int64_t b) { return imin(s.H, (b - 1) * s.stride_h + s.kernel_h); });
-  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
-  Workspace cols_ws(checked_bytes(g.Qv, sizeof(T)));
+  const int64_t Qv = ceil_div(s.Q, Simd<T>::W) * Simd<T>::W;
+  Workspace cols_ws(checked_bytes(Qv, sizeof(T)));
   T* col_div = cols_ws.as<T>();
-  for (int64_t q = 0; q < g.Qv; ++q)
+  for (int64_t q = 0; q < Qv; ++q)
     col_div[q] = q < s.Q ? T(avg_extent(q, s.stride_w, s.pad_w, s.kernel_w, s.W, include_pad)) : T(1);
-  const PackFn<T> pack = pack_fn<T>(s.stride_w);
-
-  run_tasks<T>(s.N * s.C * g.tasks_per_plane, g.buf_rows * g.RL, [&](int64_t task, T* buf) {
-    const int64_t plane = task / g.tasks_per_plane;
-    const int64_t p0 = (task % g.tasks_per_plane) * g.block, p1 = imin(s.P, p0 + g.block);
-    const T* xp = x + plane * HW;
-    const int64_t r_lo = imax(0, p0 * s.stride_h - s.pad_h);
-    const int64_t r_hi = imin(s.H, (p1 - 1) * s.stride_h - s.pad_h + s.kernel_h);
-    for (int64_t ih = r_lo; ih < r_hi; ++ih)
-      pack(xp + ih * s.W, s.W, s.pad_w, s.stride_w, g.Wl, T(0), buf + (ih - r_lo) * g.RL);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t hs = p * s.stride_h - s.pad_h;
-      const int64_t ih0 = imax(0, hs), ih_end = imin(s.H, hs + s.kernel_h);
-      const T row_div = T(avg_extent(p, s.stride_h, s.pad_h, s.kernel_h, s.H, include_pad));
-      T* yrow = y + plane * PQ + p * s.Q;
-      for (int64_t qb = 0; qb < s.Q; qb += g.V) {
-        V acc{};
-        for (int64_t ih = ih0; ih < ih_end; ++ih) {
-          const T* row = buf + (ih - r_lo) * g.RL + qb;
-          for (int64_t k = 0; k < s.kernel_w; ++k) acc += vload(row + (k % s.stride_w) * g.Wl + k / s.stride_w);
-        }
-        const V div = divisor_override ? vbroadcast<T>(T(divisor_override)) : vload(col_div + qb) * row_div;
-        store_lanes(yrow + qb, acc / div, imin(g.V, s.Q - qb));
-      }
-    }
+  separable_forward<T, SumReduce<T>>(s, x, y, [&](int64_t p, int64_t qb, V acc) {
+    if (divisor_override) return acc / vbroadcast<T>(T(divisor_override));
+    const T row_div = T(avg_extent(p, s.stride_h, s.pad_h, s.kernel_h, s.H, include_pad));
+    return acc / (vload(col_div + qb) * row_div);
   });
 }
 
@@ -329,9 +400,9 @@ void avg_backward_impl(const PoolShape& s, const T* gy, T* gx, bool include_pad,
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, int64_t* indices) {
   if (indices)
-    max_forward_impl<T, true>(s, x, y, indices);
+    max_forward_with_indices<T>(s, x, y, indices);
   else
-    max_forward_impl<T, false>(s, x, y, nullptr);
+    separable_forward<T, MaxReduce<T>>(s, x, y, [](int64_t, int64_t, vec_t<T> acc) { return acc; });
 }
 
 template <typename T>
