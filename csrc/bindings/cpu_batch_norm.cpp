@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "bindings/buffers.h"
+#include "bindings/huge_pages.h"
 #include "cpu/batch_norm.h"
 
 namespace pyconv {
@@ -32,6 +33,7 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   T* yp = out_buffer<T>(y, "output", n);
   T* smp = out_buffer<T>(save_mean, "save_mean", s.C);
   T* sip = out_buffer<T>(save_invstd, "save_invstd", s.C);
+  advise_huge_pages(yp, n * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps);
 }
@@ -49,6 +51,7 @@ void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, 
   T* gxp = opt_out_buffer<T>(gx, "grad_input", n);
   T* gwp = opt_out_buffer<T>(gw, "grad_weight", s.C);
   T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.C);
+  advise_huge_pages(gxp, n * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training);
 }

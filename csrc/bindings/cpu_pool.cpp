@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings/buffers.h"
+#include "bindings/huge_pages.h"
 #include "cpu/pool.h"
 
 namespace pyconv {
@@ -78,7 +79,9 @@ void max_forward(const PoolShape& s, const py::array& x, py::array& y, const py:
     PYCONV_CHECK(static_cast<int64_t>(ia.size()) == n.y, "indices: buffer has ", ia.size(),
                  " elements but the shape needs ", n.y);
     ip = static_cast<int64_t*>(ia.mutable_data());
+    advise_huge_pages(ip, n.y * sizeof(int64_t));
   }
+  advise_huge_pages(yp, n.y * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(max_pool2d_forward<T>)(s, xp, yp, ip);
 }
@@ -93,6 +96,7 @@ void max_backward(const PoolShape& s, const py::array& gy, const py::array& indi
                " elements but the shape needs ", n.y);
   const int64_t* ip = static_cast<const int64_t*>(indices.data());
   T* gxp = out_buffer<T>(gx, "grad_input", n.x);
+  advise_huge_pages(gxp, n.x * sizeof(T));
   int64_t bad;
   {
     py::gil_scoped_release nogil;
@@ -106,6 +110,7 @@ void avg_forward(const PoolShape& s, const py::array& x, py::array& y, bool incl
   const PoolSizes n = pool_sizes(s, false);
   const T* xp = in_buffer<T>(x, "input", n.x);
   T* yp = out_buffer<T>(y, "output", n.y);
+  advise_huge_pages(yp, n.y * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(avg_pool2d_forward<T>)(s, xp, yp, include_pad, divisor);
 }
@@ -115,6 +120,7 @@ void avg_backward(const PoolShape& s, const py::array& gy, py::array& gx, bool i
   const PoolSizes n = pool_sizes(s, false);
   const T* gyp = in_buffer<T>(gy, "grad_output", n.y);
   T* gxp = out_buffer<T>(gx, "grad_input", n.x);
+  advise_huge_pages(gxp, n.x * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(avg_pool2d_backward<T>)(s, gyp, gxp, include_pad, divisor);
 }
