@@ -105,6 +105,19 @@ PYCONV_INLINE vec_t<float> even_lanes(vec_t<float> a, vec_t<float> b) {
 PYCONV_INLINE vec_t<double> even_lanes(vec_t<double> a, vec_t<double> b) {
   return __builtin_shufflevector(a, b, 0, 2, 4, 6);
 }
+// (a0, b0, a1, b1, ...): the first and second halves of the stride-2 interleave.
+PYCONV_INLINE vec_t<float> interleave_lo(vec_t<float> a, vec_t<float> b) {
+  return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11);
+}
+PYCONV_INLINE vec_t<float> interleave_hi(vec_t<float> a, vec_t<float> b) {
+  return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+PYCONV_INLINE vec_t<double> interleave_lo(vec_t<double> a, vec_t<double> b) {
+  return __builtin_shufflevector(a, b, 0, 4, 1, 5);
+}
+PYCONV_INLINE vec_t<double> interleave_hi(vec_t<double> a, vec_t<double> b) {
+  return __builtin_shufflevector(a, b, 2, 6, 3, 7);
+}
 PYCONV_INLINE vec_t<float> odd_lanes(vec_t<float> a, vec_t<float> b) {
   return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
 }
@@ -148,6 +161,24 @@ void pack_row(const T* in, int64_t W, int64_t pw, int64_t sw_rt, int64_t Wl, T p
 template <typename T, int SW>
 void unpack_row(const T* in, int64_t W, int64_t pw, int64_t sw_rt, int64_t Wl, T* out) {
   const int64_t sw = SW > 0 ? SW : sw_rt;
+  if (SW == 2) {
+    // Columns c0, c0+1, ... pair up as (phase 0, phase 1) of the same t: interleave whole vectors.
+    constexpr int64_t V = Simd<T>::W;
+    const int64_t c0 = pw & 1, base = (c0 + pw) / 2;
+    int64_t i = 0;
+    for (; c0 + 2 * (i + V) <= W && base + i + V <= Wl; i += V) {
+      const vec_t<T> a = vload(in + base + i), b = vload(in + Wl + base + i);
+      vstore(out + c0 + 2 * i, interleave_lo(a, b));
+      vstore(out + c0 + 2 * i + V, interleave_hi(a, b));
+    }
+    auto at = [&](int64_t c) {
+      const int64_t j = c + pw, t = j / 2;
+      return t < Wl ? in[(j & 1) * Wl + t] : T(0);
+    };
+    if (c0 == 1) out[0] = at(0);
+    for (int64_t c = c0 + 2 * i; c < W; ++c) out[c] = at(c);
+    return;
+  }
   for (int64_t ph = 0; ph < sw; ++ph) {
     const T* o = in + ph * Wl;
     const int64_t lo = pw - ph, hi = W - 1 + pw - ph;
@@ -374,13 +405,12 @@ void avg_backward_impl(const PoolShape& s, const T* gy, T* gx, bool include_pad,
     const int64_t p_hi = imin(s.P, (i1 - 1 + s.pad_h) / s.stride_h + 1);
     for (int64_t p = p_lo; p < p_hi; ++p) {
       const T* gyrow = gy + plane * PQ + p * s.Q;
-      if (divisor_override) {
-        const T d = T(divisor_override);
-        for (int64_t q = 0; q < s.Q; ++q) grow[q] = gyrow[q] / d;
-      } else {
-        const T row_div = T(avg_extent(p, s.stride_h, s.pad_h, s.kernel_h, s.H, include_pad));
-        for (int64_t q = 0; q < s.Q; ++q) grow[q] = gyrow[q] / (col_div[q] * row_div);
-      }
+      const T row_div = divisor_override ? T(1) : T(avg_extent(p, s.stride_h, s.pad_h, s.kernel_h, s.H, include_pad));
+      const V d_row = vbroadcast<T>(divisor_override ? T(divisor_override) : row_div);
+      int64_t q = 0;
+      for (; q + g.V <= s.Q; q += g.V)
+        vstore(grow + q, vload(gyrow + q) / (divisor_override ? d_row : vload(col_div + q) * d_row));
+      for (; q < s.Q; ++q) grow[q] = gyrow[q] / (divisor_override ? T(divisor_override) : col_div[q] * row_div);
       const int64_t hs = p * s.stride_h - s.pad_h;
       for (int64_t ih = imax(hs, i0); ih < imin(hs + s.kernel_h, i1); ++ih) {
         T* acc = buf + (ih - i0) * g.RL;
