@@ -216,9 +216,23 @@ def _pool_out(size, k, s, pad, dil, ceil_mode):
     return out
 
 
-def pool2d_shape(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, op: str) -> PoolShape:
-    """max_pool2d / avg_pool2d arguments (x 4-D, batched) -> PoolShape, with torch's checks."""
-    check_float_tensor(x, "input", (4,))
+def _windows_nonempty(size, out, k, s, pad, dil) -> bool:
+    """Every window holds an in-range tap (a dilated window can step over a small input entirely;
+    torch then reads out of bounds)."""
+    if (out - 1) * s - pad >= size:
+        return False
+    o = 0
+    while o < out and o * s - pad < 0:
+        start = o * s - pad
+        r = -(start // dil)  # first tap at or after 0: ceil(-start / dil)
+        if r >= k or start + r * dil >= size:
+            return False
+        o += 1
+    return True
+
+
+def pool2d_params(kernel_size, stride, padding, dilation, op: str):
+    """(kernel, stride, padding, dilation) pairs, checked like torch (stride None or [] = kernel)."""
     kh, kw = positive_pair(kernel_size, "kernel_size")
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         sh, sw = kh, kw
@@ -226,20 +240,40 @@ def pool2d_shape(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_m
         sh, sw = positive_pair(stride, "stride")
     ph, pw = pair(padding, "padding")
     if min(ph, pw) < 0:
-        _fail(f"padding={padding!r}: expected non-negative values")
+        _fail(f"padding={padding!r}: pad must be non-negative")
     dh, dw = positive_pair(dilation, "dilation")
-    # torch: pad at most half the (effective, for max) kernel
-    eh, ew = (dh * (kh - 1) + 1, dw * (kw - 1) + 1) if op == "max_pool2d" else (kh, kw)
-    if ph > eh // 2 or pw > ew // 2:
-        _fail(f"padding={padding!r}: pad should be at most half of effective kernel size, "
-              f"but got pad=({ph}, {pw}) for kernel_size=({kh}, {kw}) and dilation=({dh}, {dw})")
-    N, C, H, W = x.shape
+    # torch checks the padding against the kernel size itself, not the dilated kernel
+    if ph > kh // 2 or pw > kw // 2:
+        _fail(f"padding={padding!r}: {op} pad should be at most half of kernel size, but got pad=({ph}, {pw}) "
+              f"for kernel_size=({kh}, {kw})")
+    return (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+
+
+def pool2d_shape_of_sizes(size, kernel, stride, padding, dilation, ceil_mode: bool) -> PoolShape:
+    """Output shape from sizes and normalized pairs alone (fake tensors, backward); no checks."""
+    N, C, H, W = size
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     P = _pool_out(H, kh, sh, ph, dh, bool(ceil_mode))
     Q = _pool_out(W, kw, sw, pw, dw, bool(ceil_mode))
-    if P < 1 or Q < 1:
-        _fail(f"input: given input size ({C}x{H}x{W}), calculated output size ({C}x{P}x{Q}) is too small "
-              f"for {op} with kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw})")
     return PoolShape(N, C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def pool2d_shape(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, op: str) -> PoolShape:
+    """max_pool2d / avg_pool2d arguments (x 4-D, batched) -> PoolShape, with torch's checks."""
+    check_float_tensor(x, "input", (4,))
+    if min(x.shape[1:]) <= 0:
+        _fail(f"input: expected a 3-D or 4-D tensor with non-zero sizes except an optional 0 batch size, "
+              f"got size {tuple(x.shape)}")
+    kernel, stride, padding, dilation = pool2d_params(kernel_size, stride, padding, dilation, op)
+    s = pool2d_shape_of_sizes(tuple(x.shape), kernel, stride, padding, dilation, ceil_mode)
+    if s.P < 1 or s.Q < 1:
+        _fail(f"input: given input size ({s.C}x{s.H}x{s.W}), calculated output size ({s.C}x{s.P}x{s.Q}) is too "
+              f"small for {op} with kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}")
+    if not (_windows_nonempty(s.H, s.P, s.kernel_h, s.stride_h, s.pad_h, s.dil_h)
+            and _windows_nonempty(s.W, s.Q, s.kernel_w, s.stride_w, s.pad_w, s.dil_w)):
+        _fail(f"dilation={dilation}: with kernel_size={kernel} and padding={padding}, some {op} window of the "
+              f"{s.H}x{s.W} input holds no input element; use a smaller dilation or padding")
+    return s
 
 
 def divisor(divisor_override) -> int:
@@ -269,7 +303,7 @@ def batch_norm_shape(x, running_mean, running_var, weight, bias, training: bool,
             _fail(f"{name}: expected shape ({C},) for {C} channels, got {tuple(t.shape)}")
     if not training and (running_mean is None or running_var is None):
         _fail("running_mean/running_var: required when training=False")
-    if training and N * L <= 1:
+    if training and N * L == 1:  # torch: an empty batch is allowed
         _fail(f"input: expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     if momentum is not None and not isinstance(momentum, (int, float)):
         raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")

@@ -7,7 +7,7 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm"]
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
@@ -28,3 +28,63 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if not batched:
         y = y.squeeze(0)
     return from_torch(y, result_kind(kx, kw, kb))
+
+
+# ------------------------------------------------------------------- pooling and batch norm ---
+
+def _pool_input(input):
+    x, kind = to_torch(input, "input")
+    _args.check_float_tensor(x, "input", (3, 4))
+    batched = x.dim() == 4
+    return (x if batched else x.unsqueeze(0)), kind, batched
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *,
+               backend="auto"):
+    x, kind, batched = _pool_input(input)
+    s = _args.pool2d_shape(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    be = backends.resolve(backend, x.device)
+    args = (contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w], [s.pad_h, s.pad_w],
+            [s.dil_h, s.dil_w], bool(ceil_mode), be)
+    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
+        y, idx = torch.ops.pyconv.max_pool2d(*args)
+    else:
+        y, idx = torch.ops.pyconv.max_pool2d_values(*args), None
+    if not batched:
+        y, idx = y.squeeze(0), (None if idx is None else idx.squeeze(0))
+    if return_indices:
+        return from_torch(y, kind), from_torch(idx, kind)
+    return from_torch(y, kind)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend="auto"):
+    x, kind, batched = _pool_input(input)
+    s = _args.pool2d_shape(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    div = _args.divisor(divisor_override)
+    be = backends.resolve(backend, x.device)
+    y = torch.ops.pyconv.avg_pool2d(contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w],
+                                    [s.pad_h, s.pad_w], bool(ceil_mode), bool(count_include_pad), div, be)
+    return from_torch(y if batched else y.squeeze(0), kind)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               *, backend="auto"):
+    if momentum is None:  # as torch.nn.functional.batch_norm; the BatchNorm2d layer resolves None itself
+        raise TypeError("batch_norm(): argument 'momentum' must be float, not NoneType")
+    x, kind = to_torch(input, "input")
+    rm, _ = to_torch(running_mean, "running_mean")
+    rv, _ = to_torch(running_var, "running_var")
+    w, _ = to_torch(weight, "weight")
+    b, _ = to_torch(bias, "bias")
+    _args.batch_norm_shape(x, rm, rv, w, b, bool(training), momentum, eps)
+    be = backends.resolve(backend, x.device)
+    y, _, _, new_rm, new_rv = torch.ops.pyconv.batch_norm(contiguous_nchw(x), w, b, rm, rv, bool(training),
+                                                          float(momentum), float(eps), be)
+    if training:  # running statistics are updated in place, as torch does
+        with torch.no_grad():
+            if rm is not None:
+                rm.copy_(new_rm)
+            if rv is not None:
+                rv.copy_(new_rv)
+    return from_torch(y, kind)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from . import functional as PF
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d"]
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -26,3 +26,52 @@ class Conv2d(torch.nn.Conv2d):
 
     def extra_repr(self):
         return super().extra_repr() + f", algo={self.algo!r}, backend={self.backend!r}"
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def forward(self, input):
+        return PF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def forward(self, input):
+        return PF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def forward(self, input):
+        # torch.nn.modules.batchnorm._BatchNorm.forward, with pyconv's batch_norm.
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            # momentum=None: cumulative moving average over the batches seen
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        return PF.batch_norm(input, self.running_mean if use_running else None,
+                             self.running_var if use_running else None, self.weight, self.bias, bn_training,
+                             factor, self.eps, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"

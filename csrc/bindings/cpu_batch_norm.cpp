@@ -1,6 +1,90 @@
+// Bindings of the batch-norm kernels: shape check, buffer checks, GIL released, ISA dispatch.
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
+#include "bindings/buffers.h"
+#include "bindings/huge_pages.h"
+#include "cpu/batch_norm.h"
+
 namespace pyconv {
-// batch_norm kernels are bound here when they land.
-void bind_batch_norm(pybind11::module_&) {}
+namespace {
+
+int64_t bn_numel(const BatchNormShape& s) {
+  PYCONV_CHECK(s.N >= 0 && s.C >= 0 && s.L >= 0, "BatchNormShape: sizes N=", s.N, " C=", s.C, " L=", s.L,
+               " must be non-negative");
+  return checked_numel({s.N, s.C, s.L});
+}
+
+template <typename T>
+void forward(const BatchNormShape& s, const py::array& x, const py::object& w, const py::object& b,
+             const py::object& rm, const py::object& rv, py::array& y, py::array& save_mean, py::array& save_invstd,
+             bool training, double momentum, double eps) {
+  const int64_t n = bn_numel(s);
+  PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
+  PYCONV_CHECK(std::isfinite(momentum), "momentum=", momentum, ": expected a finite value");
+  PYCONV_CHECK(training || (!rm.is_none() && !rv.is_none()), "running_mean/running_var: required in eval mode");
+  PYCONV_CHECK(!training || s.N * s.L != 1, "input: expected more than 1 value per channel when training");
+  const T* xp = in_buffer<T>(x, "input", n);
+  const T* wp = opt_in_buffer<T>(w, "weight", s.C);
+  const T* bp = opt_in_buffer<T>(b, "bias", s.C);
+  T* rmp = opt_out_buffer<T>(rm, "running_mean", s.C);
+  T* rvp = opt_out_buffer<T>(rv, "running_var", s.C);
+  T* yp = out_buffer<T>(y, "output", n);
+  T* smp = out_buffer<T>(save_mean, "save_mean", s.C);
+  T* sip = out_buffer<T>(save_invstd, "save_invstd", s.C);
+  advise_huge_pages(yp, n * sizeof(T));
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps);
+}
+
+template <typename T>
+void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, const py::object& w,
+              const py::array& save_mean, const py::array& save_invstd, const py::object& gx, const py::object& gw,
+              const py::object& gb, bool training) {
+  const int64_t n = bn_numel(s);
+  const T* gyp = in_buffer<T>(gy, "grad_output", n);
+  const T* xp = in_buffer<T>(x, "input", n);
+  const T* wp = opt_in_buffer<T>(w, "weight", s.C);
+  const T* smp = in_buffer<T>(save_mean, "save_mean", s.C);
+  const T* sip = in_buffer<T>(save_invstd, "save_invstd", s.C);
+  T* gxp = opt_out_buffer<T>(gx, "grad_input", n);
+  T* gwp = opt_out_buffer<T>(gw, "grad_weight", s.C);
+  T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.C);
+  advise_huge_pages(gxp, n * sizeof(T));
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training);
+}
+
+}  // namespace
+
+void bind_batch_norm(py::module_& m) {
+  py::class_<BatchNormShape>(m, "BatchNormShape")
+      .def(py::init([](int64_t N, int64_t C, int64_t L) {
+             BatchNormShape s;
+             s.N = N, s.C = C, s.L = L;
+             return s;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("L"));
+  m.def("batch_norm_forward", [](const BatchNormShape& s, const py::array& x, const py::object& w,
+                                 const py::object& b, const py::object& rm, const py::object& rv, py::array& y,
+                                 py::array& save_mean, py::array& save_invstd, bool training, double momentum,
+                                 double eps) {
+    if (dtype_of(x, "input") == DType::f32)
+      return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps);
+    return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps);
+  }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
+     py::arg("running_var"), py::arg("output"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"),
+     py::arg("momentum"), py::arg("eps"));
+  m.def("batch_norm_backward", [](const BatchNormShape& s, const py::array& gy, const py::array& x,
+                                  const py::object& w, const py::array& save_mean, const py::array& save_invstd,
+                                  const py::object& gx, const py::object& gw, const py::object& gb, bool training) {
+    if (dtype_of(x, "input") == DType::f32)
+      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training);
+    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training);
+  }, py::arg("shape"), py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
+     py::arg("save_invstd"), py::arg("grad_input"), py::arg("grad_weight"), py::arg("grad_bias"),
+     py::arg("training"));
+}
+
 }  // namespace pyconv

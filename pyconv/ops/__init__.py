@@ -1,3 +1,5 @@
 """torch.library custom ops (torch.ops.pyconv.*), one module per op family. Importing this package
 registers them all."""
 from . import conv  # noqa: F401
+from . import pool  # noqa: F401
+from . import batch_norm  # noqa: F401

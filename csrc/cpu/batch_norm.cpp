@@ -1,0 +1,233 @@
+// Batch normalization over x[N][C][L], per channel c, M = N*L values each; float32 / float64.
+//
+//   training  mean_c = (1/M) sum x,  var_c = (1/M) sum (x - mean_c)^2 (biased),  invstd_c = 1/sqrt(var_c + eps)
+//             running_mean = (1-m) running_mean + m mean_c,  running_var = (1-m) running_var + m var_c M/(M-1)
+//   eval      mean_c = running_mean,  invstd_c = 1/sqrt(running_var + eps)
+//   output    y = (x - mean_c) invstd_c w_c + b_c = x alpha_c + beta_c,  alpha = w invstd, beta = b - mean alpha
+//   backward  gb_c = sum gy,  gw_c = invstd_c sum gy (x - mean_c)
+//             training: gx = (gy - gb_c/M - (x - mean_c) invstd_c^2 sum(gy (x - mean_c))/M) w_c invstd_c
+//             eval:     gx = gy w_c invstd_c   (the statistics are constants)
+//
+// Statistics are one pass of float64 sums shifted by the channel's first value K (sum (x-K) and
+// sum (x-K)^2), which keeps the variance accurate when |mean| >> std. Each (n, c) row is cut into
+// fixed-size chunks whose partial sums are reduced in a fixed order, so results do not depend on
+// the thread count, and a single large image still uses every thread.
+#include "cpu/batch_norm.h"
+
+#include <cmath>
+
+#include "common/runtime.h"
+#include "cpu/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+namespace {
+
+constexpr int64_t kChunk = 32768;  // elements per reduction task (fixed: results independent of threads)
+
+typedef double d4 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+
+// Four consecutive values widened to double.
+PYCONV_INLINE d4 load4d(const float* p) {
+  f4 v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, d4);
+}
+PYCONV_INLINE d4 load4d(const double* p) {
+  d4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// (sum (a - ka), sum (a - ka)(b - kb)) over n values, in double.
+template <typename T>
+void sum_pair(const T* a, const T* b, double ka, double kb, int64_t n, double* out) {
+  d4 s1[4] = {}, s2[4] = {};
+  const d4 va = d4{} + ka, vb = d4{} + kb;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int u = 0; u < 4; ++u) {
+      const d4 da = load4d(a + i + 4 * u) - va;
+      const d4 db = load4d(b + i + 4 * u) - vb;
+      s1[u] += da;
+      s2[u] += da * db;
+    }
+  }
+  double r1 = 0, r2 = 0;
+  for (; i < n; ++i) {
+    const double da = double(a[i]) - ka, db = double(b[i]) - kb;
+    r1 += da;
+    r2 += da * db;
+  }
+  const d4 t1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), t2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
+  out[0] = r1 + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
+  out[1] = r2 + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
+}
+
+// Tasks are (row = n*C + c, chunk) pairs.
+struct Tasks {
+  int64_t chunks, count;
+  Tasks(const BatchNormShape& s) : chunks(ceil_div(s.L, kChunk)), count(s.N * s.C * ceil_div(s.L, kChunk)) {}
+};
+
+// For each task, sum_pair over its chunk of a and b (same [N][C][L] layout); shifts per channel.
+template <typename T>
+void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const double* ka, const double* kb,
+                double* partial) {
+#pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
+  for (int64_t t = 0; t < tk.count; ++t) {
+    const int64_t row = t / tk.chunks, c = row % s.C;
+    const int64_t l0 = (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
+    const int64_t off = row * s.L + l0;
+    sum_pair(a + off, b + off, ka ? ka[c] : 0.0, kb[c], n, partial + 2 * t);
+  }
+}
+
+// Per-channel totals of the partial sums, in a fixed order.
+void reduce_channels(const BatchNormShape& s, const Tasks& tk, const double* partial, double* total) {
+  for (int64_t c = 0; c < s.C; ++c) total[2 * c] = total[2 * c + 1] = 0;
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t k = 0; k < tk.chunks; ++k) {
+        const double* p = partial + 2 * ((n * s.C + c) * tk.chunks + k);
+        total[2 * c] += p[0];
+        total[2 * c + 1] += p[1];
+      }
+}
+
+// out = f(in...) elementwise per channel: body(c, offset, count) over every (row, chunk) task.
+template <typename Body>
+void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
+#pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
+  for (int64_t t = 0; t < tk.count; ++t) {
+    const int64_t row = t / tk.chunks;
+    const int64_t l0 = (t % tk.chunks) * kChunk;
+    body(row % s.C, row * s.L + l0, imin(kChunk, s.L - l0));
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
+                        T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
+                        double eps) {
+  using V = vec_t<T>;
+  const int64_t M = s.N * s.L;
+  const Tasks tk(s);
+  // Per channel: the shift K and the shifted (sum, sum of squares); then alpha and beta in T.
+  Workspace ch_ws(checked_bytes(3 * s.C, sizeof(double)));
+  double* shift = ch_ws.as<double>();
+  double* total = shift + s.C;
+  Workspace ab_ws(checked_bytes(2 * s.C, sizeof(T)));
+  T* alpha = ab_ws.as<T>();
+  T* beta = alpha + s.C;
+
+  if (training) {
+    if (M == 0) {  // empty batch: nothing to normalize, running statistics unchanged
+      for (int64_t c = 0; c < s.C; ++c) save_mean[c] = T(0), save_invstd[c] = T(0);
+      return;
+    }
+    for (int64_t c = 0; c < s.C; ++c) {
+      const double k = double(x[c * s.L]);  // the channel's first value (n = 0, l = 0)
+      shift[c] = std::isfinite(k) ? k : 0.0;
+    }
+    Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
+    chunk_sums(s, tk, x, x, shift, shift, part_ws.as<double>());
+    reduce_channels(s, tk, part_ws.as<double>(), total);
+    for (int64_t c = 0; c < s.C; ++c) {
+      const double d = total[2 * c] / double(M);
+      const double var_raw = total[2 * c + 1] / double(M) - d * d;
+      const double var = var_raw < 0 ? 0.0 : var_raw;  // rounding; keeps NaN
+      const double mean = shift[c] + d;
+      const double invstd = 1.0 / std::sqrt(var + eps);
+      save_mean[c] = T(mean);
+      save_invstd[c] = T(invstd);
+      if (running_mean) running_mean[c] = T((1.0 - momentum) * double(running_mean[c]) + momentum * mean);
+      if (running_var) {
+        const double unbiased = M > 1 ? var * double(M) / double(M - 1) : var;
+        running_var[c] = T((1.0 - momentum) * double(running_var[c]) + momentum * unbiased);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < s.C; ++c) {
+      save_mean[c] = running_mean[c];
+      save_invstd[c] = T(1.0 / std::sqrt(double(running_var[c]) + eps));
+    }
+  }
+  for (int64_t c = 0; c < s.C; ++c) {
+    const double a = (weight ? double(weight[c]) : 1.0) * double(save_invstd[c]);
+    alpha[c] = T(a);
+    beta[c] = T((bias ? double(bias[c]) : 0.0) - double(save_mean[c]) * a);
+  }
+  for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
+    const T* xs = x + off;
+    T* ys = y + off;
+    const V va = vbroadcast<T>(alpha[c]), vb = vbroadcast<T>(beta[c]);
+    int64_t i = 0;
+    for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, vload(xs + i) * va + vb);
+    for (; i < n; ++i) ys[i] = xs[i] * alpha[c] + beta[c];
+  });
+}
+
+template <typename T>
+void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
+                         const T* save_invstd, T* gx, T* gw, T* gb, bool training) {
+  using V = vec_t<T>;
+  const int64_t M = s.N * s.L;
+  const Tasks tk(s);
+  Workspace ch_ws(checked_bytes(3 * s.C, sizeof(double)));
+  double* mean = ch_ws.as<double>();
+  double* total = mean + s.C;  // (sum gy, sum gy (x - mean)) per channel
+  for (int64_t c = 0; c < s.C; ++c) mean[c] = double(save_mean[c]);
+  const bool need_sums = gw || gb || (gx && training);
+  if (need_sums) {
+    Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
+    chunk_sums(s, tk, gy, x, nullptr, mean, part_ws.as<double>());
+    reduce_channels(s, tk, part_ws.as<double>(), total);
+    for (int64_t c = 0; c < s.C; ++c) {
+      if (gb) gb[c] = T(total[2 * c]);
+      if (gw) gw[c] = T(total[2 * c + 1] * double(save_invstd[c]));
+    }
+  }
+  if (!gx || M == 0) return;
+  Workspace coef_ws(checked_bytes(3 * s.C, sizeof(T)));
+  T* a = coef_ws.as<T>();  // w invstd
+  T* mg = a + s.C;         // mean of gy (training)
+  T* k = mg + s.C;         // invstd^2 sum(gy (x - mean)) / M (training)
+  for (int64_t c = 0; c < s.C; ++c) {
+    const double invstd = double(save_invstd[c]);
+    a[c] = T((weight ? double(weight[c]) : 1.0) * invstd);
+    mg[c] = training ? T(total[2 * c] / double(M)) : T(0);
+    k[c] = training ? T(invstd * invstd * total[2 * c + 1] / double(M)) : T(0);
+  }
+  for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
+    const T* gys = gy + off;
+    const T* xs = x + off;
+    T* gxs = gx + off;
+    const V va = vbroadcast<T>(a[c]);
+    int64_t i = 0;
+    if (training) {
+      const V vmg = vbroadcast<T>(mg[c]), vk = vbroadcast<T>(k[c]), vmean = vbroadcast<T>(save_mean[c]);
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W)
+        vstore(gxs + i, (vload(gys + i) - vmg - (vload(xs + i) - vmean) * vk) * va);
+      for (; i < n; ++i) gxs[i] = (gys[i] - mg[c] - (xs[i] - save_mean[c]) * k[c]) * a[c];
+    } else {
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, vload(gys + i) * va);
+      for (; i < n; ++i) gxs[i] = gys[i] * a[c];
+    }
+  });
+}
+
+#define PYCONV_INSTANTIATE(T)                                                                                \
+  template void batch_norm_forward<T>(const BatchNormShape&, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
+                                      bool, double, double);                                                \
+  template void batch_norm_backward<T>(const BatchNormShape&, const T*, const T*, const T*, const T*, const T*, \
+                                       T*, T*, T*, bool);
+PYCONV_INSTANTIATE(float)
+PYCONV_INSTANTIATE(double)
+#undef PYCONV_INSTANTIATE
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

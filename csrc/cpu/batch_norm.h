@@ -1,0 +1,27 @@
+#pragma once
+#include <cstdint>
+
+#include "cpu/isa.h"
+
+namespace pyconv {
+
+// Batch norm over x[N][C][L] (L = product of the spatial sizes), normalized per channel c.
+struct BatchNormShape {
+  int64_t N = 0, C = 0, L = 0;
+};
+
+}  // namespace pyconv
+
+PYCONV_FOR_EACH_ISA(
+  // weight, bias, running_mean, running_var may be null. training: batch statistics into
+  // save_mean / save_invstd and, when given, running stats updated in place with momentum
+  // (unbiased variance); eval: normalizes with the running stats and writes them to save_*.
+  template <typename T>
+  void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
+                          T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
+                          double eps);
+  // weight may be null (= 1); gx, gw, gb may each be null (not wanted).
+  template <typename T>
+  void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
+                           const T* save_invstd, T* gx, T* gw, T* gb, bool training);
+)
