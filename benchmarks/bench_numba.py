@@ -74,18 +74,22 @@ def main():
         shape = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), st, 1, 1, 1))
         gy = torch.randn(a.batch, K, shape.P, shape.Q)
         for pas in passes:
-            cells = []
-            for impl in impls:
-                fn = runner(impl, pas, x, w, gy, shape, kw)
+            fns = [runner(impl, pas, x, w, gy, shape, kw) for impl in impls]
+            firsts = []
+            for fn in fns:
                 t0 = time.perf_counter()
                 fn()
-                first = time.perf_counter() - t0
-                times = []
-                for _ in range(a.reps):
+                firsts.append(time.perf_counter() - t0)
+            # round-robin repetitions: every implementation sees the same machine load (shared hosts)
+            times = [[] for _ in impls]
+            for _ in range(a.reps):
+                for fn, ts in zip(fns, times):
                     t0 = time.perf_counter()
                     fn()
-                    times.append(time.perf_counter() - t0)
-                g = shape.flops / statistics.median(times) / 1e9
+                    ts.append(time.perf_counter() - t0)
+            cells = []
+            for impl, ts, first in zip(impls, times, firsts):
+                g = shape.flops / statistics.median(ts) / 1e9
                 rates[(impl, pas)].append(g)
                 cells.append(f"{g:8.1f} ({first:8.3f}s)")
             print(f"{name:14s} {pas:6s} " + " ".join(f"{c:>22s}" for c in cells), flush=True)

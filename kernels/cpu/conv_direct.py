@@ -72,9 +72,10 @@ def conv_rows(xp, plane, row, wp, taps, bias, has_bias, y, G, Cin, Kout, P, Q, s
     nkb = (Kout + KB - 1) // KB
     T = taps.shape[0]
     for t in prange(G * nkb * P):
+        # k block fastest: consecutive tasks of a thread reuse the same input rows from L2
         g = t // (nkb * P)
-        kb = (t // P) % nkb
-        p = t % P
+        p = (t // nkb) % P
+        kb = t % nkb
         acc = np.zeros((KB, Q), dtype=y.dtype)
         tile_update(acc, xp, g * Cin * plane + p * sh * row, taps, wp[g * nkb + kb], T, Q)
         for kk in range(min(KB, Kout - kb * KB)):

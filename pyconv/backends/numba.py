@@ -55,3 +55,61 @@ def conv2d_backward_input(gy, w, gx, shape, algo):
 
 def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
     _conv_module(algo).backward_weight(_flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
+
+
+# --------------------------------------------------------------------------- pooling ---
+
+def max_pool2d_forward(x, y, indices, shape):
+    s = shape
+    _kernels("pool").max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
+                                 s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
+
+
+def max_pool2d_backward(gy, indices, gx, shape):
+    s = shape
+    _kernels("pool").max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
+
+
+def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
+    s = shape
+    _kernels("pool").avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                 s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                 int(divisor_override))
+
+
+def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
+    s = shape
+    _kernels("pool").avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                  s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                  int(divisor_override))
+
+
+# ------------------------------------------------------------------------ batch norm ---
+
+def _or_dummy(t, like):
+    """Numba needs one array type per argument: absent optional buffers become a 1-element dummy."""
+    import numpy as np
+
+    return (np.zeros(1, dtype=like.dtype), False) if t is None else (_flat(t), True)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
+                       momentum, eps):
+    xf = _flat(x)
+    w, has_w = _or_dummy(weight, xf)
+    b, has_b = _or_dummy(bias, xf)
+    rm, has_rm = _or_dummy(running_mean, xf)
+    rv, has_rv = _or_dummy(running_var, xf)
+    _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
+                                   _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
+                                   float(momentum if momentum is not None else 0.0), float(eps))
+
+
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+    xf = _flat(x)
+    w, has_w = _or_dummy(weight, xf)
+    gxf, want_gx = _or_dummy(gx, xf)
+    gwf, want_gw = _or_dummy(gw, xf)
+    gbf, want_gb = _or_dummy(gb, xf)
+    _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
+                                    gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
