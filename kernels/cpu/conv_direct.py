@@ -67,23 +67,30 @@ def pack_filters(w, G, Kout, Cin, R, S, transposed, dst):
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
-def conv_rows(xp, plane, row, wp, taps, bias, has_bias, y, G, Cin, Kout, P, Q, sh):
-    """y[g*Kout + k, p, :] = bias + sum over taps, for every (g, k block, p); xp packed rows, y flat."""
+def conv_rows(xp, plane, row, wp, taps, bias, has_bias, y, G, Cin, Kout, P, Q, sh, RB):
+    """y[g*Kout + k, p, :] = bias + sum over taps, for every (g, k block, block of RB output rows).
+    With RB > 1 (only when sh == 1 and the packed rows are not deinterleaved) the RB rows are one
+    contiguous run of the packed buffer, computed as a single long vector loop; the row - Q columns
+    between two output rows are computed and dropped. xp packed rows, y flat."""
     nkb = (Kout + KB - 1) // KB
+    npb = (P + RB - 1) // RB
     T = taps.shape[0]
-    for t in prange(G * nkb * P):
+    for t in prange(G * nkb * npb):
         # k block fastest: consecutive tasks of a thread reuse the same input rows from L2
-        g = t // (nkb * P)
-        p = (t // nkb) % P
+        g = t // (nkb * npb)
+        p0 = ((t // nkb) % npb) * RB
         kb = t % nkb
-        acc = np.zeros((KB, Q), dtype=y.dtype)
-        tile_update(acc, xp, g * Cin * plane + p * sh * row, taps, wp[g * nkb + kb], T, Q)
+        rows = min(RB, P - p0)
+        n = (rows - 1) * row + Q
+        acc = np.zeros((KB, n), dtype=y.dtype)
+        tile_update(acc, xp, g * Cin * plane + p0 * sh * row, taps, wp[g * nkb + kb], T, n)
         for kk in range(min(KB, Kout - kb * KB)):
             k = g * Kout + kb * KB + kk
             bv = bias[k] if has_bias else y.dtype.type(0)
-            out = (k * P + p) * Q
-            for q in range(Q):
-                y[out + q] = acc[kk, q] + bv
+            for i in range(rows):
+                out = (k * P + p0 + i) * Q
+                for q in range(Q):
+                    y[out + q] = acc[kk, i * row + q] + bv
 
 
 @njit(cache=True)
@@ -110,11 +117,13 @@ def _run(N, src, in_image, w, transposed, bias, dst, out_image, G, Cin, Kout, R,
     xp = np.empty(G * Cin * plane, dtype=dst.dtype)
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=dst.dtype)
+    # rows per task: a run of about 256 outputs when output rows are contiguous in the packed buffer
+    RB = max(1, min(P, 256 // row)) if sh == 1 and phases == 1 else 1
     for n in range(N):
         pack_rows(src[n * in_image:(n + 1) * in_image], G * Cin, Hsrc, Wsrc, ins_h, ins_w, top, left, Hb,
                   phases, Wl, xp)
         conv_rows(xp, plane, row, wp, taps, b, has_bias, dst[n * out_image:(n + 1) * out_image], G, Cin, Kout,
-                  P, Q, sh)
+                  P, Q, sh, RB)
 
 
 def forward_pack_geometry(s):

@@ -4,7 +4,8 @@
 
 A is packed once into panels of 4 rows, [M/4][Kd][4] (zero rows past M); for each block of NC
 columns and KC reduction steps, B[pc:pc+KC, jc:jc+NC] is packed into a contiguous KC x NC block
-(stays in L2) and every 4-row panel of C is updated by tile_update with its acc tile in L1.
+(stays in L2) by the task that owns those columns, and every 4-row panel of C is updated by
+tile_update with its acc tile in L1.
 A and B may be any strided 2-D views (transposes are read straight from the packing loops).
 """
 import numpy as np
@@ -27,27 +28,35 @@ def pack_a(A, Ap):
                 Ap[ib, p, i] = A[m, p] if m < M else A.dtype.type(0)
 
 
-@njit(parallel=True, cache=True)
-def pack_b(B, pc, kc, jc, nc, Bp):
-    for p in prange(kc):
-        for j in range(nc):
-            Bp[p * nc + j] = B[pc + p, jc + j]
-
-
 @njit(parallel=True, cache=True, fastmath=FM)
-def update_panels(Ap, Bp, taps, pc, kc, jc, nc, C, load_c):
+def column_blocks(Ap, B, C, accumulate):
+    """One task per block of NC columns of C (tasks own disjoint columns: no races, and one parallel
+    region per GEMM): for each KC step, pack B[pc:pc+KC, jc:jc+NC] contiguously, then update every
+    4-row panel of the block with tile_update."""
     M = C.shape[0]
-    for ib in prange(Ap.shape[0]):
-        acc = np.zeros((MR, nc), dtype=C.dtype)
-        rows = min(MR, M - ib * MR)
-        if load_c:
-            for i in range(rows):
+    Kd, N = B.shape
+    for jb in prange((N + NC - 1) // NC):
+        jc = jb * NC
+        nc = min(NC, N - jc)
+        Bp = np.empty(KC * nc, dtype=C.dtype)
+        taps = np.arange(KC) * nc
+        acc = np.empty((MR, nc), dtype=C.dtype)
+        for pc in range(0, Kd, KC):
+            kc = min(KC, Kd - pc)
+            for p in range(kc):
                 for j in range(nc):
-                    acc[i, j] = C[ib * MR + i, jc + j]
-        tile_update(acc, Bp, 0, taps, Ap[ib, pc:pc + kc], kc, nc)
-        for i in range(rows):
-            for j in range(nc):
-                C[ib * MR + i, jc + j] = acc[i, j]
+                    Bp[p * nc + j] = B[pc + p, jc + j]
+            for ib in range(Ap.shape[0]):
+                rows = min(MR, M - ib * MR)
+                acc[:, :] = 0
+                if accumulate or pc > 0:
+                    for i in range(rows):
+                        for j in range(nc):
+                            acc[i, j] = C[ib * MR + i, jc + j]
+                tile_update(acc, Bp, 0, taps, Ap[ib, pc:pc + kc], kc, nc)
+                for i in range(rows):
+                    for j in range(nc):
+                        C[ib * MR + i, jc + j] = acc[i, j]
 
 
 @njit(cache=True)
@@ -63,11 +72,4 @@ def gemm(A, B, C, accumulate):
         return
     Ap = np.empty(((M + MR - 1) // MR, Kd, MR), dtype=C.dtype)
     pack_a(A, Ap)
-    Bp = np.empty(KC * NC, dtype=C.dtype)
-    for jc in range(0, N, NC):
-        nc = min(NC, N - jc)
-        taps = np.arange(KC) * nc
-        for pc in range(0, Kd, KC):
-            kc = min(KC, Kd - pc)
-            pack_b(B, pc, kc, jc, nc, Bp)
-            update_panels(Ap, Bp, taps, pc, kc, jc, nc, C, accumulate or pc > 0)
+    column_blocks(Ap, B, C, accumulate)

@@ -26,6 +26,25 @@ def set_num_threads(n: int) -> None:
     _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
 
 
+# Below this much work (multiply-adds or elements) a call runs on the calling thread alone: waking
+# numba's pool costs ~0.1-10 ms on a loaded machine, far more than a small problem's compute.
+SERIAL_WORK = 1 << 20
+
+
+class _serial_if_small:
+    def __init__(self, work):
+        self.small = work < SERIAL_WORK
+
+    def __enter__(self):
+        if self.small:
+            self.saved = _numba.get_num_threads()
+            _numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.small:
+            _numba.set_num_threads(self.saved)
+
+
 def _flat(t):
     """Flat writable numpy view of a contiguous CPU tensor (None passes through)."""
     return None if t is None else t.detach().numpy().reshape(-1)
@@ -46,42 +65,49 @@ def _conv_module(algo):
 
 
 def conv2d_forward(x, w, b, y, shape, algo):
-    _conv_module(algo).forward(_flat(x), _flat(w), _flat(b), _flat(y), shape)
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).forward(_flat(x), _flat(w), _flat(b), _flat(y), shape)
 
 
 def conv2d_backward_input(gy, w, gx, shape, algo):
-    _conv_module(algo).backward_input(_flat(gy), _flat(w), _flat(gx), shape)
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).backward_input(_flat(gy), _flat(w), _flat(gx), shape)
 
 
 def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
-    _conv_module(algo).backward_weight(_flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).backward_weight(_flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
 
 
 # --------------------------------------------------------------------------- pooling ---
 
 def max_pool2d_forward(x, y, indices, shape):
     s = shape
-    _kernels("pool").max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
-                                 s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
+    with _serial_if_small(x.numel() * 4):
+        _kernels("pool").max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
+                                     s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
 
 
 def max_pool2d_backward(gy, indices, gx, shape):
     s = shape
-    _kernels("pool").max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
+    with _serial_if_small(gx.numel() * 4):
+        _kernels("pool").max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
 
 
 def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
     s = shape
-    _kernels("pool").avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
-                                 s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
-                                 int(divisor_override))
+    with _serial_if_small(x.numel() * 4):
+        _kernels("pool").avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                     s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                     int(divisor_override))
 
 
 def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
     s = shape
-    _kernels("pool").avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
-                                  s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
-                                  int(divisor_override))
+    with _serial_if_small(gx.numel() * 4):
+        _kernels("pool").avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                      s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                      int(divisor_override))
 
 
 # ------------------------------------------------------------------------ batch norm ---
@@ -100,9 +126,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean,
     b, has_b = _or_dummy(bias, xf)
     rm, has_rm = _or_dummy(running_mean, xf)
     rv, has_rv = _or_dummy(running_var, xf)
-    _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
-                                   _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
-                                   float(momentum if momentum is not None else 0.0), float(eps))
+    with _serial_if_small(x.numel() * 4):
+        _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
+                                       _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
+                                       float(momentum if momentum is not None else 0.0), float(eps))
 
 
 def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
@@ -111,5 +138,6 @@ def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape
     gxf, want_gx = _or_dummy(gx, xf)
     gwf, want_gw = _or_dummy(gw, xf)
     gbf, want_gb = _or_dummy(gb, xf)
-    _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
-                                    gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
+    with _serial_if_small(x.numel() * 4):
+        _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
+                                        gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
