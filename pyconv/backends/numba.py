@@ -1,12 +1,143 @@
-"""The numba backend. Its kernels are not written yet: it reports itself unavailable, and the
-registry raises a clear error when it is asked for."""
-IMPLEMENTED = False
-CONV_ALGOS = ()
+"""The Numba CPU backend: pyconv.kernels.cpu (kernels/cpu), @njit(parallel=True, cache=True).
+Tensors reach the kernels as zero-copy flat numpy views; the first call per dtype compiles (or loads
+the on-disk cache)."""
+from __future__ import annotations
+
+try:
+    import numba as _numba
+except ImportError as _e:  # pragma: no cover - depends on the environment
+    _numba = None
+    _import_error = str(_e)
+
+IMPLEMENTED = True
+CONV_ALGOS = ("direct", "im2col") if _numba is not None else ()
 
 
 def is_available() -> bool:
-    return False
+    return _numba is not None
 
 
 def unavailable_reason() -> str:
-    return "the numba kernels are not implemented yet"
+    return "" if _numba is not None else f"numba is not importable: {_import_error}"
+
+
+def set_num_threads(n: int) -> None:
+    # numba cannot run more threads than it started with (NUMBA_NUM_THREADS, default: the core count)
+    _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
+
+
+# Below this much work (multiply-adds or elements) a call runs on the calling thread alone: waking
+# numba's pool costs ~0.1-10 ms on a loaded machine, far more than a small problem's compute.
+SERIAL_WORK = 1 << 20
+
+
+class _serial_if_small:
+    def __init__(self, work):
+        self.small = work < SERIAL_WORK
+
+    def __enter__(self):
+        if self.small:
+            self.saved = _numba.get_num_threads()
+            _numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.small:
+            _numba.set_num_threads(self.saved)
+
+
+def _flat(t):
+    """Flat writable numpy view of a contiguous CPU tensor (None passes through)."""
+    return None if t is None else t.detach().numpy().reshape(-1)
+
+
+def _kernels(name):
+    import importlib
+
+    return importlib.import_module(f"pyconv.kernels.cpu.{name}")
+
+
+def _conv_module(algo):
+    if algo == "direct":
+        return _kernels("conv_direct")
+    if algo == "im2col":
+        return _kernels("conv_im2col")
+    raise NotImplementedError(f"algo={algo!r} is not implemented in the numba backend")
+
+
+def conv2d_forward(x, w, b, y, shape, algo):
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).forward(_flat(x), _flat(w), _flat(b), _flat(y), shape)
+
+
+def conv2d_backward_input(gy, w, gx, shape, algo):
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).backward_input(_flat(gy), _flat(w), _flat(gx), shape)
+
+
+def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
+    with _serial_if_small(shape.flops // 2):
+        _conv_module(algo).backward_weight(_flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
+
+
+# --------------------------------------------------------------------------- pooling ---
+
+def max_pool2d_forward(x, y, indices, shape):
+    s = shape
+    with _serial_if_small(x.numel() * 4):
+        _kernels("pool").max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
+                                     s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
+
+
+def max_pool2d_backward(gy, indices, gx, shape):
+    s = shape
+    with _serial_if_small(gx.numel() * 4):
+        _kernels("pool").max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
+
+
+def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
+    s = shape
+    with _serial_if_small(x.numel() * 4):
+        _kernels("pool").avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                     s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                     int(divisor_override))
+
+
+def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
+    s = shape
+    with _serial_if_small(gx.numel() * 4):
+        _kernels("pool").avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                                      s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                                      int(divisor_override))
+
+
+# ------------------------------------------------------------------------ batch norm ---
+
+def _or_dummy(t, like):
+    """Numba needs one array type per argument: absent optional buffers become a 1-element dummy."""
+    import numpy as np
+
+    return (np.zeros(1, dtype=like.dtype), False) if t is None else (_flat(t), True)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
+                       momentum, eps):
+    xf = _flat(x)
+    w, has_w = _or_dummy(weight, xf)
+    b, has_b = _or_dummy(bias, xf)
+    rm, has_rm = _or_dummy(running_mean, xf)
+    rv, has_rv = _or_dummy(running_var, xf)
+    with _serial_if_small(x.numel() * 4):
+        _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
+                                       _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
+                                       float(momentum if momentum is not None else 0.0), float(eps))
+
+
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+    xf = _flat(x)
+    w, has_w = _or_dummy(weight, xf)
+    gxf, want_gx = _or_dummy(gx, xf)
+    gwf, want_gw = _or_dummy(gw, xf)
+    gbf, want_gb = _or_dummy(gb, xf)
+    with _serial_if_small(x.numel() * 4):
+        _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
+                                        gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
