@@ -20,6 +20,10 @@ def forward(x, weight, has_weight, bias, has_bias, rmean, rvar, has_running, y, 
             N, C, L, training, momentum, eps):
     M = N * L
     for c in prange(C):
+        if training and M == 0:  # empty batch: nothing to normalize, running statistics unchanged
+            save_mean[c] = 0.0
+            save_invstd[c] = 0.0
+            continue
         if training:
             s = 0.0
             for n in range(N):
@@ -77,14 +81,13 @@ def backward(gy, x, weight, has_weight, save_mean, save_invstd, gx, want_gx, gw,
             wscale = invstd * (np.float64(weight[c]) if has_weight else 1.0)
             if training:
                 # gx = wscale * (gy - sg/M - (x - mean) * invstd^2 * sgx/M)
+                # (x - mean) in float64: folding mean into a constant cancels badly for small M
                 k = invstd * invstd * sgx / M
-                a = gx.dtype.type(wscale)
-                b = gx.dtype.type(-wscale * (sg / M - mean * k))
-                kk = gx.dtype.type(wscale * k)
+                mg = sg / M
                 for n in range(N):
                     o = (n * C + c) * L
                     for i in range(L):
-                        gx[o + i] = a * gy[o + i] - kk * x[o + i] + b
+                        gx[o + i] = wscale * (np.float64(gy[o + i]) - mg - (np.float64(x[o + i]) - mean) * k)
             else:
                 a = gx.dtype.type(wscale)
                 for n in range(N):
