@@ -7,7 +7,7 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 
-__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm"]
+__all__ = ["conv2d", "conv_bn_relu", "max_pool2d", "avg_pool2d", "batch_norm"]
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
@@ -88,3 +88,44 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             if rv is not None:
                 rv.copy_(new_rv)
     return from_torch(y, kind)
+
+
+def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=1, padding=0,
+                 dilation=1, groups=1, training=True, momentum=0.1, eps=1e-5, *, algo="auto", backend="auto"):
+    """relu(batch_norm(conv2d(input, weight, bias), running_mean, running_var, bn_weight, bn_bias,
+    training, momentum, eps)) as one fused op; in training the running statistics are updated in
+    place as torch does. momentum=None (cumulative average) needs the batch count: use
+    pyconv.nn.ConvBNReLU2d, which keeps num_batches_tracked as torch's BatchNorm2d does."""
+    if momentum is None:
+        raise TypeError("conv_bn_relu(): argument 'momentum' must be float, not NoneType "
+                        "(pyconv.nn.ConvBNReLU2d handles momentum=None)")
+    x, kx = to_torch(input, "input")
+    w, kw = to_torch(weight, "weight")
+    b, _ = to_torch(bias, "bias")
+    tensors = {name: to_torch(t, name)[0] for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                                                          ("running_mean", running_mean),
+                                                          ("running_var", running_var))}
+    for name, t in tensors.items():
+        if t is None:
+            raise _args.PyConvError(f"{name}: required by conv_bn_relu, got None")
+    _args.check_float_tensor(x, "input", (3, 4))
+    _args.check_float_tensor(w, "weight", (4,))
+    params = _args.conv2d_params(tuple(w.shape[2:]), stride, padding, dilation, groups)
+    batched = x.dim() == 4
+    if not batched:
+        x = x.unsqueeze(0)
+    shape = _args.conv2d_shape(x, w, b, params)
+    be = backends.resolve(backend, x.device)
+    algo = autotune.resolve_conv_algo(algo, shape, be, x.dtype)
+    rm, rv = tensors["running_mean"], tensors["running_var"]
+    z, _, _, _, new_rm, new_rv = torch.ops.pyconv.conv_bn_relu(
+        contiguous_nchw(x), w, b, tensors["bn_weight"], tensors["bn_bias"], rm, rv, list(params.stride),
+        list(params.padding), list(params.dilation), params.groups, bool(training), float(momentum), float(eps),
+        algo, be)
+    if training and shape.N > 0:
+        with torch.no_grad():
+            rm.copy_(new_rm)
+            rv.copy_(new_rv)
+    if not batched:
+        z = z.squeeze(0)
+    return from_torch(z, result_kind(kx, kw))

@@ -14,6 +14,7 @@ void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_batch_norm(py::module_& m);
 void bind_gemm(py::module_& m);
+void bind_relu(py::module_& m);
 void bind_winograd(py::module_& m);
 }  // namespace pyconv
 
@@ -38,5 +39,6 @@ PYBIND11_MODULE(_C, m) {
   pyconv::bind_pool(m);
   pyconv::bind_batch_norm(m);
   pyconv::bind_gemm(m);
+  pyconv::bind_relu(m);
   pyconv::bind_winograd(m);
 }

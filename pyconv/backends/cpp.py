@@ -99,3 +99,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean,
 def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
     return _C.batch_norm_backward(_C.BatchNormShape(*shape), _np(gy), _np(x), _np(weight), _np(save_mean),
                                   _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training))
+
+
+def relu_forward(x):
+    return _C.relu_forward(_np(x))
+
+
+def relu_backward(gz, z, gx):
+    return _C.relu_backward(_np(gz), _np(z), _np(gx))

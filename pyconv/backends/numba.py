@@ -141,3 +141,13 @@ def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape
     with _serial_if_small(x.numel() * 4):
         _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
                                         gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
+
+
+def relu_forward(x):
+    with _serial_if_small(x.numel()):
+        _kernels("relu").forward(_flat(x))
+
+
+def relu_backward(gz, z, gx):
+    with _serial_if_small(z.numel()):
+        _kernels("relu").backward(_flat(gz), _flat(z), _flat(gx))

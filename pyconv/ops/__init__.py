@@ -3,3 +3,4 @@ registers them all."""
 from . import conv  # noqa: F401
 from . import pool  # noqa: F401
 from . import batch_norm  # noqa: F401
+from . import conv_bn_relu  # noqa: F401

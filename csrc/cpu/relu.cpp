@@ -1,0 +1,58 @@
+// ReLU for the fused conv-BN-ReLU op.
+//   forward   z = x < 0 ? 0 : x        (NaN compares false, so NaN propagates as in torch)
+//   backward  gx = z <= 0 ? 0 : gz     (the mask is recomputed from the output, nothing stored)
+#include "cpu/relu.h"
+
+#include "common/runtime.h"
+#include "cpu/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+namespace {
+constexpr int64_t kBlock = 1 << 16;  // elements per parallel task
+}
+
+template <typename T>
+void relu_forward(T* x, int64_t n) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  const int64_t blocks = ceil_div(n, kBlock);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * kBlock, hi = imin(n, lo + kBlock);
+    int64_t i = lo;
+    const V zero = V{};
+    for (; i + W <= hi; i += W) {
+      const V v = vload(x + i);
+      vstore(x + i, v < zero ? zero : v);
+    }
+    for (; i < hi; ++i) x[i] = x[i] < T(0) ? T(0) : x[i];
+  }
+}
+
+template <typename T>
+void relu_backward(const T* gz, const T* z, T* gx, int64_t n) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  const int64_t blocks = ceil_div(n, kBlock);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * kBlock, hi = imin(n, lo + kBlock);
+    int64_t i = lo;
+    const V zero = V{};
+    for (; i + W <= hi; i += W) {
+      const V zv = vload(z + i), gv = vload(gz + i);
+      vstore(gx + i, zv <= zero ? zero : gv);
+    }
+    for (; i < hi; ++i) gx[i] = z[i] <= T(0) ? T(0) : gz[i];
+  }
+}
+
+template void relu_forward<float>(float*, int64_t);
+template void relu_forward<double>(double*, int64_t);
+template void relu_backward<float>(const float*, const float*, float*, int64_t);
+template void relu_backward<double>(const double*, const double*, double*, int64_t);
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,153 @@
+"""Fused conv-BN-ReLU custom ops (torch.ops.pyconv.conv_bn_relu, conv_bn_relu_backward):
+z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward.
+
+Training: the conv kernel writes y, one batch-norm kernel takes the statistics and writes
+normalize + ReLU in one sweep; running statistics are returned as new outputs (torch.library does
+not allow an autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
+Backward: the ReLU mask is recomputed from z (nothing stored), then the batch-norm backward and the
+conv's grad-input and grad-weight. Saved: x, y and z (torch's unfused Conv2d + BatchNorm2d + ReLU
+keeps x, y, the BN output and z).
+Eval: BN is folded into the conv's weights and bias (w' = w * gamma * invstd, b' = (b - mean) *
+gamma * invstd + beta), one conv and the ReLU in place; the backward recomputes the conv output
+only when the BN parameters need gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _args, autotune, backends
+from .common import new_output
+from .conv import _params
+
+
+def _bn_shape(y) -> _args.BatchNormShape:
+    return _args.BatchNormShape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
+
+
+def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
+    """Eval-mode BN as a per-output-channel scale and shift of the conv."""
+    scale = bn_weight * torch.rsqrt(running_var + eps)
+    w = weight * scale.reshape(-1, 1, 1, 1)
+    b = (0 if bias is None else bias) - running_mean
+    return w.contiguous(), (b * scale + bn_bias).contiguous()
+
+
+def _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
+    shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
+    backend = backends.resolve(backend, x.device)
+    algo = autotune.resolve_conv_algo(algo, shape, backend, x.dtype)
+    return shape, algo, backends.load(backend)
+
+
+@torch.library.custom_op("pyconv::conv_bn_relu", mutates_args=())
+def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
+                 running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
+                 dilation: List[int], groups: int, training: bool, momentum: float, eps: float, algo: str,
+                 backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
+    empty in eval mode."""
+    shape, algo, mod = _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
+    _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
+                           momentum, eps)
+    x = x.contiguous()
+    rm = running_mean.clone(memory_format=torch.contiguous_format)
+    rv = running_var.clone(memory_format=torch.contiguous_format)
+    z = new_output(out, x)
+    save_mean, save_invstd = new_output((shape.K,), x), new_output((shape.K,), x)
+    if training:
+        y = new_output(out, x)
+        mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo)
+        mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
+                               _bn_shape(y), True, float(momentum), float(eps))
+    else:
+        y = x.new_empty(0)
+        w, b = _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+        mod.conv2d_forward(x, w, b, z, shape, algo)
+        save_mean.copy_(running_mean)
+        save_invstd.copy_(torch.rsqrt(running_var + eps))
+    mod.relu_forward(z)
+    return z, y, save_mean, save_invstd, rm, rv
+
+
+@conv_bn_relu.register_fake
+def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
+      momentum, eps, algo, backend):
+    s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
+    out = (s.N, s.K, s.P, s.Q)
+    return (x.new_empty(out), x.new_empty(out) if training else x.new_empty(0), x.new_empty((s.K,)),
+            x.new_empty((s.K,)), x.new_empty(running_mean.shape), x.new_empty(running_var.shape))
+
+
+@torch.library.custom_op("pyconv::conv_bn_relu_backward", mutates_args=())
+def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          bn_weight: Tensor, save_mean: Tensor, save_invstd: Tensor, stride: List[int],
+                          padding: List[int], dilation: List[int], groups: int, training: bool, algo: str,
+                          backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
+    output_mask are empty."""
+    shape, algo, mod = _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    if tuple(grad_z.shape) != out or tuple(z.shape) != out:
+        raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
+    x, weight, z = x.contiguous(), weight.contiguous(), z.contiguous()
+    gm = new_output(out, x)
+    mod.relu_backward(grad_z.contiguous(), z, gm)
+    if not training and (output_mask[3] or output_mask[4]):
+        y = new_output(out, x)  # eval: the unfolded conv output, recomputed for the BN gradients
+        mod.conv2d_forward(x, weight, None if bias is None else bias.contiguous(), y, shape, algo)
+    empty = x.new_empty(0)
+    gy = new_output(out, x)
+    g_bnw = new_output((shape.K,), x) if output_mask[3] else empty.clone()
+    g_bnb = new_output((shape.K,), x) if output_mask[4] else empty.clone()
+    y_for_bn = y.contiguous() if y.numel() else z  # eval without BN grads: the kernel ignores x
+    mod.batch_norm_backward(gm, y_for_bn, bn_weight.contiguous(), save_mean.contiguous(), save_invstd.contiguous(),
+                            gy, g_bnw if output_mask[3] else None, g_bnb if output_mask[4] else None,
+                            _bn_shape(gm), bool(training))
+    gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
+    gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
+    gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()
+    if output_mask[0]:
+        mod.conv2d_backward_input(gy, weight, gx, shape, algo)
+    if output_mask[1] or output_mask[2]:
+        mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None, shape,
+                                   algo)
+    return gx, gw, gb, g_bnw, g_bnb
+
+
+@conv_bn_relu_backward.register_fake
+def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, padding, dilation, groups,
+      training, algo, backend, output_mask):
+    K = weight.shape[0]
+    shapes = (x.shape, weight.shape, (K,), (K,), (K,))
+    return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    (x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
+     momentum, eps, algo, backend) = inputs
+    z, y, save_mean, save_invstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
+    ctx.save_for_backward(z, y, x, weight, bias, bn_weight, save_mean, save_invstd)
+    ctx.conf = (stride, padding, dilation, groups, training, algo, backend)
+
+
+def _backward(ctx, grad_z, *unused):
+    z, y, x, weight, bias, bn_weight, save_mean, save_invstd = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], bias is not None and need[2], need[3], need[4]]
+    grads = [None] * 16
+    if any(mask):
+        out = torch.ops.pyconv.conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean,
+                                                     save_invstd, *ctx.conf, mask)
+        for i, (g, m) in enumerate(zip(out, mask)):
+            grads[i] = g if m else None
+    return tuple(grads)
+
+
+conv_bn_relu.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,106 @@
+"""The fused conv_bn_relu op and ConvBNReLU2d against torch's conv2d -> batch_norm -> relu."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyconv.functional as PF
+import pyconv.nn as PN
+from conftest import conv_impls
+
+IMPLS = [impl for impl in conv_impls() if impl[1] in ("direct", "im2col", "winograd")]
+
+
+def _data(dtype, C=4, K=6, groups=2):
+    torch.manual_seed(0)
+    return dict(x=torch.randn(2, C, 9, 9, dtype=dtype), w=torch.randn(K, C // groups, 3, 3, dtype=dtype),
+                b=torch.randn(K, dtype=dtype), g=torch.rand(K, dtype=dtype) + 0.5, be=torch.randn(K, dtype=dtype),
+                rm=torch.randn(K, dtype=dtype), rv=torch.rand(K, dtype=dtype) + 0.5)
+
+
+def _rel(a, e):
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("conv", [dict(stride=1, padding=1, groups=1), dict(stride=2, padding=1, groups=2)])
+def test_matches_torch(backend, algo, training, dtype, conv):
+    if algo == "winograd" and conv["stride"] != 1:
+        pytest.skip("winograd needs stride 1")
+    d = _data(dtype, groups=conv["groups"])
+    leaves = [d[k].clone().requires_grad_() for k in ("x", "w", "b", "g", "be")]
+    refs = [d[k].clone().requires_grad_() for k in ("x", "w", "b", "g", "be")]
+    rm, rv, rm_ref, rv_ref = d["rm"].clone(), d["rv"].clone(), d["rm"].clone(), d["rv"].clone()
+    st, pad, gr = conv["stride"], conv["padding"], conv["groups"]
+    z = PF.conv_bn_relu(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], rm, rv, st, pad, 1, gr, training,
+                        0.1, 1e-5, algo=algo, backend=backend)
+    zr = F.relu(F.batch_norm(F.conv2d(refs[0], refs[1], refs[2], st, pad, 1, gr), rm_ref, rv_ref, refs[3], refs[4],
+                             training, 0.1, 1e-5))
+    tol = 1e-9 if dtype == torch.float64 else (2e-4 if algo == "winograd" else 5e-5)
+    assert _rel(z, zr) < tol
+    torch.testing.assert_close(rm, rm_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(rv, rv_ref, rtol=tol, atol=tol)
+    gz = torch.randn_like(zr)
+    got = torch.autograd.grad(z, leaves, gz)
+    want = torch.autograd.grad(zr, refs, gz)
+    for name, a, e in zip(("x", "w", "b", "bn_weight", "bn_bias"), got, want):
+        if name == "b" and training:
+            # BN removes the conv bias: its gradient is zero up to rounding in both
+            assert a.abs().max() < 1e-3 * max(1.0, gz.abs().sum().item() * 1e-3)
+            continue
+        assert _rel(a, e) < tol * 10, name
+
+
+def test_nan_propagates_through_relu():
+    d = _data(torch.float32, groups=1)
+    d["x"][0, 0, 4, 4] = float("nan")
+    z = PF.conv_bn_relu(d["x"], d["w"], None, d["g"], d["be"], d["rm"].clone(), d["rv"].clone(), 1, 1,
+                        training=False)
+    zr = F.relu(F.batch_norm(F.conv2d(d["x"], d["w"], None, 1, 1), d["rm"], d["rv"], d["g"], d["be"], False))
+    assert torch.equal(torch.isnan(z), torch.isnan(zr))
+
+
+def test_gradcheck_float64():
+    d = _data(torch.float64)
+    args = [d[k][:1, :, :6, :6].clone().requires_grad_() if k == "x" else d[k].clone().requires_grad_()
+            for k in ("x", "w", "b", "g", "be")]
+
+    def f(x, w, b, g, be):
+        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2, True)
+    assert torch.autograd.gradcheck(f, args, atol=1e-6)
+
+
+def test_opcheck():
+    d = _data(torch.float32)
+    args = (d["x"].requires_grad_(), d["w"].requires_grad_(), d["b"], d["g"].requires_grad_(), d["be"], d["rm"],
+            d["rv"], [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.1, 1e-5, "direct", "cpp")
+    torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_layer_matches_torch_sequence(momentum):
+    torch.manual_seed(1)
+    conv, bn = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8, momentum=momentum)
+    ref = torch.nn.Sequential(conv, bn, torch.nn.ReLU())
+    ours = PN.ConvBNReLU2d(3, 8, 3, padding=1, momentum=momentum)
+    ours.load_state_dict({"conv.weight": conv.weight.detach().clone(),
+                          **{f"bn.{k}": v.clone() for k, v in bn.state_dict().items()}})
+    for _ in range(3):
+        x = torch.randn(2, 3, 10, 10)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.bn.running_var, bn.running_var)
+    assert int(ours.bn.num_batches_tracked) == int(bn.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    x = torch.randn(1, 3, 10, 10)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_empty_batch_and_unbatched():
+    d = _data(torch.float32, groups=1)
+    rm, rv = d["rm"].clone(), d["rv"].clone()
+    z = PF.conv_bn_relu(torch.randn(0, 4, 9, 9), d["w"], None, d["g"], d["be"], rm, rv, 1, 1)
+    assert z.shape == (0, 6, 9, 9) and torch.equal(rm, d["rm"])
+    z = PF.conv_bn_relu(d["x"][0], d["w"], None, d["g"], d["be"], rm, rv, 1, 1, training=False)
+    zr = F.relu(F.batch_norm(F.conv2d(d["x"][:1], d["w"], None, 1, 1), d["rm"], d["rv"], d["g"], d["be"], False))
+    torch.testing.assert_close(z, zr[0], rtol=1e-4, atol=1e-5)
