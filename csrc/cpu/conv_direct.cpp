@@ -196,7 +196,7 @@ struct Tile {
 };
 
 // Register tiles that fit 16 vector registers (KB*QV accumulators + QV inputs + 1 broadcast).
-constexpr Tile kTiles[] = {{1, 4}, {2, 4}, {3, 3}, {4, 3}, {6, 2}, {12, 1}};
+constexpr Tile kTiles[] = {{1, 1}, {1, 2}, {1, 4}, {2, 4}, {3, 3}, {4, 3}, {6, 2}, {12, 1}};
 
 // Pick the tile with the fewest modelled cycles: each step issues KB*QV FMAs and KB+QV loads,
 // two of each per cycle; padding of Kout and Q up to the tile is wasted work.
@@ -219,6 +219,8 @@ void run_conv_packed(const Tile& tile, const Core& cc, int64_t N, const T* src, 
                      int64_t out_image, const T* wp, const T* b, T* dst) {
 #define PYCONV_TILE_CASE(kb, qv) \
   if (tile.KB == kb && tile.QV == qv) return conv_packed<T, kb, qv>(cc, N, src, in_image, out_image, wp, b, dst);
+  PYCONV_TILE_CASE(1, 1)
+  PYCONV_TILE_CASE(1, 2)
   PYCONV_TILE_CASE(1, 4)
   PYCONV_TILE_CASE(2, 4)
   PYCONV_TILE_CASE(3, 3)
