@@ -10,24 +10,35 @@ from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 __all__ = ["conv2d", "conv_bn_relu", "max_pool2d", "avg_pool2d", "batch_norm"]
 
 
+class _ConvCall:
+    """The normalized arguments of one convolution call (conv2d, conv_bn_relu)."""
+
+    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend):
+        x, kx = to_torch(input, "input")
+        self.w, kw = to_torch(weight, "weight")
+        self.b, kb = to_torch(bias, "bias")
+        _args.check_float_tensor(x, "input", (3, 4))
+        _args.check_float_tensor(self.w, "weight", (4,))
+        self.params = _args.conv2d_params(tuple(self.w.shape[2:]), stride, padding, dilation, groups)
+        self.batched = x.dim() == 4
+        x = x if self.batched else x.unsqueeze(0)
+        self.shape = _args.conv2d_shape(x, self.w, self.b, self.params)
+        self.backend = backends.resolve(backend, x.device)
+        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype)
+        self.x = contiguous_nchw(x)
+        self.kind = result_kind(kx, kw, kb)
+
+    def op_args(self):
+        p = self.params
+        return list(p.stride), list(p.padding), list(p.dilation), p.groups
+
+    def result(self, y):
+        return from_torch(y if self.batched else y.squeeze(0), self.kind)
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
-    x, kx = to_torch(input, "input")
-    w, kw = to_torch(weight, "weight")
-    b, kb = to_torch(bias, "bias")
-    _args.check_float_tensor(x, "input", (3, 4))
-    _args.check_float_tensor(w, "weight", (4,))
-    params = _args.conv2d_params(tuple(w.shape[2:]), stride, padding, dilation, groups)
-    batched = x.dim() == 4
-    if not batched:
-        x = x.unsqueeze(0)
-    shape = _args.conv2d_shape(x, w, b, params)
-    be = backends.resolve(backend, x.device)
-    algo = autotune.resolve_conv_algo(algo, shape, be, dtype=x.dtype)
-    y = torch.ops.pyconv.conv2d(contiguous_nchw(x), w, b, list(params.stride), list(params.padding),
-                                list(params.dilation), params.groups, algo, be)
-    if not batched:
-        y = y.squeeze(0)
-    return from_torch(y, result_kind(kx, kw, kb))
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
+    return c.result(torch.ops.pyconv.conv2d(c.x, c.w, c.b, *c.op_args(), c.algo, c.backend))
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---
@@ -99,33 +110,18 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
     if momentum is None:
         raise TypeError("conv_bn_relu(): argument 'momentum' must be float, not NoneType "
                         "(pyconv.nn.ConvBNReLU2d handles momentum=None)")
-    x, kx = to_torch(input, "input")
-    w, kw = to_torch(weight, "weight")
-    b, _ = to_torch(bias, "bias")
-    tensors = {name: to_torch(t, name)[0] for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
-                                                          ("running_mean", running_mean),
-                                                          ("running_var", running_var))}
-    for name, t in tensors.items():
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
+    bn = {name: to_torch(t, name)[0] for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                                                     ("running_mean", running_mean), ("running_var", running_var))}
+    for name, t in bn.items():
         if t is None:
             raise _args.PyConvError(f"{name}: required by conv_bn_relu, got None")
-    _args.check_float_tensor(x, "input", (3, 4))
-    _args.check_float_tensor(w, "weight", (4,))
-    params = _args.conv2d_params(tuple(w.shape[2:]), stride, padding, dilation, groups)
-    batched = x.dim() == 4
-    if not batched:
-        x = x.unsqueeze(0)
-    shape = _args.conv2d_shape(x, w, b, params)
-    be = backends.resolve(backend, x.device)
-    algo = autotune.resolve_conv_algo(algo, shape, be, x.dtype)
-    rm, rv = tensors["running_mean"], tensors["running_var"]
+    rm, rv = bn["running_mean"], bn["running_var"]
     z, _, _, _, new_rm, new_rv = torch.ops.pyconv.conv_bn_relu(
-        contiguous_nchw(x), w, b, tensors["bn_weight"], tensors["bn_bias"], rm, rv, list(params.stride),
-        list(params.padding), list(params.dilation), params.groups, bool(training), float(momentum), float(eps),
-        algo, be)
-    if training and shape.N > 0:
+        c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
+        float(eps), c.algo, c.backend)
+    if training and c.shape.N > 0:  # running statistics are updated in place, as torch does
         with torch.no_grad():
             rm.copy_(new_rm)
             rv.copy_(new_rv)
-    if not batched:
-        z = z.squeeze(0)
-    return from_torch(z, result_kind(kx, kw))
+    return c.result(z)

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/shape_checks.h"
 #include "common/shapes.h"
 
 namespace pyconv {
@@ -61,7 +62,5 @@ inline int64_t checked_numel(std::initializer_list<int64_t> dims) {
   }
   return n;
 }
-
-void check_conv_shape(const ConvShape& s);
 
 }  // namespace pyconv

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/shape_checks.h"
 #include "cuda/kernels.h"
 
 namespace pyconv {
@@ -62,24 +63,7 @@ ConvShape conv_shape(const std::array<int64_t, 16>& a) {
   s.G = a[9], s.stride_h = a[10], s.stride_w = a[11], s.pad_h = a[12], s.pad_w = a[13], s.dil_h = a[14],
   s.dil_w = a[15];
   for (int64_t v : a) PYCONV_CHECK(v >= 0 && v < kSizeLimit, "ConvShape: size ", v, " out of range");
-  PYCONV_CHECK(s.R >= 1 && s.S >= 1, "ConvShape: kernel size ", s.R, "x", s.S, " must be positive");
-  PYCONV_CHECK(s.G >= 1 && s.C % s.G == 0 && s.K % s.G == 0, "ConvShape: groups=", s.G, " must divide C=", s.C,
-               " and K=", s.K);
-  PYCONV_CHECK(s.stride_h >= 1 && s.stride_w >= 1 && s.dil_h >= 1 && s.dil_w >= 1,
-               "ConvShape: stride and dilation must be positive");
-  // Kernels clip every input coordinate and iterate over P, Q from the shape, so any P, Q whose
-  // buffers have the right sizes is memory-safe; still reject outputs torch would not produce.
-  auto out_ok = [](int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t st, int64_t out) {
-    for (int64_t extra = 0; extra <= 1; ++extra) {
-      const int64_t span = in + 2 * pad + extra - dil * (k - 1) - 1;
-      if (span >= 0 && span / st + 1 == out) return true;
-    }
-    return false;
-  };
-  PYCONV_CHECK(out_ok(s.H, s.pad_h, s.dil_h, s.R, s.stride_h, s.P), "ConvShape: output height P=", s.P,
-               " is inconsistent with H=", s.H, " pad=", s.pad_h, " R=", s.R);
-  PYCONV_CHECK(out_ok(s.W, s.pad_w, s.dil_w, s.S, s.stride_w, s.Q), "ConvShape: output width Q=", s.Q,
-               " is inconsistent with W=", s.W, " pad=", s.pad_w, " S=", s.S);
+  check_conv_shape(s);
   return s;
 }
 
