@@ -1,0 +1,244 @@
+"""Checks of the numba_cuda backend's kernel table against torch.nn.functional: conv2d forward and every
+gradient (both algos), pools (indices too), batch norm (running stats too), ReLU; float32 and float64.
+
+Not collected by the main run (no test_ prefix): tests/test_numba_cuda.py runs this file in a
+subprocess, under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1, which must be set before numba is
+imported: pyconv imports numba) or on a real GPU. Tensors live where the kernels can take them: CPU
+tensors under the simulator (copied through numba device arrays), CUDA tensors on a GPU. The shapes
+are tiny because the simulator runs one Python thread per CUDA thread and polls them at every
+syncthreads (the direct grad-weight's cost grows with the number of weight elements).
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyconv import _args, backends
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+DEV = "cpu" if SIMULATOR else "cuda"
+DTYPES = [torch.float32, torch.float64]
+
+pytestmark = pytest.mark.skipif("numba_cuda" not in backends.available_backends() and not SIMULATOR,
+                                reason="numba.cuda has no device")
+
+
+def nc():
+    return backends.load("numba_cuda")
+
+
+def close(a, e, dtype, what, tol32=2e-5):
+    assert a.shape == e.shape, what
+    a, e = a.cpu(), e.cpu()
+    assert torch.equal(torch.isnan(a), torch.isnan(e)), f"{what}: NaNs differ"
+    tol = tol32 if dtype == torch.float32 else 1e-12
+    fin = torch.isfinite(e)
+    err = (a[fin].double() - e[fin].double()).norm() / max(e[fin].double().norm().item(), 1e-30)
+    assert err <= tol, f"{what}: relative error {err:.3g}"
+
+
+def nan_like(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEV)
+
+
+def randn(*shape, dtype):
+    return torch.randn(*shape, dtype=dtype, device=DEV)
+
+
+CONVS = [
+    # N, C, H, W, K, R, S, stride, padding, dilation, groups
+    (1, 2, 5, 6, 3, 3, 3, 1, 1, 1, 1),
+    (2, 4, 6, 5, 2, 3, 2, (2, 1), (1, 0), 1, 2),
+    (1, 2, 6, 6, 2, 2, 2, 1, 2, (2, 3), 1),
+    (1, 4, 4, 5, 4, 1, 1, 1, 0, 1, 4),
+    (1, 2, 3, 3, 2, 3, 3, 2, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("case", CONVS)
+def test_conv2d(dtype, algo, case):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    x, w, b = randn(N, C, H, W, dtype=dtype), randn(K, C // groups, R, S, dtype=dtype), randn(K, dtype=dtype)
+    s = _args.conv2d_shape(x, w, b, _args.conv2d_params((R, S), stride, padding, dilation, groups))
+    y = nan_like((N, K, s.P, s.Q), dtype)
+    nc().conv2d_forward(x, w, b, y, s, algo)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    yr = F.conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    close(y, yr.detach(), dtype, "output")
+    gy = randn(*yr.shape, dtype=dtype)
+    ref = torch.autograd.grad(yr, leaves, gy)
+    gx, gw, gb = nan_like(x.shape, dtype), nan_like(w.shape, dtype), nan_like(b.shape, dtype)
+    nc().conv2d_backward_input(gy, w, gx, s, algo)
+    nc().conv2d_backward_weight(x, gy, gw, gb, s, algo)
+    close(gx, ref[0], dtype, "grad_input")
+    close(gw, ref[1], dtype, "grad_weight")
+    close(gb, ref[2], dtype, "grad_bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv2d_weight_grad_chunks(dtype, monkeypatch):
+    """im2col grad-weight with the N*P*Q reduction split over several blocks (partials + reduce kernel),
+    a chunk ending inside a tile, and no bias."""
+    monkeypatch.setattr(nc(), "_WGRAD_CHUNK_MIN", 5)
+    x, w = randn(2, 2, 4, 4, dtype=dtype), randn(3, 2, 2, 2, dtype=dtype)  # N*P*Q = 50
+    s = _args.conv2d_shape(x, w, None, _args.conv2d_params((2, 2), 1, 1, 1, 1))
+    gy = randn(2, 3, s.P, s.Q, dtype=dtype)
+    xr = x.clone()
+    wr = w.clone().requires_grad_()
+    ref = torch.autograd.grad(F.conv2d(xr, wr, padding=1), wr, gy)[0]
+    for algo in ("im2col", "direct"):
+        gw = nan_like(w.shape, dtype)
+        nc().conv2d_backward_weight(x, gy, gw, None, s, algo)
+        close(gw, ref, dtype, f"grad_weight {algo}")
+
+
+def test_conv2d_unknown_algo():
+    x, w = randn(1, 1, 3, 3, dtype=torch.float32), randn(1, 1, 3, 3, dtype=torch.float32)
+    s = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 0, 1, 1))
+    with pytest.raises(NotImplementedError, match="winograd"):
+        nc().conv2d_forward(x, w, None, nan_like((1, 1, 1, 1), torch.float32), s, "winograd")
+
+
+POOLS = [
+    # N, C, H, W, kernel, stride, padding, dilation, ceil_mode
+    (1, 2, 6, 5, 2, None, 0, 1, False),
+    (1, 2, 6, 6, 3, 2, 1, 1, True),
+    (1, 1, 6, 6, (3, 2), (2, 1), (1, 0), (2, 2), True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", POOLS)
+def test_max_pool2d(dtype, case):
+    N, C, H, W, k, st, pad, dil, ceil = case
+    x = randn(N, C, H, W, dtype=dtype)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, -1, 0, :2] = float("-inf")
+    s = _args.pool2d_shape(x, k, st, pad, dil, ceil, "max_pool2d")
+    y = nan_like((N, C, s.P, s.Q), dtype)
+    idx = torch.full((N, C, s.P, s.Q), -1, dtype=torch.int64, device=DEV)
+    nc().max_pool2d_forward(x, y, idx, s)
+    xr = x.clone().requires_grad_()
+    yr, ir = F.max_pool2d(xr, k, st, pad, dil, ceil_mode=ceil, return_indices=True)
+    close(y, yr.detach(), dtype, "output")
+    assert torch.equal(idx, ir)
+    gy = randn(*yr.shape, dtype=dtype)
+    gx = nan_like(x.shape, dtype)
+    nc().max_pool2d_backward(gy, idx, gx, s)
+    close(gx, torch.autograd.grad(yr, xr, gy)[0], dtype, "grad_input")
+
+
+def test_max_pool2d_all_minus_inf():
+    x = torch.full((1, 1, 4, 4), float("-inf"), device=DEV)
+    s = _args.pool2d_shape(x, 3, 2, 1, 1, False, "max_pool2d")
+    y, idx = nan_like((1, 1, s.P, s.Q), x.dtype), torch.empty((1, 1, s.P, s.Q), dtype=torch.int64, device=DEV)
+    nc().max_pool2d_forward(x, y, idx, s)
+    yr, ir = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert torch.equal(y, yr) and torch.equal(idx, ir)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [c for c in POOLS if c[7] == 1])
+@pytest.mark.parametrize("include_pad,divisor", [(True, None), (False, None), (True, 3)])
+def test_avg_pool2d(dtype, case, include_pad, divisor):
+    N, C, H, W, k, st, pad, _, ceil = case
+    x = randn(N, C, H, W, dtype=dtype)
+    s = _args.pool2d_shape(x, k, st, pad, 1, ceil, "avg_pool2d")
+    y = nan_like((N, C, s.P, s.Q), dtype)
+    nc().avg_pool2d_forward(x, y, s, include_pad, _args.divisor(divisor))
+    xr = x.clone().requires_grad_()
+    yr = F.avg_pool2d(xr, k, st, pad, ceil_mode=ceil, count_include_pad=include_pad, divisor_override=divisor)
+    close(y, yr.detach(), dtype, "output")
+    gy = randn(*yr.shape, dtype=dtype)
+    gx = nan_like(x.shape, dtype)
+    nc().avg_pool2d_backward(gy, gx, s, include_pad, _args.divisor(divisor))
+    close(gx, torch.autograd.grad(yr, xr, gy)[0], dtype, "grad_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("size", [(3, 2, 5, 3), (2, 3, 7), (40, 2)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine,running", [(True, True), (False, True), (True, False)])
+def test_batch_norm(dtype, size, training, affine, running):
+    if not training and not running:
+        pytest.skip("eval needs running statistics")
+    C = size[1]
+    x = randn(*size, dtype=dtype) * 3 + 1
+    w = torch.rand(C, dtype=dtype, device=DEV) + 0.5 if affine else None
+    b = randn(C, dtype=dtype) if affine else None
+    rm = randn(C, dtype=dtype) if running else None
+    rv = torch.rand(C, dtype=dtype, device=DEV) + 0.5 if running else None
+    momentum, eps = 0.2, 1e-5
+    s = _args.batch_norm_shape(x, rm, rv, w, b, training, momentum, eps)
+    rm_ref = None if rm is None else rm.clone()
+    rv_ref = None if rv is None else rv.clone()
+    y = nan_like(x.shape, dtype)
+    mean, invstd = nan_like((C,), dtype), nan_like((C,), dtype)
+    nc().batch_norm_forward(x, w, b, rm, rv, y, mean, invstd, s, training, momentum, eps)
+    leaves = [x.clone().requires_grad_()] + ([w.clone().requires_grad_(), b.clone().requires_grad_()] if affine else [])
+    yr = F.batch_norm(leaves[0], rm_ref, rv_ref, leaves[1] if affine else None, leaves[2] if affine else None,
+                      training, momentum, eps)
+    close(y, yr.detach(), dtype, "output")
+    if running:
+        close(rm, rm_ref, dtype, "running_mean")
+        close(rv, rv_ref, dtype, "running_var")
+    dims = [0] + list(range(2, x.dim()))
+    if training:
+        close(mean, x.mean(dims), dtype, "save_mean")
+        close(invstd, 1 / torch.sqrt(x.var(dims, unbiased=False) + eps), dtype, "save_invstd")
+    gy = randn(*yr.shape, dtype=dtype)
+    ref = torch.autograd.grad(yr, leaves, gy)
+    gx = nan_like(x.shape, dtype)
+    gw, gb = (nan_like((C,), dtype), nan_like((C,), dtype)) if affine else (None, None)
+    nc().batch_norm_backward(gy, x, w, mean, invstd, gx, gw, gb, s, training)
+    close(gx, ref[0], dtype, "grad_input")
+    if affine:
+        close(gw, ref[1], dtype, "grad_weight")
+        close(gb, ref[2], dtype, "grad_bias")
+
+
+def test_batch_norm_empty_batch():
+    x = randn(0, 3, 4, dtype=torch.float64)
+    rm, rv = randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64, device=DEV) + 0.5
+    rm0, rv0 = rm.clone(), rv.clone()
+    s = _args.batch_norm_shape(x, rm, rv, None, None, True, 0.1, 1e-5)
+    mean, invstd = nan_like((3,), torch.float64), nan_like((3,), torch.float64)
+    nc().batch_norm_forward(x, None, None, rm, rv, torch.empty_like(x), mean, invstd, s, True, 0.1, 1e-5)
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
+    assert torch.equal(mean, torch.zeros_like(mean)) and torch.equal(invstd, torch.zeros_like(invstd))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu(dtype):
+    x = randn(3, 50, dtype=dtype)
+    x[0, 0] = float("nan")
+    x[0, 1] = 0.0
+    z = x.clone()
+    nc().relu_forward(z)
+    assert torch.equal(torch.isnan(z), torch.isnan(x))
+    zr = torch.relu(x)
+    assert torch.equal(z[~torch.isnan(z)], zr[~torch.isnan(zr)])
+    gz = randn(3, 50, dtype=dtype)
+    gx = nan_like(x.shape, dtype)
+    nc().relu_backward(gz, z, gx)
+    assert torch.equal(gx, torch.where(z <= 0, torch.zeros_like(gz), gz))  # NaN passes the gradient, as torch
+
+
+@pytest.mark.skipif(SIMULATOR, reason="the public path needs CUDA tensors (registry device 'cuda')")
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+def test_public_conv2d_on_gpu(algo):
+    import pyconv.functional as PF
+
+    x = randn(2, 8, 12, 12, dtype=torch.float64).requires_grad_()
+    w = randn(6, 4, 3, 3, dtype=torch.float64).requires_grad_()
+    b = randn(6, dtype=torch.float64).requires_grad_()
+    y = PF.conv2d(x, w, b, stride=2, padding=1, groups=2, algo=algo, backend="numba_cuda")
+    yr = F.conv2d(x, w, b, stride=2, padding=1, groups=2)
+    gy = torch.randn_like(yr)
+    got, want = torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(yr, (x, w, b), gy)
+    close(y.detach(), yr.detach(), torch.float64, "output")
+    for g, r, what in zip(got, want, ("grad_input", "grad_weight", "grad_bias")):
+        close(g, r, torch.float64, what)
