@@ -10,6 +10,9 @@ PY=${PYTHON:-python}
 OUT=${PYCONV_SANITIZE_DIR:-$ROOT/build/sanitize}
 PKG=$OUT/pkg
 
+# The build tools (pip builds the normal install in an isolated env, so they may be missing here).
+"$PY" -c "import pybind11, cmake, ninja" 2>/dev/null || "$PY" -m pip install -q pybind11 cmake ninja setuptools
+
 # A private package tree: the sources, the test files, and (below) the sanitized extension.
 mkdir -p "$PKG"
 rm -rf "$PKG/pyconv" "$PKG/tests"
