@@ -176,7 +176,11 @@ def conv2d_shape(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], p:
         check_same(x, "input", b, "bias")
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
+    if x.numel() == 0 and N != 0 and C != 0:
+        _fail(f"input: only zero batch or zero channel inputs are supported, got input of size {tuple(x.shape)}")
     G = p.groups
+    if K < G:  # torch: at least one output channel per group
+        _fail(f"weight: expected at least {G} output channel(s) (groups={G}), got weight of size {tuple(w.shape)}")
     if K % G:
         _fail(f"weight: {K} output channels (size {tuple(w.shape)}) are not divisible by groups={G}")
     if Cg * G != C:
@@ -301,7 +305,10 @@ def batch_norm_shape(x, running_mean, running_var, weight, bias, training: bool,
         check_same(x, "input", t, name)
         if tuple(t.shape) != (C,):
             _fail(f"{name}: expected shape ({C},) for {C} channels, got {tuple(t.shape)}")
-    if not training and (running_mean is None or running_var is None):
+    if (running_mean is None) != (running_var is None):
+        _fail("running_mean/running_var: must either both be None or neither be None")
+    # torch returns an empty input unchanged even without running statistics
+    if not training and (running_mean is None or running_var is None) and x.numel() > 0:
         _fail("running_mean/running_var: required when training=False")
     if training and N * L == 1:  # torch: an empty batch is allowed
         _fail(f"input: expected more than 1 value per channel when training, got input size {tuple(x.shape)}")

@@ -24,7 +24,7 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
   PYCONV_CHECK(std::isfinite(momentum), "momentum=", momentum, ": expected a finite value");
   PYCONV_CHECK(training || (!rm.is_none() && !rv.is_none()), "running_mean/running_var: required in eval mode");
-  PYCONV_CHECK(!training || s.N * s.L != 1, "input: expected more than 1 value per channel when training");
+  PYCONV_CHECK(!training || checked_numel({s.N, s.L}) != 1, "input: expected more than 1 value per channel when training");
   const T* xp = in_buffer<T>(x, "input", n);
   const T* wp = opt_in_buffer<T>(w, "weight", s.C);
   const T* bp = opt_in_buffer<T>(b, "bias", s.C);

@@ -33,11 +33,15 @@ void check_pool_shape(const PoolShape& s, bool is_max) {
   PYCONV_CHECK(s.stride_h >= 1 && s.stride_w >= 1, "PoolShape: stride must be positive");
   PYCONV_CHECK(s.dil_h >= 1 && s.dil_w >= 1, "PoolShape: dilation must be positive");
   PYCONV_CHECK(is_max || (s.dil_h == 1 && s.dil_w == 1), "PoolShape: avg_pool2d has no dilation");
+  // Range first, so the products below cannot overflow.
+  const int64_t lim = int64_t(1) << 40;
+  for (int64_t v : {s.N, s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dil_h, s.dil_w,
+                    s.pad_h, s.pad_w})
+    PYCONV_CHECK(v < lim, "PoolShape: size ", v, " out of range");
+  PYCONV_CHECK(s.kernel_h - 1 <= (lim - 1) / s.dil_h && s.kernel_w - 1 <= (lim - 1) / s.dil_w,
+               "PoolShape: dilated kernel out of range");
   PYCONV_CHECK(s.pad_h >= 0 && s.pad_w >= 0 && 2 * s.pad_h <= s.kernel_h && 2 * s.pad_w <= s.kernel_w,
                "PoolShape: padding must be in [0, kernel_size / 2]");
-  const int64_t lim = int64_t(1) << 40;
-  for (int64_t v : {s.N, s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dil_h, s.dil_w})
-    PYCONV_CHECK(v < lim, "PoolShape: size ", v, " out of range");
   PYCONV_CHECK(s.P == pool_out(s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, false) ||
                    s.P == pool_out(s.H, s.kernel_h, s.stride_h, s.pad_h, s.dil_h, true),
                "PoolShape: output height P=", s.P, " is inconsistent with H=", s.H);

@@ -19,6 +19,9 @@ inline void check_conv_shape(const ConvShape& s) {
   const int64_t lim = int64_t(1) << 40;
   for (int64_t v : {s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w})
     PYCONV_CHECK(v < lim, "ConvShape: size ", v, " out of range");
+  // The dilated kernel extent dil*(k-1)+1 must stay in range too (the product of two < 2^40 values can overflow).
+  PYCONV_CHECK(s.R - 1 <= (lim - 1) / s.dil_h && s.S - 1 <= (lim - 1) / s.dil_w, "ConvShape: dilated kernel of ",
+               s.R, "x", s.S, " with dilation ", s.dil_h, "x", s.dil_w, " out of range");
   // The output size must be torch's for a bottom/right padding of pad or pad+1 ('same', even kernels).
   auto out_ok = [](int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t st, int64_t out) {
     for (int64_t extra = 0; extra <= 1; ++extra) {

@@ -32,6 +32,8 @@ def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], runn
     # The kernel updates running stats in place: give it copies, returned as new outputs.
     rm = x.new_empty(0) if running_mean is None else running_mean.clone(memory_format=torch.contiguous_format)
     rv = x.new_empty(0) if running_var is None else running_var.clone(memory_format=torch.contiguous_format)
+    if not training and (running_mean is None or running_var is None):  # empty input (_args checked): no work
+        return y, save_mean.zero_(), save_invstd.zero_(), rm, rv
     mod.batch_norm_forward(x.contiguous(), None if weight is None else weight.contiguous(),
                            None if bias is None else bias.contiguous(), None if running_mean is None else rm,
                            None if running_var is None else rv, y, save_mean, save_invstd, shape,

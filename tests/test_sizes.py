@@ -1,0 +1,111 @@
+"""Sizes past 2^31: shapes whose products (N*K*P*Q, the im2col workspace) overflow 32-bit
+integers are described without allocating them, and every size comes out exact (expected values
+in Python ints). Requests that cannot be served raise (PyConvError / MemoryError), never crash."""
+import numpy as np
+import pytest
+import torch
+
+import pyconv
+from pyconv import PyConvError, _C, _args
+
+MR, KC = 6, 256  # GemmBlocking (csrc/cpu/gemm_driver.h), ISA-independent fields
+NC = {"float32": 2048, "float64": 1024}
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def gemm_ws_elems(M, N, K, nthr, dtype):
+    """gemm_workspace_elems for N >= NC (then the panel width NR does not matter)."""
+    assert N >= NC[dtype]
+    kc = min(max(K, 1), KC)
+    return cdiv(M, MR) * MR * kc + nthr * NC[dtype] * kc
+
+
+# A ResNet-like layer at a huge batch and resolution: N*K*P*Q = 2^36, im2col column matrix 2^32+.
+HUGE = dict(N=64, C=512, H=1024, W=1024, K=1024, R=3, S=3, pad=1)
+
+
+def huge_shape():
+    h = HUGE
+    params = _args.conv2d_params((h["R"], h["S"]), 1, h["pad"], 1, 1)
+    x = torch.empty(h["N"], h["C"], h["H"], h["W"], device="meta")
+    w = torch.empty(h["K"], h["C"], h["R"], h["S"], device="meta")
+    return _args.conv2d_shape(x, w, None, params)
+
+
+def test_args_shapes_are_exact_past_2_31():
+    s = huge_shape()  # meta tensors: nothing allocated
+    assert (s.P, s.Q) == (1024, 1024)
+    assert s.N * s.K * s.P * s.Q == 2**36
+    assert s.flops == 2 * 64 * 1024 * 1024 * 1024 * 512 * 9
+    same = _args.conv2d_shape_of_sizes((64, 512, 1024, 1024), (1024, 512, 3, 3), _args.conv2d_params((3, 3), 1, 1, 1, 1))
+    assert same == s
+    p = _args.pool2d_shape(torch.empty(2**16, 2**10, 2**12, 2**12, device="meta"), 3, 2, 1, 1, True, "max_pool2d")
+    assert (p.P, p.Q) == (2049, 2049) and p.N * p.C * p.P * p.Q == 2**26 * 2049**2
+
+
+def test_native_conv_shape_and_workspace_exact():
+    s = huge_shape()
+    cs = _C.ConvShape(*s)
+    assert (cs.N, cs.C, cs.K, cs.P, cs.Q) == (s.N, s.C, s.K, s.P, s.Q)
+    big = _C.ConvShape(2**20, 3, 2**12, 2**12, 2**10, 1, 1, 2**12, 2**12, 1, 1, 1, 0, 0, 1, 1)
+    assert big.N * big.K * big.P * big.Q == 2**54
+    before = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(3)
+        for dtype in ("float32", "float64"):
+            CRS, PQ, NPQ = s.C * 9, s.P * s.Q, s.N * s.P * s.Q
+            fwd = gemm_ws_elems(s.K, NPQ, CRS, 3, dtype)
+            # grad-input: dcol holds whole images, at least one (here 9.4 GB > 16 MiB per image)
+            nb = max(1, min(s.N, (16 << 20) // (CRS * PQ * ITEMSIZE[dtype])))
+            dgrad = CRS * nb * PQ + gemm_ws_elems(CRS, nb * PQ, s.K, 3, dtype)
+            wgrad = gemm_ws_elems(s.K, CRS, NPQ, 3, dtype)
+            assert CRS * nb * PQ > 2**32
+            for pass_, elems in enumerate((fwd, dgrad, wgrad)):
+                got = _C.conv_im2col_workspace_bytes(cs, dtype, pass_)
+                assert got == elems * ITEMSIZE[dtype], (dtype, pass_, got, elems * ITEMSIZE[dtype])
+    finally:
+        pyconv.set_num_threads(before)
+
+
+def test_native_shape_checks_refuse_overflow():
+    lim = 2**40
+    with pytest.raises(PyConvError):  # a size out of range
+        _C.ConvShape(lim, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1)
+    with pytest.raises(PyConvError):  # dilation * (kernel - 1) past int64 if multiplied naively
+        _C.ConvShape(1, 1, 2**39, 2**39, 1, 2**39, 2**39, 1, 1, 1, 1, 1, 0, 0, 2**39, 2**39)
+    with pytest.raises(PyConvError):  # each size valid, but N*C*H*W overflows int64
+        s = _C.ConvShape(2**39, 2**39, 2**39, 2**39, 1, 1, 1, 2**39, 2**39, 1, 1, 1, 0, 0, 1, 1)
+        a = np.zeros(1, np.float32)
+        _C.conv_direct_forward(s, a, a, None, a)
+    a = np.zeros(1, np.float32)
+    for pad in (2**62, 2**62 + 1):  # huge padding: 2 * pad must not wrap around to pass the checks
+        with pytest.raises(PyConvError):
+            _C.max_pool2d_forward(_C.PoolShape(1, 1, 1, 1, 1, 1, 2, 2, 1, 1, pad, pad, 1, 1), a, a, None)
+
+
+@pytest.mark.parametrize("fn", ["conv_direct_forward", "conv_im2col_forward"])
+def test_huge_shape_with_tiny_buffers_is_rejected(fn):
+    cs = _C.ConvShape(*huge_shape())
+    a = np.zeros(16, np.float32)
+    with pytest.raises(PyConvError, match="elements"):
+        getattr(_C, fn)(cs, a, a, None, a)
+    with pytest.raises(PyConvError, match="elements"):
+        _C.conv_im2col_backward_input(cs, a, a, a)
+    with pytest.raises(PyConvError, match="elements"):
+        _C.conv_winograd_forward(cs, 2, a, a, None, a)
+
+
+def test_unallocatable_workspace_raises():
+    """Small buffers, a >2^48-byte grad-input column matrix: MemoryError, not a crash."""
+    R = P = 3000  # 1x1 input padded by 2999 on each side: C*R*S * P*Q = 8.1e13 elements
+    s = _C.ConvShape(1, 1, 1, 1, 1, R, R, P, P, 1, 1, 1, R - 1, R - 1, 1, 1)
+    assert _C.conv_im2col_workspace_bytes(s, "float32", 1) >= R * R * P * P * 4 > 2**48
+    gy = np.zeros(P * P, np.float32)
+    w = np.zeros(R * R, np.float32)
+    gx = np.zeros(1, np.float32)
+    with pytest.raises((MemoryError, PyConvError)):
+        _C.conv_im2col_backward_input(s, gy, w, gx)
