@@ -11,16 +11,21 @@ namespace PYCONV_ISA {
 
 namespace {
 constexpr int64_t kBlock = 1 << 16;  // elements per parallel task
+
+// body(lo, hi) over [0, n) in fixed blocks, in parallel.
+template <typename Body>
+void for_blocks(int64_t n, Body body) {
+  const int64_t blocks = ceil_div(n, kBlock);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, imin(n, b * kBlock + kBlock));
 }
+}  // namespace
 
 template <typename T>
 void relu_forward(T* x, int64_t n) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
-  const int64_t blocks = ceil_div(n, kBlock);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t lo = b * kBlock, hi = imin(n, lo + kBlock);
+  for_blocks(n, [&](int64_t lo, int64_t hi) {
     int64_t i = lo;
     const V zero = V{};
     for (; i + W <= hi; i += W) {
@@ -28,17 +33,14 @@ void relu_forward(T* x, int64_t n) {
       vstore(x + i, v < zero ? zero : v);
     }
     for (; i < hi; ++i) x[i] = x[i] < T(0) ? T(0) : x[i];
-  }
+  });
 }
 
 template <typename T>
 void relu_backward(const T* gz, const T* z, T* gx, int64_t n) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
-  const int64_t blocks = ceil_div(n, kBlock);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t lo = b * kBlock, hi = imin(n, lo + kBlock);
+  for_blocks(n, [&](int64_t lo, int64_t hi) {
     int64_t i = lo;
     const V zero = V{};
     for (; i + W <= hi; i += W) {
@@ -46,7 +48,7 @@ void relu_backward(const T* gz, const T* z, T* gx, int64_t n) {
       vstore(gx + i, zv <= zero ? zero : gv);
     }
     for (; i < hi; ++i) gx[i] = z[i] <= T(0) ? T(0) : gz[i];
-  }
+  });
 }
 
 template void relu_forward<float>(float*, int64_t);

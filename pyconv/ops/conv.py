@@ -24,7 +24,7 @@ def _params(stride, padding, dilation, groups) -> _args.ConvParams:
 def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
     shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
     backend = backends.resolve(backend, x.device)
-    algo = autotune.resolve_conv_algo(algo, shape, backend)
+    algo = autotune.resolve_conv_algo(algo, shape, backend, x.dtype)
     return shape, algo, backends.load(backend)
 
 

@@ -19,9 +19,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _args, autotune, backends
+from .. import _args
 from .common import new_output
-from .conv import _params
+from .conv import _conv_plan, _params
 
 
 def _bn_shape(y) -> _args.BatchNormShape:
@@ -36,13 +36,6 @@ def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
     return w.contiguous(), (b * scale + bn_bias).contiguous()
 
 
-def _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
-    shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
-    backend = backends.resolve(backend, x.device)
-    algo = autotune.resolve_conv_algo(algo, shape, backend, x.dtype)
-    return shape, algo, backends.load(backend)
-
-
 @torch.library.custom_op("pyconv::conv_bn_relu", mutates_args=())
 def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
@@ -50,7 +43,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
     empty in eval mode."""
-    shape, algo, mod = _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
@@ -91,7 +84,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
     output_mask are empty."""
-    shape, algo, mod = _plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
