@@ -162,6 +162,16 @@ def conv2d_params(kernel_hw: Tuple[int, int], stride, padding, dilation, groups)
     return ConvParams(stride, pads, dilation, groups)
 
 
+def _check_output_fits(sizes, op: str):
+    """An output whose byte count overflows int64 cannot exist: say so here (torch's allocator would
+    raise its own internal RuntimeError)."""
+    n = 8
+    for d in sizes:
+        n *= d
+    if n >= 2 ** 63:
+        _fail(f"{op}: output of size {tuple(sizes)} has too many elements to allocate")
+
+
 def _conv_out(size, pad0, pad1, dil, k, stride):
     return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
 
@@ -197,6 +207,7 @@ def conv2d_shape(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], p:
         _fail(f"input: calculated padded input size per channel ({Hp} x {Wp}) is smaller than the dilated "
               f"kernel size ({Rd} x {Sd}); kernel size can't be greater than actual input size")
     P, Q = _conv_out(H, pt, pb, dh, R, sh), _conv_out(W, pl, pr, dw, S, sw)
+    _check_output_fits((N, K, P, Q), "conv2d")
     return ConvShape(N, C, H, W, K, R, S, P, Q, G, sh, sw, pt, pl, dh, dw)
 
 

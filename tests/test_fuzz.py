@@ -11,6 +11,7 @@ Deliberate differences from torch, encoded in expect_pyconv_rejects():
   * dtypes other than float32 / float64 are rejected (torch accepts e.g. float16 or int64 pooling);
   * batch_norm of an empty input: torch skips its argument checks (and can raise IndexError on
     valid ones); pyconv checks them, so only the results are compared;
+  * non-positive stride or dilation is rejected even where torch lets it pass (empty batch);
   * algo='winograd*' rejects shapes Winograd F(m x m, 3 x 3) cannot run (not 3x3, strided, dilated);
 Winograd's transforms mix every input of a tile, so with non-finite data a winograd output may be
 NaN where torch's is not (never the reverse); its finite values are compared as usual.
@@ -204,6 +205,10 @@ def conv_rejects(x, w, b, kw, algo):
     """A deliberate difference from torch, or '' (only meaningful when torch accepts the call)."""
     if not supported(x, w, b):
         return "integer / half dtypes are not supported"
+    for name in ("stride", "dilation"):
+        v = pair_or_none(kw[name])
+        if v is not None and min(v) <= 0:
+            return f"non-positive {name} is rejected"
     if algo.startswith("winograd") and x.dim() in (3, 4) and w.dim() == 4:
         try:
             shape = ConvShape(*([0] * 10 + list(pair_or_none(kw["stride"]) or (1, 1)) + [0, 0]
