@@ -186,8 +186,10 @@ def conv2d_shape(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], p:
         check_same(x, "input", b, "bias")
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
-    if x.numel() == 0 and N != 0 and C != 0:
-        _fail(f"input: only zero batch or zero channel inputs are supported, got input of size {tuple(x.shape)}")
+    if C == 0:  # (torch returns a zero-channel output here, not the K channels of bias)
+        _fail(f"input: a convolution over zero input channels is not supported, got input of size {tuple(x.shape)}")
+    if x.numel() == 0 and N != 0:
+        _fail(f"input: only zero batch inputs can be empty, got input of size {tuple(x.shape)}")
     G = p.groups
     if K < G:  # torch: at least one output channel per group
         _fail(f"weight: expected at least {G} output channel(s) (groups={G}), got weight of size {tuple(w.shape)}")

@@ -242,3 +242,21 @@ def test_public_conv2d_on_gpu(algo):
     close(y.detach(), yr.detach(), torch.float64, "output")
     for g, r, what in zip(got, want, ("grad_input", "grad_weight", "grad_bias")):
         close(g, r, torch.float64, what)
+
+
+# ---- the fused conv-BN-ReLU pieces: the CPU backends' table checks, run on this backend ---------
+
+from test_conv_bn_relu import test_batch_norm_relu_keywords as batch_norm_relu_check  # noqa: E402
+from test_conv_bn_relu import test_conv_forward_stats as conv_stats_check  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv_forward_stats(dtype):
+    # the statistics kernel runs after either algorithm; direct is the fast one under the simulator
+    conv_stats_check("numba_cuda", "direct", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_relu_keywords(dtype, training):
+    batch_norm_relu_check("numba_cuda", dtype, training)

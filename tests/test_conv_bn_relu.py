@@ -104,3 +104,68 @@ def test_empty_batch_and_unbatched():
     z = PF.conv_bn_relu(d["x"][0], d["w"], None, d["g"], d["be"], rm, rv, 1, 1, training=False)
     zr = F.relu(F.batch_norm(F.conv2d(d["x"][:1], d["w"], None, 1, 1), d["rm"], d["rv"], d["g"], d["be"], False))
     torch.testing.assert_close(z, zr[0], rtol=1e-4, atol=1e-5)
+
+
+# ---- the kernel-table pieces the fused op is built from (every CPU backend) -------------------
+
+from conftest import cpu_backends  # noqa: E402
+from pyconv import _args, backends  # noqa: E402
+
+
+def _conv_shape(x, w, stride, padding, groups):
+    return _args.conv2d_shape(x, w, None, _args.conv2d_params(tuple(w.shape[2:]), stride, padding, 1, groups))
+
+
+@pytest.mark.parametrize("backend,algo", conv_impls())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_conv_forward_stats(backend, algo, dtype):
+    """conv2d_forward(stats=...) leaves y unchanged and writes its per-channel sum and sum of squares."""
+    torch.manual_seed(1)
+    stride = 2 if algo == "direct" else 1
+    x, w, b = torch.randn(2, 4, 7, 9, dtype=dtype), torch.randn(6, 2, 3, 3, dtype=dtype), torch.randn(6, dtype=dtype)
+    x[0, 0, 0, 0] = 50.0  # a large mean in one channel
+    s = _conv_shape(x, w, stride, 1, 2)
+    mod = backends.load(backend)
+    y_plain = torch.full((s.N, s.K, s.P, s.Q), float("nan"), dtype=dtype)
+    mod.conv2d_forward(x, w, b, y_plain, s, algo)
+    y = torch.full_like(y_plain, float("nan"))
+    stats = torch.full((2, s.K), float("nan"), dtype=torch.float64)
+    mod.conv2d_forward(x, w, b, y, s, algo, stats=stats)
+    assert torch.equal(y, y_plain)
+    yd = y.double()
+    torch.testing.assert_close(stats[0], yd.sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(stats[1], (yd * yd).sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_relu_keywords(backend, dtype, training):
+    """batch_norm_forward(relu=True, stats=...) = relu(batch_norm(y)); batch_norm_backward(relu_output=z)
+    = the gradient through the ReLU then the batch norm (torch's relu backward: NaN outputs pass)."""
+    torch.manual_seed(2)
+    N, C, L = 3, 5, 37
+    y = torch.randn(N, C, L, dtype=dtype) * 3 + 2
+    w, b = torch.rand(C, dtype=dtype) + 0.5, torch.randn(C, dtype=dtype)
+    rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
+    mod = backends.load(backend)
+    shape = _args.BatchNormShape(N, C, L)
+    stats = torch.stack([y.double().sum((0, 2)), (y.double() ** 2).sum((0, 2))]) if training else None
+    z = torch.full_like(y, float("nan"))
+    sm, si = torch.empty(C, dtype=dtype), torch.empty(C, dtype=dtype)
+    rm_got, rv_got = rm.clone(), rv.clone()
+    mod.batch_norm_forward(y, w, b, rm_got, rv_got, z, sm, si, shape, training, 0.1, 1e-5, relu=True, stats=stats)
+    leaves = [t.clone().requires_grad_() for t in (y, w, b)]
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    zr = F.relu(F.batch_norm(leaves[0], rm_ref, rv_ref, leaves[1], leaves[2], training, 0.1, 1e-5))
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    assert _rel(z, zr) < tol
+    torch.testing.assert_close(rm_got, rm_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(rv_got, rv_ref, rtol=tol, atol=tol)
+    assert (z >= 0).all()
+    gz = torch.randn_like(y)
+    want = torch.autograd.grad(zr, leaves, gz)
+    gx, gw, gb = torch.empty_like(y), torch.empty(C, dtype=dtype), torch.empty(C, dtype=dtype)
+    mod.batch_norm_backward(gz, y, w, sm, si, gx, gw, gb, shape, training, relu_output=z)
+    for name, a, e in zip(("input", "weight", "bias"), (gx, gw, gb), want):
+        assert _rel(a, e) < tol * 10, name

@@ -12,6 +12,7 @@ Deliberate differences from torch, encoded in expect_pyconv_rejects():
   * batch_norm of an empty input: torch skips its argument checks (and can raise IndexError on
     valid ones); pyconv checks them, so only the results are compared;
   * non-positive stride or dilation is rejected even where torch lets it pass (empty batch);
+  * zero input channels and empty kernels are rejected (torch returns zero-channel outputs);
   * algo='winograd*' rejects shapes Winograd F(m x m, 3 x 3) cannot run (not 3x3, strided, dilated);
 Winograd's transforms mix every input of a tile, so with non-finite data a winograd output may be
 NaN where torch's is not (never the reverse); its finite values are compared as usual.
@@ -205,6 +206,10 @@ def conv_rejects(x, w, b, kw, algo):
     """A deliberate difference from torch, or '' (only meaningful when torch accepts the call)."""
     if not supported(x, w, b):
         return "integer / half dtypes are not supported"
+    if x.dim() in (3, 4) and x.shape[-3] == 0:
+        return "zero input channels are rejected (torch returns a zero-channel output)"
+    if w.dim() == 4 and 0 in w.shape[2:]:
+        return "an empty kernel is rejected"
     for name in ("stride", "dilation"):
         v = pair_or_none(kw[name])
         if v is not None and min(v) <= 0:
@@ -286,8 +291,31 @@ def pool_cases(draw):
     return x, kernel, stride, padding, draw(st.booleans())
 
 
-def pool_rejects(x):
-    return "" if supported(x) else "integer / half dtypes are not supported"
+def pool_rejects(x, max_pool_kw=None):
+    if not supported(x):
+        return "integer / half dtypes are not supported"
+    if max_pool_kw is not None and max_pool_has_empty_window(x, max_pool_kw):
+        return "a max_pool2d window holding no input element (torch returns -inf and an out-of-plane index)"
+    return ""
+
+
+def max_pool_has_empty_window(x, kw):
+    """Whether torch's max_pool2d output has a window whose taps all fall in the padding; worked out
+    from the output torch returns (no pyconv code), '' when torch raises."""
+    try:
+        out = F.max_pool2d(x, **{**kw, "return_indices": False})
+    except Exception:  # noqa: BLE001
+        return False
+    k, s, p, d = (pair_or_none(kw[n]) for n in ("kernel_size", "stride", "padding", "dilation"))
+    s = s or k
+    if None in (k, s, p, d):
+        return False
+    for axis in (0, 1):
+        size, n_out = x.shape[-2 + axis], out.shape[-2 + axis]
+        for o in range(n_out):
+            if not any(0 <= o * s[axis] - p[axis] + j * d[axis] < size for j in range(k[axis])):
+                return True
+    return False
 
 
 @pytest.mark.parametrize("backend", FUZZ_BACKENDS)
@@ -308,7 +336,7 @@ def test_fuzz_max_pool2d(backend):
             assert_values(got, ref, None, 0.0, "max_pool2d")  # max is exact
 
         check_agree(lambda: F.max_pool2d(x, **kw), lambda: PF.max_pool2d(x, **kw, backend=backend), compare,
-                    pool_rejects(x))
+                    pool_rejects(x, kw))
 
     run()
 

@@ -19,7 +19,7 @@ int64_t bn_numel(const BatchNormShape& s) {
 template <typename T>
 void forward(const BatchNormShape& s, const py::array& x, const py::object& w, const py::object& b,
              const py::object& rm, const py::object& rv, py::array& y, py::array& save_mean, py::array& save_invstd,
-             bool training, double momentum, double eps) {
+             bool training, double momentum, double eps, const py::object& stats, bool relu) {
   const int64_t n = bn_numel(s);
   PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
   PYCONV_CHECK(std::isfinite(momentum), "momentum=", momentum, ": expected a finite value");
@@ -33,15 +33,16 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   T* yp = out_buffer<T>(y, "output", n);
   T* smp = out_buffer<T>(save_mean, "save_mean", s.C);
   T* sip = out_buffer<T>(save_invstd, "save_invstd", s.C);
+  const double* stp = opt_in_buffer<double>(stats, "stats", 2 * s.C);
   advise_huge_pages(yp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps);
+  PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stp, relu);
 }
 
 template <typename T>
 void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, const py::object& w,
               const py::array& save_mean, const py::array& save_invstd, const py::object& gx, const py::object& gw,
-              const py::object& gb, bool training) {
+              const py::object& gb, bool training, const py::object& relu_out) {
   const int64_t n = bn_numel(s);
   const T* gyp = in_buffer<T>(gy, "grad_output", n);
   const T* xp = in_buffer<T>(x, "input", n);
@@ -51,9 +52,10 @@ void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, 
   T* gxp = opt_out_buffer<T>(gx, "grad_input", n);
   T* gwp = opt_out_buffer<T>(gw, "grad_weight", s.C);
   T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.C);
+  const T* zp = opt_in_buffer<T>(relu_out, "relu_output", n);
   advise_huge_pages(gxp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training);
+  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp);
 }
 
 }  // namespace
@@ -69,22 +71,23 @@ void bind_batch_norm(py::module_& m) {
   m.def("batch_norm_forward", [](const BatchNormShape& s, const py::array& x, const py::object& w,
                                  const py::object& b, const py::object& rm, const py::object& rv, py::array& y,
                                  py::array& save_mean, py::array& save_invstd, bool training, double momentum,
-                                 double eps) {
+                                 double eps, const py::object& stats, bool relu) {
     if (dtype_of(x, "input") == DType::f32)
-      return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps);
-    return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps);
+      return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu);
+    return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu);
   }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
      py::arg("running_var"), py::arg("output"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"),
-     py::arg("momentum"), py::arg("eps"));
+     py::arg("momentum"), py::arg("eps"), py::arg("stats") = py::none(), py::arg("relu") = false);
   m.def("batch_norm_backward", [](const BatchNormShape& s, const py::array& gy, const py::array& x,
                                   const py::object& w, const py::array& save_mean, const py::array& save_invstd,
-                                  const py::object& gx, const py::object& gw, const py::object& gb, bool training) {
+                                  const py::object& gx, const py::object& gw, const py::object& gb, bool training,
+                                  const py::object& relu_out) {
     if (dtype_of(x, "input") == DType::f32)
-      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training);
-    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training);
+      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out);
+    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out);
   }, py::arg("shape"), py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
      py::arg("save_invstd"), py::arg("grad_input"), py::arg("grad_weight"), py::arg("grad_bias"),
-     py::arg("training"));
+     py::arg("training"), py::arg("relu_output") = py::none());
 }
 
 }  // namespace pyconv

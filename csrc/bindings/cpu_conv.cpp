@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "bindings/buffers.h"
+#include "cpu/batch_norm.h"
 #include "cpu/conv_direct.h"
 #include "cpu/conv_im2col.h"
 
@@ -26,15 +27,17 @@ enum class Algo { direct, im2col };
 
 template <typename T>
 void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
-                 py::array& y) {
+                 py::array& y, const py::object& stats) {
   const ConvBuffers n = conv_sizes(s);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
   T* yp = out_buffer<T>(y, "output", n.y);
+  double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   py::gil_scoped_release nogil;
-  auto fn = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_forward<T>) : PYCONV_ISA_FN(conv_im2col_forward<T>);
-  fn(s, xp, wp, bp, yp);
+  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp);
+  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp);
+  if (sp) PYCONV_ISA_FN(channel_sums<T>)(BatchNormShape{s.N, s.K, s.P * s.Q}, yp, sp);  // no epilogue hook
 }
 
 template <typename T>
@@ -88,10 +91,11 @@ void bind_conv(py::module_& m) {
     const std::string name = "conv_" + entry.first;
     const Algo algo = entry.second;
     m.def((name + "_forward").c_str(), [algo](const ConvShape& s, const py::array& x, const py::array& w,
-                                              const py::object& b, py::array& y) {
-      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y);
-      return run_forward<double>(algo, s, x, w, b, y);
-    }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"));
+                                              const py::object& b, py::array& y, const py::object& stats) {
+      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y, stats);
+      return run_forward<double>(algo, s, x, w, b, y, stats);
+    }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+       py::arg("stats") = py::none());
     m.def((name + "_backward_input").c_str(), [algo](const ConvShape& s, const py::array& gy,
                                                      const py::array& w, py::array& gx) {
       if (dtype_of(gy, "grad_output") == DType::f32) return run_backward_input<float>(algo, s, gy, w, gx);

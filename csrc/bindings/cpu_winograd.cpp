@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings/buffers.h"
+#include "cpu/batch_norm.h"
 #include "cpu/winograd.h"
 
 namespace pyconv {
@@ -26,14 +27,16 @@ WinogradBuffers winograd_sizes(const ConvShape& s, int m) {
 
 template <typename T>
 void forward(const ConvShape& s, int m, const py::array& x, const py::array& w, const py::object& b,
-             py::array& y) {
+             py::array& y, const py::object& stats) {
   const WinogradBuffers n = winograd_sizes(s, m);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
   T* yp = out_buffer<T>(y, "output", n.y);
+  double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(winograd_forward<T>)(s, m, xp, wp, bp, yp);
+  if (sp) PYCONV_ISA_FN(channel_sums<T>)(BatchNormShape{s.N, s.K, s.P * s.Q}, yp, sp);  // no epilogue hook
 }
 
 template <typename T>
@@ -62,10 +65,11 @@ void backward_weight(const ConvShape& s, int m, const py::array& x, const py::ar
 
 void bind_winograd(py::module_& m) {
   m.def("conv_winograd_forward", [](const ConvShape& s, int tile, const py::array& x, const py::array& w,
-                                    const py::object& b, py::array& y) {
-    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y);
-    return forward<double>(s, tile, x, w, b, y);
-  }, py::arg("shape"), py::arg("tile"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"));
+                                    const py::object& b, py::array& y, const py::object& stats) {
+    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y, stats);
+    return forward<double>(s, tile, x, w, b, y, stats);
+  }, py::arg("shape"), py::arg("tile"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+     py::arg("stats") = py::none());
   m.def("conv_winograd_backward_input", [](const ConvShape& s, int tile, const py::array& gy, const py::array& w,
                                            py::array& gx) {
     if (dtype_of(gy, "grad_output") == DType::f32) return backward_input<float>(s, tile, gy, w, gx);

@@ -7,6 +7,10 @@
 //   backward  gb_c = sum gy,  gw_c = invstd_c sum gy (x - mean_c)
 //             training: gx = (gy - gb_c/M - (x - mean_c) invstd_c^2 sum(gy (x - mean_c))/M) w_c invstd_c
 //             eval:     gx = gy w_c invstd_c   (the statistics are constants)
+//   fused ReLU (conv_bn_relu): forward z = max(y, 0) in the normalize sweep; backward takes gz and z
+//             and uses gy = (z <= 0 ? 0 : gz) inside the sums and the gx sweep (torch's threshold_backward)
+//   given statistics (sum y, sum y^2 per channel, from the conv epilogue): no statistics pass,
+//             mean = s0/M, var = max(s1/M - mean^2, 0)
 //
 // Statistics are one pass of float64 sums shifted by the channel's first value K (sum (x-K) and
 // sum (x-K)^2), which keeps the variance accurate when |mean| >> std. Each (n, c) row is cut into
@@ -18,6 +22,7 @@
 
 #include "common/runtime.h"
 #include "cpu/simd.h"
+#include "cpu/sums.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -25,62 +30,23 @@ namespace {
 
 constexpr int64_t kChunk = 32768;  // elements per reduction task (fixed: results independent of threads)
 
-typedef double d4 __attribute__((vector_size(32)));
-typedef float f4 __attribute__((vector_size(16)));
-
-// Four consecutive values widened to double.
-PYCONV_INLINE d4 load4d(const float* p) {
-  f4 v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, d4);
-}
-PYCONV_INLINE d4 load4d(const double* p) {
-  d4 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// (sum (a - ka), sum (a - ka)(b - kb)) over n values, in double.
-template <typename T>
-void sum_pair(const T* a, const T* b, double ka, double kb, int64_t n, double* out) {
-  d4 s1[4] = {}, s2[4] = {};
-  const d4 va = d4{} + ka, vb = d4{} + kb;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int u = 0; u < 4; ++u) {
-      const d4 da = load4d(a + i + 4 * u) - va;
-      const d4 db = load4d(b + i + 4 * u) - vb;
-      s1[u] += da;
-      s2[u] += da * db;
-    }
-  }
-  double r1 = 0, r2 = 0;
-  for (; i < n; ++i) {
-    const double da = double(a[i]) - ka, db = double(b[i]) - kb;
-    r1 += da;
-    r2 += da * db;
-  }
-  const d4 t1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), t2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
-  out[0] = r1 + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
-  out[1] = r2 + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
-}
-
 // Tasks are (row = n*C + c, chunk) pairs.
 struct Tasks {
   int64_t chunks, count;
   Tasks(const BatchNormShape& s) : chunks(ceil_div(s.L, kChunk)), count(s.N * s.C * ceil_div(s.L, kChunk)) {}
 };
 
-// For each task, sum_pair over its chunk of a and b (same [N][C][L] layout); shifts per channel.
+// For each task, sum_pair over its chunk of a and b (same [N][C][L] layout, mask m optional);
+// shifts per channel (null = 0).
 template <typename T>
-void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const double* ka, const double* kb,
-                double* partial) {
+void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const T* m, const double* ka,
+                const double* kb, double* partial) {
 #pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
   for (int64_t t = 0; t < tk.count; ++t) {
     const int64_t row = t / tk.chunks, c = row % s.C;
     const int64_t l0 = (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
     const int64_t off = row * s.L + l0;
-    sum_pair(a + off, b + off, ka ? ka[c] : 0.0, kb[c], n, partial + 2 * t);
+    sum_pair(a + off, b + off, m ? m + off : nullptr, ka ? ka[c] : 0.0, kb ? kb[c] : 0.0, n, partial + 2 * t);
   }
 }
 
@@ -112,7 +78,7 @@ void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
 template <typename T>
 void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
                         T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                        double eps) {
+                        double eps, const double* stats, bool relu) {
   using V = vec_t<T>;
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
@@ -129,13 +95,17 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
       for (int64_t c = 0; c < s.C; ++c) save_mean[c] = T(0), save_invstd[c] = T(0);
       return;
     }
-    for (int64_t c = 0; c < s.C; ++c) {
-      const double k = double(x[c * s.L]);  // the channel's first value (n = 0, l = 0)
-      shift[c] = std::isfinite(k) ? k : 0.0;
+    if (stats) {  // sums taken by the producer of x (unshifted)
+      for (int64_t c = 0; c < s.C; ++c) shift[c] = 0, total[2 * c] = stats[c], total[2 * c + 1] = stats[s.C + c];
+    } else {
+      for (int64_t c = 0; c < s.C; ++c) {
+        const double k = double(x[c * s.L]);  // the channel's first value (n = 0, l = 0)
+        shift[c] = std::isfinite(k) ? k : 0.0;
+      }
+      Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
+      chunk_sums(s, tk, x, x, static_cast<const T*>(nullptr), shift, shift, part_ws.as<double>());
+      reduce_channels(s, tk, part_ws.as<double>(), total);
     }
-    Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
-    chunk_sums(s, tk, x, x, shift, shift, part_ws.as<double>());
-    reduce_channels(s, tk, part_ws.as<double>(), total);
     for (int64_t c = 0; c < s.C; ++c) {
       const double d = total[2 * c] / double(M);
       const double var_raw = total[2 * c + 1] / double(M) - d * d;
@@ -164,16 +134,27 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
   for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
     const T* xs = x + off;
     T* ys = y + off;
-    const V va = vbroadcast<T>(alpha[c]), vb = vbroadcast<T>(beta[c]);
+    const V va = vbroadcast<T>(alpha[c]), vb = vbroadcast<T>(beta[c]), zero = V{};
     int64_t i = 0;
-    for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, vload(xs + i) * va + vb);
-    for (; i < n; ++i) ys[i] = xs[i] * alpha[c] + beta[c];
+    if (relu) {  // v < 0 is false for NaN: NaN stays NaN as in torch.relu
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
+        const V v = vload(xs + i) * va + vb;
+        vstore(ys + i, v < zero ? zero : v);
+      }
+      for (; i < n; ++i) {
+        const T v = xs[i] * alpha[c] + beta[c];
+        ys[i] = v < T(0) ? T(0) : v;
+      }
+    } else {
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, vload(xs + i) * va + vb);
+      for (; i < n; ++i) ys[i] = xs[i] * alpha[c] + beta[c];
+    }
   });
 }
 
 template <typename T>
 void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
-                         const T* save_invstd, T* gx, T* gw, T* gb, bool training) {
+                         const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out) {
   using V = vec_t<T>;
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
@@ -184,7 +165,7 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   const bool need_sums = gw || gb || (gx && training);
   if (need_sums) {
     Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
-    chunk_sums(s, tk, gy, x, nullptr, mean, part_ws.as<double>());
+    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>());
     reduce_channels(s, tk, part_ws.as<double>(), total);
     for (int64_t c = 0; c < s.C; ++c) {
       if (gb) gb[c] = T(total[2 * c]);
@@ -205,26 +186,41 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
     const T* gys = gy + off;
     const T* xs = x + off;
+    const T* zs = relu_out ? relu_out + off : nullptr;
     T* gxs = gx + off;
-    const V va = vbroadcast<T>(a[c]);
+    const V va = vbroadcast<T>(a[c]), zero = V{};
+    // the incoming gradient, through the ReLU when its output is given
+    auto gv = [&](int64_t i) { return zs ? (vload(zs + i) <= zero ? zero : vload(gys + i)) : vload(gys + i); };
+    auto g1 = [&](int64_t i) { return (zs && zs[i] <= T(0)) ? T(0) : gys[i]; };
     int64_t i = 0;
     if (training) {
       const V vmg = vbroadcast<T>(mg[c]), vk = vbroadcast<T>(k[c]), vmean = vbroadcast<T>(save_mean[c]);
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W)
-        vstore(gxs + i, (vload(gys + i) - vmg - (vload(xs + i) - vmean) * vk) * va);
-      for (; i < n; ++i) gxs[i] = (gys[i] - mg[c] - (xs[i] - save_mean[c]) * k[c]) * a[c];
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, (gv(i) - vmg - (vload(xs + i) - vmean) * vk) * va);
+      for (; i < n; ++i) gxs[i] = (g1(i) - mg[c] - (xs[i] - save_mean[c]) * k[c]) * a[c];
     } else {
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, vload(gys + i) * va);
-      for (; i < n; ++i) gxs[i] = gys[i] * a[c];
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, gv(i) * va);
+      for (; i < n; ++i) gxs[i] = g1(i) * a[c];
     }
   });
 }
 
+template <typename T>
+void channel_sums(const BatchNormShape& s, const T* y, double* stats) {
+  const Tasks tk(s);
+  Workspace part_ws(checked_bytes(2 * imax(1, tk.count), sizeof(double)));
+  Workspace tot_ws(checked_bytes(2 * imax(1, s.C), sizeof(double)));
+  double* total = tot_ws.as<double>();
+  chunk_sums(s, tk, y, y, static_cast<const T*>(nullptr), nullptr, nullptr, part_ws.as<double>());
+  reduce_channels(s, tk, part_ws.as<double>(), total);
+  for (int64_t c = 0; c < s.C; ++c) stats[c] = total[2 * c], stats[s.C + c] = total[2 * c + 1];
+}
+
 #define PYCONV_INSTANTIATE(T)                                                                                \
   template void batch_norm_forward<T>(const BatchNormShape&, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
-                                      bool, double, double);                                                \
+                                      bool, double, double, const double*, bool);                           \
   template void batch_norm_backward<T>(const BatchNormShape&, const T*, const T*, const T*, const T*, const T*, \
-                                       T*, T*, T*, bool);
+                                       T*, T*, T*, bool, const T*);                                         \
+  template void channel_sums<T>(const BatchNormShape&, const T*, double*);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

@@ -16,12 +16,18 @@ PYCONV_FOR_EACH_ISA(
   // weight, bias, running_mean, running_var may be null. training: batch statistics into
   // save_mean / save_invstd and, when given, running stats updated in place with momentum
   // (unbiased variance); eval: normalizes with the running stats and writes them to save_*.
+  // stats (may be null): per-channel [sum x (C values), sum x^2 (C values)] already taken by the
+  // producer of x, used instead of a statistics pass. relu: y = max(bn(x), 0).
   template <typename T>
   void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
                           T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                          double eps);
-  // weight may be null (= 1); gx, gw, gb may each be null (not wanted).
+                          double eps, const double* stats, bool relu);
+  // weight may be null (= 1); gx, gw, gb may each be null (not wanted). relu_out (may be null): gy is
+  // the gradient of relu_out = max(bn(x), 0) and is masked by it.
   template <typename T>
   void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
-                           const T* save_invstd, T* gx, T* gw, T* gb, bool training);
+                           const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out);
+  // stats = [sum y per channel, sum y^2 per channel] in float64, fixed reduction order.
+  template <typename T>
+  void channel_sums(const BatchNormShape& s, const T* y, double* stats);
 )

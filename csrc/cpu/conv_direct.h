@@ -3,8 +3,9 @@
 #include "cpu/isa.h"
 
 PYCONV_FOR_EACH_ISA(
+  // stats (may be null): [sum y per channel, sum y^2 per channel] in float64, taken in the epilogue.
   template <typename T>
-  void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+  void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats);
   template <typename T>
   void conv_direct_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
   template <typename T>

@@ -7,6 +7,9 @@ float64 whatever the data type):
   y = (x - mean) * invstd * weight + bias
   backward  xhat = (x - mean) invstd,  gb = sum gy,  gw = sum gy xhat
             training: gx = weight invstd (gy - gb/M - xhat gw/M);  eval: gx = weight invstd gy
+  fused ReLU  forward y = max(y, 0) (NaN stays NaN); backward gy = (z <= 0 ? 0 : gz) from the output z
+  given statistics (stats[0, c] = sum y, stats[1, c] = sum y^2 of the conv output, channel_sums):
+            mean = s0/M, var = max(s1/M - mean^2, 0), no statistics pass
 One parallel task per channel.
 """
 import numpy as np
@@ -17,14 +20,23 @@ from ._tile import FM_REDUCE
 
 @njit(parallel=True, cache=True, fastmath=FM_REDUCE)
 def forward(x, weight, has_weight, bias, has_bias, rmean, rvar, has_running, y, save_mean, save_invstd,
-            N, C, L, training, momentum, eps):
+            N, C, L, training, momentum, eps, stats, has_stats, relu):
     M = N * L
     for c in prange(C):
         if training and M == 0:  # empty batch: nothing to normalize, running statistics unchanged
             save_mean[c] = 0.0
             save_invstd[c] = 0.0
             continue
-        if training:
+        if training and has_stats:
+            mean = stats[c] / M
+            var = max(stats[C + c] / M - mean * mean, 0.0)
+            ss = var * M
+            invstd = 1.0 / np.sqrt(var + eps)
+            if has_running:
+                rmean[c] = (1.0 - momentum) * rmean[c] + momentum * mean
+                unbiased = ss / (M - 1) if M > 1 else np.inf
+                rvar[c] = (1.0 - momentum) * rvar[c] + momentum * unbiased
+        elif training:
             s = 0.0
             for n in range(N):
                 o = (n * C + c) * L
@@ -52,15 +64,33 @@ def forward(x, weight, has_weight, bias, has_bias, rmean, rvar, has_running, y, 
         shift = (np.float64(bias[c]) if has_bias else 0.0) - mean * scale
         sc = y.dtype.type(scale)
         sh = y.dtype.type(shift)
+        zero = y.dtype.type(0)
         for n in range(N):
             o = (n * C + c) * L
             for i in range(L):
-                y[o + i] = x[o + i] * sc + sh
+                v = x[o + i] * sc + sh
+                y[o + i] = zero if relu and v < zero else v
+
+
+@njit(parallel=True, cache=True, fastmath=FM_REDUCE)
+def channel_sums(y, stats, N, C, L):
+    """stats[c] = sum of y[:, c], stats[C + c] = sum of y[:, c]^2, in float64."""
+    for c in prange(C):
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(N):
+            o = (n * C + c) * L
+            for i in range(L):
+                v = np.float64(y[o + i])
+                s1 += v
+                s2 += v * v
+        stats[c] = s1
+        stats[C + c] = s2
 
 
 @njit(parallel=True, cache=True, fastmath=FM_REDUCE)
 def backward(gy, x, weight, has_weight, save_mean, save_invstd, gx, want_gx, gw, want_gw, gb, want_gb,
-             N, C, L, training):
+             N, C, L, training, z, has_z):
     M = N * L
     for c in prange(C):
         mean = np.float64(save_mean[c])
@@ -70,7 +100,7 @@ def backward(gy, x, weight, has_weight, save_mean, save_invstd, gx, want_gx, gw,
         for n in range(N):
             o = (n * C + c) * L
             for i in range(L):
-                g = np.float64(gy[o + i])
+                g = 0.0 if has_z and z[o + i] <= 0 else np.float64(gy[o + i])
                 sg += g
                 sgx += g * (np.float64(x[o + i]) - mean)
         if want_gb:
@@ -87,10 +117,12 @@ def backward(gy, x, weight, has_weight, save_mean, save_invstd, gx, want_gx, gw,
                 for n in range(N):
                     o = (n * C + c) * L
                     for i in range(L):
-                        gx[o + i] = wscale * (np.float64(gy[o + i]) - mg - (np.float64(x[o + i]) - mean) * k)
+                        g = 0.0 if has_z and z[o + i] <= 0 else np.float64(gy[o + i])
+                        gx[o + i] = wscale * (g - mg - (np.float64(x[o + i]) - mean) * k)
             else:
                 a = gx.dtype.type(wscale)
+                zero = gx.dtype.type(0)
                 for n in range(N):
                     o = (n * C + c) * L
                     for i in range(L):
-                        gx[o + i] = a * gy[o + i]
+                        gx[o + i] = zero if has_z and z[o + i] <= 0 else a * gy[o + i]

@@ -8,6 +8,9 @@ channel, statistics accumulated in float64 whatever the data type and summed by 
   y = (x - mean) * invstd * weight + bias
   backward  xhat = (x - mean) invstd,  gb = sum gy,  gw = sum gy xhat
             training: gx = weight invstd (gy - gb/M - xhat gw/M);  eval: gx = weight invstd gy
+  fused ReLU  forward y = max(y, 0) (NaN stays NaN); backward gy = (z <= 0 ? 0 : gz) from the output z
+  given statistics (stats[c] = sum y, stats[C + c] = sum y^2 of the conv output, channel_sums):
+            mean = s0/M, var = max(s1/M - mean^2, 0), no statistics pass
 """
 import functools
 import math
@@ -24,7 +27,7 @@ def build(scalar):
 
     @cuda.jit
     def forward(x, weight, has_weight, bias, has_bias, rmean, rvar, has_running, y, save_mean, save_invstd,
-                N, C, L, training, momentum, eps):
+                N, C, L, training, momentum, eps, stats, has_stats, relu):
         buf = cuda.shared.array(THREADS, dtype=np.float64)
         tid = cuda.threadIdx.x
         M = N * L
@@ -35,17 +38,21 @@ def build(scalar):
                     save_invstd[c] = 0
                 continue
             if training:
-                acc = 0.0
-                for j in range(tid, M, cuda.blockDim.x):
-                    n = j // L
-                    acc += np.float64(x[(n * C + c) * L + j - n * L])
-                mean = block_sum(buf, acc) / M
-                acc = 0.0
-                for j in range(tid, M, cuda.blockDim.x):
-                    n = j // L
-                    d = np.float64(x[(n * C + c) * L + j - n * L]) - mean
-                    acc += d * d
-                ss = block_sum(buf, acc)
+                if has_stats:
+                    mean = stats[c] / M
+                    ss = max(stats[C + c] / M - mean * mean, 0.0) * M
+                else:
+                    acc = 0.0
+                    for j in range(tid, M, cuda.blockDim.x):
+                        n = j // L
+                        acc += np.float64(x[(n * C + c) * L + j - n * L])
+                    mean = block_sum(buf, acc) / M
+                    acc = 0.0
+                    for j in range(tid, M, cuda.blockDim.x):
+                        n = j // L
+                        d = np.float64(x[(n * C + c) * L + j - n * L]) - mean
+                        acc += d * d
+                    ss = block_sum(buf, acc)
                 invstd = 1.0 / math.sqrt(ss / M + eps)
                 if tid == 0 and has_running:
                     rmean[c] = (1.0 - momentum) * rmean[c] + momentum * mean
@@ -61,14 +68,16 @@ def build(scalar):
             shift = (np.float64(bias[c]) if has_bias else 0.0) - mean * scale
             sc = scalar(scale)
             sf = scalar(shift)
+            zero = scalar(0)
             for j in range(tid, M, cuda.blockDim.x):
                 n = j // L
                 o = (n * C + c) * L + j - n * L
-                y[o] = x[o] * sc + sf
+                v = x[o] * sc + sf
+                y[o] = zero if relu and v < zero else v
 
     @cuda.jit
     def backward(gy, x, weight, has_weight, save_mean, save_invstd, gx, want_gx, gw, want_gw, gb, want_gb,
-                 N, C, L, training):
+                 N, C, L, training, z, has_z):
         buf = cuda.shared.array(THREADS, dtype=np.float64)
         tid = cuda.threadIdx.x
         M = N * L
@@ -80,7 +89,7 @@ def build(scalar):
             for j in range(tid, M, cuda.blockDim.x):
                 n = j // L
                 o = (n * C + c) * L + j - n * L
-                g = np.float64(gy[o])
+                g = 0.0 if has_z and z[o] <= 0 else np.float64(gy[o])
                 a_g += g
                 a_gx += g * (np.float64(x[o]) - mean)
             sg = block_sum(buf, a_g)
@@ -99,6 +108,27 @@ def build(scalar):
                 for j in range(tid, M, cuda.blockDim.x):
                     n = j // L
                     o = (n * C + c) * L + j - n * L
-                    gx[o] = wscale * (np.float64(gy[o]) - mg - (np.float64(x[o]) - mean) * k)
+                    g = 0.0 if has_z and z[o] <= 0 else np.float64(gy[o])
+                    gx[o] = wscale * (g - mg - (np.float64(x[o]) - mean) * k)
 
-    return forward, backward
+    @cuda.jit
+    def channel_sums(y, stats, N, C, L):
+        """stats[c] = sum of y[:, c], stats[C + c] = sum of y[:, c]^2, in float64; a block per channel."""
+        buf = cuda.shared.array(THREADS, dtype=np.float64)
+        tid = cuda.threadIdx.x
+        M = N * L
+        for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(tid, M, cuda.blockDim.x):
+                n = j // L
+                v = np.float64(y[(n * C + c) * L + j - n * L])
+                a1 += v
+                a2 += v * v
+            s1 = block_sum(buf, a1)
+            s2 = block_sum(buf, a2)
+            if tid == 0:
+                stats[c] = s1
+                stats[C + c] = s2
+
+    return forward, backward, channel_sums

@@ -39,11 +39,14 @@ def winograd_tile(algo, shape) -> int:
     return 2 if min(shape.P, shape.Q) < 8 else 4
 
 
-def conv2d_forward(x, w, b, y, shape, algo):
+def conv2d_forward(x, w, b, y, shape, algo, stats=None):
+    """stats: optional (2, K) float64 tensor <- per-channel sum and sum of squares of y (direct:
+    taken in the conv epilogue; im2col and winograd: one pass over y after the conv)."""
     if algo.startswith("winograd"):
-        return _C.conv_winograd_forward(_shape(shape), winograd_tile(algo, shape), _np(x), _np(w), _np(b), _np(y))
+        return _C.conv_winograd_forward(_shape(shape), winograd_tile(algo, shape), _np(x), _np(w), _np(b), _np(y),
+                                        _np(stats))
     if algo in CONV_ALGOS:
-        return getattr(_C, f"conv_{algo}_forward")(_shape(shape), _np(x), _np(w), _np(b), _np(y))
+        return getattr(_C, f"conv_{algo}_forward")(_shape(shape), _np(x), _np(w), _np(b), _np(y), _np(stats))
     raise NotImplementedError(f"algo={algo!r} is not implemented in the cpp backend yet")
 
 
@@ -90,15 +93,15 @@ def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps):
+                       momentum, eps, relu=False, stats=None):
     return _C.batch_norm_forward(_C.BatchNormShape(*shape), _np(x), _np(weight), _np(bias), _np(running_mean),
                                  _np(running_var), _np(y), _np(save_mean), _np(save_invstd), bool(training),
-                                 float(momentum), float(eps))
+                                 float(momentum), float(eps), _np(stats), bool(relu))
 
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
     return _C.batch_norm_backward(_C.BatchNormShape(*shape), _np(gy), _np(x), _np(weight), _np(save_mean),
-                                  _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training))
+                                  _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training), _np(relu_output))
 
 
 def relu_forward(x):

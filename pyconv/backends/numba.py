@@ -3,6 +3,8 @@ Tensors reach the kernels as zero-copy flat numpy views; the first call per dtyp
 the on-disk cache)."""
 from __future__ import annotations
 
+import numpy as _np
+
 try:
     import numba as _numba
 except ImportError as _e:  # pragma: no cover - depends on the environment
@@ -64,9 +66,14 @@ def _conv_module(algo):
     raise NotImplementedError(f"algo={algo!r} is not implemented in the numba backend")
 
 
-def conv2d_forward(x, w, b, y, shape, algo):
+def conv2d_forward(x, w, b, y, shape, algo, stats=None):
+    """stats: optional (2, K) float64 <- per-channel sum and sum of squares of y (a pass over y
+    after the conv: the numba conv kernels have no epilogue hook)."""
     with _serial_if_small(shape.flops // 2):
         _conv_module(algo).forward(_flat(x), _flat(w), _flat(b), _flat(y), shape)
+    if stats is not None:
+        with _serial_if_small(y.numel() * 4):
+            _kernels("batch_norm").channel_sums(_flat(y), _flat(stats), shape.N, shape.K, shape.P * shape.Q)
 
 
 def conv2d_backward_input(gy, w, gx, shape, algo):
@@ -120,7 +127,7 @@ def _or_dummy(t, like):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps):
+                       momentum, eps, relu=False, stats=None):
     xf = _flat(x)
     w, has_w = _or_dummy(weight, xf)
     b, has_b = _or_dummy(bias, xf)
@@ -129,10 +136,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean,
     with _serial_if_small(x.numel() * 4):
         _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
                                        _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
-                                       float(momentum if momentum is not None else 0.0), float(eps))
+                                       float(momentum if momentum is not None else 0.0), float(eps),
+                                       *_or_dummy(stats, _np.zeros(1)), bool(relu))
 
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
     xf = _flat(x)
     w, has_w = _or_dummy(weight, xf)
     gxf, want_gx = _or_dummy(gx, xf)
@@ -140,7 +148,8 @@ def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape
     gbf, want_gb = _or_dummy(gb, xf)
     with _serial_if_small(x.numel() * 4):
         _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
-                                        gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training))
+                                        gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training),
+                                        *_or_dummy(relu_output, xf))
 
 
 def relu_forward(x):

@@ -130,10 +130,14 @@ def _gemm_grid(M, Ncol, groups_chunks):
     return (-(-Ncol // T), -(-M // T), groups_chunks), (T, T)
 
 
-def conv2d_forward(x, w, b, y, shape, algo):
+def conv2d_forward(x, w, b, y, shape, algo, stats=None):
+    """stats: optional (2, K) float64 <- per-channel sum and sum of squares of y (a block-reduction
+    kernel after the conv)."""
     _check_algo(algo)
     s = shape
     if y.numel() == 0:
+        if stats is not None:
+            stats.zero_()
         return
     with _Launch(x) as L:
         xd, wd, bd, yd = L.arr(x), L.arr(w), L.arr(b), L.arr(y, out=True)
@@ -147,6 +151,9 @@ def conv2d_forward(x, w, b, y, shape, algo):
             grid, block = _gemm_grid(Kg, s.N * s.P * s.Q, s.G)
             L.run(gemm, grid, block, wd, xd, yd, bd, b is not None, _geo(s), Kg, s.N * s.P * s.Q,
                   kdim, max(kdim, 1), s.G)
+        if stats is not None:
+            sums = _k("batch_norm").build(L.scalar)[2]
+            L.run(sums, _blocks(s.K * _threads()), _threads(), yd, L.arr(stats, out=True), s.N, s.K, s.P * s.Q)
 
 
 def conv2d_backward_input(gy, w, gx, shape, algo):
@@ -248,7 +255,7 @@ def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
 # ------------------------------------------------------------------------------ batch norm ---
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps):
+                       momentum, eps, relu=False, stats=None):
     if shape.C == 0:
         return
     has_running = running_mean is not None and running_var is not None
@@ -257,10 +264,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean,
         L.run(kern, _blocks(shape.C * _threads()), _threads(), L.arr(x), L.arr(weight), weight is not None,
               L.arr(bias), bias is not None, L.arr(running_mean, out=True), L.arr(running_var, out=True), has_running,
               L.arr(y, out=True), L.arr(save_mean, out=True), L.arr(save_invstd, out=True), shape.N, shape.C,
-              shape.L, bool(training), float(momentum if momentum is not None else 0.0), float(eps))
+              shape.L, bool(training), float(momentum if momentum is not None else 0.0), float(eps),
+              L.arr(stats) if stats is not None else L.scratch(1, np.float64), stats is not None, bool(relu))
 
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
     if shape.C == 0:
         return
     with _Launch(x) as L:
@@ -268,7 +276,7 @@ def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape
         L.run(kern, _blocks(shape.C * _threads()), _threads(), L.arr(gy), L.arr(x), L.arr(weight),
               weight is not None, L.arr(save_mean), L.arr(save_invstd), L.arr(gx, out=True), gx is not None,
               L.arr(gw, out=True), gw is not None, L.arr(gb, out=True), gb is not None, shape.N, shape.C, shape.L,
-              bool(training))
+              bool(training), L.arr(relu_output), relu_output is not None)
 
 
 # -------------------------------------------------------------------------------------- relu ---

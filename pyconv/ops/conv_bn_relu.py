@@ -1,12 +1,15 @@
 """Fused conv-BN-ReLU custom ops (torch.ops.pyconv.conv_bn_relu, conv_bn_relu_backward):
 z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward.
 
-Training: the conv kernel writes y, one batch-norm kernel takes the statistics and writes
-normalize + ReLU in one sweep; running statistics are returned as new outputs (torch.library does
-not allow an autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
-Backward: the ReLU mask is recomputed from z (nothing stored), then the batch-norm backward and the
-conv's grad-input and grad-weight. Saved: x, y and z (torch's unfused Conv2d + BatchNorm2d + ReLU
-keeps x, y, the BN output and z).
+Training: the conv kernel writes y and, in the same call, its per-channel sum and sum of squares
+(float64; the direct algorithm takes them in its epilogue while each output row is in L1); the
+batch-norm kernel takes those statistics (no statistics pass over y) and writes normalize + ReLU
+in one sweep. Running statistics are returned as new outputs (torch.library does not allow an
+autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
+Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (the
+ReLU backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
+grad-input sweep; then the conv's grad-input and grad-weight. Saved: x, y and z (torch's unfused
+Conv2d + BatchNorm2d + ReLU keeps x, y, the BN output and z).
 Eval: BN is folded into the conv's weights and bias (w' = w * gamma * invstd, b' = (b - mean) *
 gamma * invstd + beta), one conv and the ReLU in place; the backward recomputes the conv output
 only when the BN parameters need gradients.
@@ -55,16 +58,18 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
     save_mean, save_invstd = new_output((shape.K,), x), new_output((shape.K,), x)
     if training:
         y = new_output(out, x)
-        mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo)
+        stats = torch.empty((2, shape.K), dtype=torch.float64, device=x.device)
+        mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo,
+                           stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
-                               _bn_shape(y), True, float(momentum), float(eps))
+                               _bn_shape(y), True, float(momentum), float(eps), relu=True, stats=stats)
     else:
         y = x.new_empty(0)
         w, b = _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
         mod.conv2d_forward(x, w, b, z, shape, algo)
+        mod.relu_forward(z)
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
-    mod.relu_forward(z)
     return z, y, save_mean, save_invstd, rm, rv
 
 
@@ -89,8 +94,6 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
     x, weight, z = x.contiguous(), weight.contiguous(), z.contiguous()
-    gm = new_output(out, x)
-    mod.relu_backward(grad_z.contiguous(), z, gm)
     if not training and (output_mask[3] or output_mask[4]):
         y = new_output(out, x)  # eval: the unfolded conv output, recomputed for the BN gradients
         mod.conv2d_forward(x, weight, None if bias is None else bias.contiguous(), y, shape, algo)
@@ -99,9 +102,9 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     g_bnw = new_output((shape.K,), x) if output_mask[3] else empty.clone()
     g_bnb = new_output((shape.K,), x) if output_mask[4] else empty.clone()
     y_for_bn = y.contiguous() if y.numel() else z  # eval without BN grads: the kernel ignores x
-    mod.batch_norm_backward(gm, y_for_bn, bn_weight.contiguous(), save_mean.contiguous(), save_invstd.contiguous(),
-                            gy, g_bnw if output_mask[3] else None, g_bnb if output_mask[4] else None,
-                            _bn_shape(gm), bool(training))
+    mod.batch_norm_backward(grad_z.contiguous(), y_for_bn, bn_weight.contiguous(), save_mean.contiguous(),
+                            save_invstd.contiguous(), gy, g_bnw if output_mask[3] else None,
+                            g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training), relu_output=z)
     gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
     gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()

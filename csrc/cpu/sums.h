@@ -1,0 +1,57 @@
+// Float64 sums over a row of float32/float64 values, four lanes at a time: the batch-norm
+// statistics and the conv epilogue's per-channel sums share them.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+typedef double d4 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+
+// Four consecutive values widened to double.
+PYCONV_INLINE d4 load4d(const float* p) {
+  f4 v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, d4);
+}
+PYCONV_INLINE d4 load4d(const double* p) {
+  d4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// (sum (a - ka), sum (a - ka)(b - kb)) over n values, in double; with a mask m, a is read as
+// (m <= 0 ? 0 : a) (the ReLU backward on the output m).
+template <typename T>
+void sum_pair(const T* a, const T* b, const T* m, double ka, double kb, int64_t n, double* out) {
+  d4 s1[4] = {}, s2[4] = {};
+  const d4 va = d4{} + ka, vb = d4{} + kb;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int u = 0; u < 4; ++u) {
+      d4 av = load4d(a + i + 4 * u);
+      if (m) av = load4d(m + i + 4 * u) <= d4{} ? d4{} : av;
+      const d4 da = av - va;
+      const d4 db = load4d(b + i + 4 * u) - vb;
+      s1[u] += da;
+      s2[u] += da * db;
+    }
+  }
+  double r1 = 0, r2 = 0;
+  for (; i < n; ++i) {
+    const double ai = (m && m[i] <= T(0)) ? 0.0 : double(a[i]);
+    const double da = ai - ka, db = double(b[i]) - kb;
+    r1 += da;
+    r2 += da * db;
+  }
+  const d4 t1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), t2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
+  out[0] = r1 + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
+  out[1] = r2 + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv
