@@ -8,8 +8,10 @@ in one sweep. Running statistics are returned as new outputs (torch.library does
 autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
 Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (the
 ReLU backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
-grad-input sweep; then the conv's grad-input and grad-weight. Saved: x, y and z (torch's unfused
-Conv2d + BatchNorm2d + ReLU keeps x, y, the BN output and z).
+grad-input sweep; then the conv's grad-input and grad-weight. Saved: x, y and z, as torch's unfused
+Conv2d + BatchNorm2d + ReLU (z is the next layer's input, which it keeps anyway; y is needed whole:
+the BN backward uses every xhat, masked or not). What the fusion saves is transient memory: no BN
+output before the ReLU, no separate gradient of it (benchmarks/bench_conv_bn_relu.py measures it).
 Eval: BN is folded into the conv's weights and bias (w' = w * gamma * invstd, b' = (b - mean) *
 gamma * invstd + beta), one conv and the ReLU in place; the backward recomputes the conv output
 only when the BN parameters need gradients.
