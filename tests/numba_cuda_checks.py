@@ -246,7 +246,8 @@ def test_public_conv2d_on_gpu(algo):
 
 # Winograd F(2x2) / F(4x4): one tiny case each (the simulator runs every GEMM block as Python threads):
 # groups, padding 0 and partial edge tiles for F(2x2) in float64, padding 1 for F(4x4) in float32.
-WINOGRAD = [("winograd_2x2", torch.float64, (1, 4, 4, 5, 4, 0, 2)), ("winograd_4x4", torch.float32, (1, 2, 4, 5, 2, 1, 1)),
+WINOGRAD = [("winograd_2x2", torch.float64, (1, 4, 4, 5, 4, 0, 2)),
+            ("winograd_4x4", torch.float32, (1, 2, 4, 5, 2, 1, 1)),
             ("winograd", torch.float32, (2, 1, 3, 3, 2, 1, 1))]
 
 

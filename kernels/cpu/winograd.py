@@ -17,8 +17,9 @@ Layout and loop order: filters are transformed once per call into U[g][xi][kb][c
 the alpha x alpha tile, K zero-padded to 4 rows: tile_update's A operand). Tasks are (group, block
 of NB tiles); the block's input is transformed, vectorized across its tiles, into V[xi][c][NB] (about
 128 KiB per position, so it stays in L2 while every K block reuses it), tile_update multiplies U[xi]
-by V[xi] into M[xi][k][NB], and the output transform (+ bias) writes Y, clipped at P x Q. Tasks are
-split into contiguous runs, one prange iteration per run, each with its own V / M scratch.
+by V[xi] into M[k][xi][NB] (k-major, so the output transform reads contiguous rows), and the output
+transform (+ bias) writes Y, clipped at P x Q. Tasks are split into contiguous runs, one prange
+iteration per run, each with its own V / M scratch.
 grad-weight does the same per block with Z[xi][t][k] = A dY A^T and V^T, accumulating into one dU per
 run; the runs' dU are summed in run order (deterministic for a given thread count).
 
@@ -91,26 +92,27 @@ def transform_filters(w, Gm, transposed, Gr, Cin, Kout, U):
         k = gk % (nkb * MR)
         kb = k // MR
         kk = k % MR
-        f = np.empty((9, 1), dtype=U.dtype)
-        tmp = np.empty((A * 3, 1), dtype=U.dtype)
-        u = np.empty((A * A, 1), dtype=U.dtype)
-        for c in range(Cin):
-            for rs in range(9):
-                if k >= Kout:
-                    f[rs, 0] = 0
-                elif transposed:
-                    f[rs, 0] = w[((g * Cin + c) * Kout + k) * 9 + (8 - rs)]
-                else:
-                    f[rs, 0] = w[((g * Kout + k) * Cin + c) * 9 + rs]
-            sandwich(Gm, Gm, f, tmp, u, 1)
-            for xi in range(A * A):
-                U[g, xi, kb, c, kk] = u[xi, 0]
+        # all Cin filters of output channel k at once: the transform is vectorized across c
+        f = np.zeros((9, Cin), dtype=U.dtype)
+        tmp = np.empty((A * 3, Cin), dtype=U.dtype)
+        u = np.empty((A * A, Cin), dtype=U.dtype)
+        if k < Kout:
+            for c in range(Cin):
+                for rs in range(9):
+                    if transposed:
+                        f[rs, c] = w[((g * Cin + c) * Kout + k) * 9 + (8 - rs)]
+                    else:
+                        f[rs, c] = w[((g * Kout + k) * Cin + c) * 9 + rs]
+        sandwich(Gm, Gm, f, tmp, u, Cin)
+        for xi in range(A * A):
+            for c in range(Cin):
+                U[g, xi, kb, c, kk] = u[xi, c]
 
 
 @njit(cache=True, fastmath=FM)
-def transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, V):
+def transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V):
     """V[xi, c, j] = (B^T d B)[xi] of tile t0 + j (0 past the last tile) for the channels of group g.
-    d: (A*A, NB), tmp: (A*A, NB) scratch; tiles are the vectorized (last) axis."""
+    d, tmp, v: (A*A, NB) scratch; tiles are the vectorized (last) axis."""
     A = BT.shape[0]
     for c in range(Cin):
         for j in range(NB):
@@ -137,14 +139,16 @@ def transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad
                             d[i * A + jj, j] = x[base + yy * W + xx]
                         else:
                             d[i * A + jj, j] = 0
-        sandwich(BT, BT, d, tmp, V[:, c, :], NB)
+        sandwich(BT, BT, d, tmp, v, NB)  # into contiguous rows (vectorized), then one copy
+        for xi in range(A * A):
+            V[xi, c, :] = v[xi]
 
 
 @njit(cache=True, fastmath=FM)
 def transform_output_block(Mb, AT, m, bias, has_bias, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, tmp, o, y):
-    """y tiles t0 .. t0+NB of group g = A^T M A (+ bias), clipped at P x Q. Mb: (A*A, Kpad, NB)."""
+    """y tiles t0 .. t0+NB of group g = A^T M A (+ bias), clipped at P x Q. Mb: (Kpad, A*A, NB)."""
     for k in range(Kout):
-        sandwich(AT, AT, Mb[:, k, :], tmp, o, NB)
+        sandwich(AT, AT, Mb[k], tmp, o, NB)
         bv = bias[g * Kout + k] if has_bias else y.dtype.type(0)
         for j in range(NB):
             t = t0 + j
@@ -168,23 +172,26 @@ def conv_blocks(x, U, BT, AT, m, bias, has_bias, y, N, Gr, Cin, Kout, H, W, P, Q
     nblocks = (tiles + NB - 1) // NB
     ntasks = Gr * nblocks
     nkb = U.shape[2]
-    taps = np.arange(Cin) * NB
+    taps = np.arange(Cin) * NB  # row c of V[xi]
     for run in prange(runs):
         V = np.empty((A * A, Cin, NB), dtype=y.dtype)
         Vf = V.reshape(-1)
-        Mb = np.empty((A * A, nkb * MR, NB), dtype=y.dtype)
+        Mb = np.empty((nkb * MR, A * A, NB), dtype=y.dtype)
+        acc = np.empty((MR, NB), dtype=y.dtype)  # contiguous rows: tile_update's loops vectorize
         d = np.empty((A * A, NB), dtype=y.dtype)
         tmp = np.empty((A * A, NB), dtype=y.dtype)
         o = np.empty((m * m, NB), dtype=y.dtype)
+        v = np.empty((A * A, NB), dtype=y.dtype)
         for task in range(run * ntasks // runs, (run + 1) * ntasks // runs):
             g = task // nblocks
             t0 = task % nblocks * NB
-            transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, V)
+            transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V)
             for xi in range(A * A):
                 for kb in range(nkb):
-                    acc = Mb[xi, kb * MR:(kb + 1) * MR]
                     acc[:, :] = 0
                     tile_update(acc, Vf, xi * Cin * NB, taps, U[g, xi, kb], Cin, NB)
+                    for i in range(MR):
+                        Mb[kb * MR + i, xi, :] = acc[i]
             transform_output_block(Mb, AT, m, bias, has_bias, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, tmp, o, y)
 
 
@@ -226,14 +233,14 @@ def transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, ti
 
 @njit(parallel=True, cache=True, fastmath=FM)
 def weight_grad_blocks(x, gy, BT, AT, m, N, Gr, Cin, Kout, H, W, P, Q, pad_h, pad_w, NB, runs, dU):
-    """dU[run, g, xi, k, c] = sum over the run's tiles of Z[xi, k, t] V[xi, c, t]."""
+    """dU[run, g, xi, kb, kk, c] = sum over the run's tiles of Z[xi, k, t] V[xi, c, t], k = kb*4 + kk."""
     A = m + 2
     th = (P + m - 1) // m
     tw = (Q + m - 1) // m
     tiles = N * th * tw
     nblocks = (tiles + NB - 1) // NB
     ntasks = Gr * nblocks
-    nkb = dU.shape[3] // MR
+    nkb = dU.shape[3]
     taps = np.arange(NB) * Cin
     for run in prange(runs):
         dUr = dU[run]
@@ -245,10 +252,11 @@ def weight_grad_blocks(x, gy, BT, AT, m, N, Gr, Cin, Kout, H, W, P, Q, pad_h, pa
         d = np.empty((A * A, NB), dtype=x.dtype)
         tmp = np.empty((A * A, NB), dtype=x.dtype)
         z = np.empty((A * A, NB), dtype=x.dtype)
+        v = np.empty((A * A, NB), dtype=x.dtype)
         for task in range(run * ntasks // runs, (run + 1) * ntasks // runs):
             g = task // nblocks
             t0 = task % nblocks * NB
-            transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, V)
+            transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V)
             for xi in range(A * A):
                 for c in range(Cin):
                     for j in range(NB):
@@ -256,7 +264,7 @@ def weight_grad_blocks(x, gy, BT, AT, m, N, Gr, Cin, Kout, H, W, P, Q, pad_h, pa
             transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, d, tmp, z, Zp)
             for xi in range(A * A):
                 for kb in range(nkb):
-                    tile_update(dUr[g, xi, kb * MR:(kb + 1) * MR], Vtf, xi * NB * Cin, taps, Zp[xi, kb], NB, Cin)
+                    tile_update(dUr[g, xi, kb], Vtf, xi * NB * Cin, taps, Zp[xi, kb], NB, Cin)
 
 
 @njit(parallel=True, cache=True)
@@ -275,7 +283,7 @@ def weight_grad_finish(dU, Gm, Gr, Cin, Kout, gw):
             for xi in range(A * A):
                 s = gw.dtype.type(0)
                 for r in range(runs):
-                    s += dU[r, g, xi, k, c]
+                    s += dU[r, g, xi, k // MR, k % MR, c]
                 du[xi, 0] = s
             sandwich(Gt, Gt, du, tmp, f, 1)
             for rs in range(9):
@@ -313,7 +321,7 @@ def _block_tiles(Cin, itemsize, tiles, G):
     NB = max(16, min(128, (128 * 1024) // max(1, Cin * itemsize)))
     NB -= NB % 16
     nthr = _threads()
-    while NB > 16 and G * -(-tiles // NB) < 2 * nthr:
+    while NB > 16 and G * -(-tiles // NB) < nthr:
         NB //= 2
     return NB
 
@@ -372,6 +380,6 @@ def backward_weight(x, gy, gw, gb, s, algo="winograd"):
     NB = _block_tiles(Cg, gw.itemsize, tiles, s.G)
     ntasks = s.G * -(-tiles // NB)
     runs = max(1, min(ntasks, _threads()))
-    dU = np.empty((runs, s.G, A * A, nkb * MR, Cg), dtype=gw.dtype)
+    dU = np.empty((runs, s.G, A * A, nkb, MR, Cg), dtype=gw.dtype)
     weight_grad_blocks(x, gy, BT, AT, m, s.N, s.G, Cg, Kg, s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w, NB, runs, dU)
     weight_grad_finish(dU, Gm, s.G, Cg, Kg, gw)
