@@ -98,8 +98,8 @@ def test_conv2d_weight_grad_chunks(dtype, monkeypatch):
 def test_conv2d_unknown_algo():
     x, w = randn(1, 1, 3, 3, dtype=torch.float32), randn(1, 1, 3, 3, dtype=torch.float32)
     s = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 0, 1, 1))
-    with pytest.raises(NotImplementedError, match="winograd"):
-        nc().conv2d_forward(x, w, None, nan_like((1, 1, 1, 1), torch.float32), s, "winograd")
+    with pytest.raises(NotImplementedError, match="fft"):
+        nc().conv2d_forward(x, w, None, nan_like((1, 1, 1, 1), torch.float32), s, "fft")
 
 
 POOLS = [
@@ -242,6 +242,45 @@ def test_public_conv2d_on_gpu(algo):
     close(y.detach(), yr.detach(), torch.float64, "output")
     for g, r, what in zip(got, want, ("grad_input", "grad_weight", "grad_bias")):
         close(g, r, torch.float64, what)
+
+
+# Winograd F(2x2) / F(4x4): one tiny case each (the simulator runs every GEMM block as Python threads):
+# groups, padding 0 and partial edge tiles for F(2x2) in float64, padding 1 for F(4x4) in float32.
+WINOGRAD = [("winograd_2x2", torch.float64, (1, 4, 4, 5, 4, 0, 2)),
+            ("winograd_4x4", torch.float32, (1, 2, 4, 5, 2, 1, 1)),
+            ("winograd", torch.float32, (2, 1, 3, 3, 2, 1, 1))]
+
+
+@pytest.mark.parametrize("algo,dtype,case", WINOGRAD, ids=[w[0] for w in WINOGRAD])
+def test_conv2d_winograd(algo, dtype, case):
+    N, C, H, W, K, padding, groups = case
+    x, w, b = randn(N, C, H, W, dtype=dtype), randn(K, C // groups, 3, 3, dtype=dtype), randn(K, dtype=dtype)
+    s = _args.conv2d_shape(x, w, b, _args.conv2d_params((3, 3), 1, padding, 1, groups))
+    y = nan_like((N, K, s.P, s.Q), dtype)
+    nc().conv2d_forward(x, w, b, y, s, algo)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    yr = F.conv2d(*leaves, padding=padding, groups=groups)
+    close(y, yr.detach(), dtype, "output")
+    gy = randn(*yr.shape, dtype=dtype)
+    ref = torch.autograd.grad(yr, leaves, gy)
+    gx, gw, gb = nan_like(x.shape, dtype), nan_like(w.shape, dtype), nan_like(b.shape, dtype)
+    nc().conv2d_backward_input(gy, w, gx, s, algo)
+    nc().conv2d_backward_weight(x, gy, gw, gb, s, algo)
+    close(gx, ref[0], dtype, "grad_input")
+    close(gw, ref[1], dtype, "grad_weight")
+    close(gb, ref[2], dtype, "grad_bias")
+
+
+def test_conv2d_winograd_rejects_shapes():
+    from pyconv import PyConvError
+
+    x, w = randn(1, 1, 6, 6, dtype=torch.float32), randn(1, 1, 3, 3, dtype=torch.float32)
+    s = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 2, 0, 1, 1))
+    with pytest.raises(PyConvError, match="winograd_4x4.*stride 1"):
+        nc().conv2d_forward(x, w, None, nan_like((1, 1, s.P, s.Q), torch.float32), s, "winograd_4x4")
+    with pytest.raises(PyConvError, match="winograd.*stride 1"):
+        nc().conv2d_backward_weight(x, nan_like((1, 1, s.P, s.Q), torch.float32), nan_like(w.shape, torch.float32),
+                                    None, s, "winograd")
 
 
 # ---- the fused conv-BN-ReLU pieces: the CPU backends' table checks, run on this backend ---------

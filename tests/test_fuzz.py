@@ -245,8 +245,6 @@ def test_fuzz_conv2d(backend):
     @given(case=conv_cases())
     def run(case):
         x, w, b, kw, algo = case
-        if backend == "numba" and algo.startswith("winograd"):
-            algo = "direct"
 
         def compare(got, ref):
             nonfin = has_nonfinite(x, w, b)
@@ -439,8 +437,6 @@ def test_fuzz_conv_bn_relu(backend):
            momentum=st.sampled_from([0.1, 1.0]), seed=st.integers(0, 2**31 - 1))
     def run(case, training, eps, momentum, seed):
         x, w, b, kw, algo = case
-        if backend == "numba" and algo.startswith("winograd"):
-            algo = "direct"
         gen = torch.Generator().manual_seed(seed)
         K = w.shape[0] if w.dim() >= 1 else 0
         dt = w.dtype if w.dtype.is_floating_point else torch.float32

@@ -27,7 +27,7 @@ def run_checks(simulator: bool, timeout: int):
 def test_table():
     mod = backends.load("numba_cuda")
     assert mod.IMPLEMENTED
-    assert mod.CONV_ALGOS == ("direct", "im2col")
+    assert mod.CONV_ALGOS == ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
     for name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d_forward",
                  "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "batch_norm_forward",
                  "batch_norm_backward", "relu_forward", "relu_backward"):

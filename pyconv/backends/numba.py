@@ -12,7 +12,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     _import_error = str(_e)
 
 IMPLEMENTED = True
-CONV_ALGOS = ("direct", "im2col") if _numba is not None else ()
+CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4") if _numba is not None else ()
 
 
 def is_available() -> bool:
@@ -63,7 +63,26 @@ def _conv_module(algo):
         return _kernels("conv_direct")
     if algo == "im2col":
         return _kernels("conv_im2col")
+    if algo in ("winograd", "winograd_2x2", "winograd_4x4"):
+        wino = _kernels("winograd")  # the tile size depends on the algo name: bind it
+        return _Bound(wino, algo)
     raise NotImplementedError(f"algo={algo!r} is not implemented in the numba backend")
+
+
+class _Bound:
+    """A conv module whose entry points take the algo name as a trailing argument (winograd)."""
+
+    def __init__(self, mod, algo):
+        self.mod, self.algo = mod, algo
+
+    def forward(self, *a):
+        return self.mod.forward(*a, self.algo)
+
+    def backward_input(self, *a):
+        return self.mod.backward_input(*a, self.algo)
+
+    def backward_weight(self, *a):
+        return self.mod.backward_weight(*a, self.algo)
 
 
 def conv2d_forward(x, w, b, y, shape, algo, stats=None):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 IMPLEMENTED = True
-CONV_ALGOS = ("direct", "im2col")  # im2col = implicit GEMM with shared-memory tiles
+# im2col = implicit GEMM with shared-memory tiles; winograd*: F(2x2,3x3) / F(4x4,3x3) (kernels/cuda/winograd.py)
+CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
 
 _SCALAR = {"torch.float32": np.float32, "torch.float64": np.float64}
 
@@ -135,13 +136,18 @@ def conv2d_forward(x, w, b, y, shape, algo, stats=None):
     kernel after the conv)."""
     _check_algo(algo)
     s = shape
+    if algo.startswith("winograd"):
+        _cpu_winograd().check_shape(algo, s)
     if y.numel() == 0:
         if stats is not None:
             stats.zero_()
         return
     with _Launch(x) as L:
         xd, wd, bd, yd = L.arr(x), L.arr(w), L.arr(b), L.arr(y, out=True)
-        if algo == "direct":
+        if algo.startswith("winograd"):
+            _winograd_conv(L, _cpu_winograd().tile_of(algo, s), xd, wd, False, bd, b is not None, yd, s.N, s.G,
+                           s.C // s.G, s.K // s.G, s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w)
+        elif algo == "direct":
             fwd = _k("conv_direct").build(L.scalar)[0]
             L.run(fwd, _blocks(y.numel()), _threads(), xd, wd, bd, b is not None, yd, _geo(s))
         else:
@@ -159,6 +165,8 @@ def conv2d_forward(x, w, b, y, shape, algo, stats=None):
 def conv2d_backward_input(gy, w, gx, shape, algo):
     _check_algo(algo)
     s = shape
+    if algo.startswith("winograd"):
+        return _winograd_backward_input(gy, w, gx, s, algo)
     if gx.numel() == 0:
         return
     with _Launch(gx) as L:
@@ -183,6 +191,8 @@ _WGRAD_CHUNKS_MAX = 64
 def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
     _check_algo(algo)
     s = shape
+    if algo.startswith("winograd"):
+        _cpu_winograd().check_shape(algo, s)
     with _Launch(gy) as L:
         xd, gyd = L.arr(x), L.arr(gy)
         direct = _k("conv_direct").build(L.scalar)
@@ -192,6 +202,8 @@ def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
         if gw is None or gw.numel() == 0:
             return
         gwd = L.arr(gw, out=True)
+        if algo.startswith("winograd"):
+            return _winograd_weight_grad(L, xd, gyd, gwd, s, algo)
         if algo == "direct":
             L.run(direct[2], _blocks(gw.numel() * _threads()), _threads(), xd, gyd, gwd, _geo(s))
             return
@@ -208,6 +220,68 @@ def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
         grid, block = _gemm_grid(Kg, crs, s.G * chunks)
         L.run(gemm, grid, block, gyd, xd, part, L.scratch(1, L.scalar), False, _geo(s), Kg, crs, kdim, kchunk, s.G)
         L.run(reduce_chunks, _blocks(gw.numel()), _threads(), part, chunks, gw.numel(), gwd)
+
+
+# ------------------------------------------------------------------------------- winograd ---
+
+def _cpu_winograd():
+    """The shape check, tile choice and matrices are shared with the CPU kernels' module."""
+    import importlib
+
+    return importlib.import_module("pyconv.kernels.cpu.winograd")
+
+
+def _winograd_conv(L, m, xd, wd, transposed, bd, has_bias, yd, N, G, Cin, Kout, H, W, P, Q, pad_h, pad_w):
+    """Filter transform, input transform, batched GEMM over the (m+2)^2 positions, output transform."""
+    th, tw = -(-P // m), -(-Q // m)
+    tiles = N * th * tw
+    if tiles == 0 or Kout == 0:
+        return
+    tf, ti, gemm, to = _k("winograd").build(L.scalar, m)[:4]
+    nb = G * (m + 2) ** 2
+    U = L.scratch(nb * Kout * Cin, L.scalar)
+    V = L.scratch(nb * Cin * tiles, L.scalar)
+    Mo = L.scratch(nb * Kout * tiles, L.scalar)
+    L.run(tf, _blocks(G * Kout * Cin), _threads(), wd, transposed, G, Cin, Kout, U)
+    L.run(ti, _blocks(G * Cin * tiles), _threads(), xd, G, Cin, H, W, th, tw, tiles, pad_h, pad_w, V)
+    grid, block = _gemm_grid(Kout, tiles, nb)
+    L.run(gemm, grid, block, U, V, Mo, bd, False, (Cin, Kout, tiles, nb), Kout, tiles, Cin, max(Cin, 1), nb)
+    L.run(to, _blocks(G * Kout * tiles), _threads(), Mo, bd, has_bias, G, Kout, P, Q, th, tw, tiles, yd)
+
+
+def _winograd_backward_input(gy, w, gx, s, algo):
+    wino = _cpu_winograd()
+    wino.check_shape(algo, s)
+    if gx.numel() == 0:
+        return
+    with _Launch(gx) as L:
+        _winograd_conv(L, wino.tile_of(algo, s), L.arr(gy), L.arr(w), True, L.scratch(1, L.scalar), False,
+                       L.arr(gx, out=True), s.N, s.G, s.K // s.G, s.C // s.G, s.P, s.Q, s.H, s.W,
+                       2 - s.pad_h, 2 - s.pad_w)
+
+
+def _winograd_weight_grad(L, xd, gyd, gwd, s, algo):
+    """Input and grad-output transforms, the tile-sum GEMM in chunks, chunk sum + G^T . G."""
+    m = _cpu_winograd().tile_of(algo, s)
+    Cg, Kg = s.C // s.G, s.K // s.G
+    th, tw = -(-s.P // m), -(-s.Q // m)
+    tiles = s.N * th * tw
+    ti, tgo, gemm, finish = (_k("winograd").build(L.scalar, m)[i] for i in (1, 4, 5, 6))
+    nb = s.G * (m + 2) ** 2
+    V = L.scratch(nb * Cg * tiles, L.scalar)
+    Z = L.scratch(nb * Kg * tiles, L.scalar)
+    T = _k("_common").TILE
+    chunks = max(1, min(_WGRAD_CHUNKS_MAX, tiles // _WGRAD_CHUNK_MIN, 65535 // nb))
+    kchunk = max(1, -(-(-(-tiles // chunks)) // T)) * T  # a whole number of GEMM tiles per chunk
+    chunks = max(1, -(-tiles // kchunk))
+    part = L.scratch(chunks * nb * Kg * Cg, L.scalar)
+    if tiles:
+        L.run(ti, _blocks(s.G * Cg * tiles), _threads(), xd, s.G, Cg, s.H, s.W, th, tw, tiles, s.pad_h, s.pad_w, V)
+        L.run(tgo, _blocks(s.G * Kg * tiles), _threads(), gyd, s.G, Kg, s.P, s.Q, th, tw, tiles, Z)
+    grid, block = _gemm_grid(Kg, Cg, nb * chunks)
+    L.run(gemm, grid, block, Z, V, part, L.scratch(1, L.scalar), False, (Cg, Kg, tiles, nb), Kg, Cg, tiles, kchunk,
+          nb)
+    L.run(finish, _blocks(s.G * Kg * Cg), _threads(), part, chunks, s.G, Cg, Kg, gwd)
 
 
 # --------------------------------------------------------------------------------- pooling ---
