@@ -259,3 +259,196 @@ def test_batch_norm(size, affine, training, dtype, table=emu, device="cpu"):
     if affine:
         assert_close(gw.cpu(), grads[1], dtype, "batch_norm grad_weight")
         assert_close(gb.cpu(), grads[2], dtype, "batch_norm grad_bias")
+
+
+# ------------------------------------------------------------- conv-BN-ReLU fusion (issues #7, #10) ---
+# ReLU kernels, batch norm with a fused ReLU / statistics from the conv epilogue / a ReLU-masked
+# backward, and the conv forward that also writes per-channel sums of its output.
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("n", [1031, 3])
+def test_relu(n, offset, dtype):
+    # offset 1 shifts every buffer off the 16-byte boundary: the scalar (unvectorized) kernel runs.
+    base = torch.randn(n + offset, dtype=dtype)
+    base[offset] = NAN
+    base[offset + 1] = 0.0
+    base[offset + 2] = -0.0
+    x = base[offset:]
+    gz = torch.randn(n + offset, dtype=dtype)[offset:]
+    expected = torch.relu(x)
+    z = x.clone() if offset == 0 else torch.empty(n + offset, dtype=dtype)[offset:].copy_(x)
+    emu.relu_forward(z)
+    assert torch.equal(z.isnan(), expected.isnan()) and torch.equal(z.nan_to_num(), expected.nan_to_num())
+    zl = x.clone().requires_grad_()
+    (gref,) = torch.autograd.grad(torch.relu(zl), zl, gz)
+    gx = torch.full((n + offset,), NAN, dtype=dtype)[offset:]
+    emu.relu_backward(gz, z, gx)
+    # torch masks on the input, threshold_backward on the output: equal except at NaN (z NaN -> gz).
+    ref = torch.where(z.isnan(), gz, gref)
+    assert torch.equal(gx, ref)
+
+
+def bn_case(size, dtype, affine=True):
+    C = size[1]
+    x = torch.randn(*size, dtype=dtype) * 3 + 1
+    w = torch.randn(C, dtype=dtype) if affine else None
+    b = torch.randn(C, dtype=dtype) if affine else None
+    return x, w, b, torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_relu_forward(affine, training, dtype):
+    x, w, b, rm, rv = bn_case((3, 4, 5, 7), dtype, affine)
+    if not training:
+        x[1, 2, 3, 4] = NAN  # eval: statistics are constants, the NaN stays in its element
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    yr = torch.relu(F.batch_norm(x, rm_ref, rv_ref, w, b, training, 0.1, 1e-5))
+    shape = _args.batch_norm_shape(x, rm, rv, w, b, training, 0.1, 1e-5)
+    y, sm, si = nan_like(x), torch.full((4,), NAN, dtype=dtype), torch.full((4,), NAN, dtype=dtype)
+    emu.batch_norm_forward(x, w, b, rm, rv, y, sm, si, shape, training, 0.1, 1e-5, relu=True)
+    assert torch.equal(y.isnan(), yr.isnan())
+    assert (y.nan_to_num() >= 0).all()
+    assert_close(y.nan_to_num(), yr.nan_to_num(), dtype, "batch_norm+relu output")
+    assert_close(rm, rm_ref, dtype, "running_mean")
+    assert_close(rv, rv_ref, dtype, "running_var")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_relu_output(affine, training, dtype):
+    x, w, b, rm, rv = bn_case((3, 4, 5, 7), dtype, affine)
+    leaves = [x.clone().requires_grad_()] + ([w.clone().requires_grad_(), b.clone().requires_grad_()] if affine else [])
+    zr = torch.relu(F.batch_norm(leaves[0], rm.clone(), rv.clone(), *(leaves[1:] if affine else (None, None)),
+                                 training, 0.1, 1e-5))
+    gz = torch.randn_like(zr)
+    grads = torch.autograd.grad(zr, leaves, gz)
+    shape = _args.batch_norm_shape(x, rm, rv, w, b, training, 0.1, 1e-5)
+    z, sm, si = nan_like(x), torch.full((4,), NAN, dtype=dtype), torch.full((4,), NAN, dtype=dtype)
+    emu.batch_norm_forward(x, w, b, rm, rv, z, sm, si, shape, training, 0.1, 1e-5, relu=True)
+    gx = nan_like(x)
+    gw, gb = (nan_like(w), nan_like(b)) if affine else (None, None)
+    emu.batch_norm_backward(gz, x, w, sm, si, gx, gw, gb, shape, training, relu_output=z)
+    assert_close(gx, grads[0], dtype, "grad_input through relu")
+    if affine:
+        assert_close(gw, grads[1], dtype, "grad_weight through relu")
+        assert_close(gb, grads[2], dtype, "grad_bias through relu")
+
+
+# Odd sizes: N*P*Q not a multiple of the 64-column tile, K above one 64-row tile (implicit GEMM
+# only: the emulator is slow), groups; several direct-kernel parts per channel (800 outputs: 4 parts).
+STATS_CASES = [
+    (2, 3, 9, 11, 5, 3, 3, dict(padding=1)),
+    (1, 16, 5, 13, 70, 1, 1, dict()),
+    (2, 8, 7, 7, 12, 3, 3, dict(groups=4, padding=1, stride=2)),
+    (2, 2, 20, 20, 5, 1, 1, dict()),
+]
+
+
+def conv_with_stats(algo, dtype, case):
+    N, C, H, W, K, R, S, kw = case
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // kw.get("groups", 1), R, S, dtype=dtype)
+    b = torch.randn(K, dtype=dtype) + 2  # a mean away from 0
+    shape = conv_shape(x, w, kw)
+    y = nan_like(x, (shape.N, shape.K, shape.P, shape.Q))
+    stats = torch.full((2, K), NAN, dtype=torch.float64)
+    emu.conv2d_forward(x, w, b, y, shape, algo, stats=stats)
+    return x, w, b, shape, y, stats
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", STATS_CASES, ids=lambda c: f"{c[:7]}{c[7]}")
+def test_conv2d_forward_stats(case, dtype, algo):
+    if case[4] == 70 and algo == "direct":
+        pytest.skip("K=70: one block per channel for direct, nothing new but emulator time")
+    x, w, b, shape, y, stats = conv_with_stats(algo, dtype, case)
+    y_plain = nan_like(y)
+    emu.conv2d_forward(x, w, b, y_plain, shape, algo)
+    assert torch.equal(y, y_plain), "the stats epilogue changed y"
+    yd = y.double()
+    expected = torch.stack([yd.sum((0, 2, 3)), (yd * yd).sum((0, 2, 3))])
+    assert torch.allclose(stats, expected, rtol=1e-12, atol=1e-9), (stats - expected).abs().max()
+    again = torch.full_like(stats, NAN)
+    emu.conv2d_forward(x, w, b, nan_like(y), shape, algo, stats=again)
+    assert torch.equal(again, stats), "stats are not bit-reproducible"
+
+
+def test_conv2d_forward_stats_checks():
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    shape = conv_shape(x, w, {})
+    with pytest.raises(PyConvError, match="float64"):
+        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "direct", stats=torch.empty(2, 3))
+    with pytest.raises(PyConvError, match="elements"):
+        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "im2col",
+                           stats=torch.empty(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_batch_norm_forward_with_conv_stats(algo, dtype):
+    x, w, b, shape, y, stats = conv_with_stats(algo, dtype, STATS_CASES[0])
+    K = shape.K
+    bnw, bnb = torch.randn(K, dtype=dtype), torch.randn(K, dtype=dtype)
+    rm, rv = torch.randn(K, dtype=dtype), torch.rand(K, dtype=dtype) + 0.5
+    bshape = _args.batch_norm_shape(y, rm, rv, bnw, bnb, True, 0.1, 1e-5)
+    outs = []
+    for st in (None, stats):
+        z, sm, si = nan_like(y), torch.full((K,), NAN, dtype=dtype), torch.full((K,), NAN, dtype=dtype)
+        rm_k, rv_k = rm.clone(), rv.clone()
+        emu.batch_norm_forward(y, bnw, bnb, rm_k, rv_k, z, sm, si, bshape, True, 0.1, 1e-5, stats=st)
+        outs.append((z, sm, si, rm_k, rv_k))
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    zr = F.batch_norm(y, rm_ref, rv_ref, bnw, bnb, True, 0.1, 1e-5)
+    for name, plain, fused, ref in zip(("output", "save_mean", "save_invstd", "running_mean", "running_var"),
+                                       outs[0], outs[1], (zr, y.mean((0, 2, 3)), None, rm_ref, rv_ref)):
+        assert_close(fused, plain, dtype, f"stats path vs statistics pass: {name}")
+        if ref is not None:
+            assert_close(fused, ref, dtype, f"stats path vs torch: {name}")
+    with pytest.raises(PyConvError, match="training"):
+        emu.batch_norm_forward(y, bnw, bnb, rm, rv, nan_like(y), outs[0][1], outs[0][2], bshape, False, 0.1, 1e-5,
+                               stats=stats)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv_bn_relu_sequence(algo, dtype):
+    """The cuda table's functions in the order of pyconv/ops/conv_bn_relu.py (training, the fused
+    keywords) against torch's conv2d -> batch_norm -> relu autograd."""
+    N, C, H, W, K, R, S, kw = (2, 3, 9, 11, 5, 3, 3, dict(padding=1, stride=(1, 2)))
+    x, w, b = torch.randn(N, C, H, W, dtype=dtype), torch.randn(K, C, R, S, dtype=dtype), torch.randn(K, dtype=dtype)
+    bnw, bnb = torch.randn(K, dtype=dtype), torch.randn(K, dtype=dtype)
+    rm, rv = torch.randn(K, dtype=dtype), torch.rand(K, dtype=dtype) + 0.5
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, bnw, bnb)]
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    zr = torch.relu(F.batch_norm(F.conv2d(*leaves[:3], **kw), rm_ref, rv_ref, leaves[3], leaves[4], True, 0.1, 1e-5))
+    gz = torch.randn_like(zr)
+    grads = torch.autograd.grad(zr, leaves, gz)
+
+    shape = conv_shape(x, w, kw)
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    y, z = nan_like(x, out), nan_like(x, out)
+    stats = torch.full((2, K), NAN, dtype=torch.float64)
+    sm, si = torch.full((K,), NAN, dtype=dtype), torch.full((K,), NAN, dtype=dtype)
+    emu.conv2d_forward(x, w, b, y, shape, algo, stats=stats)
+    bshape = _args.BatchNormShape(shape.N, shape.K, shape.P * shape.Q)
+    emu.batch_norm_forward(y, bnw, bnb, rm, rv, z, sm, si, bshape, True, 0.1, 1e-5, relu=True, stats=stats)
+    gy, gbnw, gbnb = nan_like(z), nan_like(bnw), nan_like(bnb)
+    emu.batch_norm_backward(gz, y, bnw, sm, si, gy, gbnw, gbnb, bshape, True, relu_output=z)
+    gx, gw, gb = nan_like(x), nan_like(w), nan_like(b)
+    emu.conv2d_backward_input(gy, w, gx, shape, algo)
+    emu.conv2d_backward_weight(x, gy, gw, gb, shape, algo)
+
+    assert_close(z, zr.detach(), dtype, "output")
+    assert_close(rm, rm_ref, dtype, "running_mean")
+    assert_close(rv, rv_ref, dtype, "running_var")
+    for name, a, e in zip(("grad_input", "grad_weight", "grad_bn_weight", "grad_bn_bias"),
+                          (gx, gw, gbnw, gbnb), grads[:2] + grads[3:]):
+        assert_close(a, e, dtype, name)
+    # The conv bias gradient is sum gy per channel, zero up to rounding after a training-mode BN:
+    # compared in absolute terms.
+    assert torch.allclose(gb, grads[2], rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-10), (gb, grads[2])

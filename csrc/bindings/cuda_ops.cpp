@@ -171,7 +171,8 @@ void avg_bwd(const kern::PoolDims& s, const py::object& gy, const py::object& gx
 template <typename T>
 void bn_fwd(const kern::BatchNormDims& s, const py::object& x, const py::object& w, const py::object& b,
             const py::object& rm, const py::object& rv, const py::object& y, const py::object& sm,
-            const py::object& si, bool training, double momentum, double eps, uintptr_t stream) {
+            const py::object& si, bool training, double momentum, double eps, bool relu, const py::object& stats,
+            uintptr_t stream) {
   const int64_t n = numel_of({s.N, s.C, s.L});
   const T* xp = buffer<const T>(x, "input", n);
   const T* wp = buffer<const T>(w, "weight", s.C, true);
@@ -182,14 +183,17 @@ void bn_fwd(const kern::BatchNormDims& s, const py::object& x, const py::object&
   T* yp = buffer<T>(y, "output", n);
   T* smp = buffer<T>(sm, "save_mean", s.C);
   T* sip = buffer<T>(si, "save_invstd", s.C);
+  const double* stp = buffer<const double>(stats, "stats", 2 * s.C, true);
+  PYCONV_CHECK(!stp || training, "stats: only used in training mode (eval normalizes with the running stats)");
   py::gil_scoped_release nogil;
-  kern::batch_norm_fprop<T>(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stream_of(stream));
+  kern::batch_norm_fprop<T>(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, relu, stp,
+                            stream_of(stream));
 }
 
 template <typename T>
 void bn_bwd(const kern::BatchNormDims& s, const py::object& gy, const py::object& x, const py::object& w,
             const py::object& sm, const py::object& si, const py::object& gx, const py::object& gw,
-            const py::object& gb, const py::object& ws, bool training, uintptr_t stream) {
+            const py::object& gb, const py::object& ws, const py::object& z, bool training, uintptr_t stream) {
   const int64_t n = numel_of({s.N, s.C, s.L});
   const T* gyp = buffer<const T>(gy, "grad_output", n);
   const T* xp = buffer<const T>(x, "input", n);
@@ -200,8 +204,73 @@ void bn_bwd(const kern::BatchNormDims& s, const py::object& gy, const py::object
   T* gwp = buffer<T>(gw, "grad_weight", s.C, true);
   T* gbp = buffer<T>(gb, "grad_bias", s.C, true);
   T* wsp = buffer<T>(ws, "workspace", 2 * s.C);
+  const T* zp = buffer<const T>(z, "relu_output", n, true);
   py::gil_scoped_release nogil;
-  kern::batch_norm_bprop<T>(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, wsp, training, stream_of(stream));
+  kern::batch_norm_bprop<T>(s, gyp, xp, wp, smp, sip, zp, gxp, gwp, gbp, wsp, training, stream_of(stream));
+}
+
+// ---- conv-BN-ReLU fusion: ReLU kernels and the conv forward with per-channel output statistics ----
+
+template <typename T>
+void relu_fwd(int64_t n, const py::object& x, uintptr_t stream) {
+  PYCONV_CHECK(n >= 0, "relu: negative size ", n);
+  T* xp = buffer<T>(x, "input", n);
+  py::gil_scoped_release nogil;
+  kern::relu_fprop<T>(n, xp, stream_of(stream));
+}
+
+template <typename T>
+void relu_bwd(int64_t n, const py::object& gz, const py::object& z, const py::object& gx, uintptr_t stream) {
+  PYCONV_CHECK(n >= 0, "relu: negative size ", n);
+  const T* gzp = buffer<const T>(gz, "grad_output", n);
+  const T* zp = buffer<const T>(z, "output", n);
+  T* gxp = buffer<T>(gx, "grad_input", n);
+  py::gil_scoped_release nogil;
+  kern::relu_bprop<T>(n, gzp, zp, gxp, stream_of(stream));
+}
+
+// Elements of the float64 workspace conv2d_forward_stats needs; the algos with a stats epilogue only.
+int64_t conv_stats_workspace(Algo algo, const ConvShape& s) {
+  PYCONV_CHECK(algo == Algo::direct || algo == Algo::igemm,
+               "stats: the conv forward statistics epilogue exists for algo='direct' and 'im2col' only");
+  return kern::conv_fprop_stats_workspace(s, algo == Algo::igemm);
+}
+
+template <typename T>
+void conv_fwd_stats(Algo algo, const ConvShape& s, const py::object& x, const py::object& w, const py::object& b,
+                    const py::object& y, const py::object& stats, const py::object& ws, uintptr_t stream) {
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* bp = buffer<const T>(b, "bias", s.K, true);
+  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  double* stp = buffer<double>(stats, "stats", 2 * s.K);
+  double* wsp = buffer<double>(ws, "workspace", conv_stats_workspace(algo, s));
+  py::gil_scoped_release nogil;
+  if (algo == Algo::direct) kern::conv_direct_fprop_stats<T>(s, xp, wp, bp, yp, stp, wsp, stream_of(stream));
+  else kern::conv_igemm_fprop_stats<T>(s, xp, wp, bp, yp, stp, wsp, stream_of(stream));
+}
+
+void bind_fusion_ops(py::module_& m) {
+  using A16 = std::array<int64_t, 16>;
+  using O = const py::object&;
+  m.def("relu_forward", [](const std::string& dt, int64_t n, O x, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) relu_fwd<float>(n, x, stream);
+    else relu_fwd<double>(n, x, stream);
+  });
+  m.def("relu_backward", [](const std::string& dt, int64_t n, O gz, O z, O gx, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32) relu_bwd<float>(n, gz, z, gx, stream);
+    else relu_bwd<double>(n, gz, z, gx, stream);
+  });
+  m.def("conv2d_forward_stats_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
+    return conv_stats_workspace(parse_algo(algo), conv_shape(shape));
+  }, "Elements of the float64 workspace conv2d_forward_stats needs.");
+  m.def("conv2d_forward_stats", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w, O b,
+                                   O y, O stats, O ws, uintptr_t stream) {
+    const Algo a = parse_algo(algo);
+    const ConvShape s = conv_shape(shape);
+    if (parse_dtype(dt) == DT::f32) conv_fwd_stats<float>(a, s, x, w, b, y, stats, ws, stream);
+    else conv_fwd_stats<double>(a, s, x, w, b, y, stats, ws, stream);
+  }, "conv2d_forward that also writes stats[0][k] = sum y, stats[1][k] = sum y^2 (float64).");
 }
 
 }  // namespace
@@ -256,15 +325,19 @@ void bind_cuda_ops(py::module_& m) {
     else avg_bwd<double>(pool_dims(shape), gy, gx, cip, div, stream);
   });
   m.def("batch_norm_forward", [](const std::string& dt, const A3& shape, O x, O w, O b, O rm, O rv, O y, O sm,
-                                 O si, bool training, double momentum, double eps, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) bn_fwd<float>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, stream);
-    else bn_fwd<double>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, stream);
+                                 O si, bool training, double momentum, double eps, bool relu, O stats,
+                                 uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32)
+      bn_fwd<float>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, relu, stats, stream);
+    else bn_fwd<double>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, relu, stats, stream);
   });
   m.def("batch_norm_backward", [](const std::string& dt, const A3& shape, O gy, O x, O w, O sm, O si, O gx, O gw,
-                                  O gb, O ws, bool training, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) bn_bwd<float>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, training, stream);
-    else bn_bwd<double>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, training, stream);
+                                  O gb, O ws, O z, bool training, uintptr_t stream) {
+    if (parse_dtype(dt) == DT::f32)
+      bn_bwd<float>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, z, training, stream);
+    else bn_bwd<double>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, z, training, stream);
   });
+  bind_fusion_ops(m);
 }
 
 // pyconv::Error -> pyconv.PyConvError, for both modules.

@@ -4,3 +4,7 @@
 
 PYCONV_INSTANTIATE_CONV(float)
 PYCONV_INSTANTIATE_CONV(double)
+
+// conv-BN fusion: fprop with per-channel output statistics.
+PYCONV_INSTANTIATE_CONV_STATS(float)
+PYCONV_INSTANTIATE_CONV_STATS(double)

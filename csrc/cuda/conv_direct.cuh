@@ -8,6 +8,9 @@
 //   wgrad  gw[k,c,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]
 //          (one thread per weight element, serial over n,p,q)
 //   bias   gb[k] = sum_{n,p,q} gy[n,k,p,q]   (one block per k, block_sum)
+//   stats  (fprop for conv-BN) also stats[0][k] = sum_{n,p,q} y[n,k,p,q], stats[1][k] = sum y^2 in float64:
+//          block (k, part) computes a strided share of channel k's outputs and block_sums them into
+//          ws[.][part][k]; conv_stats_sum_kernel adds the parts in order (deterministic).
 #pragma once
 #include "cuda/block_reduce.cuh"
 #include "cuda/kernels.h"
@@ -24,30 +27,77 @@ inline unsigned elementwise_blocks(int64_t n) {
   return unsigned(b < 8192 ? b : 8192);
 }
 
+// y[n,k,p,q] (fprop of one output element).
+template <typename T>
+PYCONV_DEVICE T conv_direct_output(const ConvShape& s, const T* x, const T* w, const T* b, int64_t n, int64_t k,
+                                   int64_t p, int64_t q) {
+  const int64_t Cg = s.C / s.G, Kg = s.K / s.G;
+  const int64_t g = k / Kg;
+  const int64_t h0 = p * s.stride_h - s.pad_h, v0 = q * s.stride_w - s.pad_w;
+  T acc = b ? b[k] : T(0);
+  for (int64_t c = 0; c < Cg; ++c) {
+    const T* xc = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
+    const T* wc = w + ((k * Cg + c) * s.R) * s.S;
+    for (int64_t r = 0; r < s.R; ++r) {
+      const int64_t h = h0 + r * s.dil_h;
+      if (h < 0 || h >= s.H) continue;
+      for (int64_t t = 0; t < s.S; ++t) {
+        const int64_t v = v0 + t * s.dil_w;
+        if (v < 0 || v >= s.W) continue;
+        acc += wc[r * s.S + t] * xc[h * s.W + v];
+      }
+    }
+  }
+  return acc;
+}
+
 template <typename T>
 PYCONV_GLOBAL void conv_direct_fprop_kernel(ConvShape s, const T* x, const T* w, const T* b, T* y) {
-  const int64_t Cg = s.C / s.G, Kg = s.K / s.G;
   const int64_t total = s.N * s.K * s.P * s.Q;
   for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
     const int64_t q = i % s.Q, p = (i / s.Q) % s.P, k = (i / (s.Q * s.P)) % s.K, n = i / (s.Q * s.P * s.K);
-    const int64_t g = k / Kg;
-    const int64_t h0 = p * s.stride_h - s.pad_h, v0 = q * s.stride_w - s.pad_w;
-    T acc = b ? b[k] : T(0);
-    for (int64_t c = 0; c < Cg; ++c) {
-      const T* xc = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
-      const T* wc = w + ((k * Cg + c) * s.R) * s.S;
-      for (int64_t r = 0; r < s.R; ++r) {
-        const int64_t h = h0 + r * s.dil_h;
-        if (h < 0 || h >= s.H) continue;
-        for (int64_t t = 0; t < s.S; ++t) {
-          const int64_t v = v0 + t * s.dil_w;
-          if (v < 0 || v >= s.W) continue;
-          acc += wc[r * s.S + t] * xc[h * s.W + v];
-        }
-      }
-    }
-    y[i] = acc;
+    y[i] = conv_direct_output(s, x, w, b, n, k, p, q);
   }
+}
+
+// Block (k = blockIdx.x, part = blockIdx.y): outputs j = part*256 + t, stepping by parts*256 over
+// channel k's N*P*Q outputs; the block's float64 sums of y and y^2 go to ws[0][part][k], ws[1][part][k].
+template <typename T>
+PYCONV_GLOBAL void conv_direct_fprop_stats_kernel(ConvShape s, const T* x, const T* w, const T* b, T* y,
+                                                  double* ws, int64_t parts) {
+  PYCONV_SHARED_ARRAY(double, scratch, kReduceThreads);
+  const int64_t k = block_x(), part = block_y(), PQ = s.P * s.Q;
+  double sum = 0, sq = 0;
+  for (int64_t j = part * kReduceThreads + thread_x(); j < s.N * PQ; j += parts * kReduceThreads) {
+    const int64_t n = j / PQ, pq = j % PQ;
+    const T v = conv_direct_output(s, x, w, b, n, k, pq / s.Q, pq % s.Q);
+    y[(n * s.K + k) * PQ + pq] = v;
+    sum += double(v);
+    sq += double(v) * double(v);
+  }
+  sum = block_sum(sum, scratch);
+  sq = block_sum(sq, scratch);
+  if (thread_x() == 0) {
+    ws[part * s.K + k] = sum;
+    ws[(parts + part) * s.K + k] = sq;
+  }
+}
+
+// stats[i] = sum_{j < parts} ws[i / K][j][i % K], in order j = 0, 1, ... (i over [2][K]).
+// (A = double; a template so that the header can define it in every translation unit.)
+template <typename A>
+PYCONV_GLOBAL void conv_stats_sum_kernel(const A* ws, A* stats, int64_t K, int64_t parts) {
+  for (int64_t i = global_thread_index(); i < 2 * K; i += global_thread_count()) {
+    const A* src = ws + (i / K) * parts * K + i % K;
+    A acc = 0;
+    for (int64_t j = 0; j < parts; ++j) acc += src[j * K];
+    stats[i] = acc;
+  }
+}
+
+inline void conv_stats_sum(const ConvShape& s, const double* ws, double* stats, int64_t parts, stream_t st) {
+  launch(&conv_stats_sum_kernel<double>, {elementwise_blocks(2 * s.K), 1, 1}, {kElementwiseThreads, 1, 1}, st,
+         "conv_fprop_stats_sum", ws, stats, s.K, parts);
 }
 
 template <typename T>
@@ -127,6 +177,16 @@ template <typename T>
 void conv_direct_fprop(const ConvShape& s, const T* x, const T* w, const T* b, T* y, stream_t st) {
   launch(&conv_direct_fprop_kernel<T>, {elementwise_blocks(s.N * s.K * s.P * s.Q), 1, 1},
          {kElementwiseThreads, 1, 1}, st, "conv_direct_fprop", s, x, w, b, y);
+}
+
+template <typename T>
+void conv_direct_fprop_stats(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                             double* ws, stream_t st) {
+  const int64_t parts = conv_direct_stats_parts(s);
+  const Dim3 grid{grid_dim(s.K, 2147483647, "conv_direct_fprop_stats"), unsigned(parts), 1};
+  launch(&conv_direct_fprop_stats_kernel<T>, grid, {kReduceThreads, 1, 1}, st, "conv_direct_fprop_stats", s, x, w,
+         b, y, ws, parts);
+  conv_stats_sum(s, ws, stats, parts, st);
 }
 
 template <typename T>

@@ -14,7 +14,13 @@
 // Kernel: a 256-thread block computes a BM x BN tile of C; per BK slab it stages A (BK x BM) and
 // B (BK x BN) tiles in shared memory (zero-filled past the edges), then each thread accumulates a
 // TM x TN register block with outer products of TM values of A and TN values of B per k.
+//
+// fprop with stats (conv-BN fusion): the epilogue also reduces the tile it stores per output channel,
+// in float64, over the tile's valid columns (n < N*P*Q), into partials[0|1][blockIdx.x][g*Kg+m]
+// (sum y, sum y^2); conv_stats_sum_kernel then adds the blockIdx.x parts in order (deterministic).
 #pragma once
+#include <type_traits>
+
 #include "cuda/conv_direct.cuh"
 
 namespace pyconv {
@@ -58,9 +64,11 @@ struct FpropProblem {
     if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
     return b_.img[(c * s.H + h) * s.W + v];
   }
-  PYCONV_HD void store(int64_t g, int64_t, int64_t m, int64_t n, T v) const {
+  PYCONV_HD T store(int64_t g, int64_t, int64_t m, int64_t n, T v) const {  // returns the value written
     const int64_t PQ = s.P * s.Q, ko = g * M() + m;
-    y[((n / PQ) * s.K + ko) * PQ + n % PQ] = v + (b ? b[ko] : T(0));
+    const T out = v + (b ? b[ko] : T(0));
+    y[((n / PQ) * s.K + ko) * PQ + n % PQ] = out;
+    return out;
   }
 };
 
@@ -137,6 +145,52 @@ struct WgradProblem {
   }
 };
 
+// fprop whose epilogue also writes per-channel partial sums: partials[2][gridDim.x][K].
+template <typename T>
+struct FpropStatsProblem : FpropProblem<T> {
+  double* partials;
+};
+
+template <typename Problem>
+struct IgemmStatsEpilogue : std::false_type {};
+template <typename T>
+struct IgemmStatsEpilogue<FpropStatsProblem<T>> : std::true_type {};
+
+// Stores the tile like the plain epilogue, and reduces it per row m (channel): each thread sums its
+// TN columns of each of its TM rows in float64, then the BN/TN threads of a row band fold their
+// partials from shared memory in a fixed order. Rows past M and columns past N (partial tiles)
+// contribute nothing.
+template <typename T, int TM, int TN>
+PYCONV_DEVICE void igemm_store_with_stats(const FpropStatsProblem<T>& pr, const T (&acc)[TM][TN], int64_t g,
+                                          int64_t m0, int64_t n0, int tm, int tn) {
+  constexpr int BM = kIgemmBM, COLS = kIgemmBN / TN;
+  PYCONV_SHARED_ARRAY(double, red, 2 * BM * COLS);  // red[sum | sum of squares][row][column thread]
+  const int64_t M = pr.M(), N = pr.N();
+  PYCONV_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    double sum = 0, sq = 0;
+    PYCONV_UNROLL
+    for (int j = 0; j < TN; ++j) {
+      const int64_t m = m0 + tm + i, n = n0 + tn + j;
+      if (m < M && n < N) {
+        const double v = double(pr.store(g, 0, m, n, acc[i][j]));
+        sum += v;
+        sq += v * v;
+      }
+    }
+    red[(tm + i) * COLS + tn / TN] = sum;
+    red[(BM + tm + i) * COLS + tn / TN] = sq;
+  }
+  PYCONV_SYNC();
+  const int t = int(thread_x());
+  if (t < 2 * BM && m0 + t % BM < M) {
+    const int which = t / BM, row = t % BM;
+    double total = 0;
+    for (int c = 0; c < COLS; ++c) total += red[(which * BM + row) * COLS + c];
+    pr.partials[(which * int64_t(grid_dim_x()) + block_x()) * pr.s.K + g * M + m0 + row] = total;
+  }
+}
+
 template <typename T, typename Problem>
 PYCONV_GLOBAL void PYCONV_LAUNCH_BOUNDS(kIgemmThreads) conv_igemm_kernel(Problem pr, int64_t splits, int64_t slab) {
   constexpr int BM = kIgemmBM, BN = kIgemmBN, BK = kIgemmBK, TM = kIgemmTM, TN = kIgemmTN;
@@ -192,13 +246,17 @@ PYCONV_GLOBAL void PYCONV_LAUNCH_BOUNDS(kIgemmThreads) conv_igemm_kernel(Problem
     PYCONV_SYNC();  // the next slab overwrites the tiles
   }
 
-  PYCONV_UNROLL
-  for (int i = 0; i < TM; ++i)
+  if constexpr (IgemmStatsEpilogue<Problem>::value) {
+    igemm_store_with_stats<T>(pr, acc, g, m0, n0, tm, tn);
+  } else {
     PYCONV_UNROLL
-    for (int j = 0; j < TN; ++j) {
-      const int64_t m = m0 + tm + i, n = n0 + tn + j;
-      if (m < M && n < N) pr.store(g, split, m, n, acc[i][j]);
-    }
+    for (int i = 0; i < TM; ++i)
+      PYCONV_UNROLL
+      for (int j = 0; j < TN; ++j) {
+        const int64_t m = m0 + tm + i, n = n0 + tn + j;
+        if (m < M && n < N) pr.store(g, split, m, n, acc[i][j]);
+      }
+  }
 }
 
 // gw[i] = sum_{j < splits} ws[j][i], in order j = 0, 1, ...
@@ -223,6 +281,15 @@ template <typename T>
 void conv_igemm_fprop(const ConvShape& s, const T* x, const T* w, const T* b, T* y, stream_t st) {
   const FpropProblem<T> pr{s, x, w, b, y};
   igemm_run<T>(pr, s.G, 1, pr.K(), st, "conv_igemm_fprop");
+}
+
+template <typename T>
+void conv_igemm_fprop_stats(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                            double* ws, stream_t st) {
+  const FpropStatsProblem<T> pr{{s, x, w, b, y}, ws};
+  igemm_run<T>(pr, s.G, 1, pr.K(), st, "conv_igemm_fprop_stats");
+  // No outputs (N*P*Q == 0): no tile ran, and zero parts sum to zero.
+  conv_stats_sum(s, ws, stats, pr.N() > 0 ? conv_igemm_stats_parts(s) : 0, st);
 }
 
 template <typename T>

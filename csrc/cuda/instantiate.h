@@ -30,8 +30,26 @@
   namespace pyconv {                                                                                      \
   namespace kern {                                                                                        \
   template void batch_norm_fprop<T>(const BatchNormDims&, const T*, const T*, const T*, T*, T*, T*, T*,   \
-                                    T*, bool, double, double, stream_t);                                  \
+                                    T*, bool, double, double, bool, const double*, stream_t);             \
   template void batch_norm_bprop<T>(const BatchNormDims&, const T*, const T*, const T*, const T*,         \
-                                    const T*, T*, T*, T*, T*, bool, stream_t);                            \
+                                    const T*, const T*, T*, T*, T*, T*, bool, stream_t);                  \
+  }                                                                                                       \
+  }
+
+#define PYCONV_INSTANTIATE_RELU(T)                                                                        \
+  namespace pyconv {                                                                                      \
+  namespace kern {                                                                                        \
+  template void relu_fprop<T>(int64_t, T*, stream_t);                                                     \
+  template void relu_bprop<T>(int64_t, const T*, const T*, T*, stream_t);                                 \
+  }                                                                                                       \
+  }
+
+#define PYCONV_INSTANTIATE_CONV_STATS(T)                                                                  \
+  namespace pyconv {                                                                                      \
+  namespace kern {                                                                                        \
+  template void conv_direct_fprop_stats<T>(const ConvShape&, const T*, const T*, const T*, T*, double*,   \
+                                           double*, stream_t);                                            \
+  template void conv_igemm_fprop_stats<T>(const ConvShape&, const T*, const T*, const T*, T*, double*,    \
+                                          double*, stream_t);                                             \
   }                                                                                                       \
   }

@@ -73,14 +73,52 @@ template <typename T>
 void avg_pool_bprop(const PoolDims& s, const T* gy, T* gx, bool count_include_pad, int64_t divisor, stream_t st);
 
 // ---- batch norm ---------------------------------------------------------------------------------
+// relu: y = max(bn(x), 0) in the normalize sweep. stats (training only, may be null): [2][C] float64
+// per-channel sum x and sum x^2 from conv_*_fprop_stats, used instead of a statistics pass over x.
 template <typename T>
 void batch_norm_fprop(const BatchNormDims& s, const T* x, const T* w, const T* b, T* running_mean,
                       T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                      double eps, stream_t st);
-// ws: 2*C elements of T (per-channel sums of gy and gy*xhat).
+                      double eps, bool relu, const double* stats, stream_t st);
+// ws: 2*C elements of T (per-channel sums of gy and gy*xhat). z (may be null): the ReLU output whose
+// mask (z > 0) is applied to gy inside the kernels.
 template <typename T>
 void batch_norm_bprop(const BatchNormDims& s, const T* gy, const T* x, const T* w, const T* save_mean,
-                      const T* save_invstd, T* gx, T* gw, T* gb, T* ws, bool training, stream_t st);
+                      const T* save_invstd, const T* z, T* gx, T* gw, T* gb, T* ws, bool training, stream_t st);
+
+// ---- ReLU (conv-BN-ReLU) --------------------------------------------------------------------------
+template <typename T>
+void relu_fprop(int64_t n, T* x, stream_t st);
+template <typename T>
+void relu_bprop(int64_t n, const T* gz, const T* z, T* gx, stream_t st);
+
+// ---- convolution forward with per-channel output statistics (conv-BN fusion) --------------------
+// y as conv_*_fprop, and stats[0][k] = sum_{n,p,q} y, stats[1][k] = sum y^2 (float64), accumulated
+// by the kernel's epilogue: each block reduces its outputs per channel into one partial, ws[2][parts][K],
+// and a second kernel adds the parts in a fixed order (deterministic, no atomics).
+template <typename T>
+void conv_direct_fprop_stats(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                             double* ws, stream_t st);
+template <typename T>
+void conv_igemm_fprop_stats(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                            double* ws, stream_t st);
+
+// Direct conv with stats: block (k, part) reduces channel k over a strided share of the N*P*Q outputs.
+constexpr int64_t kDirectStatsMaxParts = 256;
+inline int64_t conv_direct_stats_parts(const ConvShape& s) {
+  const int64_t per_channel = (s.N * s.P * s.Q + 255) / 256;                    // blocks of 256 outputs
+  const int64_t want = s.K > 0 ? (1024 + s.K - 1) / s.K : 1;                       // >= ~1024 blocks in all
+  const int64_t parts = per_channel < want ? per_channel : want;
+  return parts < 1 ? 1 : (parts > kDirectStatsMaxParts ? kDirectStatsMaxParts : parts);
+}
+// Implicit GEMM with stats: one partial per (tile column, channel).
+inline int64_t conv_igemm_stats_parts(const ConvShape& s) {
+  const int64_t cols = (s.N * s.P * s.Q + kIgemmBN - 1) / kIgemmBN;
+  return cols < 1 ? 1 : cols;
+}
+// Elements of float64 workspace conv_*_fprop_stats needs.
+inline int64_t conv_fprop_stats_workspace(const ConvShape& s, bool igemm) {
+  return 2 * s.K * (igemm ? conv_igemm_stats_parts(s) : conv_direct_stats_parts(s));
+}
 
 }  // namespace kern
 }  // namespace pyconv

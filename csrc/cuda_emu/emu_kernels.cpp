@@ -7,6 +7,7 @@
 #include "cuda/conv_igemm.cuh"
 #include "cuda/instantiate.h"
 #include "cuda/pool.cuh"
+#include "cuda/relu.cuh"
 
 PYCONV_INSTANTIATE_CONV(float)
 PYCONV_INSTANTIATE_CONV(double)
@@ -14,3 +15,7 @@ PYCONV_INSTANTIATE_POOL(float)
 PYCONV_INSTANTIATE_POOL(double)
 PYCONV_INSTANTIATE_BATCH_NORM(float)
 PYCONV_INSTANTIATE_BATCH_NORM(double)
+PYCONV_INSTANTIATE_RELU(float)
+PYCONV_INSTANTIATE_RELU(double)
+PYCONV_INSTANTIATE_CONV_STATS(float)
+PYCONV_INSTANTIATE_CONV_STATS(double)

@@ -77,7 +77,9 @@ class KernelTable:
                                       f"(it has {', '.join(CONV_ALGOS)})")
         return algo
 
-    def conv2d_forward(self, x, w, b, y, shape, algo):
+    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None):
+        if stats is not None:
+            return self._conv2d_forward_stats(x, w, b, y, shape, algo, stats)
         with self._device(x):
             self.lib.conv2d_forward(self._algo(algo), self._dtype(x), tuple(shape), self._buf(x, "input"),
                                     self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
@@ -128,23 +130,51 @@ class KernelTable:
 
     # ---- batch norm
     def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
-                           training, momentum, eps):
+                           training, momentum, eps, relu=False, stats=None):
         with self._device(x):
             self.lib.batch_norm_forward(
                 self._dtype(x), tuple(shape), self._buf(x, "input"), self._buf(weight, "weight"),
                 self._buf(bias, "bias"), self._buf(running_mean, "running_mean"),
                 self._buf(running_var, "running_var"), self._buf(y, "output"), self._buf(save_mean, "save_mean"),
                 self._buf(save_invstd, "save_invstd"), bool(training),
-                0.0 if momentum is None else float(momentum), float(eps), self._stream(x))
+                0.0 if momentum is None else float(momentum), float(eps), bool(relu),
+                self._buf(self._stats(stats), "stats"), self._stream(x))
 
-    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
+    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training,
+                            relu_output=None):
         ws = torch.empty(2 * shape[1], dtype=x.dtype, device=x.device)  # per-channel sums of gy, gy*xhat
         with self._device(x):
             self.lib.batch_norm_backward(
                 self._dtype(x), tuple(shape), self._buf(gy, "grad_output"), self._buf(x, "input"),
                 self._buf(weight, "weight"), self._buf(save_mean, "save_mean"), self._buf(save_invstd, "save_invstd"),
                 self._buf(gx, "grad_input"), self._buf(gw, "grad_weight"), self._buf(gb, "grad_bias"),
-                self._buf(ws, "workspace"), bool(training), self._stream(x))
+                self._buf(ws, "workspace"), self._buf(relu_output, "relu_output"), bool(training), self._stream(x))
+
+    # ---- conv-BN-ReLU fusion
+    @staticmethod
+    def _stats(stats):
+        if stats is not None and stats.dtype != torch.float64:
+            raise PyConvError(f"stats: dtype {stats.dtype}, expected torch.float64")
+        return stats
+
+    def _conv2d_forward_stats(self, x, w, b, y, shape, algo, stats):
+        algo = self._algo(algo)
+        n = self.lib.conv2d_forward_stats_workspace(algo, tuple(shape))
+        ws = torch.empty(n, dtype=torch.float64, device=x.device)  # per-block partial sums, [2][parts][K]
+        with self._device(x):
+            self.lib.conv2d_forward_stats(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
+                                          self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
+                                          self._buf(self._stats(stats), "stats"), self._buf(ws, "workspace"),
+                                          self._stream(x))
+
+    def relu_forward(self, x):
+        with self._device(x):
+            self.lib.relu_forward(self._dtype(x), x.numel(), self._buf(x, "input"), self._stream(x))
+
+    def relu_backward(self, gz, z, gx):
+        with self._device(z):
+            self.lib.relu_backward(self._dtype(z), z.numel(), self._buf(gz, "grad_output"), self._buf(z, "output"),
+                                   self._buf(gx, "grad_input"), self._stream(z))
 
 
 _TABLE = KernelTable(_C_cuda, "cuda") if _C_cuda is not None else None
@@ -156,8 +186,8 @@ def _table() -> KernelTable:
     return _TABLE
 
 
-def conv2d_forward(x, w, b, y, shape, algo):
-    _table().conv2d_forward(x, w, b, y, shape, algo)
+def conv2d_forward(x, w, b, y, shape, algo, stats=None):
+    _table().conv2d_forward(x, w, b, y, shape, algo, stats)
 
 
 def conv2d_backward_input(gy, w, gx, shape, algo):
@@ -185,10 +215,18 @@ def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps):
+                       momentum, eps, relu=False, stats=None):
     _table().batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
-                                training, momentum, eps)
+                                training, momentum, eps, relu, stats)
 
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training):
-    _table().batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training)
+def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
+    _table().batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output)
+
+
+def relu_forward(x):
+    _table().relu_forward(x)
+
+
+def relu_backward(gz, z, gx):
+    _table().relu_backward(gz, z, gx)

@@ -34,3 +34,5 @@ avg_pool2d_forward = _TABLE.avg_pool2d_forward
 avg_pool2d_backward = _TABLE.avg_pool2d_backward
 batch_norm_forward = _TABLE.batch_norm_forward
 batch_norm_backward = _TABLE.batch_norm_backward
+relu_forward = _TABLE.relu_forward
+relu_backward = _TABLE.relu_backward
