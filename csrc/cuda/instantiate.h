@@ -35,3 +35,13 @@
                                     const T*, T*, T*, T*, T*, bool, stream_t);                            \
   }                                                                                                       \
   }
+
+#define PYCONV_INSTANTIATE_CONV_WINOGRAD(T)                                                               \
+  namespace pyconv {                                                                                      \
+  namespace kern {                                                                                        \
+  template void conv_winograd_fprop<T>(const ConvShape&, int, const T*, const T*, const T*, T*, T*,       \
+                                       stream_t);                                                         \
+  template void conv_winograd_dgrad<T>(const ConvShape&, int, const T*, const T*, T*, T*, stream_t);      \
+  template void conv_winograd_wgrad<T>(const ConvShape&, int, const T*, const T*, T*, T*, T*, stream_t);  \
+  }                                                                                                       \
+  }

@@ -5,6 +5,7 @@
 #endif
 #include "cuda/batch_norm.cuh"
 #include "cuda/conv_igemm.cuh"
+#include "cuda/conv_winograd.cuh"
 #include "cuda/instantiate.h"
 #include "cuda/pool.cuh"
 
@@ -14,3 +15,5 @@ PYCONV_INSTANTIATE_POOL(float)
 PYCONV_INSTANTIATE_POOL(double)
 PYCONV_INSTANTIATE_BATCH_NORM(float)
 PYCONV_INSTANTIATE_BATCH_NORM(double)
+PYCONV_INSTANTIATE_CONV_WINOGRAD(float)
+PYCONV_INSTANTIATE_CONV_WINOGRAD(double)
