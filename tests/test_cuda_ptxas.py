@@ -36,9 +36,10 @@ ptxas info    : Used 80 registers, used 1 barriers, 24 bytes cumulative stack si
 
 def test_hot_conv_kernels_do_not_spill(conv_rows):
     hot = [r for r in conv_rows if any(h in r["kernel"] for h in HOT)]
-    # 10 implicit-GEMM instantiations (3 conv problems + 2 Winograd GEMMs, x 2 dtypes) + 5 other kernels
-    # x 2 dtypes + 5 Winograd transform kernels x 2 tiles x 2 dtypes.
-    assert len(hot) == 40, [r["kernel"] for r in conv_rows]
+    # 8 implicit-GEMM instantiations (3 conv problems + the Winograd GEMM, x 2 dtypes) + 5 other kernels
+    # x 2 dtypes + Winograd transforms x 2 tiles x 2 dtypes: filter, output, grad-output, filter-grad,
+    # and the input transform in its two layouts.
+    assert len(hot) == 42, [r["kernel"] for r in conv_rows]
     spilled = [f"{r['kernel']}: {r['spill_stores']} B stores / {r['spill_loads']} B loads" for r in hot
                if r["spill_stores"] or r["spill_loads"]]
     assert not spilled, "register spills:\n" + "\n".join(spilled)

@@ -4,16 +4,17 @@
 // The output is cut into m x m tiles t = (n, ti, tj), tiles = N * ceil(P/m) * ceil(Q/m); tile t reads
 // the alpha x alpha patch d = x[n, c, ti*m - pad_h + [0, alpha), tj*m - pad_w + [0, alpha)] (zero outside).
 //
-//   forward      U[xi][k][c] = (G g[k,c] G^T)[xi]                        filter transform kernel
+//   forward      U[xi][c][k] = (G g[k,c] G^T)[xi]                        filter transform kernel
 //                V[xi][c][t] = (B^T d[c,t] B)[xi]                        input transform kernel
-//                M[xi][k][t] = sum_{c in group} U[xi][k][c] * V[xi][c][t]  alpha^2 * G GEMMs
+//                M[xi][k][t] = sum_{c in group} U[xi][c][k] * V[xi][c][t]  alpha^2 * G GEMMs
 //                y[k, tile t] = (A^T M[.][k][t] A)[:P, :Q] + b[k]        output transform kernel
 //   grad-input   the stride-1 convolution of gy (K -> C channels per group, P x Q -> H x W) with the
 //                rotated, channel-transposed filter w'[c][k][r][s] = w[k][c][2-r][2-s] and padding
 //                2 - pad (negative = crop): the forward path on a different WinogradConv
-//   grad-weight  the adjoint of the forward: Z[xi][k][t] = (A dY[k,t] A^T)[xi] (dY zero outside P x Q),
-//                dU[xi][k][c] = sum_t Z[xi][k][t] * V[xi][c][t]  (alpha^2 * G GEMMs reducing over tiles,
-//                split-K into `splits` slabs written to separate partials), then one kernel sums the
+//   grad-weight  the adjoint of the forward: Z[xi][t][k] = (A dY[k,t] A^T)[xi] (dY zero outside P x Q),
+//                dU[xi][k][c] = sum_t Z[xi][t][k] * V'[xi][t][c]  (V' = the input transform, tile-major;
+//                alpha^2 * G GEMMs reducing over tiles, split-K into `splits` slabs written to separate
+//                partials), then one kernel sums the
 //                partials in the fixed order j = 0..splits-1 and writes dg[k,c] = G^T dU[.][k][c] G
 //                (deterministic, no atomics);  grad-bias gb[k] = sum_{n,p,q} gy[n,k,p,q]
 //
@@ -30,10 +31,12 @@
 //           [ 0  1 -2 -1  2  0 ]        [ 1/30  -1/15   2/15 ]
 //           [ 0  2 -3 -4  3  2 ]        [ 0      0      1/2  ]
 //
-// Kernels: the transforms are elementwise (one thread per (channel, tile) or (k, c) pair, grid-stride,
-// consecutive threads on consecutive tiles so the [xi][row][tile] workspace is written coalesced); the
-// GEMMs are conv_igemm_kernel (shared-memory tiles, 4x4 register blocks) over a WinogradGemm problem
-// whose blockIdx.z enumerates (xi, group) pairs. Workspace layout: conv_winograd_workspace (kernels.h).
+// Kernels: the transforms are elementwise (one thread per (channel, tile) or (k, c) pair, grid-stride);
+// the GEMMs are conv_igemm_kernel (shared-memory tiles, 4x4 register blocks) over a WinogradGemm problem
+// whose blockIdx.z enumerates (xi, group) pairs. Every workspace layout puts the GEMM's m (for A) or n
+// (for B) index innermost, so the consecutive threads that stage a tile column read consecutive
+// addresses, and each transform kernel maps consecutive threads onto that innermost index so its
+// writes are coalesced too. Workspace sizes: conv_winograd_workspace (kernels.h).
 #pragma once
 #include "cuda/conv_igemm.cuh"
 
@@ -147,34 +150,36 @@ struct WinogradTiles {
   PYCONV_HD int64_t q0(int64_t t) const { return t % tw * m; }
 };
 
-// U[xi][g*Kout+k][c] = G f G^T; `transposed`: f = grad-input's filter w[g*Cin+c][k] rotated 180 degrees.
+// U[xi][g*Cin+c][k] = G f G^T (i = (g*Cin + c)*Kout + k); `transposed`: f = grad-input's filter
+// w[g*Cin+c][k] rotated 180 degrees, else f = w[g*Kout+k][c].
 template <typename T, int M>
 PYCONV_GLOBAL void winograd_filter_kernel(WinogradConv c, const T* w, bool transposed, T* U) {
   using Mx = WinogradMatrices<M>;
   constexpr int A = M + 2;
-  const int64_t Ktot = c.G * c.Kout, total = Ktot * c.Cin;
+  const int64_t total = c.G * c.Cin * c.Kout;
   for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
-    const int64_t ci = i % c.Cin, kg = i / c.Cin, g = kg / c.Kout, k = kg % c.Kout;
+    const int64_t k = i % c.Kout, gc = i / c.Kout, g = gc / c.Cin, ci = gc % c.Cin;
     T f[9], tmp[A * 3], u[A * A];
     PYCONV_UNROLL
     for (int rs = 0; rs < 9; ++rs)
-      f[rs] = transposed ? w[((g * c.Cin + ci) * c.Kout + k) * 9 + (8 - rs)] : w[i * 9 + rs];
+      f[rs] = transposed ? w[i * 9 + (8 - rs)] : w[((g * c.Kout + k) * c.Cin + ci) * 9 + rs];
     left_mul<A, 3, 3, typename Mx::G>(f, tmp);
     right_mul<A, 3, A, Transposed<typename Mx::G>>(tmp, u);
     PYCONV_UNROLL
-    for (int xi = 0; xi < A * A; ++xi) U[(xi * Ktot + kg) * c.Cin + ci] = u[xi];
+    for (int xi = 0; xi < A * A; ++xi) U[xi * total + i] = u[xi];
   }
 }
 
-// V[xi][c][t] = B^T d B over every input channel c (all groups) and tile t.
-template <typename T, int M>
+// B^T d B over every input channel c (all groups) and tile t, into V[xi][c][t] (forward: the GEMM's
+// B[c][t]) or, kTileMajor, V[xi][t][c] (grad-weight: B[t][c]).
+template <typename T, int M, bool kTileMajor>
 PYCONV_GLOBAL void winograd_input_kernel(WinogradConv c, const T* x, T* V) {
   using Mx = WinogradMatrices<M>;
   constexpr int A = M + 2;
   const WinogradTiles tl(c, M);
   const int64_t Ctot = c.G * c.Cin, total = Ctot * tl.tiles;
   for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
-    const int64_t t = i % tl.tiles, ch = i / tl.tiles;
+    const int64_t t = kTileMajor ? i / Ctot : i % tl.tiles, ch = kTileMajor ? i % Ctot : i / tl.tiles;
     const int64_t h0 = tl.p0(t) - c.pad_h, v0 = tl.q0(t) - c.pad_w;
     const T* xc = x + (tl.n(t) * Ctot + ch) * c.H * c.W;
     T d[A * A], tmp[A * A], v[A * A];
@@ -188,7 +193,7 @@ PYCONV_GLOBAL void winograd_input_kernel(WinogradConv c, const T* x, T* V) {
     left_mul<A, A, A, typename Mx::BT>(d, tmp);
     right_mul<A, A, A, Transposed<typename Mx::BT>>(tmp, v);
     PYCONV_UNROLL
-    for (int xi = 0; xi < A * A; ++xi) V[(xi * Ctot + ch) * tl.tiles + t] = v[xi];
+    for (int xi = 0; xi < A * A; ++xi) V[xi * total + i] = v[xi];
   }
 }
 
@@ -217,7 +222,7 @@ PYCONV_GLOBAL void winograd_output_kernel(WinogradConv c, const T* Mw, const T* 
   }
 }
 
-// Z[xi][k][t] = A dY A^T (dY zero outside P x Q).
+// Z[xi][t][k] = A dY A^T (dY zero outside P x Q), i = t*Ktot + k.
 template <typename T, int M>
 PYCONV_GLOBAL void winograd_grad_output_kernel(WinogradConv c, const T* gy, T* Z) {
   using Mx = WinogradMatrices<M>;
@@ -225,7 +230,7 @@ PYCONV_GLOBAL void winograd_grad_output_kernel(WinogradConv c, const T* gy, T* Z
   const WinogradTiles tl(c, M);
   const int64_t Ktot = c.G * c.Kout, total = Ktot * tl.tiles;
   for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
-    const int64_t t = i % tl.tiles, kg = i / tl.tiles;
+    const int64_t kg = i % Ktot, t = i / Ktot;
     const int64_t p0 = tl.p0(t), q0 = tl.q0(t);
     const T* gk = gy + (tl.n(t) * Ktot + kg) * c.P * c.Q;
     T d[M * M], tmp[A * M], z[A * A];
@@ -237,7 +242,7 @@ PYCONV_GLOBAL void winograd_grad_output_kernel(WinogradConv c, const T* gy, T* Z
     left_mul<A, M, M, Transposed<typename Mx::AT>>(d, tmp);
     right_mul<A, M, A, typename Mx::AT>(tmp, z);
     PYCONV_UNROLL
-    for (int xi = 0; xi < A * A; ++xi) Z[(xi * Ktot + kg) * tl.tiles + t] = z[xi];
+    for (int xi = 0; xi < A * A; ++xi) Z[xi * total + i] = z[xi];
   }
 }
 
@@ -263,32 +268,37 @@ PYCONV_GLOBAL void winograd_filter_grad_kernel(WinogradConv c, const T* part, in
   }
 }
 
-// The alpha^2 * G GEMMs, batch z = xi*G + g (conv_igemm_kernel's "group" index), C[m][n] of batch z:
-//   A[m][k] = a[(z*Mg + m)*Kr + k]
-//   B[k][n] = b[(z*Kr + k)*Ng + n]        (kTransB = false: forward, V[xi][c][t])
-//           = b[(z*Ng + n)*Kr + k]        (kTransB = true: grad-weight, B = V^T, k runs over tiles)
+// The alpha^2 * G GEMMs, batch z = xi*G + g (conv_igemm_kernel's "group" index), as strided operands:
+//   A[m][k] = a.p[xi*a.xi + g*a.g + m + k*a.k],   B[k][n] = b.p[xi*b.xi + g*b.g + n + k*b.k]
 //   C[m][n] -> c[split*batches*Mg*Ng + (z*Mg + m)*Ng + n]
-template <typename T, bool kTransB>
+// (unit stride along m and n: the threads staging one tile row read consecutive addresses).
+template <typename T>
+struct WinogradOperand {
+  const T* p;
+  int64_t xi, g, k;  // strides of the position, the group and the reduction index
+};
+
+template <typename T>
 struct WinogradGemm {
-  const T* a;
-  const T* b;
+  WinogradOperand<T> a, b;
   T* c;
-  int64_t batches, Mg, Ng, Kr;
-  struct ACtx {
-    const T* row;
+  int64_t G, batches, Mg, Ng, Kr;
+  struct Ctx {
+    const T* base;
+    int64_t k;
   };
-  struct BCtx {
-    const T* col;
-  };
+  using ACtx = Ctx;
+  using BCtx = Ctx;
   PYCONV_HD int64_t M() const { return Mg; }
   PYCONV_HD int64_t N() const { return Ng; }
   PYCONV_HD int64_t K() const { return Kr; }
-  PYCONV_HD ACtx a_ctx(int64_t z, int64_t m) const { return {a + (z * Mg + m) * Kr}; }
-  PYCONV_HD T a_at(const ACtx& x, int64_t k) const { return x.row[k]; }
-  PYCONV_HD BCtx b_ctx(int64_t z, int64_t n) const {
-    return {kTransB ? b + (z * Ng + n) * Kr : b + z * Kr * Ng + n};
+  PYCONV_HD static Ctx ctx(const WinogradOperand<T>& o, int64_t G, int64_t z, int64_t row) {
+    return {o.p + (z / G) * o.xi + (z % G) * o.g + row, o.k};
   }
-  PYCONV_HD T b_at(const BCtx& x, int64_t k) const { return kTransB ? x.col[k] : x.col[k * Ng]; }
+  PYCONV_HD ACtx a_ctx(int64_t z, int64_t m) const { return ctx(a, G, z, m); }
+  PYCONV_HD T a_at(const ACtx& x, int64_t k) const { return x.base[k * x.k]; }
+  PYCONV_HD BCtx b_ctx(int64_t z, int64_t n) const { return ctx(b, G, z, n); }
+  PYCONV_HD T b_at(const BCtx& x, int64_t k) const { return x.base[k * x.k]; }
   PYCONV_HD void store(int64_t z, int64_t split, int64_t m, int64_t n, T v) const {
     c[split * batches * Mg * Ng + (z * Mg + m) * Ng + n] = v;
   }
@@ -302,14 +312,17 @@ void winograd_conv_run(const WinogradConv& c, const T* x, const T* w, bool trans
   const int64_t Ktot = c.G * c.Kout, Ctot = c.G * c.Cin;
   if (tl.tiles == 0 || Ktot == 0) return;
   if (!ws) fail(name, ": the Winograd workspace is missing");
-  T* U = ws;
-  T* V = U + A * A * Ktot * c.Cin;
-  T* Mw = V + A * A * Ctot * tl.tiles;
+  T* U = ws;  // [xi][G*Cin][Kout]
+  T* V = U + A * A * Ktot * c.Cin;  // [xi][G*Cin][tiles]
+  T* Mw = V + A * A * Ctot * tl.tiles;  // [xi][G*Kout][tiles]
   const Dim3 block{kElementwiseThreads, 1, 1};
   launch(&winograd_filter_kernel<T, M>, {elementwise_blocks(Ktot * c.Cin), 1, 1}, block, st, name, c, w, transposed,
          U);
-  launch(&winograd_input_kernel<T, M>, {elementwise_blocks(Ctot * tl.tiles), 1, 1}, block, st, name, c, x, V);
-  const WinogradGemm<T, false> pr{U, V, Mw, A * A * c.G, c.Kout, tl.tiles, c.Cin};
+  launch(&winograd_input_kernel<T, M, false>, {elementwise_blocks(Ctot * tl.tiles), 1, 1}, block, st, name, c, x,
+         V);
+  const WinogradGemm<T> pr{{U, Ctot * c.Kout, c.Cin * c.Kout, c.Kout},
+                           {V, Ctot * tl.tiles, c.Cin * tl.tiles, tl.tiles},
+                           Mw, c.G, A * A * c.G, c.Kout, tl.tiles, c.Cin};
   igemm_run<T>(pr, A * A * c.G, 1, c.Cin, st, name);  // Cin = 0: the GEMM writes zeros, y = bias
   launch(&winograd_output_kernel<T, M>, {elementwise_blocks(Ktot * tl.tiles), 1, 1}, block, st, name, c, Mw, bias,
          y);
@@ -324,15 +337,17 @@ void winograd_wgrad_run(const WinogradConv& c, const T* x, const T* gy, T* gw, T
   if (Ktot * c.Cin == 0) return;
   if (!ws) fail(name, ": the Winograd workspace is missing");
   const int64_t splits = conv_winograd_wgrad_splits(c, M);
-  T* V = ws;
-  T* Z = V + A * A * Ctot * tl.tiles;
-  T* part = Z + A * A * Ktot * tl.tiles;
+  T* V = ws;                            // [xi][tiles][G*Cin]
+  T* Z = V + A * A * Ctot * tl.tiles;   // [xi][tiles][G*Kout]
+  T* part = Z + A * A * Ktot * tl.tiles;  // [splits][xi][G*Kout][Cin]
   const Dim3 block{kElementwiseThreads, 1, 1};
-  launch(&winograd_input_kernel<T, M>, {elementwise_blocks(Ctot * tl.tiles), 1, 1}, block, st, name, c, x, V);
+  launch(&winograd_input_kernel<T, M, true>, {elementwise_blocks(Ctot * tl.tiles), 1, 1}, block, st, name, c, x,
+         V);
   launch(&winograd_grad_output_kernel<T, M>, {elementwise_blocks(Ktot * tl.tiles), 1, 1}, block, st, name, c, gy,
          Z);
   // No tiles (empty batch): the GEMM's empty slabs still write zero partials, so gw = 0.
-  const WinogradGemm<T, true> pr{Z, V, part, A * A * c.G, c.Kout, c.Cin, tl.tiles};
+  const WinogradGemm<T> pr{{Z, tl.tiles * Ktot, c.Kout, Ktot}, {V, tl.tiles * Ctot, c.Cin, Ctot}, part, c.G,
+                           A * A * c.G, c.Kout, c.Cin, tl.tiles};
   const int64_t slab = ceil_div(ceil_div(tl.tiles, splits), kIgemmBK) * kIgemmBK;
   igemm_run<T>(pr, A * A * c.G, splits, slab < kIgemmBK ? kIgemmBK : slab, st, name);
   launch(&winograd_filter_grad_kernel<T, M>, {elementwise_blocks(Ktot * c.Cin), 1, 1}, block, st, name, c, part,
