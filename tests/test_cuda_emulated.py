@@ -192,6 +192,20 @@ def test_winograd_no_bias_bias_grad_only_and_empty_batch():
     gb = torch.full((5,), NAN, dtype=torch.float64)
     emu.conv2d_backward_weight(x, gy, None, gb, shape, "winograd")
     assert_close(gb, gy.sum((0, 2, 3)), torch.float64, "winograd grad_bias alone")
+    # Every workspace element read is written first: a NaN-filled workspace changes nothing.
+    lib, buf = emu._C_cuda_emu, (lambda t: (t.data_ptr(), t.numel()))  # noqa: E731
+    for pass_, call in (("forward", lambda ws: lib.conv2d_winograd_forward(
+                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(w), None, buf(y), buf(ws), 0)),
+                        ("backward_weight", lambda ws: lib.conv2d_winograd_backward_weight(
+                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(gy), buf(gw), None, buf(ws), 0))):
+        ws = torch.full((lib.conv2d_winograd_workspace("winograd_4x4", pass_, tuple(shape)),), NAN,
+                        dtype=torch.float64)
+        y, gw = nan_like(y), nan_like(w)
+        call(ws)
+        if pass_ == "forward":
+            assert_close(y, F.conv2d(x, w), torch.float64, "winograd output, NaN workspace")
+        else:
+            assert_close(gw, torch.nn.grad.conv2d_weight(x, w.shape, gy), torch.float64, "grad_weight, NaN workspace")
     x0 = x[:0]
     shape0 = conv_shape(x0, w, {})
     gw = nan_like(w)
