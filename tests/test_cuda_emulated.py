@@ -130,7 +130,104 @@ def test_binding_checks_raise_pyconv_error():
         emu._C_cuda_emu.conv2d_forward("direct", "float32", tuple(shape._replace(P=6)), (x.data_ptr(), x.numel()),
                                        (w.data_ptr(), w.numel()), None, (0, 0), 0)
     with pytest.raises(NotImplementedError):
-        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "winograd")
+        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "fft")
+
+
+# ------------------------------------------------------------------------- Winograd F(m x m, 3 x 3) ---
+# 3x3 stride-1 only. P, Q not multiples of the tile, padding 0/1/2 (grad-input then pads 2, 1, 0),
+# asymmetric padding, groups, a reduction longer than one BK slab (Cin = 9), and a grad-weight whose
+# tile reduction is split (72 tiles of 2x2).
+WINOGRAD_CASES = [
+    (2, 3, 7, 9, 5, 3, 3, dict(padding=1)),
+    (1, 4, 9, 6, 3, 3, 3, dict()),
+    (1, 2, 6, 7, 3, 3, 3, dict(padding=2)),
+    (1, 9, 5, 8, 4, 3, 3, dict(padding=(0, 2))),
+    (2, 4, 6, 5, 6, 3, 3, dict(groups=2, padding=1)),
+    (2, 3, 12, 12, 4, 3, 3, dict(padding=1)),
+]
+
+
+# Each case runs both tiles, one per dtype, alternating, so every (tile, dtype) pair meets half of the
+# cases (the emulator runs a 256-thread GEMM block per (xi, group) pair: the full grid is too slow).
+WINOGRAD_RUNS = [(case, dtype, ("winograd_2x2", "winograd_4x4")[(i + j) % 2])
+                 for i, case in enumerate(WINOGRAD_CASES) for j, dtype in enumerate(DTYPES)]
+WINOGRAD_RUNS.append((WINOGRAD_CASES[1], torch.float32, "winograd"))  # the alias (P = 7: 2x2 tiles)
+
+
+@pytest.mark.parametrize("case,dtype,algo", WINOGRAD_RUNS,
+                         ids=lambda v: f"{v[:7]}{v[7]}" if isinstance(v, tuple) else str(v).replace("torch.", ""))
+def test_conv2d_winograd(case, dtype, algo):
+    run_conv(emu, algo, dtype, case)
+
+
+def test_winograd_tile_choice_and_split_k():
+    lib = emu._C_cuda_emu
+    x, w = torch.randn(2, 3, 12, 12), torch.randn(4, 3, 3, 3)
+    big, small = conv_shape(x, w, dict(padding=1)), conv_shape(x[:, :, :7, :7], w, dict(padding=1))
+    # "winograd" = 4x4 tiles from min(P, Q) >= 8 on (the workspace holds (m+2)^2 positions), else 2x2.
+    for shape, same in ((big, "winograd_4x4"), (small, "winograd_2x2")):
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            assert lib.conv2d_winograd_workspace("winograd", pass_, tuple(shape)) == \
+                lib.conv2d_winograd_workspace(same, pass_, tuple(shape))
+    # forward 2x2: U 16*4*3 + V 16*3*72 + M 16*4*72; grad-weight: 2 splits of the 72 tiles.
+    assert lib.conv2d_winograd_workspace("winograd_2x2", "forward", tuple(big)) == 16 * (4 * 3 + 3 * 72 + 4 * 72)
+    assert lib.conv2d_winograd_workspace("winograd_2x2", "backward_weight", tuple(big)) == \
+        16 * (2 * 4 * 3 + 3 * 72 + 4 * 72)
+    gy = torch.randn(2, 4, 12, 12)
+    outs = []
+    for _ in range(2):
+        gw = nan_like(w)
+        emu.conv2d_backward_weight(x, gy, gw, None, big, "winograd_2x2")
+        outs.append(gw)
+    assert torch.equal(outs[0], outs[1])  # fixed-order split reduction
+
+
+def test_winograd_no_bias_bias_grad_only_and_empty_batch():
+    x, w = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    shape = conv_shape(x, w, {})
+    y = nan_like(x, (2, 5, 4, 4))
+    emu.conv2d_forward(x, w, None, y, shape, "winograd_4x4")
+    assert_close(y, F.conv2d(x, w), torch.float64, "winograd output without bias")
+    gy = torch.randn_like(y)
+    gb = torch.full((5,), NAN, dtype=torch.float64)
+    emu.conv2d_backward_weight(x, gy, None, gb, shape, "winograd")
+    assert_close(gb, gy.sum((0, 2, 3)), torch.float64, "winograd grad_bias alone")
+    # Every workspace element read is written first: a NaN-filled workspace changes nothing.
+    lib, buf = emu._C_cuda_emu, (lambda t: (t.data_ptr(), t.numel()))  # noqa: E731
+    for pass_, call in (("forward", lambda ws: lib.conv2d_winograd_forward(
+                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(w), None, buf(y), buf(ws), 0)),
+                        ("backward_weight", lambda ws: lib.conv2d_winograd_backward_weight(
+                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(gy), buf(gw), None, buf(ws), 0))):
+        ws = torch.full((lib.conv2d_winograd_workspace("winograd_4x4", pass_, tuple(shape)),), NAN,
+                        dtype=torch.float64)
+        y, gw = nan_like(y), nan_like(w)
+        call(ws)
+        if pass_ == "forward":
+            assert_close(y, F.conv2d(x, w), torch.float64, "winograd output, NaN workspace")
+        else:
+            assert_close(gw, torch.nn.grad.conv2d_weight(x, w.shape, gy), torch.float64, "grad_weight, NaN workspace")
+    x0 = x[:0]
+    shape0 = conv_shape(x0, w, {})
+    gw = nan_like(w)
+    emu.conv2d_backward_weight(x0, torch.empty(0, 5, 4, 4, dtype=torch.float64), gw, None, shape0, "winograd")
+    assert torch.equal(gw, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("kw,why", [(dict(stride=2), "stride"), (dict(dilation=2), "dilation"),
+                                    (dict(kernel=5), "3x3 kernel")])
+def test_winograd_rejects_other_shapes(kw, why):
+    kw = dict(kw)
+    R = kw.pop("kernel", 3)
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(3, 2, R, R)
+    shape = conv_shape(x, w, kw)
+    y = torch.empty(1, 3, shape.P, shape.Q)
+    for algo in ("winograd", "winograd_2x2", "winograd_4x4"):
+        with pytest.raises(PyConvError, match=f"algo={algo} cannot run this convolution: it needs .*{why}"):
+            emu.conv2d_forward(x, w, None, y, shape, algo)
+        with pytest.raises(PyConvError, match="cannot run this convolution"):
+            emu.conv2d_backward_input(torch.randn_like(y), w, torch.empty_like(x), shape, algo)
+        with pytest.raises(PyConvError, match="cannot run this convolution"):
+            emu.conv2d_backward_weight(x, torch.randn_like(y), torch.empty_like(w), None, shape, algo)
 
 
 def test_grid_limit_raises():
@@ -360,12 +457,14 @@ def conv_with_stats(algo, dtype, case):
     return x, w, b, shape, y, stats
 
 
-@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("algo", ["direct", "im2col", "winograd_2x2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", STATS_CASES, ids=lambda c: f"{c[:7]}{c[7]}")
 def test_conv2d_forward_stats(case, dtype, algo):
     if case[4] == 70 and algo == "direct":
         pytest.skip("K=70: one block per channel for direct, nothing new but emulator time")
+    if algo.startswith("winograd") and (case[5] != 3 or case[7].get("stride", 1) != 1 or dtype == torch.float64):
+        pytest.skip("winograd: 3x3 stride 1 only; the statistics reduction after it is checked in float32")
     x, w, b, shape, y, stats = conv_with_stats(algo, dtype, case)
     y_plain = nan_like(y)
     emu.conv2d_forward(x, w, b, y_plain, shape, algo)

@@ -26,6 +26,15 @@ def test_conv2d_kernels(case, dtype, algo):
     E.run_conv(cuda_table(), algo, dtype, case, device="cuda")
 
 
+@pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4", "winograd"])
+@pytest.mark.parametrize("dtype", E.DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", E.WINOGRAD_CASES + [(8, 64, 28, 28, 96, 3, 3, dict(padding=1)),
+                                                     (4, 32, 14, 14, 32, 3, 3, dict(groups=2, padding=1))],
+                         ids=lambda c: f"{c[:7]}{c[7]}")
+def test_conv2d_winograd_kernels(case, dtype, algo):
+    E.run_conv(cuda_table(), algo, dtype, case, device="cuda")
+
+
 @pytest.mark.parametrize("algo", ["direct", "im2col"])
 @pytest.mark.parametrize("dtype", E.DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", E.CONV_CASES + [(8, 64, 28, 28, 128, 3, 3, dict(padding=1, stride=2))],

@@ -12,7 +12,9 @@ ptxas_report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ptxas_report)
 
 HOT = ("conv_igemm_kernel", "conv_direct_fprop_kernel", "conv_direct_dgrad_kernel", "conv_direct_wgrad_kernel",
-       "splitk_sum_kernel", "conv_bias_grad_kernel", "conv_direct_fprop_stats_kernel", "conv_stats_sum_kernel")
+       "splitk_sum_kernel", "conv_bias_grad_kernel", "conv_direct_fprop_stats_kernel", "conv_stats_sum_kernel",
+       "winograd_filter_kernel", "winograd_input_kernel", "winograd_output_kernel", "winograd_grad_output_kernel",
+       "winograd_filter_grad_kernel")
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,10 @@ ptxas info    : Used 80 registers, used 1 barriers, 24 bytes cumulative stack si
 
 def test_hot_conv_kernels_do_not_spill(conv_rows):
     hot = [r for r in conv_rows if any(h in r["kernel"] for h in HOT)]
-    # 8 implicit-GEMM instantiations (4 problems: fprop, fprop with stats, dgrad, wgrad; x 2 dtypes)
-    # + 6 other kernels x 2 dtypes + the stats sum (float64 only).
-    assert len(hot) == 21, [r["kernel"] for r in conv_rows]
+    # 10 implicit-GEMM instantiations (fprop, fprop with stats, dgrad, wgrad, the Winograd GEMM; x 2
+    # dtypes) + 7 other conv kernels x 2 dtypes + the stats sum (float64 only) + Winograd transforms x 2
+    # tiles x 2 dtypes: filter, output, grad-output, filter-grad, and the input transform in two layouts.
+    assert len(hot) == 49, [r["kernel"] for r in conv_rows]
     spilled = [f"{r['kernel']}: {r['spill_stores']} B stores / {r['spill_loads']} B loads" for r in hot
                if r["spill_stores"] or r["spill_loads"]]
     assert not spilled, "register spills:\n" + "\n".join(spilled)

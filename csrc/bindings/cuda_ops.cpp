@@ -250,6 +250,16 @@ void conv_fwd_stats(Algo algo, const ConvShape& s, const py::object& x, const py
   else kern::conv_igemm_fprop_stats<T>(s, xp, wp, bp, yp, stp, wsp, stream_of(stream));
 }
 
+template <typename T>
+void conv_out_stats(const ConvShape& s, const py::object& y, const py::object& stats, const py::object& ws,
+                    uintptr_t stream) {
+  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  double* stp = buffer<double>(stats, "stats", 2 * s.K);
+  double* wsp = buffer<double>(ws, "workspace", kern::conv_fprop_stats_workspace(s, false));
+  py::gil_scoped_release nogil;
+  kern::conv_output_stats<T>(s, yp, stp, wsp, stream_of(stream));
+}
+
 void bind_fusion_ops(py::module_& m) {
   using A16 = std::array<int64_t, 16>;
   using O = const py::object&;
@@ -271,6 +281,84 @@ void bind_fusion_ops(py::module_& m) {
     if (parse_dtype(dt) == DT::f32) conv_fwd_stats<float>(a, s, x, w, b, y, stats, ws, stream);
     else conv_fwd_stats<double>(a, s, x, w, b, y, stats, ws, stream);
   }, "conv2d_forward that also writes stats[0][k] = sum y, stats[1][k] = sum y^2 (float64).");
+  m.def("conv2d_output_stats_workspace", [](const A16& shape) -> int64_t {
+    return kern::conv_fprop_stats_workspace(conv_shape(shape), false);
+  }, "Elements of the float64 workspace conv2d_output_stats needs.");
+  m.def("conv2d_output_stats", [](const std::string& dt, const A16& shape, O y, O stats, O ws, uintptr_t stream) {
+    const ConvShape s = conv_shape(shape);
+    if (parse_dtype(dt) == DT::f32) conv_out_stats<float>(s, y, stats, ws, stream);
+    else conv_out_stats<double>(s, y, stats, ws, stream);
+  }, "stats[0][k] = sum y, stats[1][k] = sum y^2 (float64) of a conv output y already written.");
+}
+
+// ---- Winograd F(m x m, 3 x 3): the algo name picks m; the shape must be 3x3, stride 1, dilation 1.
+int winograd_tile(const std::string& algo, const ConvShape& s) {
+  if (algo == "winograd_2x2") return 2;
+  if (algo == "winograd_4x4") return 4;
+  if (algo == "winograd") return (s.P < s.Q ? s.P : s.Q) < 8 ? 2 : 4;  // pyconv/backends/cpp.py's rule
+  fail("algo=", algo, " is not a Winograd algorithm (winograd, winograd_2x2, winograd_4x4)");
+}
+
+ConvShape winograd_shape(const std::string& algo, const std::array<int64_t, 16>& a) {
+  const ConvShape s = conv_shape(a);
+  PYCONV_CHECK(s.R == 3 && s.S == 3, "algo=", algo, " cannot run this convolution: it needs a 3x3 kernel, got ", s.R,
+               "x", s.S);
+  PYCONV_CHECK(s.stride_h == 1 && s.stride_w == 1, "algo=", algo,
+               " cannot run this convolution: it needs stride 1, got stride (", s.stride_h, ", ", s.stride_w, ")");
+  PYCONV_CHECK(s.dil_h == 1 && s.dil_w == 1, "algo=", algo,
+               " cannot run this convolution: it needs dilation 1, got dilation (", s.dil_h, ", ", s.dil_w, ")");
+  return s;
+}
+
+kern::WinogradPass winograd_pass(const std::string& p) {
+  if (p == "forward") return kern::WinogradPass::fprop;
+  if (p == "backward_input") return kern::WinogradPass::dgrad;
+  if (p == "backward_weight") return kern::WinogradPass::wgrad;
+  fail("winograd workspace: pass ", p, " is not forward, backward_input or backward_weight");
+}
+
+template <typename T>
+T* winograd_ws(const py::object& ws, const ConvShape& s, int m, kern::WinogradPass pass) {
+  const int64_t need = kern::conv_winograd_workspace(s, m, pass);
+  return need ? buffer<T>(ws, "workspace", need) : nullptr;
+}
+
+template <typename T>
+void winograd_fwd(const std::string& algo, const ConvShape& s, const py::object& x, const py::object& w,
+                  const py::object& b, const py::object& y, const py::object& ws, uintptr_t stream) {
+  const int m = winograd_tile(algo, s);
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* bp = buffer<const T>(b, "bias", s.K, true);
+  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* wsp = winograd_ws<T>(ws, s, m, kern::WinogradPass::fprop);
+  py::gil_scoped_release nogil;
+  kern::conv_winograd_fprop<T>(s, m, xp, wp, bp, yp, wsp, stream_of(stream));
+}
+
+template <typename T>
+void winograd_bwd_input(const std::string& algo, const ConvShape& s, const py::object& gy, const py::object& w,
+                        const py::object& gx, const py::object& ws, uintptr_t stream) {
+  const int m = winograd_tile(algo, s);
+  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
+  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  T* wsp = winograd_ws<T>(ws, s, m, kern::WinogradPass::dgrad);
+  py::gil_scoped_release nogil;
+  kern::conv_winograd_dgrad<T>(s, m, gyp, wp, gxp, wsp, stream_of(stream));
+}
+
+template <typename T>
+void winograd_bwd_weight(const std::string& algo, const ConvShape& s, const py::object& x, const py::object& gy,
+                         const py::object& gw, const py::object& gb, const py::object& ws, uintptr_t stream) {
+  const int m = winograd_tile(algo, s);
+  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* gwp = buffer<T>(gw, "grad_weight", numel_of({s.K, s.C / s.G, s.R, s.S}), true);
+  T* gbp = buffer<T>(gb, "grad_bias", s.K, true);
+  T* wsp = gwp ? winograd_ws<T>(ws, s, m, kern::WinogradPass::wgrad) : nullptr;
+  py::gil_scoped_release nogil;
+  kern::conv_winograd_wgrad<T>(s, m, xp, gyp, gwp, gbp, wsp, stream_of(stream));
 }
 
 }  // namespace
@@ -281,7 +369,7 @@ void bind_cuda_ops(py::module_& m) {
   using A14 = std::array<int64_t, 14>;
   using A3 = std::array<int64_t, 3>;
   using O = const py::object&;
-  m.attr("CONV_ALGOS") = py::make_tuple("direct", "im2col");
+  m.attr("CONV_ALGOS") = py::make_tuple("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4");
   m.def("conv2d_forward", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w, O b, O y,
                              uintptr_t stream) {
     const Algo a = parse_algo(algo);
@@ -306,6 +394,28 @@ void bind_cuda_ops(py::module_& m) {
   m.def("conv2d_backward_weight_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
     return parse_algo(algo) == Algo::igemm ? kern::conv_igemm_wgrad_workspace(conv_shape(shape)) : 0;
   }, "Elements of the split-K workspace conv2d_backward_weight needs (0: none).");
+  m.def("conv2d_winograd_workspace", [](const std::string& algo, const std::string& pass, const A16& shape) -> int64_t {
+    const ConvShape s = winograd_shape(algo, shape);
+    return kern::conv_winograd_workspace(s, winograd_tile(algo, s), winograd_pass(pass));
+  }, "Elements of the workspace a Winograd pass needs (0: none); raises for shapes Winograd cannot run.");
+  m.def("conv2d_winograd_forward", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w,
+                                      O b, O y, O ws, uintptr_t stream) {
+    const ConvShape s = winograd_shape(algo, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_fwd<float>(algo, s, x, w, b, y, ws, stream);
+    else winograd_fwd<double>(algo, s, x, w, b, y, ws, stream);
+  });
+  m.def("conv2d_winograd_backward_input", [](const std::string& algo, const std::string& dt, const A16& shape,
+                                             O gy, O w, O gx, O ws, uintptr_t stream) {
+    const ConvShape s = winograd_shape(algo, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_bwd_input<float>(algo, s, gy, w, gx, ws, stream);
+    else winograd_bwd_input<double>(algo, s, gy, w, gx, ws, stream);
+  });
+  m.def("conv2d_winograd_backward_weight", [](const std::string& algo, const std::string& dt, const A16& shape,
+                                              O x, O gy, O gw, O gb, O ws, uintptr_t stream) {
+    const ConvShape s = winograd_shape(algo, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_bwd_weight<float>(algo, s, x, gy, gw, gb, ws, stream);
+    else winograd_bwd_weight<double>(algo, s, x, gy, gw, gb, ws, stream);
+  });
   m.def("max_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, O idx, uintptr_t stream) {
     if (parse_dtype(dt) == DT::f32) max_fwd<float>(pool_dims(shape), x, y, idx, stream);
     else max_fwd<double>(pool_dims(shape), x, y, idx, stream);

@@ -62,7 +62,9 @@ PYCONV_GLOBAL void conv_direct_fprop_kernel(ConvShape s, const T* x, const T* w,
 
 // Block (k = blockIdx.x, part = blockIdx.y): outputs j = part*256 + t, stepping by parts*256 over
 // channel k's N*P*Q outputs; the block's float64 sums of y and y^2 go to ws[0][part][k], ws[1][part][k].
-template <typename T>
+// kCompute: the direct conv computes and writes y here; else y was written by another algorithm
+// (Winograd) and is only read.
+template <typename T, bool kCompute>
 PYCONV_GLOBAL void conv_direct_fprop_stats_kernel(ConvShape s, const T* x, const T* w, const T* b, T* y,
                                                   double* ws, int64_t parts) {
   PYCONV_SHARED_ARRAY(double, scratch, kReduceThreads);
@@ -70,8 +72,13 @@ PYCONV_GLOBAL void conv_direct_fprop_stats_kernel(ConvShape s, const T* x, const
   double sum = 0, sq = 0;
   for (int64_t j = part * kReduceThreads + thread_x(); j < s.N * PQ; j += parts * kReduceThreads) {
     const int64_t n = j / PQ, pq = j % PQ;
-    const T v = conv_direct_output(s, x, w, b, n, k, pq / s.Q, pq % s.Q);
-    y[(n * s.K + k) * PQ + pq] = v;
+    T v;
+    if (kCompute) {
+      v = conv_direct_output(s, x, w, b, n, k, pq / s.Q, pq % s.Q);
+      y[(n * s.K + k) * PQ + pq] = v;
+    } else {
+      v = y[(n * s.K + k) * PQ + pq];
+    }
     sum += double(v);
     sq += double(v) * double(v);
   }
@@ -184,8 +191,18 @@ void conv_direct_fprop_stats(const ConvShape& s, const T* x, const T* w, const T
                              double* ws, stream_t st) {
   const int64_t parts = conv_direct_stats_parts(s);
   const Dim3 grid{grid_dim(s.K, 2147483647, "conv_direct_fprop_stats"), unsigned(parts), 1};
-  launch(&conv_direct_fprop_stats_kernel<T>, grid, {kReduceThreads, 1, 1}, st, "conv_direct_fprop_stats", s, x, w,
-         b, y, ws, parts);
+  launch(&conv_direct_fprop_stats_kernel<T, true>, grid, {kReduceThreads, 1, 1}, st, "conv_direct_fprop_stats", s,
+         x, w, b, y, ws, parts);
+  conv_stats_sum(s, ws, stats, parts, st);
+}
+
+template <typename T>
+void conv_output_stats(const ConvShape& s, T* y, double* stats, double* ws, stream_t st) {
+  const int64_t parts = conv_direct_stats_parts(s);
+  const Dim3 grid{grid_dim(s.K, 2147483647, "conv_output_stats"), unsigned(parts), 1};
+  launch(&conv_direct_fprop_stats_kernel<T, false>, grid, {kReduceThreads, 1, 1}, st, "conv_output_stats", s,
+         static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), y, ws,
+         parts);
   conv_stats_sum(s, ws, stats, parts, st);
 }
 

@@ -51,5 +51,16 @@
                                            double*, stream_t);                                            \
   template void conv_igemm_fprop_stats<T>(const ConvShape&, const T*, const T*, const T*, T*, double*,    \
                                           double*, stream_t);                                             \
+  template void conv_output_stats<T>(const ConvShape&, T*, double*, double*, stream_t);                  \
+  }                                                                                                       \
+  }
+
+#define PYCONV_INSTANTIATE_CONV_WINOGRAD(T)                                                               \
+  namespace pyconv {                                                                                      \
+  namespace kern {                                                                                        \
+  template void conv_winograd_fprop<T>(const ConvShape&, int, const T*, const T*, const T*, T*, T*,       \
+                                       stream_t);                                                         \
+  template void conv_winograd_dgrad<T>(const ConvShape&, int, const T*, const T*, T*, T*, stream_t);      \
+  template void conv_winograd_wgrad<T>(const ConvShape&, int, const T*, const T*, T*, T*, T*, stream_t);  \
   }                                                                                                       \
   }

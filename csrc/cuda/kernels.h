@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/error.h"
+
 #include "common/shapes.h"
 
 namespace pyconv {
@@ -62,6 +64,70 @@ inline int64_t conv_igemm_wgrad_workspace(const ConvShape& s) {
   return splits > 1 ? splits * s.K * (s.C / s.G) * s.R * s.S : 0;
 }
 
+// ---- convolution: Winograd F(m x m, 3 x 3), m in {2, 4} (3x3, stride 1, dilation 1; the binding
+// checks the shape) --------------------------------------------------------------------------------
+// One stride-1 3x3 convolution per group: Cin -> Kout channels, H x W -> P x Q, top/left padding
+// (negative = crop). The forward pass runs winograd_forward_conv(s); grad-input runs the same
+// algorithm on winograd_backward_input_conv(s) (gy convolved with the rotated, transposed filter).
+struct WinogradConv {
+  int64_t N, G, Cin, Kout, H, W, P, Q, pad_h, pad_w;
+};
+
+inline WinogradConv winograd_forward_conv(const ConvShape& s) {
+  return {s.N, s.G, s.C / s.G, s.K / s.G, s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w};
+}
+
+inline WinogradConv winograd_backward_input_conv(const ConvShape& s) {
+  return {s.N, s.G, s.K / s.G, s.C / s.G, s.P, s.Q, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w};
+}
+
+inline int64_t winograd_tiles(const WinogradConv& c, int m) {
+  return c.N * ((c.P + m - 1) / m) * ((c.Q + m - 1) / m);
+}
+
+// Split-K factor of the grad-weight GEMMs (reduction over tiles), chosen like the implicit GEMM's.
+inline int64_t conv_winograd_wgrad_splits(const WinogradConv& c, int m) {
+  const int64_t batches = (m + 2) * (m + 2) * c.G;
+  const int64_t blocks = ((c.Kout + kIgemmBM - 1) / kIgemmBM) * ((c.Cin + kIgemmBN - 1) / kIgemmBN) * batches;
+  const int64_t want = (264 + blocks - 1) / blocks;
+  const int64_t most = (winograd_tiles(c, m) + 8 * kIgemmBK - 1) / (8 * kIgemmBK);
+  int64_t splits = want < most ? want : most;
+  if (splits > 64) splits = 64;
+  if (splits * batches > 65535) splits = 65535 / batches;
+  return splits < 1 ? 1 : splits;
+}
+
+enum class WinogradPass { fprop, dgrad, wgrad };
+
+// Elements of T the caller allocates for one pass (0 when there is nothing to compute), checked
+// against int64 overflow:
+//   fprop / dgrad  U [a2][G*Kout][Cin] | V [a2][G*Cin][tiles] | M [a2][G*Kout][tiles]
+//   wgrad          V [a2][G*Cin][tiles] | Z [a2][G*Kout][tiles] | partials [splits][a2][G*Kout][Cin]
+inline int64_t conv_winograd_workspace(const ConvShape& s, int m, WinogradPass pass) {
+  const WinogradConv c = pass == WinogradPass::dgrad ? winograd_backward_input_conv(s) : winograd_forward_conv(s);
+  const int64_t a2 = (m + 2) * (m + 2), tiles = winograd_tiles(c, m);
+  const int64_t Ktot = c.G * c.Kout, Ctot = c.G * c.Cin;
+  if (Ktot == 0 || (pass != WinogradPass::wgrad && tiles == 0) || (pass == WinogradPass::wgrad && c.Cin == 0))
+    return 0;
+  const int64_t lim = INT64_MAX / 4;
+  auto mul = [&](int64_t a, int64_t b) {
+    if (a != 0 && b > lim / a) fail("conv_winograd: workspace size overflows int64");
+    return a * b;
+  };
+  const int64_t rows = pass == WinogradPass::wgrad ? mul(conv_winograd_wgrad_splits(c, m), Ktot) : Ktot;
+  const int64_t filt = mul(mul(a2, rows), c.Cin);
+  const int64_t data = mul(mul(a2, Ctot + Ktot), tiles);
+  if (filt > lim - data) fail("conv_winograd: workspace size overflows int64");
+  return filt + data;
+}
+
+template <typename T>
+void conv_winograd_fprop(const ConvShape& s, int m, const T* x, const T* w, const T* b, T* y, T* ws, stream_t st);
+template <typename T>
+void conv_winograd_dgrad(const ConvShape& s, int m, const T* gy, const T* w, T* gx, T* ws, stream_t st);
+template <typename T>
+void conv_winograd_wgrad(const ConvShape& s, int m, const T* x, const T* gy, T* gw, T* gb, T* ws, stream_t st);
+
 // ---- pooling ------------------------------------------------------------------------------------
 template <typename T>
 void max_pool_fprop(const PoolDims& s, const T* x, T* y, int64_t* idx, stream_t st);
@@ -101,6 +167,9 @@ void conv_direct_fprop_stats(const ConvShape& s, const T* x, const T* w, const T
 template <typename T>
 void conv_igemm_fprop_stats(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
                             double* ws, stream_t st);
+// The same statistics of an output y another algorithm (Winograd) wrote; ws as the direct conv's.
+template <typename T>
+void conv_output_stats(const ConvShape& s, T* y, double* stats, double* ws, stream_t st);
 
 // Direct conv with stats: block (k, part) reduces channel k over a strided share of the N*P*Q outputs.
 constexpr int64_t kDirectStatsMaxParts = 256;

@@ -5,6 +5,7 @@
 #endif
 #include "cuda/batch_norm.cuh"
 #include "cuda/conv_igemm.cuh"
+#include "cuda/conv_winograd.cuh"
 #include "cuda/instantiate.h"
 #include "cuda/pool.cuh"
 #include "cuda/relu.cuh"
@@ -19,3 +20,5 @@ PYCONV_INSTANTIATE_RELU(float)
 PYCONV_INSTANTIATE_RELU(double)
 PYCONV_INSTANTIATE_CONV_STATS(float)
 PYCONV_INSTANTIATE_CONV_STATS(double)
+PYCONV_INSTANTIATE_CONV_WINOGRAD(float)
+PYCONV_INSTANTIATE_CONV_WINOGRAD(double)

@@ -14,7 +14,10 @@ import torch
 from .._errors import PyConvError
 
 IMPLEMENTED = True
-CONV_ALGOS = ("direct", "im2col")  # im2col = implicit GEMM (the column matrix is never materialized)
+# im2col = implicit GEMM (the column matrix is never materialized); winograd_2x2 / winograd_4x4 =
+# Winograd F(2x2,3x3) / F(4x4,3x3), "winograd" picks the tile (m=2 when min(P, Q) < 8, else 4).
+WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
+CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
 
 try:
     from .. import _C_cuda
@@ -77,7 +80,41 @@ class KernelTable:
                                       f"(it has {', '.join(CONV_ALGOS)})")
         return algo
 
+    # Winograd: the kernels get a caller-allocated workspace on the tensors' device (kept referenced
+    # until the launches are queued; torch's caching allocator orders its reuse on the same stream).
+    def _winograd_ws(self, algo, pass_, shape, like):
+        n = self.lib.conv2d_winograd_workspace(algo, pass_, tuple(shape))
+        return torch.empty(n, dtype=like.dtype, device=like.device) if n else None
+
+    def _winograd_forward(self, x, w, b, y, shape, algo):
+        ws = self._winograd_ws(algo, "forward", shape, x)
+        with self._device(x):
+            self.lib.conv2d_winograd_forward(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
+                                             self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
+                                             self._buf(ws, "workspace"), self._stream(x))
+
+    def _winograd_backward_input(self, gy, w, gx, shape, algo):
+        ws = self._winograd_ws(algo, "backward_input", shape, gy)
+        with self._device(gy):
+            self.lib.conv2d_winograd_backward_input(algo, self._dtype(gy), tuple(shape),
+                                                    self._buf(gy, "grad_output"), self._buf(w, "weight"),
+                                                    self._buf(gx, "grad_input"), self._buf(ws, "workspace"),
+                                                    self._stream(gy))
+
+    def _winograd_backward_weight(self, x, gy, gw, gb, shape, algo):
+        ws = self._winograd_ws(algo, "backward_weight", shape, x) if gw is not None else None
+        with self._device(x):
+            self.lib.conv2d_winograd_backward_weight(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
+                                                     self._buf(gy, "grad_output"), self._buf(gw, "grad_weight"),
+                                                     self._buf(gb, "grad_bias"), self._buf(ws, "workspace"),
+                                                     self._stream(x))
+
     def conv2d_forward(self, x, w, b, y, shape, algo, stats=None):
+        if self._algo(algo) in WINOGRAD_ALGOS:
+            self._winograd_forward(x, w, b, y, shape, algo)
+            if stats is not None:  # no epilogue hook in the Winograd output transform: a reduction over y
+                self._output_stats(y, shape, stats)
+            return
         if stats is not None:
             return self._conv2d_forward_stats(x, w, b, y, shape, algo, stats)
         with self._device(x):
@@ -86,6 +123,8 @@ class KernelTable:
                                     self._stream(x))
 
     def conv2d_backward_input(self, gy, w, gx, shape, algo):
+        if self._algo(algo) in WINOGRAD_ALGOS:
+            return self._winograd_backward_input(gy, w, gx, shape, algo)
         with self._device(gy):
             self.lib.conv2d_backward_input(self._algo(algo), self._dtype(gy), tuple(shape),
                                            self._buf(gy, "grad_output"), self._buf(w, "weight"),
@@ -93,6 +132,8 @@ class KernelTable:
 
     def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
         algo = self._algo(algo)
+        if algo in WINOGRAD_ALGOS:
+            return self._winograd_backward_weight(x, gy, gw, gb, shape, algo)
         n = self.lib.conv2d_backward_weight_workspace(algo, tuple(shape)) if gw is not None else 0
         ws = torch.empty(n, dtype=x.dtype, device=x.device) if n else None
         with self._device(x):
@@ -166,6 +207,14 @@ class KernelTable:
                                           self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
                                           self._buf(self._stats(stats), "stats"), self._buf(ws, "workspace"),
                                           self._stream(x))
+
+    def _output_stats(self, y, shape, stats):
+        n = self.lib.conv2d_output_stats_workspace(tuple(shape))
+        ws = torch.empty(n, dtype=torch.float64, device=y.device)
+        with self._device(y):
+            self.lib.conv2d_output_stats(self._dtype(y), tuple(shape), self._buf(y, "output"),
+                                         self._buf(self._stats(stats), "stats"), self._buf(ws, "workspace"),
+                                         self._stream(y))
 
     def relu_forward(self, x):
         with self._device(x):
