@@ -6,9 +6,9 @@ the conv weight and the BN weight and bias. Memory, per implementation:
   saved    bytes the step keeps alive between forward and backward (tensors saved for backward,
            counted once per storage through torch.autograd.graph.saved_tensors_hooks): the
            activation memory a network pays per layer;
-  peak     the step's peak resident memory above what was resident before it (ru_maxrss in a fresh
-           subprocess after a small warm-up step, large blocks always mmapped), native workspaces
-           included.
+  peak     the step's peak resident memory above what was resident before it (VmHWM, reset through
+           /proc/self/clear_refs, in a fresh subprocess after a small warm-up step, large blocks always
+           mmapped), native workspaces included.
 
   python benchmarks/bench_conv_bn_relu.py --batch 8 --repeat 7 [--algo auto] [--json out.json]
 """
@@ -100,10 +100,19 @@ def peak_child(suite, idx, n, impl, algo, threads):
     step_fn(impl, small, *make(small, 1, torch.float32), algo)[1]()  # libraries' one-time setup
     args = make(layer, n, torch.float32)
     _, step = step_fn(impl, layer, *args, algo)
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, the peak resident size, to the current one
+        f.write("5")
     before = rss_now()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return max(0, peak - before)
+    return max(0, hwm_now() - before)
+
+
+def hwm_now():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def rss_now():

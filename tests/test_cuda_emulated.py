@@ -164,8 +164,13 @@ def test_winograd_tile_choice_and_split_k():
     lib = emu._C_cuda_emu
     x, w = torch.randn(2, 3, 12, 12), torch.randn(4, 3, 3, 3)
     big, small = conv_shape(x, w, dict(padding=1)), conv_shape(x[:, :, :7, :7], w, dict(padding=1))
-    # "winograd" = 4x4 tiles from min(P, Q) >= 8 on (the workspace holds (m+2)^2 positions), else 2x2.
-    for shape, same in ((big, "winograd_4x4"), (small, "winograd_2x2")):
+    wide = conv_shape(torch.randn(1, 3, 16, 17), w, dict(padding=1))
+    # "winograd" = 4x4 tiles from min(P, Q) >= 16 on (the workspace holds (m+2)^2 positions), else 2x2.
+    for pass_ in ("forward", "backward_input", "backward_weight"):
+        assert lib.conv2d_winograd_workspace("winograd", pass_, tuple(wide)) == \
+            lib.conv2d_winograd_workspace("winograd_4x4", pass_, tuple(wide))
+    big_m = "winograd_2x2"
+    for shape, same in ((big, big_m), (small, "winograd_2x2")):
         for pass_ in ("forward", "backward_input", "backward_weight"):
             assert lib.conv2d_winograd_workspace("winograd", pass_, tuple(shape)) == \
                 lib.conv2d_winograd_workspace(same, pass_, tuple(shape))

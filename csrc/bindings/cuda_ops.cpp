@@ -295,7 +295,8 @@ void bind_fusion_ops(py::module_& m) {
 int winograd_tile(const std::string& algo, const ConvShape& s) {
   if (algo == "winograd_2x2") return 2;
   if (algo == "winograd_4x4") return 4;
-  if (algo == "winograd") return (s.P < s.Q ? s.P : s.Q) < 8 ? 2 : 4;  // pyconv/backends/cpp.py's rule
+  // pyconv/autotune.py's rule (WINOGRAD_TILE_SWITCH): F(4x4) from 16x16 outputs on
+  if (algo == "winograd") return (s.P < s.Q ? s.P : s.Q) < 16 ? 2 : 4;
   fail("algo=", algo, " is not a Winograd algorithm (winograd, winograd_2x2, winograd_4x4)");
 }
 

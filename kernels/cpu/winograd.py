@@ -293,12 +293,10 @@ def weight_grad_finish(dU, Gm, Gr, Cin, Kout, gw):
 # ----------------------------------------------------------------------------- Python side ---
 
 def tile_of(algo, s):
-    """Output tile m of an algo name (as pyconv/backends/cpp.py: 'winograd' takes m=2 below 8x8 outputs)."""
-    if algo == "winograd_2x2":
-        return 2
-    if algo == "winograd_4x4":
-        return 4
-    return 2 if min(s.P, s.Q) < 8 else 4
+    """Output tile m of an algo name: the one rule of pyconv.autotune, shared by every backend."""
+    from pyconv.autotune import winograd_tile
+
+    return winograd_tile(algo, s)
 
 
 def check_shape(algo, s):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C
+from ..autotune import winograd_tile
 
 CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
 
@@ -23,20 +24,6 @@ def _np(t: torch.Tensor):
 
 def _shape(shape):
     return _C.ConvShape(*shape)
-
-
-# Winograd F(m x m, 3 x 3): the output tile m of each algo name. "winograd" takes m=4 (4x fewer
-# multiplications than direct against 2.25x for m=2) unless the output is under 8x8: there 4x4 tiles
-# are partly padding and too few tiles share each transformed filter (36*K*C values) for m=4 to pay.
-# Measured (benchmarks/bench_winograd.py, batch 8, 2 threads): ResNet-18 layer4 7x7x512 forward
-# F(2x2) 17.1 GFLOP/s vs F(4x4) 7.0; at 14x14 and larger F(4x4) wins (28.5 vs 23.1 at 14x14x256).
-WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
-
-
-def winograd_tile(algo, shape) -> int:
-    if algo in WINOGRAD_TILE:
-        return WINOGRAD_TILE[algo]
-    return 2 if min(shape.P, shape.Q) < 8 else 4
 
 
 def conv2d_forward(x, w, b, y, shape, algo, stats=None):
