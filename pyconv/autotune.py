@@ -10,7 +10,9 @@ algo='auto' has two modes:
     1. depthwise (one input channel per group) -> direct: no reduction dimension worth a GEMM;
     2. 3x3, stride 1, dilation 1, >= 16 channels per group in and out -> Winograd (F(4x4,3x3)
        cuts the multiplies 4x, F(2x2,3x3) 2.25x; small channel counts cannot amortize the
-       transforms);
+       transforms) -- except when gradients will be taken and the output is under 8x8 with a wide
+       reduction: there Winograd's grad-weight (few tiles per transformed filter) loses, im2col
+       (7x7x512, batch 8, training step: im2col 66.6 ms, F(2x2) 91.3 ms, torch 67.7 ms);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions;
@@ -18,7 +20,7 @@ algo='auto' has two modes:
   A rule whose algorithm the backend does not implement yet falls through to the next one.
 - measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
   is timed once per (shape, dtype, backend, threads) on random data through the backend's forward
-  kernel, and the fastest is cached in memory and on disk (JSON in cache_dir(), entries keyed also
+  kernel (the forward alone: the training exception of rule 2 is the heuristic's), and the fastest is cached in memory and on disk (JSON in cache_dir(), entries keyed also
   by CPU model, ISA and pyconv version, so another machine or release never reuses them). A corrupt
   or stale cache file is ignored; writers merge under a lock file and publish with os.replace, so
   concurrent processes never leave a torn file.
@@ -44,6 +46,7 @@ from ._errors import PyConvError
 ALGOS = ("auto", "direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_TRAIN_MIN_OUTPUT = 8
 IM2COL_MIN_REDUCTION = 64
 
 
@@ -97,8 +100,9 @@ def _first_winograd(have) -> Optional[str]:
     return None
 
 
-def _heuristic(shape: ConvShape, have) -> AlgoChoice:
-    """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule."""
+def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
+    """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
+    grad: gradients will be taken (the backward runs the same algorithm)."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -111,6 +115,10 @@ def _heuristic(shape: ConvShape, have) -> AlgoChoice:
     if cg == 1 and shape.G > 1:
         return pick("direct", f"depthwise/one channel per group (groups={shape.G}): direct")
     if winograd_unsupported(shape) is None and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
+        if grad and min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT and reduction >= IM2COL_MIN_REDUCTION \
+                and "im2col" in have:
+            return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
+                                  f"{WINOGRAD_TRAIN_MIN_OUTPUT}): Winograd's grad-weight loses, GEMM")
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")
@@ -380,24 +388,26 @@ def _compiling() -> bool:
         return False
 
 
-def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32) -> AlgoChoice:
+def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
+                grad: bool = False) -> AlgoChoice:
     """algo='auto' for this shape: measured when autotuning is on (and not while torch.compile
-    traces, which must not run kernels), the heuristic otherwise."""
+    traces, which must not run kernels), the heuristic otherwise. grad: gradients will be taken."""
     if _state["enabled"] and not _compiling() and shape.N * shape.K * shape.P * shape.Q > 0:
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
-    return _heuristic(shape, backends.load(backend).CONV_ALGOS)
+    return _heuristic(shape, backends.load(backend).CONV_ALGOS, grad)
 
 
-def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32) -> str:
+def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
+                      grad: bool = False) -> str:
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
     have = backends.load(backend).CONV_ALGOS
     if algo == "auto":
-        return choose_auto(shape, backend, dtype).algo
+        return choose_auto(shape, backend, dtype, grad).algo
     if algo.startswith("winograd"):
         why = winograd_unsupported(shape)
         if why:

@@ -13,7 +13,7 @@ __all__ = ["conv2d", "conv_bn_relu", "max_pool2d", "avg_pool2d", "batch_norm"]
 class _ConvCall:
     """The normalized arguments of one convolution call (conv2d, conv_bn_relu)."""
 
-    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend):
+    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=()):
         x, kx = to_torch(input, "input")
         self.w, kw = to_torch(weight, "weight")
         self.b, kb = to_torch(bias, "bias")
@@ -24,7 +24,9 @@ class _ConvCall:
         x = x if self.batched else x.unsqueeze(0)
         self.shape = _args.conv2d_shape(x, self.w, self.b, self.params)
         self.backend = backends.resolve(backend, x.device)
-        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype)
+        grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                                for t in (x, self.w, self.b) + tuple(more_params))
+        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad)
         self.x = contiguous_nchw(x)
         self.kind = result_kind(kx, kw, kb)
 
@@ -110,7 +112,8 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
     if momentum is None:
         raise TypeError("conv_bn_relu(): argument 'momentum' must be float, not NoneType "
                         "(pyconv.nn.ConvBNReLU2d handles momentum=None)")
-    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend,
+                  more_params=(bn_weight, bn_bias))
     bn = {name: to_torch(t, name)[0] for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
                                                      ("running_mean", running_mean), ("running_var", running_var))}
     for name, t in bn.items():
