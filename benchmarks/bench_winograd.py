@@ -79,6 +79,7 @@ def main():
     ap.add_argument("--backward", action="store_true", help="forward + grad-input + grad-weight")
     ap.add_argument("--tiles", action="store_true", help="small outputs: 2x2 vs 4x4 tiles")
     ap.add_argument("--only", default="", help="comma-separated layer-name prefixes")
+    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: torch first, then algos")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pyconv.set_num_threads(a.threads)
@@ -87,7 +88,7 @@ def main():
         layers = [layer for layer in layers if layer[0].startswith(tuple(a.only.split(",")))]
     print(f"torch {torch.__version__}, {a.threads} threads, isa {pyconv._C.isa()}, "
           f"{'forward+backward' if a.backward else 'forward'}, median of {a.repeat}")
-    run(layers, IMPLS, a.batch, a.repeat, a.backward)
+    run(layers, a.impls.split(","), a.batch, a.repeat, a.backward)
 
 
 if __name__ == "__main__":
