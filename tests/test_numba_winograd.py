@@ -4,11 +4,10 @@ and the kernel entry points rejecting shapes Winograd cannot run. tests/test_con
 grid (groups, padding, every gradient, gradcheck) on the numba winograd algos."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pyconv
-import pyconv.functional as PF
 from pyconv import PyConvError, _args, backends
+from test_winograd import errors as winograd_errors
 
 pytestmark = pytest.mark.skipif("numba" not in pyconv.available_backends(), reason="numba backend unavailable")
 
@@ -17,22 +16,8 @@ LAYERS = [("resnet18.layer1", 64, 64, 14), ("resnet18.layer4", 256, 256, 7)]
 ALGOS = ["winograd_2x2", "winograd_4x4", "winograd"]
 
 
-def rel(a, ref):
-    return ((a.double() - ref).norm() / ref.norm()).item()
-
-
-def errors(algo, C, K, HW, N=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, C, HW, HW, generator=g, dtype=torch.float64)
-    w = torch.randn(K, C, 3, 3, generator=g, dtype=torch.float64) / (3 * C ** 0.5)  # unit-variance output
-    gy = torch.randn(N, K, HW, HW, generator=g, dtype=torch.float64)
-    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    yr = F.conv2d(xr, wr, padding=1)
-    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy)
-    x32, w32 = x.float().requires_grad_(), w.float().requires_grad_()
-    y = PF.conv2d(x32, w32, padding=1, algo=algo, backend="numba")
-    gx, gw = torch.autograd.grad(y, (x32, w32), gy.float())
-    return rel(y, yr.detach()), rel(gx, gxr), rel(gw, gwr)
+def errors(algo, C, K, HW):
+    return winograd_errors(algo, C, K, HW, backend="numba")
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=[layer[0] for layer in LAYERS])

@@ -25,7 +25,9 @@ def rel(a, ref):
     return ((a.double() - ref).norm() / ref.norm()).item()
 
 
-def errors(algo, C, K, HW, N=2, seed=0):
+def errors(algo, C, K, HW, N=2, seed=0, backend="auto"):
+    """Norm-wise relative errors (forward, grad-input, grad-weight) of float32 `algo` against torch in
+    float64 on unit-variance data; tests/test_numba_winograd.py runs it on the numba backend."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C, HW, HW, generator=g, dtype=torch.float64)
     w = torch.randn(K, C, 3, 3, generator=g, dtype=torch.float64) / (3 * C ** 0.5)  # unit-variance output
@@ -34,7 +36,7 @@ def errors(algo, C, K, HW, N=2, seed=0):
     yr = F.conv2d(xr, wr, padding=1)
     gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy)
     x32, w32 = x.float().requires_grad_(), w.float().requires_grad_()
-    y = PF.conv2d(x32, w32, padding=1, algo=algo)
+    y = PF.conv2d(x32, w32, padding=1, algo=algo, backend=backend)
     gx, gw = torch.autograd.grad(y, (x32, w32), gy.float())
     return rel(y, yr.detach()), rel(gx, gxr), rel(gw, gwr)
 
