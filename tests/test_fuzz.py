@@ -299,7 +299,7 @@ def pool_rejects(x, max_pool_kw=None):
 
 def max_pool_has_empty_window(x, kw):
     """Whether torch's max_pool2d output has a window whose taps all fall in the padding; worked out
-    from the output torch returns (no pyconv code), '' when torch raises."""
+    from the output torch returns (no pyconv code); False when torch raises."""
     try:
         out = F.max_pool2d(x, **{**kw, "return_indices": False})
     except Exception:  # noqa: BLE001

@@ -140,9 +140,7 @@ def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
 
 def _or_dummy(t, like):
     """Numba needs one array type per argument: absent optional buffers become a 1-element dummy."""
-    import numpy as np
-
-    return (np.zeros(1, dtype=like.dtype), False) if t is None else (_flat(t), True)
+    return (_np.zeros(1, dtype=like.dtype), False) if t is None else (_flat(t), True)
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
