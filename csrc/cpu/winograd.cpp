@@ -29,12 +29,14 @@
 //
 // Layout and loop order. Filters are transformed once per call into packed A panels
 // U[g][xi][kb][c][MR] (xi = position in the alpha x alpha tile, K zero-padded to MR). Threads take
-// blocks of NB tiles: the block's input is transformed (vectorized across tiles) into
-// V[xi][c][NB], which stays in cache, the micro-kernel multiplies U panels by NR-tile slices of V
-// into M[xi][k][NB], and the output transform writes Y. No full transformed-input tensor exists.
+// blocks of NB tiles: the block's input is transformed (vectorized across tiles) straight into
+// packed B panels V[xi][NB/NR][c][NR], which stay in cache, the shared GEMM micro-kernel
+// (gemm_driver.h) multiplies U panels by V panels into MR x NR tiles of M, and the output transform
+// writes Y. No full transformed-input tensor exists.
 #include "cpu/winograd.h"
 
 #include "common/runtime.h"
+#include "cpu/gemm_driver.h"
 #include "cpu/simd.h"
 
 #include <omp.h>
@@ -111,39 +113,33 @@ PYCONV_INLINE void mul_right(const double (&Mx)[R0][R1], const V* in, V* out) {
     }
 }
 
-// ---- GEMM micro-kernel ---------------------------------------------------------------------------
-// c[i][j] (+)= sum_l a[l][i] * b[l][j] for an MR x NR tile: a is a packed panel [len][MR], b has rows
-// of NR values with stride ldb, c rows have stride ldc. MR x NR/W accumulators + NR/W + 1 registers
-// fit the 16 ymm registers. Kept self-contained so the shared packed GEMM's kernel can replace it.
-constexpr int kMR = 6;
+// ---- Products ----------------------------------------------------------------------------------
+// Every per-position product runs on the shared GEMM micro-kernel of gemm_driver.h: an MR x NR tile
+// from a packed A panel [len][MR] and a packed B panel [len][NR]. The transforms write their results
+// straight in panel layout, so the products need no packing pass.
 template <typename T>
-constexpr int kNR = 2 * Simd<T>::W;
+constexpr int kMR = GemmBlocking<T>::MR;
+template <typename T>
+constexpr int kNR = GemmBlocking<T>::NR;
 
-template <typename T>
-void gemm_micro(int64_t len, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
-  using V = vec_t<T>;
-  constexpr int W = Simd<T>::W;
-  V acc[kMR][2];
-  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = V{};
-  for (int64_t l = 0; l < len; ++l) {
-    const V b0 = vload(b + l * ldb), b1 = vload(b + l * ldb + W);
-    const T* al = a + l * kMR;
-    for (int i = 0; i < kMR; ++i) {
-      const V ai = vbroadcast(al[i]);
-      acc[i][0] += ai * b0;
-      acc[i][1] += ai * b1;
-    }
+// Where element (position xi, row r, tile t) of a block of NB tiles lives in a transformed block:
+// (xi, r, t) -> xi*xi_stride + (t / NR)*panel_stride + r*row_stride + t % NR. Panel layout (the
+// micro-kernel's B operand) has row_stride NR; row layout [xi][rows][NB] has row_stride NB.
+struct BlockLayout {
+  int64_t xi_stride, panel_stride, row_stride;
+  template <typename T>
+  static BlockLayout panels(int64_t rows, int64_t NB) {
+    return {rows * NB, rows * kNR<T>, kNR<T>};
   }
-  for (int i = 0; i < kMR; ++i) {
-    T* ci = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] += vload(ci);
-      acc[i][1] += vload(ci + W);
-    }
-    vstore(ci, acc[i][0]);
-    vstore(ci + W, acc[i][1]);
+  template <typename T>
+  static BlockLayout rows(int64_t rows, int64_t NB) {
+    return {rows * NB, kNR<T>, NB};
   }
-}
+  template <typename T>
+  int64_t at(int64_t xi, int64_t r, int64_t t) const {
+    return xi * xi_stride + t / kNR<T> * panel_stride + r * row_stride + t % kNR<T>;
+  }
+};
 
 // ---- Problem description -------------------------------------------------------------------------
 // A stride-1 3x3 convolution per group: Cin -> Kout channels, input H x W, output P x Q, top/left
@@ -181,11 +177,11 @@ struct LaneTiles {
 template <typename T, int M>
 void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
   constexpr int A = WinogradTile<M>::alpha;
-  const int64_t nkb = ceil_div(c.Kout, kMR);
+  const int64_t nkb = ceil_div(c.Kout, kMR<T>);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t gk = 0; gk < c.G * nkb * kMR; ++gk) {
-    const int64_t g = gk / (nkb * kMR), k = gk % (nkb * kMR), kb = k / kMR, i = k % kMR;
-    T* Ug = U + g * A * A * nkb * c.Cin * kMR;
+  for (int64_t gk = 0; gk < c.G * nkb * kMR<T>; ++gk) {
+    const int64_t g = gk / (nkb * kMR<T>), k = gk % (nkb * kMR<T>), kb = k / kMR<T>, i = k % kMR<T>;
+    T* Ug = U + g * A * A * nkb * c.Cin * kMR<T>;
     for (int64_t ci = 0; ci < c.Cin; ++ci) {
       T f[9], tmp[A * 3], u[A * A];
       for (int rs = 0; rs < 9; ++rs) {
@@ -198,16 +194,15 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
       }
       mul_left<false, 3, T>(WinogradTile<M>::G, f, tmp);
       mul_right<true, A, T>(WinogradTile<M>::G, tmp, u);
-      for (int xi = 0; xi < A * A; ++xi) Ug[((xi * nkb + kb) * c.Cin + ci) * kMR + i] = u[xi];
+      for (int xi = 0; xi < A * A; ++xi) Ug[((xi * nkb + kb) * c.Cin + ci) * kMR<T> + i] = u[xi];
     }
   }
 }
 
-// V[xi][ci][NB] = B^T d B for the NB tiles from t0 (zero past the last tile), channels of group g;
-// V has `rows` >= Cin channel rows per position.
+// V(xi, ci, t) = B^T d B for the NB tiles from t0 (zero past the last tile), channels of group g.
 template <typename T, int M>
 void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64_t g, int64_t t0, int64_t NB,
-                           int64_t rows, T* V) {
+                           const BlockLayout& layout, T* V) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
@@ -237,12 +232,13 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
       for (int e = 0; e < A * A; ++e) dv[e] = vload(d + e * W);
       mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
       mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
-      for (int xi = 0; xi < A * A; ++xi) vstore(V + (xi * rows + ci) * NB + ch * W, v[xi]);
+      for (int xi = 0; xi < A * A; ++xi) vstore(V + layout.at<T>(xi, ci, ch * W), v[xi]);
     }
   }
 }
 
-// Y = A^T M A (+ bias) for the NB tiles from t0, M[xi][Kpad][NB], output channels of group g.
+// Y = A^T M A (+ bias) for the NB tiles from t0, output channels of group g. M holds the products
+// MR x NR tiles as written by the micro-kernel: [xi][k / MR][t / NR][k % MR][t % NR].
 template <typename T, int M>
 void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t Kpad, const T* bias,
                             int64_t g, int64_t t0, int64_t NB, T* y) {
@@ -253,7 +249,9 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     for (int64_t k = 0; k < c.Kout; ++k) {
       Vec mv[A * A], tmp[M * A], o[M * M];
-      for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(Mb + (xi * Kpad + k) * NB + ch * W);
+      const int64_t t = ch * W;
+      const T* mk = Mb + k / kMR<T> * kMR<T> * NB + t / kNR<T> * kMR<T> * kNR<T> + k % kMR<T> * kNR<T> + t % kNR<T>;
+      for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(mk + xi * Kpad * NB);
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
       const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
@@ -270,14 +268,15 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
   }
 }
 
-// Tiles per block: a multiple of NR with the block's V and M near a core's L2, and enough blocks
-// for every thread.
+// Tiles per block: a multiple of NR. Each position's U (Kout x Cin) streams from L3 once per block,
+// so a block wants many tiles: as many as keep one position's V panels (Cin x NB) in half of L2,
+// as long as every thread still gets blocks.
 template <typename T>
-int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) {
+int64_t block_tiles(int64_t reduction, int64_t tiles, int64_t G, int nthr) {
   constexpr int64_t NR = kNR<T>;
-  const int64_t budget = 512 * 1024;
-  int64_t panels = imax(1, imin(8, budget / imax(1, per_tile_elems * NR * int64_t(sizeof(T)))));
-  while (panels > 1 && G * ceil_div(tiles, panels * NR) < 4 * nthr) --panels;
+  const int64_t budget = 256 * 1024;
+  int64_t panels = imax(1, imin(8, budget / imax(1, reduction * NR * int64_t(sizeof(T)))));
+  while (panels > 1 && G * ceil_div(tiles, panels * NR) < 2 * nthr) --panels;
   return panels * NR;
 }
 
@@ -287,13 +286,13 @@ void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, con
   constexpr int64_t NR = kNR<T>;
   const Tiling<M> tl(c);
   if (tl.tiles == 0 || c.Kout == 0) return;
-  const int64_t nkb = ceil_div(c.Kout, kMR), Kpad = nkb * kMR;
+  const int64_t nkb = ceil_div(c.Kout, kMR<T>), Kpad = nkb * kMR<T>;
   Workspace uw(checked_bytes(c.G * A * A * Kpad * c.Cin, sizeof(T)));
   T* U = uw.as<T>();
   transform_filters<T, M>(c, w, transposed_w, U);
 
   const int nthr = num_threads();
-  const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
+  const int64_t NB = block_tiles<T>(c.Cin, tl.tiles, c.G, nthr);
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t per_thread = A * A * (c.Cin + Kpad) * NB;
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
@@ -304,13 +303,15 @@ void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, con
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < c.G * nblocks; ++task) {
       const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-      transform_input_block<T, M>(c, tl, x, g, t0, NB, c.Cin, V);
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::panels<T>(c.Cin, NB), V);
       const T* Ug = U + g * A * A * Kpad * c.Cin;
+      // U panel outer: it stays in L1 while the block's V panels (sized for L2) stream past; a
+      // position's U (Kout x Cin) can be far larger than L2.
       for (int xi = 0; xi < A * A; ++xi)
         for (int64_t kb = 0; kb < nkb; ++kb)
-          for (int64_t j = 0; j < NB; j += NR)
-            gemm_micro<T>(c.Cin, Ug + (xi * nkb + kb) * c.Cin * kMR, V + xi * c.Cin * NB + j, NB,
-                          Mb + (xi * Kpad + kb * kMR) * NB + j, NB, false);
+          for (int64_t jp = 0; jp < NB / NR; ++jp)
+            gemm_micro_kernel<T>(c.Cin, Ug + (xi * nkb + kb) * c.Cin * kMR<T>, V + (xi * NB + jp * NR) * c.Cin,
+                                 Mb + xi * Kpad * NB + kb * kMR<T> * NB + jp * kMR<T> * NR);
       transform_output_block<T, M>(c, tl, Mb, Kpad, bias, g, t0, NB, y);
     }
   }
@@ -380,7 +381,7 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   constexpr int A = WinogradTile<M>::alpha;
   constexpr int64_t NR = kNR<T>;
   const Tiling<M> tl(c);
-  const int64_t nkb = ceil_div(c.Kout, kMR), Kpad = nkb * kMR;
+  const int64_t nkb = ceil_div(c.Kout, kMR<T>), Kpad = nkb * kMR<T>;
   const int64_t ncb = ceil_div(c.Cin, NR), Cpad = ncb * NR;
   const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU
   const int64_t nblocks = ceil_div(tl.tiles, NB);
@@ -403,16 +404,20 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < c.G * nblocks; ++task) {
       const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-      transform_input_block<T, M>(c, tl, x, g, t0, NB, Cpad, V);
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), V);
       transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, Z);
       pack_tile_major<T, NR>(V, A * A, Cpad, NB, Vt);
-      pack_tile_major<T, kMR>(Z, A * A, Kpad, NB, Zt);
+      pack_tile_major<T, kMR<T>>(Z, A * A, Kpad, NB, Zt);
       T* dUg = dU + g * A * A * Kpad * Cpad;
+      alignas(64) T tile[kMR<T> * NR];
       for (int xi = 0; xi < A * A; ++xi)
-        for (int64_t kb = 0; kb < nkb; ++kb)
-          for (int64_t cb = 0; cb < ncb; ++cb)
-            gemm_micro<T>(NB, Zt + (xi * Kpad + kb * kMR) * NB, Vt + (xi * Cpad + cb * NR) * NB, NR,
-                          dUg + (xi * Kpad + kb * kMR) * Cpad + cb * NR, Cpad, true);
+        for (int64_t cb = 0; cb < ncb; ++cb)
+          for (int64_t kb = 0; kb < nkb; ++kb) {
+            gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * kMR<T>) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
+            T* d = dUg + (xi * Kpad + kb * kMR<T>) * Cpad + cb * NR;
+            for (int i = 0; i < kMR<T>; ++i)
+              for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
+          }
     }
   }
   // Sum the threads' dU, then dg = G^T dU G.
