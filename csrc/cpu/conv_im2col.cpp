@@ -8,7 +8,8 @@
 //
 // The column matrix is never built: the GEMM's B packer (cpu/gemm_driver.h) gathers each KC x NR
 // panel of col (forward) or col^T (grad-weight) straight from x, so the only scratch is the GEMM's
-// panels. Only grad-input materializes dcol, a few images at a time (bounded workspace). A 1x1,
+// panels. A stride-1 grad-input is the forward convolution of gy with the flipped, transposed filter;
+// only a strided grad-input materializes dcol, a few images at a time (bounded workspace). A 1x1,
 // stride-1, unpadded convolution needs no im2col at all: col is x itself (and dcol is gx).
 #include "cpu/conv_im2col.h"
 
@@ -122,6 +123,38 @@ struct Im2colTransposedPackB {
   }
 };
 
+// A stride-1 grad-input is itself a convolution: gx = conv(gy, W'), with W'[c][k][r][s] =
+// W[k][c][R-1-r][S-1-s] per group, the same dilation and top/left padding dil*(R-1) - pad (negative
+// crops). So it runs on the forward path's implicit im2col, with no column buffer and no col2im.
+bool grad_input_is_forward_conv(const ConvShape& s) { return s.stride_h == 1 && s.stride_w == 1; }
+
+ConvShape grad_input_as_forward(const ConvShape& s) {
+  ConvShape t = s;
+  t.C = s.K, t.H = s.P, t.W = s.Q;
+  t.K = s.C, t.P = s.H, t.Q = s.W;
+  t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
+  t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
+  return t;
+}
+
+// A = W'_g[Cg, Kg*R*S] of group g (w points at the group's first filter): element (c, (k, rs)) is
+// w[(k*Cg + c)*RS + RS-1-rs].
+template <typename T>
+struct FlippedTransposedPackA {
+  const T* w;
+  int64_t Cg, RS;
+  void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
+    constexpr int MR = GemmBlocking<T>::MR;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const int64_t k = (k0 + kk) / RS, rs = (k0 + kk) % RS;
+      const T* src = w + k * Cg * RS + (RS - 1 - rs);
+      T* d = dst + kk * MR;
+      for (int64_t i = 0; i < mr; ++i) d[i] = src[(i0 + i) * RS];
+      for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
+    }
+  }
+};
+
 // Images per grad-input chunk: dcol of one chunk stays under ~16 MiB (at least one image).
 template <typename T>
 int64_t dgrad_chunk_images(const ConvShape& s) {
@@ -190,6 +223,18 @@ void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* 
     }
     return;
   }
+  if (grad_input_is_forward_conv(s)) {
+    const ConvShape t = grad_input_as_forward(s);
+    for (int64_t g = 0; g < s.G; ++g) {
+      const FlippedTransposedPackA<T> pa{w + g * Kg * CRS, Cg, s.R * s.S};
+      const Im2colPackB<T> pb{t, gy + g * Kg * PQ};
+      const MatrixOut<T, BatchedOutColumns> out{gx + g * Cg * HW, HW, BatchedOutColumns{s.C * HW, HW}, T(1),
+                                                T(0), nullptr};
+      gemm_run<T>(Cg, s.N * HW, Kg * s.R * s.S, pa, pb, out);
+    }
+    return;
+  }
+  // Strided: dcol = W^T . dY a few images at a time, scattered into gx by col2im.
   const int64_t nb_max = dgrad_chunk_images<T>(s);
   Workspace dcol(checked_bytes(CRS * nb_max * PQ, sizeof(T)));
   for (int64_t g = 0; g < s.G; ++g)
@@ -236,6 +281,8 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
   } else if (pass == 1) {
     if (is_pointwise(s)) {
       elems = gemm_workspace_elems<T>(s.Cg(), s.N * PQ, Kg, nthr);
+    } else if (grad_input_is_forward_conv(s)) {
+      elems = gemm_workspace_elems<T>(s.Cg(), s.N * s.H * s.W, Kg * s.R * s.S, nthr);
     } else {
       const int64_t nb = dgrad_chunk_images<T>(s);
       elems = CRS * nb * PQ + gemm_workspace_elems<T>(CRS, nb * PQ, Kg, nthr);
