@@ -87,11 +87,20 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 + FMA: the same kernel written in assembly. GCC's register allocator spills accumulators of
 // the vector-extension version (about 20% slower); here ymm0-11 hold the 6x2 accumulators, ymm12-13
-// the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs.
-#define PYCONV_GEMM_ROW(i, off, acc0, acc1)                                  \
-  "vbroadcast" PYCONV_SFX " " off "(%[a]), %%ymm14\n\t"                     \
+// the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs; the loop runs
+// 4 steps per iteration.
+#define PYCONV_GEMM_ROW(aoff, off, acc0, acc1)                               \
+  "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%ymm14\n\t"            \
   "vfmadd231p" PYCONV_P " %%ymm12, %%ymm14, %%ymm" acc0 "\n\t"              \
   "vfmadd231p" PYCONV_P " %%ymm13, %%ymm14, %%ymm" acc1 "\n\t"
+// One k step at A byte offset aoff, B byte offset boff (prefetching B pf bytes ahead).
+#define PYCONV_GEMM_STEP_ASM(aoff, boff, pf, O1, O2, O3, O4, O5)                         \
+  "prefetcht0 " pf "(%[b])\n\t"                                                          \
+  "vmovups " boff "(%[b]), %%ymm12\n\t"                                                  \
+  "vmovups " boff "+32(%[b]), %%ymm13\n\t"                                               \
+  PYCONV_GEMM_ROW(aoff, "0", "0", "1") PYCONV_GEMM_ROW(aoff, O1, "2", "3")               \
+  PYCONV_GEMM_ROW(aoff, O2, "4", "5") PYCONV_GEMM_ROW(aoff, O3, "6", "7")                \
+  PYCONV_GEMM_ROW(aoff, O4, "8", "9") PYCONV_GEMM_ROW(aoff, O5, "10", "11")
 #define PYCONV_GEMM_ASM_KERNEL(T, SFX, P, O1, O2, O3, O4, O5, ASTEP)                               \
   PYCONV_INLINE void gemm_micro_kernel_asm(int64_t kc, const T* a, const T* b, T* tile) {           \
     __asm__ volatile(                                                                               \
@@ -101,20 +110,28 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
         "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t"                      \
         "vxorps %%ymm8, %%ymm8, %%ymm8\n\t vxorps %%ymm9, %%ymm9, %%ymm9\n\t"                      \
         "vxorps %%ymm10, %%ymm10, %%ymm10\n\t vxorps %%ymm11, %%ymm11, %%ymm11\n\t"                \
-        "test %[k], %[k]\n\t"                                                                       \
-        "jle 2f\n\t"                                                                                \
+        "cmp $4, %[k]\n\t"                                                                          \
+        "jl 3f\n\t"                                                                                 \
         ".p2align 4\n"                                                                              \
         "1:\n\t"                                                                                    \
-        "prefetcht0 512(%[b])\n\t"                                                                  \
-        "vmovups (%[b]), %%ymm12\n\t"                                                               \
-        "vmovups 32(%[b]), %%ymm13\n\t"                                                             \
-        PYCONV_GEMM_ROW(0, "", "0", "1") PYCONV_GEMM_ROW(1, O1, "2", "3")                           \
-        PYCONV_GEMM_ROW(2, O2, "4", "5") PYCONV_GEMM_ROW(3, O3, "6", "7")                           \
-        PYCONV_GEMM_ROW(4, O4, "8", "9") PYCONV_GEMM_ROW(5, O5, "10", "11")                         \
+        PYCONV_GEMM_STEP_ASM("0*" ASTEP, "0", "512", O1, O2, O3, O4, O5)                                                       \
+        PYCONV_GEMM_STEP_ASM("1*" ASTEP, "64", "576", O1, O2, O3, O4, O5)                                                      \
+        PYCONV_GEMM_STEP_ASM("2*" ASTEP, "128", "640", O1, O2, O3, O4, O5)                                                     \
+        PYCONV_GEMM_STEP_ASM("3*" ASTEP, "192", "704", O1, O2, O3, O4, O5)                                                     \
+        "add $4*" ASTEP ", %[a]\n\t"                                                                \
+        "add $256, %[b]\n\t"                                                                        \
+        "sub $4, %[k]\n\t"                                                                          \
+        "cmp $4, %[k]\n\t"                                                                          \
+        "jge 1b\n"                                                                                  \
+        "3:\n\t"                                                                                    \
+        "test %[k], %[k]\n\t"                                                                       \
+        "jle 2f\n"                                                                                  \
+        "4:\n\t"                                                                                    \
+        PYCONV_GEMM_STEP_ASM("0*" ASTEP, "0", "512", O1, O2, O3, O4, O5)                                                       \
         "add $" ASTEP ", %[a]\n\t"                                                                  \
         "add $64, %[b]\n\t"                                                                         \
         "dec %[k]\n\t"                                                                              \
-        "jnz 1b\n"                                                                                  \
+        "jnz 4b\n"                                                                                  \
         "2:\n\t"                                                                                    \
         "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                                  \
         "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                                \
@@ -138,6 +155,7 @@ PYCONV_GEMM_ASM_KERNEL(double, "sd", "d", "8", "16", "24", "32", "40", "48")
 #undef PYCONV_SFX
 #undef PYCONV_P
 #undef PYCONV_GEMM_ASM_KERNEL
+#undef PYCONV_GEMM_STEP_ASM
 #undef PYCONV_GEMM_ROW
 
 template <typename T>
@@ -268,6 +286,16 @@ struct MatrixOut {
   Cols cols;
   T alpha, beta;
   const T* row_bias;
+  // Issued before the tile's micro-kernel runs, so C's lines (rows a page or more apart) arrive
+  // while it computes.
+  void prefetch(int64_t i0, int64_t mr, int64_t j0) const {
+    const int64_t off = cols(j0);
+    for (int64_t i = 0; i < mr; ++i) {
+      const T* p = c + (i0 + i) * ldc + off;
+      __builtin_prefetch(p, 1);
+      __builtin_prefetch(p + GemmBlocking<T>::NR - 1, 1);
+    }
+  }
   void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
     using V = vec_t<T>;
@@ -361,6 +389,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
             const T* bpanel = bp + jp * NR * kc;
             const int64_t nr = imin(NR, ncur - jp * NR);
             for (int64_t ip = ic; ip < ic_end; ++ip) {
+              out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
               out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0);
             }
