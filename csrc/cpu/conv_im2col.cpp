@@ -26,6 +26,11 @@ bool is_pointwise(const ConvShape& s) {
 
 // Valid range [lo, hi) of t in [0, len) with 0 <= i0 + t*st < extent.
 PYCONV_INLINE void valid_range(int64_t i0, int64_t st, int64_t extent, int64_t len, int64_t& lo, int64_t& hi) {
+  if (st == 1) {  // the packers call this per panel row: no integer division on the common path
+    lo = imin(len, imax(0, -i0));
+    hi = imax(lo, imin(len, extent - i0));
+    return;
+  }
   lo = i0 >= 0 ? 0 : imin(len, ceil_div(-i0, st));
   hi = i0 < extent ? imin(len, (extent - 1 - i0) / st + 1) : 0;
   if (hi < lo) hi = lo;

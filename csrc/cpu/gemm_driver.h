@@ -26,13 +26,13 @@ namespace pyconv {
 namespace PYCONV_ISA {
 
 // Register tile MR x NR (NR = 2 vectors: 6x16 for float, 6x8 for double: 12 accumulators, 2 B
-// vectors and 1 broadcast of the 16 ymm registers) and cache blocks (B micro-panel KC*NR = 16 KiB in
+// vectors and 1 broadcast of the 16 ymm registers) and cache blocks (B micro-panel KC*NR <= 20 KiB in
 // L1, A block MC*KC ~ 144 KiB in L2, B block KC*NC per thread in L3).
 template <typename T>
 struct GemmBlocking {
   static constexpr int MR = 6;
   static constexpr int NR = 2 * Simd<T>::W;
-  static constexpr int64_t KC = 256;
+  static constexpr int64_t KC = 320;  // the most; gemm_kc() splits K into equal blocks up to this
   static constexpr int64_t MC = sizeof(T) == 4 ? 144 : 72;
   static constexpr int64_t NC = sizeof(T) == 4 ? 2048 : 1024;
 };
@@ -339,11 +339,19 @@ struct MatrixOut {
 
 // ------------------------------------------------------------------------------------ driver ---
 
+// Reduction steps per K block: K split into equal blocks of at most KC (576 = 2 x 288, not
+// 256 + 256 + 64: fewer passes over C and no short tail block).
+template <typename T>
+int64_t gemm_kc(int64_t K) {
+  const int64_t KC = GemmBlocking<T>::KC;
+  return ceil_div(imax(K, 1), ceil_div(imax(K, 1), KC));
+}
+
 // Bytes of scratch gemm_run allocates for an M x N x K problem (reported by the convolutions).
 template <typename T>
 int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
   using B = GemmBlocking<T>;
-  const int64_t kc = imin(imax(K, 1), B::KC);
+  const int64_t kc = gemm_kc<T>(K);
   const int64_t nc = imin(B::NC, ceil_div(N, B::NR) * B::NR);
   return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
 }
@@ -354,7 +362,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   constexpr int MR = B::MR, NR = B::NR;
   if (M <= 0 || N <= 0) return;
   const int nthr = num_threads();
-  const int64_t kc_max = imin(imax(K, 1), B::KC);
+  const int64_t kc_max = gemm_kc<T>(K);
   // N chunks per work item; split finer (then M too) until every thread has work.
   int64_t nc = imin(B::NC, ceil_div(N, NR) * NR);
   if (ceil_div(N, nc) < nthr) nc = imax(NR, ceil_div(ceil_div(N, nthr), NR) * NR);
@@ -362,7 +370,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   const int64_t m_panels = ceil_div(M, MR);
   const int64_t m_splits = imin(m_panels, imax(1, ceil_div(nthr, n_chunks)));
   const int64_t items = n_chunks * m_splits;
-  const int64_t k_blocks = imax(1, ceil_div(K, B::KC));
+  const int64_t k_blocks = imax(1, ceil_div(K, kc_max));
   Workspace apack(checked_bytes(m_panels * MR * kc_max, sizeof(T)));
   Workspace bpack(checked_bytes(int64_t(nthr) * nc * kc_max, sizeof(T)));
   T* const ap = apack.as<T>();
@@ -371,7 +379,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
     T* const bp = bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
     alignas(64) T tile[MR * NR];
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
-      const int64_t k0 = kb * B::KC, kc = imin(B::KC, K - k0);
+      const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
 #pragma omp for schedule(static)
       for (int64_t ip = 0; ip < m_panels; ++ip)
         pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, ap + ip * MR * kc);
@@ -380,14 +388,19 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
         const int64_t jc = item / m_splits, ms = item % m_splits;
         const int64_t j0 = jc * nc, ncur = imin(nc, N - j0);
         const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
-        for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp)
-          pack_b(k0, kc, j0 + jp * NR, imin(NR, ncur - jp * NR), bp + jp * NR * kc);
         const int64_t mc_panels = B::MC / MR;
+        // With one M block, every B panel is used right after it is packed (still in L1); with
+        // several, the chunk is packed once and reused by each.
+        const bool pack_ahead = ip_end - ip_begin > mc_panels;
+        if (pack_ahead)
+          for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp)
+            pack_b(k0, kc, j0 + jp * NR, imin(NR, ncur - jp * NR), bp + jp * NR * kc);
         for (int64_t ic = ip_begin; ic < ip_end; ic += mc_panels) {
           const int64_t ic_end = imin(ip_end, ic + mc_panels);
           for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
             const T* bpanel = bp + jp * NR * kc;
             const int64_t nr = imin(NR, ncur - jp * NR);
+            if (!pack_ahead) pack_b(k0, kc, j0 + jp * NR, nr, bp + jp * NR * kc);
             for (int64_t ip = ic; ip < ic_end; ++ip) {
               out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
