@@ -61,12 +61,19 @@ def winograd_unsupported(shape: ConvShape) -> Optional[str]:
     return None
 
 
+def check_winograd(algo: str, shape: ConvShape) -> None:
+    """Raises PyConvError naming the algorithm and the reason when Winograd cannot run this shape."""
+    why = winograd_unsupported(shape)
+    if why:
+        raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
+
+
 # Winograd F(m x m, 3 x 3): "winograd" takes m=4 (4x fewer multiplications than direct against 2.25x
 # for m=2) only from 16x16 outputs on: below, 4x4 tiles are partly padding and too few tiles share
 # each transformed filter (36*K*C values), and F(4x4)'s grad-weight (per-thread 36*K*C partial sums)
 # loses. Measured (2-core EPYC, batch 8, 2 threads, torch = 1): 14x14x256 forward F(2x2) 1.59x vs
 # F(4x4) 1.34x, training step 1.30x vs 0.84x; 28x28x128 forward 1.52x vs 1.88x, step 1.37x vs 1.41x;
-# 7x7x512 forward 1.26x vs 0.41x. The cuda binding (csrc/bindings/cuda_ops.cpp) applies the same rule.
+# 7x7x512 forward 1.26x vs 0.41x. Every backend takes m from here.
 WINOGRAD_TILE_SWITCH = 16
 WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
 
@@ -409,9 +416,7 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dt
     if algo == "auto":
         return choose_auto(shape, backend, dtype, grad).algo
     if algo.startswith("winograd"):
-        why = winograd_unsupported(shape)
-        if why:
-            raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
+        check_winograd(algo, shape)
     if algo not in have:
         raise NotImplementedError(f"algo={algo!r} is not implemented for backend={backend!r} yet")
     return algo

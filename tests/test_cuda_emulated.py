@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pyconv import _args
 from pyconv._errors import PyConvError
+from pyconv.autotune import winograd_tile
 
 emu = pytest.importorskip("pyconv.backends.cuda_emu")
 
@@ -165,19 +166,15 @@ def test_winograd_tile_choice_and_split_k():
     x, w = torch.randn(2, 3, 12, 12), torch.randn(4, 3, 3, 3)
     big, small = conv_shape(x, w, dict(padding=1)), conv_shape(x[:, :, :7, :7], w, dict(padding=1))
     wide = conv_shape(torch.randn(1, 3, 16, 17), w, dict(padding=1))
-    # "winograd" = 4x4 tiles from min(P, Q) >= 16 on (the workspace holds (m+2)^2 positions), else 2x2.
-    for pass_ in ("forward", "backward_input", "backward_weight"):
-        assert lib.conv2d_winograd_workspace("winograd", pass_, tuple(wide)) == \
-            lib.conv2d_winograd_workspace("winograd_4x4", pass_, tuple(wide))
-    big_m = "winograd_2x2"
-    for shape, same in ((big, big_m), (small, "winograd_2x2")):
-        for pass_ in ("forward", "backward_input", "backward_weight"):
-            assert lib.conv2d_winograd_workspace("winograd", pass_, tuple(shape)) == \
-                lib.conv2d_winograd_workspace(same, pass_, tuple(shape))
-    # forward 2x2: U 16*4*3 + V 16*3*72 + M 16*4*72; grad-weight: 2 splits of the 72 tiles.
-    assert lib.conv2d_winograd_workspace("winograd_2x2", "forward", tuple(big)) == 16 * (4 * 3 + 3 * 72 + 4 * 72)
-    assert lib.conv2d_winograd_workspace("winograd_2x2", "backward_weight", tuple(big)) == \
-        16 * (2 * 4 * 3 + 3 * 72 + 4 * 72)
+    # The binding takes the tile from pyconv.autotune.winograd_tile: 4x4 from min(P, Q) >= 16 on.
+    assert [winograd_tile("winograd", s) for s in (wide, big, small)] == [4, 2, 2]
+    # forward 2x2: U 16*4*3 + V 16*3*72 + M 16*4*72; grad-weight: 2 splits of the 72 tiles; the
+    # workspace holds (m+2)^2 positions.
+    assert lib.conv2d_winograd_workspace(2, "forward", tuple(big)) == 16 * (4 * 3 + 3 * 72 + 4 * 72)
+    assert lib.conv2d_winograd_workspace(2, "backward_weight", tuple(big)) == 16 * (2 * 4 * 3 + 3 * 72 + 4 * 72)
+    assert lib.conv2d_winograd_workspace(4, "forward", tuple(big)) == 36 * (4 * 3 + 3 * 18 + 4 * 18)
+    with pytest.raises(Exception, match="tile m must be 2 or 4"):
+        lib.conv2d_winograd_workspace(3, "forward", tuple(big))
     gy = torch.randn(2, 4, 12, 12)
     outs = []
     for _ in range(2):
@@ -200,10 +197,10 @@ def test_winograd_no_bias_bias_grad_only_and_empty_batch():
     # Every workspace element read is written first: a NaN-filled workspace changes nothing.
     lib, buf = emu._C_cuda_emu, (lambda t: (t.data_ptr(), t.numel()))  # noqa: E731
     for pass_, call in (("forward", lambda ws: lib.conv2d_winograd_forward(
-                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(w), None, buf(y), buf(ws), 0)),
+                            4, "float64", tuple(shape), buf(x), buf(w), None, buf(y), buf(ws), 0)),
                         ("backward_weight", lambda ws: lib.conv2d_winograd_backward_weight(
-                            "winograd_4x4", "float64", tuple(shape), buf(x), buf(gy), buf(gw), None, buf(ws), 0))):
-        ws = torch.full((lib.conv2d_winograd_workspace("winograd_4x4", pass_, tuple(shape)),), NAN,
+                            4, "float64", tuple(shape), buf(x), buf(gy), buf(gw), None, buf(ws), 0))):
+        ws = torch.full((lib.conv2d_winograd_workspace(4, pass_, tuple(shape)),), NAN,
                         dtype=torch.float64)
         y, gw = nan_like(y), nan_like(w)
         call(ws)
@@ -227,7 +224,7 @@ def test_winograd_rejects_other_shapes(kw, why):
     shape = conv_shape(x, w, kw)
     y = torch.empty(1, 3, shape.P, shape.Q)
     for algo in ("winograd", "winograd_2x2", "winograd_4x4"):
-        with pytest.raises(PyConvError, match=f"algo={algo} cannot run this convolution: it needs .*{why}"):
+        with pytest.raises(PyConvError, match=f"algo='{algo}' cannot run this convolution: it needs .*{why}"):
             emu.conv2d_forward(x, w, None, y, shape, algo)
         with pytest.raises(PyConvError, match="cannot run this convolution"):
             emu.conv2d_backward_input(torch.randn_like(y), w, torch.empty_like(x), shape, algo)

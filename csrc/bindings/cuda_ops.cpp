@@ -291,23 +291,17 @@ void bind_fusion_ops(py::module_& m) {
   }, "stats[0][k] = sum y, stats[1][k] = sum y^2 (float64) of a conv output y already written.");
 }
 
-// ---- Winograd F(m x m, 3 x 3): the algo name picks m; the shape must be 3x3, stride 1, dilation 1.
-int winograd_tile(const std::string& algo, const ConvShape& s) {
-  if (algo == "winograd_2x2") return 2;
-  if (algo == "winograd_4x4") return 4;
-  // pyconv/autotune.py's rule (WINOGRAD_TILE_SWITCH): F(4x4) from 16x16 outputs on
-  if (algo == "winograd") return (s.P < s.Q ? s.P : s.Q) < 16 ? 2 : 4;
-  fail("algo=", algo, " is not a Winograd algorithm (winograd, winograd_2x2, winograd_4x4)");
-}
-
-ConvShape winograd_shape(const std::string& algo, const std::array<int64_t, 16>& a) {
+// ---- Winograd F(m x m, 3 x 3): the caller picks m (pyconv.autotune.winograd_tile, the one place
+// the tile rule lives); the shape must be 3x3, stride 1, dilation 1.
+ConvShape winograd_shape(int m, const std::array<int64_t, 16>& a) {
+  PYCONV_CHECK(m == 2 || m == 4, "Winograd output tile m must be 2 or 4, got ", m);
   const ConvShape s = conv_shape(a);
-  PYCONV_CHECK(s.R == 3 && s.S == 3, "algo=", algo, " cannot run this convolution: it needs a 3x3 kernel, got ", s.R,
-               "x", s.S);
-  PYCONV_CHECK(s.stride_h == 1 && s.stride_w == 1, "algo=", algo,
-               " cannot run this convolution: it needs stride 1, got stride (", s.stride_h, ", ", s.stride_w, ")");
-  PYCONV_CHECK(s.dil_h == 1 && s.dil_w == 1, "algo=", algo,
-               " cannot run this convolution: it needs dilation 1, got dilation (", s.dil_h, ", ", s.dil_w, ")");
+  PYCONV_CHECK(s.R == 3 && s.S == 3, "Winograd F(", m, "x", m, ",3x3) cannot run this convolution: it needs a 3x3 kernel, got ",
+               s.R, "x", s.S);
+  PYCONV_CHECK(s.stride_h == 1 && s.stride_w == 1, "Winograd F(", m, "x", m,
+               ",3x3) cannot run this convolution: it needs stride 1, got stride (", s.stride_h, ", ", s.stride_w, ")");
+  PYCONV_CHECK(s.dil_h == 1 && s.dil_w == 1, "Winograd F(", m, "x", m,
+               ",3x3) cannot run this convolution: it needs dilation 1, got dilation (", s.dil_h, ", ", s.dil_w, ")");
   return s;
 }
 
@@ -325,9 +319,8 @@ T* winograd_ws(const py::object& ws, const ConvShape& s, int m, kern::WinogradPa
 }
 
 template <typename T>
-void winograd_fwd(const std::string& algo, const ConvShape& s, const py::object& x, const py::object& w,
+void winograd_fwd(int m, const ConvShape& s, const py::object& x, const py::object& w,
                   const py::object& b, const py::object& y, const py::object& ws, uintptr_t stream) {
-  const int m = winograd_tile(algo, s);
   const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
   const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
   const T* bp = buffer<const T>(b, "bias", s.K, true);
@@ -338,9 +331,8 @@ void winograd_fwd(const std::string& algo, const ConvShape& s, const py::object&
 }
 
 template <typename T>
-void winograd_bwd_input(const std::string& algo, const ConvShape& s, const py::object& gy, const py::object& w,
+void winograd_bwd_input(int m, const ConvShape& s, const py::object& gy, const py::object& w,
                         const py::object& gx, const py::object& ws, uintptr_t stream) {
-  const int m = winograd_tile(algo, s);
   const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
   const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
   T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
@@ -350,9 +342,8 @@ void winograd_bwd_input(const std::string& algo, const ConvShape& s, const py::o
 }
 
 template <typename T>
-void winograd_bwd_weight(const std::string& algo, const ConvShape& s, const py::object& x, const py::object& gy,
+void winograd_bwd_weight(int m, const ConvShape& s, const py::object& x, const py::object& gy,
                          const py::object& gw, const py::object& gb, const py::object& ws, uintptr_t stream) {
-  const int m = winograd_tile(algo, s);
   const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
   const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
   T* gwp = buffer<T>(gw, "grad_weight", numel_of({s.K, s.C / s.G, s.R, s.S}), true);
@@ -395,27 +386,27 @@ void bind_cuda_ops(py::module_& m) {
   m.def("conv2d_backward_weight_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
     return parse_algo(algo) == Algo::igemm ? kern::conv_igemm_wgrad_workspace(conv_shape(shape)) : 0;
   }, "Elements of the split-K workspace conv2d_backward_weight needs (0: none).");
-  m.def("conv2d_winograd_workspace", [](const std::string& algo, const std::string& pass, const A16& shape) -> int64_t {
-    const ConvShape s = winograd_shape(algo, shape);
-    return kern::conv_winograd_workspace(s, winograd_tile(algo, s), winograd_pass(pass));
+  m.def("conv2d_winograd_workspace", [](int tile, const std::string& pass, const A16& shape) -> int64_t {
+    const ConvShape s = winograd_shape(tile, shape);
+    return kern::conv_winograd_workspace(s, tile, winograd_pass(pass));
   }, "Elements of the workspace a Winograd pass needs (0: none); raises for shapes Winograd cannot run.");
-  m.def("conv2d_winograd_forward", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w,
+  m.def("conv2d_winograd_forward", [](int tile, const std::string& dt, const A16& shape, O x, O w,
                                       O b, O y, O ws, uintptr_t stream) {
-    const ConvShape s = winograd_shape(algo, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_fwd<float>(algo, s, x, w, b, y, ws, stream);
-    else winograd_fwd<double>(algo, s, x, w, b, y, ws, stream);
+    const ConvShape s = winograd_shape(tile, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_fwd<float>(tile, s, x, w, b, y, ws, stream);
+    else winograd_fwd<double>(tile, s, x, w, b, y, ws, stream);
   });
-  m.def("conv2d_winograd_backward_input", [](const std::string& algo, const std::string& dt, const A16& shape,
+  m.def("conv2d_winograd_backward_input", [](int tile, const std::string& dt, const A16& shape,
                                              O gy, O w, O gx, O ws, uintptr_t stream) {
-    const ConvShape s = winograd_shape(algo, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_bwd_input<float>(algo, s, gy, w, gx, ws, stream);
-    else winograd_bwd_input<double>(algo, s, gy, w, gx, ws, stream);
+    const ConvShape s = winograd_shape(tile, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_bwd_input<float>(tile, s, gy, w, gx, ws, stream);
+    else winograd_bwd_input<double>(tile, s, gy, w, gx, ws, stream);
   });
-  m.def("conv2d_winograd_backward_weight", [](const std::string& algo, const std::string& dt, const A16& shape,
+  m.def("conv2d_winograd_backward_weight", [](int tile, const std::string& dt, const A16& shape,
                                               O x, O gy, O gw, O gb, O ws, uintptr_t stream) {
-    const ConvShape s = winograd_shape(algo, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_bwd_weight<float>(algo, s, x, gy, gw, gb, ws, stream);
-    else winograd_bwd_weight<double>(algo, s, x, gy, gw, gb, ws, stream);
+    const ConvShape s = winograd_shape(tile, shape);
+    if (parse_dtype(dt) == DT::f32) winograd_bwd_weight<float>(tile, s, x, gy, gw, gb, ws, stream);
+    else winograd_bwd_weight<double>(tile, s, x, gy, gw, gb, ws, stream);
   });
   m.def("max_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, O idx, uintptr_t stream) {
     if (parse_dtype(dt) == DT::f32) max_fwd<float>(pool_dims(shape), x, y, idx, stream);

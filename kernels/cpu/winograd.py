@@ -300,12 +300,9 @@ def tile_of(algo, s):
 
 
 def check_shape(algo, s):
-    from pyconv._errors import PyConvError
-    from pyconv.autotune import winograd_unsupported
+    from pyconv.autotune import check_winograd
 
-    why = winograd_unsupported(s)
-    if why:
-        raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
+    check_winograd(algo, s)
 
 
 def _threads():

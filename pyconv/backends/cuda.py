@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from .._errors import PyConvError
+from ..autotune import check_winograd, winograd_tile
 
 IMPLEMENTED = True
 # im2col = implicit GEMM (the column matrix is never materialized); winograd_2x2 / winograd_4x4 =
-# Winograd F(2x2,3x3) / F(4x4,3x3), "winograd" picks the tile (m=2 when min(P, Q) < 8, else 4).
+# Winograd F(2x2,3x3) / F(4x4,3x3), "winograd" picks the tile (pyconv.autotune.winograd_tile).
 WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
 CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
 
@@ -83,31 +84,34 @@ class KernelTable:
     # Winograd: the kernels get a caller-allocated workspace on the tensors' device (kept referenced
     # until the launches are queued; torch's caching allocator orders its reuse on the same stream).
     def _winograd_ws(self, algo, pass_, shape, like):
-        n = self.lib.conv2d_winograd_workspace(algo, pass_, tuple(shape))
+        n = self.lib.conv2d_winograd_workspace(winograd_tile(algo, shape), pass_, tuple(shape))
         return torch.empty(n, dtype=like.dtype, device=like.device) if n else None
 
     def _winograd_forward(self, x, w, b, y, shape, algo):
+        check_winograd(algo, shape)
         ws = self._winograd_ws(algo, "forward", shape, x)
         with self._device(x):
-            self.lib.conv2d_winograd_forward(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
-                                             self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
-                                             self._buf(ws, "workspace"), self._stream(x))
+            self.lib.conv2d_winograd_forward(winograd_tile(algo, shape), self._dtype(x), tuple(shape),
+                                             self._buf(x, "input"), self._buf(w, "weight"), self._buf(b, "bias"),
+                                             self._buf(y, "output"), self._buf(ws, "workspace"), self._stream(x))
 
     def _winograd_backward_input(self, gy, w, gx, shape, algo):
+        check_winograd(algo, shape)
         ws = self._winograd_ws(algo, "backward_input", shape, gy)
         with self._device(gy):
-            self.lib.conv2d_winograd_backward_input(algo, self._dtype(gy), tuple(shape),
+            self.lib.conv2d_winograd_backward_input(winograd_tile(algo, shape), self._dtype(gy), tuple(shape),
                                                     self._buf(gy, "grad_output"), self._buf(w, "weight"),
                                                     self._buf(gx, "grad_input"), self._buf(ws, "workspace"),
                                                     self._stream(gy))
 
     def _winograd_backward_weight(self, x, gy, gw, gb, shape, algo):
+        check_winograd(algo, shape)
         ws = self._winograd_ws(algo, "backward_weight", shape, x) if gw is not None else None
         with self._device(x):
-            self.lib.conv2d_winograd_backward_weight(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
-                                                     self._buf(gy, "grad_output"), self._buf(gw, "grad_weight"),
-                                                     self._buf(gb, "grad_bias"), self._buf(ws, "workspace"),
-                                                     self._stream(x))
+            self.lib.conv2d_winograd_backward_weight(winograd_tile(algo, shape), self._dtype(x), tuple(shape),
+                                                     self._buf(x, "input"), self._buf(gy, "grad_output"),
+                                                     self._buf(gw, "grad_weight"), self._buf(gb, "grad_bias"),
+                                                     self._buf(ws, "workspace"), self._stream(x))
 
     def conv2d_forward(self, x, w, b, y, shape, algo, stats=None):
         if self._algo(algo) in WINOGRAD_ALGOS:
