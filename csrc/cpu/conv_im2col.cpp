@@ -2,15 +2,15 @@
 //
 //   col[(c,r,s), (n,p,q)] = x[n, gCg+c, p*sh - ph + r*dh, q*sw - pw + s*dw]   (0 outside the image)
 //   forward      Y_g[Kg, N*P*Q]   = W_g[Kg, Cg*R*S] . col[Cg*R*S, N*P*Q] + b        (then Y is NKPQ)
-//   grad-input   dcol[Cg*R*S, NPQ] = W_g^T . dY_g[Kg, NPQ],  gx = col2im(dcol) (scatter-add)
+//   grad-input   per phase (h mod sh, w mod sw) of gx, a stride-1 convolution of dY with the taps that
+//                reach that phase: gx_phase[Cg, N*U*V] = W'_g[Cg, Kg*taps] . col(dY)[Kg*taps, N*U*V]
 //   grad-weight  dW_g[Kg, Cg*R*S]  = dY_g[Kg, NPQ] . col^T[NPQ, Cg*R*S]
 //   grad-bias    db[k] = sum_{n,p,q} dY[n,k,p,q]
 //
 // The column matrix is never built: the GEMM's B packer (cpu/gemm_driver.h) gathers each KC x NR
 // panel of col (forward) or col^T (grad-weight) straight from x, so the only scratch is the GEMM's
-// panels. A stride-1 grad-input is the forward convolution of gy with the flipped, transposed filter;
-// only a strided grad-input materializes dcol, a few images at a time (bounded workspace). A 1x1,
-// stride-1, unpadded convolution needs no im2col at all: col is x itself (and dcol is gx).
+// panels; grad-input runs the same packer over gy, one phase at a time (no dcol, no col2im). A 1x1,
+// stride-1, unpadded convolution needs no im2col at all: col is x itself (and W^T . dY is gx).
 #include "cpu/conv_im2col.h"
 
 #include "cpu/gemm_driver.h"
@@ -50,14 +50,27 @@ PYCONV_INLINE void gather_row(const T* row, int64_t iw, int64_t sw, int64_t W, i
   for (int64_t t = hi; t < len; ++t) dst[t * ds] = T(0);
 }
 
-// B = col[Cg*R*S, N*P*Q] of one group (x points at the group's first channel of image 0).
+// Where the taps of a convolution read, as seen by a GEMM over its output pixels: output pixel
+// (p, q) reads input row p*sh + row_off[r] and column q*sw + col_off[s] for tap (r, s). Forward:
+// row_off[r] = r*dil - pad. A grad-input phase (below) has its own taps and offsets.
+struct TapGrid {
+  int64_t C, H, W;             // channels per image (image stride C*H*W), input plane
+  int64_t P, Q, sh, sw;        // output plane and strides
+  int64_t R, S;                // taps per column / row
+  const int64_t* row_off;      // [R]
+  const int64_t* col_off;      // [S]
+};
+
+// B = col[C'*R*S, N*P*Q]: element ((c, r, s), (n, p, q)) = x[n, c, p*sh + row_off[r], q*sw + col_off[s]]
+// (0 outside the plane); x points at the first channel of the group, C' channels per group.
 template <typename T>
 struct Im2colPackB {
-  const ConvShape& s;
+  TapGrid t;
   const T* x;
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR;
-    const int64_t PQ = s.P * s.Q, HW = s.H * s.W, img = s.C * HW;
+    if (kc == 0) return;  // a grad-input phase no tap reaches
+    const int64_t PQ = t.P * t.Q, HW = t.H * t.W, img = t.C * HW;
     // The panel's pixels as runs along one output row.
     struct Run {
       int64_t jj, len, ih0, iw0;
@@ -65,27 +78,27 @@ struct Im2colPackB {
     } runs[NR];
     int nruns = 0;
     for (int64_t j = j0; j < j0 + nr;) {
-      const int64_t n = j / PQ, pq = j % PQ, p = pq / s.Q, q = pq % s.Q;
-      const int64_t len = imin(s.Q - q, j0 + nr - j);
-      runs[nruns++] = {j - j0, len, p * s.stride_h - s.pad_h, q * s.stride_w - s.pad_w, x + n * img};
+      const int64_t n = j / PQ, pq = j % PQ, p = pq / t.Q, q = pq % t.Q;
+      const int64_t len = imin(t.Q - q, j0 + nr - j);
+      runs[nruns++] = {j - j0, len, p * t.sh, q * t.sw, x + n * img};
       j += len;
     }
-    int64_t c = k0 / (s.R * s.S), r = (k0 / s.S) % s.R, sc = k0 % s.S;
+    int64_t c = k0 / (t.R * t.S), r = (k0 / t.S) % t.R, sc = k0 % t.S;
     for (int64_t k = 0; k < kc; ++k) {
       T* d = dst + k * NR;
       for (int i = 0; i < nruns; ++i) {
         const Run& u = runs[i];
-        const int64_t ih = u.ih0 + r * s.dil_h;
-        if (ih < 0 || ih >= s.H) {
-          for (int64_t t = 0; t < u.len; ++t) d[u.jj + t] = T(0);
+        const int64_t ih = u.ih0 + t.row_off[r];
+        if (ih < 0 || ih >= t.H) {
+          for (int64_t e = 0; e < u.len; ++e) d[u.jj + e] = T(0);
           continue;
         }
-        gather_row(u.img + c * HW + ih * s.W, u.iw0 + sc * s.dil_w, s.stride_w, s.W, u.len, d + u.jj, 1);
+        gather_row(u.img + c * HW + ih * t.W, u.iw0 + t.col_off[sc], t.sw, t.W, u.len, d + u.jj, 1);
       }
       for (int64_t jj = nr; jj < NR; ++jj) d[jj] = T(0);
-      if (++sc == s.S) {
+      if (++sc == t.S) {
         sc = 0;
-        if (++r == s.R) r = 0, ++c;
+        if (++r == t.R) r = 0, ++c;
       }
     }
   }
@@ -128,68 +141,94 @@ struct Im2colTransposedPackB {
   }
 };
 
-// A stride-1 grad-input is itself a convolution: gx = conv(gy, W'), with W'[c][k][r][s] =
-// W[k][c][R-1-r][S-1-s] per group, the same dilation and top/left padding dil*(R-1) - pad (negative
-// crops). So it runs on the forward path's implicit im2col, with no column buffer and no col2im.
-bool grad_input_is_forward_conv(const ConvShape& s) { return s.stride_h == 1 && s.stride_w == 1; }
+// The forward convolution's tap offsets: row_off[r] = r*dil_h - pad_h, col_off[s] = s*dil_w - pad_w.
+struct ForwardTaps {
+  Workspace tables;
+  explicit ForwardTaps(const ConvShape& s) : tables(checked_bytes(s.R + s.S, sizeof(int64_t))) {
+    int64_t* t = tables.as<int64_t>();
+    for (int64_t r = 0; r < s.R; ++r) t[r] = r * s.dil_h - s.pad_h;
+    for (int64_t c = 0; c < s.S; ++c) t[s.R + c] = c * s.dil_w - s.pad_w;
+  }
+  TapGrid grid(const ConvShape& s) const {
+    const int64_t* t = tables.as<int64_t>();
+    return TapGrid{s.C, s.H, s.W, s.P, s.Q, s.stride_h, s.stride_w, s.R, s.S, t, t + s.R};
+  }
+};
 
-ConvShape grad_input_as_forward(const ConvShape& s) {
-  ConvShape t = s;
-  t.C = s.K, t.H = s.P, t.W = s.Q;
-  t.K = s.C, t.P = s.H, t.Q = s.W;
-  t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
-  t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
-  return t;
+// Grad-input by phases: gx[h] gathers gy[p] * w[r] over p*sh - ph + r*dh = h. The rows h of one
+// residue class h = h0 + sh*u (0 <= h0 < sh) all take the same taps, those with
+// (h0 + ph - r*dh) % sh == 0, at p = u + (h0 + ph - r*dh)/sh: a stride-1 convolution of gy with a
+// flipped sub-filter. So each of the sh*sw classes is one GEMM on the forward machinery,
+//   gx_class[Cg, N*U*V] = W'_class[Cg, Kg*taps] . col(gy)[Kg*taps, N*U*V],
+// with no column buffer and no col2im scatter; a class with no taps is zero. Stride 1 is one class
+// (the transposed convolution with the flipped filter).
+struct PhaseAxis {
+  int64_t start, count;  // first row of the class, rows in it
+  int64_t taps;          // taps that reach it
+};
+
+// Taps of class h0 along one axis, written to tap[] / off[] (capacity R); returns the class.
+PYCONV_INLINE PhaseAxis phase_axis(int64_t h0, int64_t H, int64_t st, int64_t pad, int64_t dil, int64_t R,
+                                   int64_t* tap, int64_t* off) {
+  PhaseAxis a{h0, h0 < H ? ceil_div(H - h0, st) : 0, 0};
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t num = h0 + pad - r * dil;  // p*st for u = 0
+    const int64_t rem = ((num % st) + st) % st;
+    if (rem != 0) continue;
+    tap[a.taps] = r;
+    off[a.taps] = (num - rem) / st;  // exact
+    ++a.taps;
+  }
+  return a;
 }
 
-// A = W'_g[Cg, Kg*R*S] of group g (w points at the group's first filter): element (c, (k, rs)) is
-// w[(k*Cg + c)*RS + RS-1-rs].
+// A = W'[Cg, Kg*tr*ts] of group g (w points at the group's first filter): element (c, (k, i, j)) is
+// w[k, c, rtap[i], stap[j]].
 template <typename T>
-struct FlippedTransposedPackA {
+struct PhaseFilterPackA {
   const T* w;
-  int64_t Cg, RS;
+  int64_t Cg, R, S, tr, ts;
+  const int64_t *rtap, *stap;
   void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
     constexpr int MR = GemmBlocking<T>::MR;
     for (int64_t kk = 0; kk < kc; ++kk) {
-      const int64_t k = (k0 + kk) / RS, rs = (k0 + kk) % RS;
-      const T* src = w + k * Cg * RS + (RS - 1 - rs);
+      const int64_t t = k0 + kk, k = t / (tr * ts), i = (t / ts) % tr, j = t % ts;
+      const T* src = w + (k * Cg * R + rtap[i]) * S + stap[j];
       T* d = dst + kk * MR;
-      for (int64_t i = 0; i < mr; ++i) d[i] = src[(i0 + i) * RS];
-      for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
+      for (int64_t c = 0; c < mr; ++c) d[c] = src[(i0 + c) * R * S];
+      for (int64_t c = mr; c < MR; ++c) d[c] = T(0);
     }
   }
 };
 
-// Images per grad-input chunk: dcol of one chunk stays under ~16 MiB (at least one image).
-template <typename T>
-int64_t dgrad_chunk_images(const ConvShape& s) {
-  const int64_t per_image = imax(1, s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)));
-  return imax(1, imin(s.N, (int64_t(16) << 20) / per_image));
-}
+// Columns j = (n, u, v) of a class: gx offset n*img + (h0 + sh*u)*W + w0 + sw*v.
+struct PhaseOutColumns {
+  int64_t img, U, V, W, h0, w0, sh, sw;
+  int64_t operator()(int64_t j) const {
+    const int64_t n = j / (U * V), l = j % (U * V), u = l / V, v = l % V;
+    return n * img + (h0 + sh * u) * W + w0 + sw * v;
+  }
+  int64_t run(int64_t j) const {
+    const int64_t l = j % (U * V);
+    if (sw != 1) return 1;
+    return sh == 1 && V == W ? U * V - l : V - l % V;
+  }
+};
 
-// gx[n0+nl, g*Cg + c] = sum_{r,s} scatter of dcol rows (c,r,s), for the images of one chunk.
-template <typename T>
-void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol, int64_t ldcol, T* gx) {
-  const int64_t Cg = s.Cg(), HW = s.H * s.W, PQ = s.P * s.Q;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t item = 0; item < nb * Cg; ++item) {
-    const int64_t nl = item / Cg, c = item % Cg;
-    T* plane = gx + ((n0 + nl) * s.C + g * Cg + c) * HW;
-    for (int64_t i = 0; i < HW; ++i) plane[i] = T(0);
-    for (int64_t r = 0; r < s.R; ++r)
-      for (int64_t sc = 0; sc < s.S; ++sc) {
-        const T* crow = dcol + ((c * s.R + r) * s.S + sc) * ldcol + nl * PQ;
-        const int64_t iw0 = sc * s.dil_w - s.pad_w;
-        int64_t lo, hi;
-        valid_range(iw0, s.stride_w, s.W, s.Q, lo, hi);
-        for (int64_t p = 0; p < s.P; ++p) {
-          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
-          if (ih < 0 || ih >= s.H) continue;
-          T* prow = plane + ih * s.W + iw0;
-          const T* src = crow + p * s.Q;
-          for (int64_t q = lo; q < hi; ++q) prow[q * s.stride_w] += src[q];
-        }
-      }
+// Calls fn(PhaseAxis rows, PhaseAxis cols, row taps/offsets, col taps/offsets) for each class.
+template <class Fn>
+void for_each_phase(const ConvShape& s, Fn&& fn) {
+  Workspace tables(checked_bytes(2 * (s.R + s.S), sizeof(int64_t)));
+  int64_t* rtap = tables.as<int64_t>();
+  int64_t *roff = rtap + s.R, *stap = roff + s.R, *soff = stap + s.S;
+  for (int64_t h0 = 0; h0 < s.stride_h; ++h0) {
+    const PhaseAxis rows = phase_axis(h0, s.H, s.stride_h, s.pad_h, s.dil_h, s.R, rtap, roff);
+    if (rows.count == 0) continue;
+    for (int64_t w0 = 0; w0 < s.stride_w; ++w0) {
+      const PhaseAxis cols = phase_axis(w0, s.W, s.stride_w, s.pad_w, s.dil_w, s.S, stap, soff);
+      if (cols.count == 0) continue;
+      fn(rows, cols, rtap, roff, stap, soff);
+    }
   }
 }
 
@@ -199,6 +238,7 @@ template <typename T>
 void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   if (s.N == 0 || s.K == 0 || PQ == 0) return;
+  const ForwardTaps taps(s);
   for (int64_t g = 0; g < s.G; ++g) {
     const StridedPackA<T> pa{w + g * Kg * CRS, CRS, 1};
     const MatrixOut<T, BatchedOutColumns> out{y + g * Kg * PQ, PQ, BatchedOutColumns{s.K * PQ, PQ}, T(1), T(0),
@@ -207,7 +247,7 @@ void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b,
       const BatchedPackB<T> pb{BatchedColumns<T>{x + g * Cg * HW, s.C * HW, HW, HW}};
       gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out);
     } else {
-      const Im2colPackB<T> pb{s, x + g * Cg * HW};
+      const Im2colPackB<T> pb{taps.grid(s), x + g * Cg * HW};
       gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out);
     }
   }
@@ -228,29 +268,18 @@ void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* 
     }
     return;
   }
-  if (grad_input_is_forward_conv(s)) {
-    const ConvShape t = grad_input_as_forward(s);
+  for_each_phase(s, [&](const PhaseAxis& rows, const PhaseAxis& cols, const int64_t* rtap, const int64_t* roff,
+                        const int64_t* stap, const int64_t* soff) {
+    const TapGrid grid{s.K, s.P, s.Q, rows.count, cols.count, 1, 1, rows.taps, cols.taps, roff, soff};
+    const PhaseOutColumns cmap{s.C * HW, rows.count, cols.count, s.W, rows.start, cols.start, s.stride_h,
+                               s.stride_w};
     for (int64_t g = 0; g < s.G; ++g) {
-      const FlippedTransposedPackA<T> pa{w + g * Kg * CRS, Cg, s.R * s.S};
-      const Im2colPackB<T> pb{t, gy + g * Kg * PQ};
-      const MatrixOut<T, BatchedOutColumns> out{gx + g * Cg * HW, HW, BatchedOutColumns{s.C * HW, HW}, T(1),
-                                                T(0), nullptr};
-      gemm_run<T>(Cg, s.N * HW, Kg * s.R * s.S, pa, pb, out);
+      const PhaseFilterPackA<T> pa{w + g * Kg * CRS, Cg, s.R, s.S, rows.taps, cols.taps, rtap, stap};
+      const Im2colPackB<T> pb{grid, gy + g * Kg * PQ};
+      const MatrixOut<T, PhaseOutColumns> out{gx + g * Cg * HW, HW, cmap, T(1), T(0), nullptr};
+      gemm_run<T>(Cg, s.N * rows.count * cols.count, Kg * rows.taps * cols.taps, pa, pb, out);
     }
-    return;
-  }
-  // Strided: dcol = W^T . dY a few images at a time, scattered into gx by col2im.
-  const int64_t nb_max = dgrad_chunk_images<T>(s);
-  Workspace dcol(checked_bytes(CRS * nb_max * PQ, sizeof(T)));
-  for (int64_t g = 0; g < s.G; ++g)
-    for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
-      const int64_t nb = imin(nb_max, s.N - n0), ld = nb * PQ;
-      const StridedPackA<T> pa{w + g * Kg * CRS, 1, CRS};
-      const BatchedPackB<T> pb{BatchedColumns<T>{gy + n0 * s.K * PQ + g * Kg * PQ, s.K * PQ, PQ, PQ}};
-      const MatrixOut<T, DenseColumns> out{dcol.as<T>(), ld, DenseColumns{}, T(1), T(0), nullptr};
-      gemm_run<T>(CRS, ld, Kg, pa, pb, out);
-      col2im(s, g, n0, nb, dcol.as<T>(), ld, gx);
-    }
+  });
 }
 
 template <typename T>
@@ -286,11 +315,12 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
   } else if (pass == 1) {
     if (is_pointwise(s)) {
       elems = gemm_workspace_elems<T>(s.Cg(), s.N * PQ, Kg, nthr);
-    } else if (grad_input_is_forward_conv(s)) {
-      elems = gemm_workspace_elems<T>(s.Cg(), s.N * s.H * s.W, Kg * s.R * s.S, nthr);
-    } else {
-      const int64_t nb = dgrad_chunk_images<T>(s);
-      elems = CRS * nb * PQ + gemm_workspace_elems<T>(CRS, nb * PQ, Kg, nthr);
+    } else {  // the largest phase GEMM (they run one after another)
+      for_each_phase(s, [&](const PhaseAxis& rows, const PhaseAxis& cols, const int64_t*, const int64_t*,
+                            const int64_t*, const int64_t*) {
+        elems = imax(elems, gemm_workspace_elems<T>(s.Cg(), s.N * rows.count * cols.count,
+                                                    Kg * rows.taps * cols.taps, nthr));
+      });
     }
   } else {
     elems = gemm_workspace_elems<T>(Kg, CRS, s.N * PQ, nthr);
