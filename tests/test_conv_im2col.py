@@ -72,3 +72,30 @@ def test_binding_checks_buffers():
         _C.conv_im2col_backward_input(s, np.zeros((1, 3, 3, 3), np.float32), w, np.zeros((1, 2, 5, 4), np.float32))
     with pytest.raises(pyconv.PyConvError, match="elements"):
         _C.conv_im2col_backward_weight(s, x, np.zeros((1, 3, 3, 3), np.float32), np.zeros(5, np.float32), None)
+
+
+# Grad-input runs per phase (h mod stride, w mod stride) of gx from 16 input channels per group on,
+# below through a dcol buffer and col2im: both paths, phases no tap reaches (1x1 stride 2, dilation
+# sharing a factor with the stride), negative effective padding, rows past the last output.
+@pytest.mark.parametrize("cg", [3, 16], ids=["dcol", "phases"])
+@pytest.mark.parametrize("R,S,kw", [
+    (1, 1, dict(stride=2)),
+    (1, 1, dict(stride=3, padding=1)),
+    (3, 3, dict(stride=2, padding=1, dilation=2)),
+    (3, 3, dict(stride=(2, 3), padding=(0, 2))),
+    (3, 3, dict(padding=3)),
+    (5, 3, dict(stride=2, padding=2, dilation=(2, 1), groups=2)),
+    (7, 7, dict(stride=2, padding=3)),
+    (2, 2, dict(stride=3)),
+])
+def test_grad_input_paths(cg, R, S, kw):
+    torch.manual_seed(0)
+    g = kw.get("groups", 1)
+    x = torch.randn(2, cg * g, 11, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4 * g, cg, R, S, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, w, **kw)
+    gy = torch.randn_like(y)
+    want, = torch.autograd.grad(y, x, gy)
+    x2 = x.detach().clone().requires_grad_()
+    got, = torch.autograd.grad(PF.conv2d(x2, w, algo="im2col", backend="cpp", **kw), x2, gy)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,8 @@
 //
 // The column matrix is never built: the GEMM's B packer (cpu/gemm_driver.h) gathers each KC x NR
 // panel of col (forward) or col^T (grad-weight) straight from x, so the only scratch is the GEMM's
-// panels; grad-input runs the same packer over gy, one phase at a time (no dcol, no col2im). A 1x1,
+// panels; grad-input runs the same packer over gy, one phase at a time (no dcol, no col2im; only
+// layers with few input channels buffer dcol, a few images at a time). A 1x1,
 // stride-1, unpadded convolution needs no im2col at all: col is x itself (and W^T . dY is gx).
 #include "cpu/conv_im2col.h"
 
@@ -171,7 +172,8 @@ struct PhaseAxis {
 PYCONV_INLINE PhaseAxis phase_axis(int64_t h0, int64_t H, int64_t st, int64_t pad, int64_t dil, int64_t R,
                                    int64_t* tap, int64_t* off) {
   PhaseAxis a{h0, h0 < H ? ceil_div(H - h0, st) : 0, 0};
-  for (int64_t r = 0; r < R; ++r) {
+  // r descending: the offsets ascend, so a packed panel walks gy forward in memory.
+  for (int64_t r = R - 1; r >= 0; --r) {
     const int64_t num = h0 + pad - r * dil;  // p*st for u = 0
     const int64_t rem = ((num % st) + st) % st;
     if (rem != 0) continue;
@@ -201,17 +203,20 @@ struct PhaseFilterPackA {
   }
 };
 
-// Columns j = (n, u, v) of a class: gx offset n*img + (h0 + sh*u)*W + w0 + sw*v.
+// Columns j = (n, u, v) of a class: gx offset n*img + (h0 + sh*u)*W + w0 + sw*v. With stride 1 the
+// class is the whole plane (offset n*img + l, one division: this runs per tile).
 struct PhaseOutColumns {
   int64_t img, U, V, W, h0, w0, sh, sw;
+  bool dense() const { return sh == 1 && sw == 1; }
   int64_t operator()(int64_t j) const {
-    const int64_t n = j / (U * V), l = j % (U * V), u = l / V, v = l % V;
+    const int64_t L = U * V, n = j / L, l = j - n * L;
+    if (dense()) return n * img + l;
+    const int64_t u = l / V, v = l - u * V;
     return n * img + (h0 + sh * u) * W + w0 + sw * v;
   }
   int64_t run(int64_t j) const {
-    const int64_t l = j % (U * V);
-    if (sw != 1) return 1;
-    return sh == 1 && V == W ? U * V - l : V - l % V;
+    if (dense()) return U * V - j % (U * V);
+    return sw == 1 ? V - j % V : 1;
   }
 };
 
@@ -231,6 +236,51 @@ void for_each_phase(const ConvShape& s, Fn&& fn) {
     }
   }
 }
+
+// Few input channels: the phase GEMMs have only Cg rows, so each packed element of col(gy) serves
+// few multiplications. There dcol = W_g^T . dY (Cg*R*S rows, B = dY itself) then col2im is faster,
+// when one image's dcol is small enough to buffer.
+constexpr int64_t kPhaseMinChannels = 16;
+constexpr int64_t kDcolChunkBytes = int64_t(16) << 20;
+
+template <typename T>
+bool grad_input_by_dcol(const ConvShape& s) {
+  return s.Cg() < kPhaseMinChannels && s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)) <= kDcolChunkBytes;
+}
+
+// Images per grad-input chunk: dcol of one chunk stays under kDcolChunkBytes (at least one image).
+template <typename T>
+int64_t dgrad_chunk_images(const ConvShape& s) {
+  const int64_t per_image = imax(1, s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)));
+  return imax(1, imin(s.N, kDcolChunkBytes / per_image));
+}
+
+// gx[n0+nl, g*Cg + c] = sum_{r,s} scatter of dcol rows (c,r,s), for the images of one chunk.
+template <typename T>
+void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol, int64_t ldcol, T* gx) {
+  const int64_t Cg = s.Cg(), HW = s.H * s.W, PQ = s.P * s.Q;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t item = 0; item < nb * Cg; ++item) {
+    const int64_t nl = item / Cg, c = item % Cg;
+    T* plane = gx + ((n0 + nl) * s.C + g * Cg + c) * HW;
+    for (int64_t i = 0; i < HW; ++i) plane[i] = T(0);
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sc = 0; sc < s.S; ++sc) {
+        const T* crow = dcol + ((c * s.R + r) * s.S + sc) * ldcol + nl * PQ;
+        const int64_t iw0 = sc * s.dil_w - s.pad_w;
+        int64_t lo, hi;
+        valid_range(iw0, s.stride_w, s.W, s.Q, lo, hi);
+        for (int64_t p = 0; p < s.P; ++p) {
+          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+          if (ih < 0 || ih >= s.H) continue;
+          T* prow = plane + ih * s.W + iw0;
+          const T* src = crow + p * s.Q;
+          for (int64_t q = lo; q < hi; ++q) prow[q * s.stride_w] += src[q];
+        }
+      }
+  }
+}
+
 
 }  // namespace
 
@@ -266,6 +316,20 @@ void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* 
                                                 T(0), nullptr};
       gemm_run<T>(Cg, s.N * PQ, Kg, pa, pb, out);
     }
+    return;
+  }
+  if (grad_input_by_dcol<T>(s)) {
+    const int64_t nb_max = dgrad_chunk_images<T>(s);
+    Workspace dcol(checked_bytes(CRS * nb_max * PQ, sizeof(T)));
+    for (int64_t g = 0; g < s.G; ++g)
+      for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
+        const int64_t nb = imin(nb_max, s.N - n0), ld = nb * PQ;
+        const StridedPackA<T> pa{w + g * Kg * CRS, 1, CRS};
+        const BatchedPackB<T> pb{BatchedColumns<T>{gy + n0 * s.K * PQ + g * Kg * PQ, s.K * PQ, PQ, PQ}};
+        const MatrixOut<T, DenseColumns> out{dcol.as<T>(), ld, DenseColumns{}, T(1), T(0), nullptr};
+        gemm_run<T>(CRS, ld, Kg, pa, pb, out);
+        col2im(s, g, n0, nb, dcol.as<T>(), ld, gx);
+      }
     return;
   }
   for_each_phase(s, [&](const PhaseAxis& rows, const PhaseAxis& cols, const int64_t* rtap, const int64_t* roff,
@@ -315,6 +379,9 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
   } else if (pass == 1) {
     if (is_pointwise(s)) {
       elems = gemm_workspace_elems<T>(s.Cg(), s.N * PQ, Kg, nthr);
+    } else if (grad_input_by_dcol<T>(s)) {
+      const int64_t nb = dgrad_chunk_images<T>(s);
+      elems = CRS * nb * PQ + gemm_workspace_elems<T>(CRS, nb * PQ, Kg, nthr);
     } else {  // the largest phase GEMM (they run one after another)
       for_each_phase(s, [&](const PhaseAxis& rows, const PhaseAxis& cols, const int64_t*, const int64_t*,
                             const int64_t*, const int64_t*) {
