@@ -6,6 +6,10 @@ dilation and group count. Per image and group g, with CRS = Cg*R*S reduction row
   grad-input   dcol_g[CRS x PQ] = W_g^T . dY_g,  then col2im: gx[c, h, w] = sum of dcol entries mapped there
   grad-weight  dW_g[Kg x CRS] += dY_g[Kg x PQ] . col_g^T           (summed over images)
   grad-bias    as the direct algorithm
+
+The GEMM reads both factors as rows contiguous along the reduction axis (kernels/cpu/gemm.py), so
+the forward pass builds col_g^T directly (im2row: rows[g, p*Q+q, (c,r,s)]), grad-weight uses col as
+is, and grad-input transposes dY once per image (W^T once per call).
 """
 import numpy as np
 from numba import njit, prange
@@ -31,6 +35,23 @@ def im2col(x, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw, col):
             for q in range(Q):
                 w = q * sw - pw + s * dw
                 col[crs, o + q] = x[c, h, w] if 0 <= w < W else x.dtype.type(0)
+
+
+@njit(parallel=True, cache=True)
+def im2row(x, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw, rows):
+    """x: one image (C, H, W); rows: (G, P*Q, Cg*R*S), rows[g, p*Q+q, (c*R + r)*S + s] = col[(gCg+c, r, s), p*Q+q]."""
+    Cg = C // rows.shape[0]
+    for p in prange(P):
+        for q in range(Q):
+            for c in range(C):
+                dst = rows[c // Cg, p * Q + q]
+                o = (c % Cg) * R * S
+                for r in range(R):
+                    h = p * sh - ph + r * dh
+                    inside = 0 <= h < H
+                    for s in range(S):
+                        w = q * sw - pw + s * dw
+                        dst[o + r * S + s] = x[c, h, w] if inside and 0 <= w < W else x.dtype.type(0)
 
 
 @njit(parallel=True, cache=True)
@@ -72,11 +93,11 @@ def forward(x, w, b, y, s):
     x4 = x.reshape(s.N, s.C, s.H, s.W)
     y3 = y.reshape(s.N, s.K, PQ)
     w3 = w.reshape(s.G, Kg, Cg * RS)
-    col = np.empty((s.C * RS, PQ), dtype=y.dtype)
+    rows = np.empty((s.G, PQ, Cg * RS), dtype=y.dtype)
     for n in range(s.N):
-        im2col(x4[n], s.C, s.H, s.W, s.R, s.S, s.P, s.Q, *_geometry(s), col)
+        im2row(x4[n], s.C, s.H, s.W, s.R, s.S, s.P, s.Q, *_geometry(s), rows)
         for g in range(s.G):
-            gemm(w3[g], col[g * Cg * RS:(g + 1) * Cg * RS], y3[n, g * Kg:(g + 1) * Kg], False)
+            gemm(w3[g], rows[g].T, y3[n, g * Kg:(g + 1) * Kg], False)
         if b is not None:
             add_bias(y3[n], b)
 
@@ -88,10 +109,11 @@ def backward_input(gy, w, gx, s):
     gy3 = gy.reshape(s.N, s.K, PQ)
     w3 = w.reshape(s.G, Kg, Cg * RS)
     gx4 = gx.reshape(s.N, s.C, s.H, s.W)
+    wt = [np.ascontiguousarray(w3[g].T) for g in range(s.G)]  # the GEMM's rows along K, once per call
     dcol = np.empty((s.C * RS, PQ), dtype=gx.dtype)
     for n in range(s.N):
         for g in range(s.G):
-            gemm(w3[g].T, gy3[n, g * Kg:(g + 1) * Kg], dcol[g * Cg * RS:(g + 1) * Cg * RS], False)
+            gemm(wt[g], gy3[n, g * Kg:(g + 1) * Kg], dcol[g * Cg * RS:(g + 1) * Cg * RS], False)
         col2im(dcol, s.C, s.H, s.W, s.R, s.S, s.P, s.Q, *_geometry(s), gx4[n])
 
 
