@@ -193,12 +193,18 @@ def weight_grad_image(xp, plane, row, gyn, gw, G, Cg, Kg, R, S, P, Q, sh, dh, so
                 for p in range(P):
                     xo = xc + (p * sh + r * dh) * row + soff[s]
                     po = p * Q
+                    # slices, not xp[xo + q]: a signed offset costs a wraparound select per element
+                    xr = xp[xo:xo + Q]
+                    y0 = gyn[g0 + po:g0 + po + Q]
+                    y1 = gyn[g1 + po:g1 + po + Q]
+                    y2 = gyn[g2 + po:g2 + po + Q]
+                    y3 = gyn[g3 + po:g3 + po + Q]
                     for q in range(Q):
-                        xv = xp[xo + q]
-                        a0 += gyn[g0 + po + q] * xv
-                        a1 += gyn[g1 + po + q] * xv
-                        a2 += gyn[g2 + po + q] * xv
-                        a3 += gyn[g3 + po + q] * xv
+                        xv = xr[q]
+                        a0 += y0[q] * xv
+                        a1 += y1[q] * xv
+                        a2 += y2[q] * xv
+                        a3 += y3[q] * xv
                 base = ((g * Kg + k0) * Cg + c) * RS + r * S + s
                 gw[base] += a0
                 if kvalid > 1:
