@@ -60,3 +60,40 @@ def test_empty_reduction_and_nonfinite():
     C = np.empty((4, 5), np.float32)
     ng.gemm(A, B, C, False)
     assert (C[0] == 9).all() and (C[3] == 9).all() and np.isnan(C[1]).all() and np.isposinf(C[2]).all()
+
+
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("groups,stride", [(1, 1), (2, 2)])
+def test_im2col_paths_match_torch(N, groups, stride):
+    """conv_im2col's two schedules, called without the backend's small-problem serial switch: with 2
+    threads, N=1 splits every step across the threads, N=3 gives runs of 1 and 2 images (grad-weight's
+    last chunk short)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from pyconv import _args
+    from pyconv.kernels.cpu import conv_im2col
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        torch.manual_seed(N)
+        x = torch.randn(N, 6, 9, 9, dtype=torch.float64)
+        w = torch.randn(8, 6 // groups, 3, 3, dtype=torch.float64)
+        b = torch.randn(8, dtype=torch.float64)
+        s = _args.conv2d_shape(x, w, b, _args.conv2d_params((3, 3), stride, 1, 1, groups))
+        kw = dict(stride=stride, padding=1, groups=groups)
+        want = F.conv2d(x, w, b, **kw)
+        gy = torch.randn_like(want)
+        gx_want, gw_want = torch.ops.aten.convolution_backward(gy, x, w, None, [stride] * 2, [1, 1], [1, 1], False,
+                                                               [0, 0], groups, [True, True, False])[:2]
+        y, gx, gw, gb = (torch.full_like(t, float("nan")) for t in (want, x, w, b))
+        flat = [t.numpy().reshape(-1) for t in (x, w, b, y, gy, gx, gw, gb)]
+        xf, wf, bf, yf, gyf, gxf, gwf, gbf = flat
+        conv_im2col.forward(xf, wf, bf, yf, s)
+        conv_im2col.backward_input(gyf, wf, gxf, s)
+        conv_im2col.backward_weight(xf, gyf, gwf, gbf, s)
+    finally:
+        numba.set_num_threads(saved)
+    for got, ref in ((y, want), (gx, gx_want), (gw, gw_want), (gb, gy.sum((0, 2, 3)))):
+        assert rel_err(got.numpy(), ref.numpy()) <= 1e-12

@@ -45,20 +45,48 @@ def gemm_block(At, Bt, C, i0, i1, j0, j1, p0, p1, add):
             store_block(C, i, j, i1, j1, s, add)
 
 
-@njit(parallel=True, cache=True)
-def gemm_nt(At, Bt, C, accumulate):
-    """C (+)= At . Bt^T; At (M x Kd), Bt (N x Kd) with unit stride along Kd, C (M x N)."""
+@njit(cache=True)
+def gemm_task(At, Bt, C, task, accumulate):
+    """Task number `task` of C (+)= At . Bt^T: a block of MC rows x NC columns of C, in KC steps."""
     M, Kd = At.shape
     N = Bt.shape[0]
     mt = (M + MC - 1) // MC
-    nt = (N + NC - 1) // NC
-    for task in prange(mt * nt):
-        # row block fastest: a thread's consecutive tasks share the Bt block in L2
-        i0 = (task % mt) * MC
-        j0 = (task // mt) * NC
-        for p0 in range(0, Kd, KC):
-            gemm_block(At, Bt, C, i0, min(M, i0 + MC), j0, min(N, j0 + NC), p0, min(Kd, p0 + KC),
-                       accumulate or p0 > 0)
+    # row block fastest: a thread's consecutive tasks share the Bt block in L2
+    i0 = (task % mt) * MC
+    j0 = (task // mt) * NC
+    for p0 in range(0, Kd, KC):
+        gemm_block(At, Bt, C, i0, min(M, i0 + MC), j0, min(N, j0 + NC), p0, min(Kd, p0 + KC), accumulate or p0 > 0)
+
+
+@njit(cache=True)
+def num_tasks(M, N):
+    return ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
+
+
+@njit(parallel=True, cache=True)
+def gemm_nt(At, Bt, C, accumulate):
+    """C (+)= At . Bt^T; At (M x Kd), Bt (N x Kd) with unit stride along Kd, C (M x N). Tasks across threads."""
+    for task in prange(num_tasks(At.shape[0], Bt.shape[0])):
+        gemm_task(At, Bt, C, task, accumulate)
+
+
+@njit(cache=True)
+def gemm_serial(At, Bt, C, accumulate):
+    """gemm_nt on the calling thread (inside another parallel loop)."""
+    for task in range(num_tasks(At.shape[0], Bt.shape[0])):
+        gemm_task(At, Bt, C, task, accumulate)
+
+
+@njit(cache=True)
+def transpose_into(X, Y):
+    """Y = X^T (Y: X.shape[::-1]), in 32 x 32 blocks so that both sides stay in cache lines."""
+    m, n = X.shape
+    for i0 in range(0, m, 32):
+        for j0 in range(0, n, 32):
+            for i in range(i0, min(m, i0 + 32)):
+                xr = X[i]
+                for j in range(j0, min(n, j0 + 32)):
+                    Y[j, i] = xr[j]
 
 
 def rows_along_p(X):
