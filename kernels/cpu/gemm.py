@@ -4,21 +4,23 @@
 
 Both factors are read as rows contiguous along p: At is A and Bt is B^T, each used in place when its
 rows already have unit stride (a C-contiguous A; B the transpose of a C-contiguous array, e.g. the
-im2row matrix) and copied once otherwise. Tasks (prange) are blocks of MC rows x NC columns of C, so
-a GEMM with few columns (the late ResNet layers: 49 pixels) still splits across threads. Inside a
-task, the reduction runs in KC steps: the 3 rows of At of the current micro-tile stay in L1 while the
-NC rows of Bt of the step are swept from L2, 3 at a time, by dot3x3; the first step stores (or adds,
-when accumulating) and the later ones add. Rows and columns past M, N are clamped repeats whose
-sums are dropped.
+im2row matrix) and copied once otherwise. Tasks (prange, or serially for callers already inside a
+parallel loop) are blocks of MC rows x NC columns of C, so a GEMM with few columns (the late ResNet
+layers: 49 pixels) still splits across threads. Inside a task, the reduction runs in steps of
+KC_BYTES per row: the 3 rows of At of the current micro-tile stay in L1 while the NC rows of Bt of
+the step are swept from L2, 3 at a time, by dot3x3; the first step stores (or adds, when
+accumulating) and the later ones add. Rows and columns past M, N are clamped repeats whose sums are
+dropped.
 """
 import numpy as np
 from numba import njit, prange
 
 from ._tile import MR, NR, dot3x3
 
-MC = 48    # rows of C per task
-NC = 96    # columns of C per task: NC x KC of Bt (96 KiB in float32) stays in L2
-KC = 256   # reduction steps per pass: 3 rows of At (3 KiB) stay in L1
+MC = 48          # rows of C per task
+NC = 64          # columns of C per task: NC x KC of Bt (256 KiB) stays in L2
+KC_BYTES = 4096  # one row of a KC step (1024 float32, 512 float64): 3 rows of At stay in L1, and the
+                 # nine horizontal sums at the end of each dot3x3 are amortized over long vector loops
 
 
 @njit(cache=True)
@@ -54,8 +56,9 @@ def gemm_task(At, Bt, C, task, accumulate):
     # row block fastest: a thread's consecutive tasks share the Bt block in L2
     i0 = (task % mt) * MC
     j0 = (task // mt) * NC
-    for p0 in range(0, Kd, KC):
-        gemm_block(At, Bt, C, i0, min(M, i0 + MC), j0, min(N, j0 + NC), p0, min(Kd, p0 + KC), accumulate or p0 > 0)
+    kc = KC_BYTES // At.itemsize
+    for p0 in range(0, Kd, kc):
+        gemm_block(At, Bt, C, i0, min(M, i0 + MC), j0, min(N, j0 + NC), p0, min(Kd, p0 + kc), accumulate or p0 > 0)
 
 
 @njit(cache=True)
