@@ -1,7 +1,7 @@
 """The two inner kernels of the numba CPU backend.
 
-dot3x3 (the GEMM micro-kernel, shared by the GEMM and the Winograd per-point products): a 3 x 3 block
-of nine dot products over a range of the reduction axis p,
+dot3x3 (the micro-kernel of the GEMM, kernels/cpu/gemm.py, used by im2col): a 3 x 3 block of nine
+dot products over a range of the reduction axis p,
 
     s[i, j] = sum_{p0 <= p < p1} a[ia_i, p] * b[jb_j, p]      i, j < 3
 
@@ -10,15 +10,18 @@ into nine vector reductions: the accumulators stay in vector registers (9 ymm + 
 and every iteration does 6 loads for 9 FMAs, so it is FMA-bound. (An outer-product micro-kernel, as
 in csrc/cpu/gemm_driver.h, needs the SLP vectorizer to keep its accumulators in registers, and numba
 leaves SLP off.) The 9 sums are reassociated (vector lanes, then a horizontal sum): fastmath
-'reassoc' is limited to this reduction, never nnan/ninf, so NaN and Inf propagate.
+'reassoc' is limited to this reduction, never nnan/ninf, so NaN and Inf propagate. The horizontal
+sums make it slow on short reductions (below ~256), hence:
 
-tile_update (the direct convolution's kernel): a 4-row tile update
+tile_update (the direct convolution's and the Winograd per-point products' kernel, whose reductions
+over channels can be as short as 64): a 4-row tile update
 
     acc[i, q] += sum_t wt[t, i] * src[base + taps[t] + q]      i < 4, t < T, q < n
 
 i.e. a rank-T update of a 4 x n block whose right factor's rows start at arbitrary offsets (packed
-image rows). The q loop is the vectorized one and acc stays in L1; two taps are folded into every
-load/store of acc (8 FMAs per 2 source loads + 4 acc loads + 4 stores).
+image rows, or the rows of the transformed input). The q loop is the vectorized one and acc stays in
+L1; two taps are folded into every load/store of acc (8 FMAs per 2 source loads + 4 acc loads + 4
+stores).
 
 Both read their operands through slices taken before the loop: an index such as src[o + q] with a
 signed offset makes numba emit a negative-index wraparound select per element, which turns every

@@ -37,8 +37,7 @@ def store_block(C, i, j, M, N, s, add):
 @njit(cache=True)
 def gemm_block(At, Bt, C, i0, i1, j0, j1, p0, p1, add):
     """C[i0:i1, j0:j1] (+)= At[i0:i1, p0:p1] . Bt[j0:j1, p0:p1]^T, one 3 x 3 micro-tile at a time (a row
-    strip of At stays in L1 while the block's rows of Bt are swept); the serial block shared by the GEMM's
-    tasks and the Winograd per-point products."""
+    strip of At stays in L1 while the block's rows of Bt are swept)."""
     for i in range(i0, i1, MR):
         ia1 = min(i + 1, i1 - 1)
         ia2 = min(i + 2, i1 - 1)

@@ -13,17 +13,15 @@ d = x[n, c, ti*m - pad_h + [0, alpha), tj*m - pad_w + [0, alpha)] (zero outside)
 The matrices are those of csrc/cpu/winograd.cpp (points 0, 1, -1 for F(2x2); 0, 1, -1, 1/2, -2 for
 F(4x4)); one implementation serves both m: the kernels take B^T, G, A^T as arguments.
 
-Layout and loop order: the per-point products are GEMMs of rows contiguous along their reduction
-axis (gemm_block of kernels/cpu/gemm.py, dot3x3 micro-tiles). Filters are transformed once per call
-into U[g][xi][k][c] (xi = position in the alpha x alpha tile). Tasks are (group, block of NB tiles);
-the block's input is transformed, vectorized across its tiles, into V[xi][NB][c] (about 128 KiB per
-position, so it stays in L2 while every row strip of U[xi] reuses it), gemm_block multiplies U[xi]
-by V[xi]^T into M[k][xi][NB] (k-major, so the output transform reads contiguous rows), and the output
+Layout and loop order: filters are transformed once per call into U[g][xi][kb][c][4] (xi = position in
+the alpha x alpha tile, K zero-padded to 4 rows: tile_update's A operand). Tasks are (group, block
+of NB tiles); the block's input is transformed, vectorized across its tiles, into V[xi][c][NB] (about
+128 KiB per position, so it stays in L2 while every K block reuses it), tile_update multiplies U[xi]
+by V[xi] into M[k][xi][NB] (k-major, so the output transform reads contiguous rows), and the output
 transform (+ bias) writes Y, clipped at P x Q. Tasks are split into contiguous runs, one prange
 iteration per run, each with its own V / M scratch.
-grad-weight does the same per block with Z[xi][k][t] = A dY A^T and V[xi][c][t] (both along the
-tiles t), accumulating dU[xi][k][c] per run; the runs' dU are summed in run order (deterministic for
-a given thread count).
+grad-weight does the same per block with Z[xi][t][k] = A dY A^T and V^T, accumulating into one dU per
+run; the runs' dU are summed in run order (deterministic for a given thread count).
 
 Transforms skip zero coefficients, as the C++ version does at compile time (so 0 * Inf never enters a
 sum that would not have it); fastmath is 'contract' only, so NaN / Inf propagate as without it.
@@ -32,8 +30,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import conv_direct
-from ._tile import FM
-from .gemm import gemm_block
+from ._tile import FM, tile_update
+
+MR = 4  # rows of tile_update
 
 # F(2x2, 3x3), points 0, 1, -1
 BT2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
@@ -83,30 +82,37 @@ def sandwich(L, R, X, tmp, Y, n):
 
 @njit(parallel=True, cache=True)
 def transform_filters(w, Gm, transposed, Gr, Cin, Kout, U):
-    """U[g, xi, k, c] = (G f G^T)[xi] of filter (k, c) of group g.
+    """U[g, xi, kb, c, kk] = (G f G^T)[xi] of filter (k = kb*4 + kk, c) of group g, 0 for k >= Kout.
     transposed: grad-input's filter (output channel = forward input channel, rotated 180 degrees);
     w flat, forward layout [Gr*Kfwd, Cfwd, 3, 3]."""
     A = Gm.shape[0]
-    for gk in prange(Gr * Kout):
-        g = gk // Kout
-        k = gk % Kout
+    nkb = U.shape[2]
+    for gk in prange(Gr * nkb * MR):
+        g = gk // (nkb * MR)
+        k = gk % (nkb * MR)
+        kb = k // MR
+        kk = k % MR
         # all Cin filters of output channel k at once: the transform is vectorized across c
-        f = np.empty((9, Cin), dtype=U.dtype)
+        f = np.zeros((9, Cin), dtype=U.dtype)
         tmp = np.empty((A * 3, Cin), dtype=U.dtype)
-        for c in range(Cin):
-            for rs in range(9):
-                if transposed:
-                    f[rs, c] = w[((g * Cin + c) * Kout + k) * 9 + (8 - rs)]
-                else:
-                    f[rs, c] = w[((g * Kout + k) * Cin + c) * 9 + rs]
-        sandwich(Gm, Gm, f, tmp, U[g, :, k, :], Cin)
+        u = np.empty((A * A, Cin), dtype=U.dtype)
+        if k < Kout:
+            for c in range(Cin):
+                for rs in range(9):
+                    if transposed:
+                        f[rs, c] = w[((g * Cin + c) * Kout + k) * 9 + (8 - rs)]
+                    else:
+                        f[rs, c] = w[((g * Kout + k) * Cin + c) * 9 + rs]
+        sandwich(Gm, Gm, f, tmp, u, Cin)
+        for xi in range(A * A):
+            for c in range(Cin):
+                U[g, xi, kb, c, kk] = u[xi, c]
 
 
 @njit(cache=True, fastmath=FM)
 def transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V):
     """V[xi, c, j] = (B^T d B)[xi] of tile t0 + j (0 past the last tile) for the channels of group g.
-    d, tmp, v: (A*A, NB) scratch; tiles are the vectorized (last) axis. V may be a transposed view
-    (the forward pass stores [xi][j][c])."""
+    d, tmp, v: (A*A, NB) scratch; tiles are the vectorized (last) axis."""
     A = BT.shape[0]
     for c in range(Cin):
         for j in range(NB):
@@ -165,10 +171,13 @@ def conv_blocks(x, U, BT, AT, m, bias, has_bias, y, N, Gr, Cin, Kout, H, W, P, Q
     tiles = N * th * tw
     nblocks = (tiles + NB - 1) // NB
     ntasks = Gr * nblocks
+    nkb = U.shape[2]
+    taps = np.arange(Cin) * NB  # row c of V[xi]
     for run in prange(runs):
-        Vt = np.empty((A * A, NB, Cin), dtype=y.dtype)  # rows along c: the GEMM's right factor
-        V = Vt.transpose(0, 2, 1)
-        Mb = np.empty((Kout, A * A, NB), dtype=y.dtype)
+        V = np.empty((A * A, Cin, NB), dtype=y.dtype)
+        Vf = V.reshape(-1)
+        Mb = np.empty((nkb * MR, A * A, NB), dtype=y.dtype)
+        acc = np.empty((MR, NB), dtype=y.dtype)  # contiguous rows: tile_update's loops vectorize
         d = np.empty((A * A, NB), dtype=y.dtype)
         tmp = np.empty((A * A, NB), dtype=y.dtype)
         o = np.empty((m * m, NB), dtype=y.dtype)
@@ -178,17 +187,29 @@ def conv_blocks(x, U, BT, AT, m, bias, has_bias, y, N, Gr, Cin, Kout, H, W, P, Q
             t0 = task % nblocks * NB
             transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V)
             for xi in range(A * A):
-                gemm_block(U[g, xi], Vt[xi], Mb[:, xi, :], 0, Kout, 0, NB, 0, Cin, False)
+                for kb in range(nkb):
+                    acc[:, :] = 0
+                    tile_update(acc, Vf, xi * Cin * NB, taps, U[g, xi, kb], Cin, NB)
+                    for i in range(MR):
+                        Mb[kb * MR + i, xi, :] = acc[i]
             transform_output_block(Mb, AT, m, bias, has_bias, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, tmp, o, y)
 
 
 @njit(cache=True, fastmath=FM)
-def transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, dy, tmp, Z):
-    """Z[xi, k, j] = (A dY A^T)[xi] of channel k over tile t0 + j (0 outside P x Q and past the last
-    tile): the left factor of grad-weight's GEMM. AT here is A^T; the sandwich uses its transpose A."""
+def transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, dy, tmp, z, Zp):
+    """Zp[xi, kb, j, kk] = (A dY A^T)[xi] of channel k = kb*4 + kk over tile t0 + j (0 outside P x Q,
+    past the last tile and for k >= Kout): the packed left operand of grad-weight's GEMM.
+    AT here is A^T; the sandwich uses its transpose A (alpha x m)."""
     A = AT.shape[1]
     Am = AT.T
-    for k in range(Kout):
+    for k in range(Zp.shape[1] * MR):
+        kb = k // MR
+        kk = k % MR
+        if k >= Kout:
+            for xi in range(A * A):
+                for j in range(NB):
+                    Zp[xi, kb, j, kk] = 0
+            continue
         for j in range(NB):
             t = t0 + j
             if t >= tiles:
@@ -204,33 +225,46 @@ def transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, ti
                     p = p0 + i
                     q = q0 + jj
                     dy[i * m + jj, j] = gy[gk + p * Q + q] if p < P and q < Q else gy.dtype.type(0)
-        sandwich(Am, Am, dy, tmp, Z[:, k, :], NB)
+        sandwich(Am, Am, dy, tmp, z, NB)
+        for xi in range(A * A):
+            for j in range(NB):
+                Zp[xi, kb, j, kk] = z[xi, j]
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
 def weight_grad_blocks(x, gy, BT, AT, m, N, Gr, Cin, Kout, H, W, P, Q, pad_h, pad_w, NB, runs, dU):
-    """dU[run, g, xi, k, c] = sum over the run's tiles of Z[xi, k, t] V[xi, c, t]."""
+    """dU[run, g, xi, kb, kk, c] = sum over the run's tiles of Z[xi, k, t] V[xi, c, t], k = kb*4 + kk."""
     A = m + 2
     th = (P + m - 1) // m
     tw = (Q + m - 1) // m
     tiles = N * th * tw
     nblocks = (tiles + NB - 1) // NB
     ntasks = Gr * nblocks
+    nkb = dU.shape[3]
+    taps = np.arange(NB) * Cin
     for run in prange(runs):
         dUr = dU[run]
         dUr[:] = 0
         V = np.empty((A * A, Cin, NB), dtype=x.dtype)
-        Z = np.empty((A * A, Kout, NB), dtype=x.dtype)
+        Vt = np.empty((A * A, NB, Cin), dtype=x.dtype)
+        Vtf = Vt.reshape(-1)
+        Zp = np.empty((A * A, nkb, NB, MR), dtype=x.dtype)
         d = np.empty((A * A, NB), dtype=x.dtype)
         tmp = np.empty((A * A, NB), dtype=x.dtype)
+        z = np.empty((A * A, NB), dtype=x.dtype)
         v = np.empty((A * A, NB), dtype=x.dtype)
         for task in range(run * ntasks // runs, (run + 1) * ntasks // runs):
             g = task // nblocks
             t0 = task % nblocks * NB
             transform_input_block(x, BT, m, g, t0, NB, Gr, Cin, H, W, th, tw, tiles, pad_h, pad_w, d, tmp, v, V)
-            transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, d, tmp, Z)
             for xi in range(A * A):
-                gemm_block(Z[xi], V[xi], dUr[g, xi], 0, Kout, 0, Cin, 0, NB, True)
+                for c in range(Cin):
+                    for j in range(NB):
+                        Vt[xi, j, c] = V[xi, c, j]
+            transform_grad_output_block(gy, AT, m, g, t0, NB, Gr, Kout, P, Q, th, tw, tiles, d, tmp, z, Zp)
+            for xi in range(A * A):
+                for kb in range(nkb):
+                    tile_update(dUr[g, xi, kb], Vtf, xi * NB * Cin, taps, Zp[xi, kb], NB, Cin)
 
 
 @njit(parallel=True, cache=True)
@@ -249,7 +283,7 @@ def weight_grad_finish(dU, Gm, Gr, Cin, Kout, gw):
             for xi in range(A * A):
                 s = gw.dtype.type(0)
                 for r in range(runs):
-                    s += dU[r, g, xi, k, c]
+                    s += dU[r, g, xi, k // MR, k % MR, c]
                 du[xi, 0] = s
             sandwich(Gt, Gt, du, tmp, f, 1)
             for rs in range(9):
@@ -297,7 +331,8 @@ def _conv(m, x, w, transposed, bias, y, N, G, Cin, Kout, H, W, P, Q, pad_h, pad_
         return
     BT, Gm, AT = (a.astype(y.dtype) for a in MATRICES[m])
     A = m + 2
-    U = np.empty((G, A * A, Kout, Cin), dtype=y.dtype)
+    nkb = -(-Kout // MR)
+    U = np.empty((G, A * A, nkb, Cin, MR), dtype=y.dtype)
     transform_filters(w, Gm, transposed, G, Cin, Kout, U)
     NB = _block_tiles(Cin, y.itemsize, tiles, G)
     ntasks = G * -(-tiles // NB)
@@ -339,9 +374,10 @@ def backward_weight(x, gy, gw, gb, s, algo="winograd"):
         return
     BT, Gm, AT = (a.astype(gw.dtype) for a in MATRICES[m])
     A = m + 2
+    nkb = -(-Kg // MR)
     NB = _block_tiles(Cg, gw.itemsize, tiles, s.G)
     ntasks = s.G * -(-tiles // NB)
     runs = max(1, min(ntasks, _threads()))
-    dU = np.empty((runs, s.G, A * A, Kg, Cg), dtype=gw.dtype)
+    dU = np.empty((runs, s.G, A * A, nkb, MR, Cg), dtype=gw.dtype)
     weight_grad_blocks(x, gy, BT, AT, m, s.N, s.G, Cg, Kg, s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w, NB, runs, dU)
     weight_grad_finish(dU, Gm, s.G, Cg, Kg, gw)
