@@ -4,6 +4,7 @@ dilation and group count. Per image and group g, with CRS = Cg*R*S reduction row
   col[(c,r,s), p*Q+q] = x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]   (0 outside the image)
   forward      Y_g[Kg x PQ]   = W_g[Kg x CRS] . col_g[CRS x PQ]  (+ bias)
   grad-input   dcol_g[CRS x PQ] = W_g^T . dY_g,  then col2im: gx[c, h, w] = sum of dcol entries mapped there
+               (stride 1: instead the forward path on gy with the rotated, channel-transposed filter)
   grad-weight  dW_g[Kg x CRS] += dY_g[Kg x PQ] . col_g^T           (summed over images)
   grad-bias    as the direct algorithm
 
@@ -214,8 +215,26 @@ def forward(x, w, b, y, s):
             add_bias(y3[n], b)
 
 
+def transposed_problem(w, s):
+    """Stride 1: grad-input is the forward convolution of gy with the rotated, channel-transposed filter
+    w'[gCg + c, k, r, s] = w[gKg + k, c, R-1-r, S-1-s] and padding dil*(R-1) - pad (negative = crop), whose
+    GEMM reduces over Kg*R*S instead of Kg (long dot products for the GEMM)."""
+    Cg, Kg = s.C // s.G, s.K // s.G
+    wt = w.reshape(s.G, Kg, Cg, s.R, s.S)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    st = s._replace(C=s.K, H=s.P, W=s.Q, K=s.C, P=s.H, Q=s.W, pad_h=s.dil_h * (s.R - 1) - s.pad_h,
+                    pad_w=s.dil_w * (s.S - 1) - s.pad_w)
+    return np.ascontiguousarray(wt).reshape(-1), st
+
+
 def backward_input(gy, w, gx, s):
     if s.N == 0 or s.C == 0 or s.H == 0 or s.W == 0:
+        return
+    if s.K == 0:
+        gx[:] = 0
+        return
+    if s.stride_h == 1 and s.stride_w == 1:
+        wt, st = transposed_problem(w, s)
+        forward(gy, wt, None, gx, st)
         return
     Cg, Kg, PQ, RS = s.C // s.G, s.K // s.G, s.P * s.Q, s.R * s.S
     gy3 = gy.reshape(s.N, s.K, PQ)
