@@ -272,7 +272,8 @@ def backward_weight(x, gy, gw, gb, s):
     geo = (s.R, s.S, s.P, s.Q, *_geometry(s))
     runs = _runs(s.N)
     if runs:
-        nb = max(1, min(-(-RED // PQ), -(-s.N // runs)))
+        per_run = -(-s.N // runs)
+        nb = -(-per_run // -(-per_run // max(1, min(-(-RED // PQ), per_run))))  # even chunks: little zero padding
         col = np.empty((runs, s.C * RS, nb * PQ), dtype=x.dtype)
         gyc = np.empty((runs, s.K, nb * PQ), dtype=x.dtype)
         gwr = np.empty((runs, s.G, Kg, Cg * RS), dtype=x.dtype)
