@@ -268,15 +268,14 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
   }
 }
 
-// Tiles per block: a multiple of NR. Each position's U (Kout x Cin) streams from L3 once per block,
-// so a block wants many tiles: as many as keep one position's V panels (Cin x NB) in half of L2,
-// as long as every thread still gets blocks.
+// Tiles per block: a multiple of NR with the block's V and M (all positions) near a core's L2, and
+// enough blocks for every thread.
 template <typename T>
-int64_t block_tiles(int64_t reduction, int64_t tiles, int64_t G, int nthr) {
+int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) {
   constexpr int64_t NR = kNR<T>;
-  const int64_t budget = 256 * 1024;
-  int64_t panels = imax(1, imin(8, budget / imax(1, reduction * NR * int64_t(sizeof(T)))));
-  while (panels > 1 && G * ceil_div(tiles, panels * NR) < 2 * nthr) --panels;
+  const int64_t budget = 512 * 1024;
+  int64_t panels = imax(1, imin(8, budget / imax(1, per_tile_elems * NR * int64_t(sizeof(T)))));
+  while (panels > 1 && G * ceil_div(tiles, panels * NR) < 4 * nthr) --panels;
   return panels * NR;
 }
 
@@ -292,7 +291,7 @@ void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, con
   transform_filters<T, M>(c, w, transposed_w, U);
 
   const int nthr = num_threads();
-  const int64_t NB = block_tiles<T>(c.Cin, tl.tiles, c.G, nthr);
+  const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t per_thread = A * A * (c.Cin + Kpad) * NB;
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
