@@ -52,10 +52,10 @@ def test_workspace_bytes():
     fwd = _C.conv_im2col_workspace_bytes(s, "float32", 0)
     full_col = 64 * 9 * 8 * 56 * 56 * 4
     assert 0 < fwd < full_col // 10  # implicit im2col: panels only, no column matrix
-    # grad-input runs the implicit packer over gy, phase by phase: panels only, stride 1 or 2
+    # stride 1: the implicit packer over gy, panels only; strided: dcol a few images at a time
     assert 0 < _C.conv_im2col_workspace_bytes(s, "float32", 1) < full_col // 10
     s2 = _C.ConvShape(8, 64, 56, 56, 64, 3, 3, 28, 28, 1, 2, 2, 1, 1, 1, 1)
-    assert 0 < _C.conv_im2col_workspace_bytes(s2, "float32", 1) < full_col // 10
+    assert 0 < _C.conv_im2col_workspace_bytes(s2, "float32", 1) <= 17 * 2**20 + fwd * 4
     with pytest.raises(pyconv.PyConvError):
         _C.conv_im2col_workspace_bytes(s, "float16", 0)
 
@@ -74,9 +74,9 @@ def test_binding_checks_buffers():
         _C.conv_im2col_backward_weight(s, x, np.zeros((1, 3, 3, 3), np.float32), np.zeros(5, np.float32), None)
 
 
-# Grad-input runs per phase (h mod stride, w mod stride) of gx from 16 input channels per group on,
-# below through a dcol buffer and col2im: both paths, phases no tap reaches (1x1 stride 2, dilation
-# sharing a factor with the stride), negative effective padding, rows past the last output.
+# Grad-input of a stride-1 layer with 16+ input channels per group runs per phase of gx (one phase);
+# strided layers and fewer channels run through a dcol buffer and col2im. Both paths: dilation
+# sharing a factor with the stride, negative effective padding, rows past the last output.
 @pytest.mark.parametrize("cg", [3, 16], ids=["dcol", "phases"])
 @pytest.mark.parametrize("R,S,kw", [
     (1, 1, dict(stride=2)),
@@ -98,4 +98,22 @@ def test_grad_input_paths(cg, R, S, kw):
     want, = torch.autograd.grad(y, x, gy)
     x2 = x.detach().clone().requires_grad_()
     got, = torch.autograd.grad(PF.conv2d(x2, w, algo="im2col", backend="cpp", **kw), x2, gy)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("R,st,pad", [(3, 2, 1), (5, 2, 2), (4, 3, 0)])
+def test_grad_input_strided_phases(R, st, pad):
+    # A strided layer whose single image's dcol passes 64 MiB takes the phase GEMMs (the classes of
+    # h mod stride, with different tap counts) instead of buffering it.
+    torch.manual_seed(0)
+    P = 724 // R + 1  # float64 dcol of one image: 16*R*R*P*P*8 bytes > 64 MiB (x: 16*(st*P)^2*8 bytes)
+    H = st * P + R
+    x = torch.randn(1, 16, H, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 16, R, R, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, w, stride=st, padding=pad)
+    assert 16 * R * R * y.shape[2] * y.shape[3] * 8 > 64 * 2**20
+    gy = torch.randn_like(y)
+    want, = torch.autograd.grad(y, x, gy)
+    x2 = x.detach().clone().requires_grad_()
+    got, = torch.autograd.grad(PF.conv2d(x2, w, stride=st, padding=pad, algo="im2col", backend="cpp"), x2, gy)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

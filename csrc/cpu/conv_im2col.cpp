@@ -9,8 +9,8 @@
 //
 // The column matrix is never built: the GEMM's B packer (cpu/gemm_driver.h) gathers each KC x NR
 // panel of col (forward) or col^T (grad-weight) straight from x, so the only scratch is the GEMM's
-// panels; grad-input runs the same packer over gy, one phase at a time (no dcol, no col2im; only
-// layers with few input channels buffer dcol, a few images at a time). A 1x1,
+// panels; a stride-1 grad-input runs the same packer over gy (no dcol, no col2im); strided layers
+// and layers with few input channels buffer dcol = W^T dY a few images at a time. A 1x1,
 // stride-1, unpadded convolution needs no im2col at all: col is x itself (and W^T . dY is gx).
 #include "cpu/conv_im2col.h"
 
@@ -214,10 +214,11 @@ struct PhaseOutColumns {
     const int64_t u = l / V, v = l - u * V;
     return n * img + (h0 + sh * u) * W + w0 + sw * v;
   }
-  int64_t run(int64_t j) const {
+  int64_t run(int64_t j) const {  // a row of the class
     if (dense()) return U * V - j % (U * V);
-    return sw == 1 ? V - j % V : 1;
+    return V - j % V;
   }
+  int64_t step() const { return dense() ? 1 : sw; }
 };
 
 // Calls fn(PhaseAxis rows, PhaseAxis cols, row taps/offsets, col taps/offsets) for each class.
@@ -237,15 +238,20 @@ void for_each_phase(const ConvShape& s, Fn&& fn) {
   }
 }
 
-// Few input channels: the phase GEMMs have only Cg rows, so each packed element of col(gy) serves
-// few multiplications. There dcol = W_g^T . dY (Cg*R*S rows, B = dY itself) then col2im is faster,
-// when one image's dcol is small enough to buffer.
+// When dcol = W_g^T . dY (Cg*R*S rows, B = dY itself: one efficient GEMM) then col2im beats the
+// phase GEMMs: for strided layers (their phases have short reductions, K*taps/stride^2, and write
+// gx with a stride: 1x1 stride 2 measured 42 vs 10 GFLOP/s, 3x3 stride 2 55 vs 30) and for few input
+// channels (the phase GEMMs have only Cg rows). The buffer holds a few images (kDcolChunkBytes,
+// at least one); a layer whose single image's dcol is larger than kDcolImageMax takes phases.
 constexpr int64_t kPhaseMinChannels = 16;
 constexpr int64_t kDcolChunkBytes = int64_t(16) << 20;
+constexpr int64_t kDcolImageMax = int64_t(64) << 20;
 
 template <typename T>
 bool grad_input_by_dcol(const ConvShape& s) {
-  return s.Cg() < kPhaseMinChannels && s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)) <= kDcolChunkBytes;
+  const bool strided = s.stride_h > 1 || s.stride_w > 1;
+  return (strided || s.Cg() < kPhaseMinChannels) &&
+         s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)) <= kDcolImageMax;
 }
 
 // Images per grad-input chunk: dcol of one chunk stays under kDcolChunkBytes (at least one image).

@@ -265,16 +265,18 @@ struct BatchedPackA {
 
 // ------------------------------------------------------------------------------------ output ---
 
-// Column j of C lives at column offset off(j); run(j) columns from j on are contiguous.
+// Column j of C lives at column offset off(j); the run(j) columns from j on lie step() apart.
 struct DenseColumns {
   int64_t operator()(int64_t j) const { return j; }
   int64_t run(int64_t j) const { return INT64_MAX - j; }
+  int64_t step() const { return 1; }
 };
 // Columns j = n*L + l of an image-by-image output: offset n*img + l.
 struct BatchedOutColumns {
   int64_t img, L;
   int64_t operator()(int64_t j) const { return (j / L) * img + j % L; }
   int64_t run(int64_t j) const { return L - j % L; }
+  int64_t step() const { return 1; }
 };
 
 // C(i, j) at c[i*ldc + cols(j)]. First K block: C = alpha*AB + beta*C + bias[i] (C unread when
@@ -299,7 +301,8 @@ struct MatrixOut {
   void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
     using V = vec_t<T>;
-    if (nr == NR && cols.run(j0) >= NR) {  // full-width contiguous tile: vector epilogue
+    const int64_t st = cols.step();
+    if (st == 1 && nr == NR && cols.run(j0) >= NR) {  // full-width contiguous tile: vector epilogue
       const int64_t off = cols(j0);
       const V va = gemm_splat(alpha), vb = gemm_splat(beta);
       for (int64_t i = 0; i < mr; ++i) {
@@ -323,14 +326,14 @@ struct MatrixOut {
         T* out = c + (i0 + i) * ldc + off;
         const T* t = tile + i * NR + jj;
         if (!first) {
-          for (int64_t x = 0; x < len; ++x) out[x] += alpha * t[x];
+          for (int64_t x = 0; x < len; ++x) out[x * st] += alpha * t[x];
           continue;
         }
         const T bias = row_bias ? row_bias[i0 + i] : T(0);
         if (beta == T(0))
-          for (int64_t x = 0; x < len; ++x) out[x] = alpha * t[x] + bias;
+          for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + bias;
         else
-          for (int64_t x = 0; x < len; ++x) out[x] = alpha * t[x] + beta * out[x] + bias;
+          for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + beta * out[x * st] + bias;
       }
       jj += len;
     }
