@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..autotune import check_winograd, winograd_tile
+
 IMPLEMENTED = True
 # im2col = implicit GEMM with shared-memory tiles; winograd*: F(2x2,3x3) / F(4x4,3x3) (kernels/cuda/winograd.py)
 CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
@@ -137,7 +139,7 @@ def conv2d_forward(x, w, b, y, shape, algo, stats=None):
     _check_algo(algo)
     s = shape
     if algo.startswith("winograd"):
-        _cpu_winograd().check_shape(algo, s)
+        check_winograd(algo, s)
     if y.numel() == 0:
         if stats is not None:
             stats.zero_()
@@ -145,7 +147,7 @@ def conv2d_forward(x, w, b, y, shape, algo, stats=None):
     with _Launch(x) as L:
         xd, wd, bd, yd = L.arr(x), L.arr(w), L.arr(b), L.arr(y, out=True)
         if algo.startswith("winograd"):
-            _winograd_conv(L, _cpu_winograd().tile_of(algo, s), xd, wd, False, bd, b is not None, yd, s.N, s.G,
+            _winograd_conv(L, winograd_tile(algo, s), xd, wd, False, bd, b is not None, yd, s.N, s.G,
                            s.C // s.G, s.K // s.G, s.H, s.W, s.P, s.Q, s.pad_h, s.pad_w)
         elif algo == "direct":
             fwd = _k("conv_direct").build(L.scalar)[0]
@@ -192,7 +194,7 @@ def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
     _check_algo(algo)
     s = shape
     if algo.startswith("winograd"):
-        _cpu_winograd().check_shape(algo, s)
+        check_winograd(algo, s)
     with _Launch(gy) as L:
         xd, gyd = L.arr(x), L.arr(gy)
         direct = _k("conv_direct").build(L.scalar)
@@ -224,13 +226,6 @@ def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
 
 # ------------------------------------------------------------------------------- winograd ---
 
-def _cpu_winograd():
-    """The shape check, tile choice and matrices are shared with the CPU kernels' module."""
-    import importlib
-
-    return importlib.import_module("pyconv.kernels.cpu.winograd")
-
-
 def _winograd_conv(L, m, xd, wd, transposed, bd, has_bias, yd, N, G, Cin, Kout, H, W, P, Q, pad_h, pad_w):
     """Filter transform, input transform, batched GEMM over the (m+2)^2 positions, output transform."""
     th, tw = -(-P // m), -(-Q // m)
@@ -250,19 +245,18 @@ def _winograd_conv(L, m, xd, wd, transposed, bd, has_bias, yd, N, G, Cin, Kout, 
 
 
 def _winograd_backward_input(gy, w, gx, s, algo):
-    wino = _cpu_winograd()
-    wino.check_shape(algo, s)
+    check_winograd(algo, s)
     if gx.numel() == 0:
         return
     with _Launch(gx) as L:
-        _winograd_conv(L, wino.tile_of(algo, s), L.arr(gy), L.arr(w), True, L.scratch(1, L.scalar), False,
+        _winograd_conv(L, winograd_tile(algo, s), L.arr(gy), L.arr(w), True, L.scratch(1, L.scalar), False,
                        L.arr(gx, out=True), s.N, s.G, s.K // s.G, s.C // s.G, s.P, s.Q, s.H, s.W,
                        2 - s.pad_h, 2 - s.pad_w)
 
 
 def _winograd_weight_grad(L, xd, gyd, gwd, s, algo):
     """Input and grad-output transforms, the tile-sum GEMM in chunks, chunk sum + G^T . G."""
-    m = _cpu_winograd().tile_of(algo, s)
+    m = winograd_tile(algo, s)
     Cg, Kg = s.C // s.G, s.K // s.G
     th, tw = -(-s.P // m), -(-s.Q // m)
     tiles = s.N * th * tw
