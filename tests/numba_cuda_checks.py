@@ -61,12 +61,19 @@ CONVS = [
 @pytest.mark.parametrize("case", CONVS)
 def test_conv2d(dtype, algo, case):
     N, C, H, W, K, R, S, stride, padding, dilation, groups = case
-    x, w, b = randn(N, C, H, W, dtype=dtype), randn(K, C // groups, R, S, dtype=dtype), randn(K, dtype=dtype)
-    s = _args.conv2d_shape(x, w, b, _args.conv2d_params((R, S), stride, padding, dilation, groups))
-    y = nan_like((N, K, s.P, s.Q), dtype)
+    check_conv(dtype, algo, (N, C, H, W), (K, C // groups, R, S),
+               dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+def check_conv(dtype, algo, x_shape, w_shape, kw):
+    """Forward and every gradient of one numba_cuda conv against torch (outputs start as NaN)."""
+    x, w, b = randn(*x_shape, dtype=dtype), randn(*w_shape, dtype=dtype), randn(w_shape[0], dtype=dtype)
+    s = _args.conv2d_shape(x, w, b, _args.conv2d_params(w_shape[2:], kw.get("stride", 1), kw["padding"],
+                                                        kw.get("dilation", 1), kw["groups"]))
+    y = nan_like((x_shape[0], w_shape[0], s.P, s.Q), dtype)
     nc().conv2d_forward(x, w, b, y, s, algo)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    yr = F.conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    yr = F.conv2d(*leaves, **kw)
     close(y, yr.detach(), dtype, "output")
     gy = randn(*yr.shape, dtype=dtype)
     ref = torch.autograd.grad(yr, leaves, gy)
@@ -254,21 +261,7 @@ WINOGRAD = [("winograd_2x2", torch.float64, (1, 4, 4, 5, 4, 0, 2)),
 @pytest.mark.parametrize("algo,dtype,case", WINOGRAD, ids=[w[0] for w in WINOGRAD])
 def test_conv2d_winograd(algo, dtype, case):
     N, C, H, W, K, padding, groups = case
-    x, w, b = randn(N, C, H, W, dtype=dtype), randn(K, C // groups, 3, 3, dtype=dtype), randn(K, dtype=dtype)
-    s = _args.conv2d_shape(x, w, b, _args.conv2d_params((3, 3), 1, padding, 1, groups))
-    y = nan_like((N, K, s.P, s.Q), dtype)
-    nc().conv2d_forward(x, w, b, y, s, algo)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    yr = F.conv2d(*leaves, padding=padding, groups=groups)
-    close(y, yr.detach(), dtype, "output")
-    gy = randn(*yr.shape, dtype=dtype)
-    ref = torch.autograd.grad(yr, leaves, gy)
-    gx, gw, gb = nan_like(x.shape, dtype), nan_like(w.shape, dtype), nan_like(b.shape, dtype)
-    nc().conv2d_backward_input(gy, w, gx, s, algo)
-    nc().conv2d_backward_weight(x, gy, gw, gb, s, algo)
-    close(gx, ref[0], dtype, "grad_input")
-    close(gw, ref[1], dtype, "grad_weight")
-    close(gb, ref[2], dtype, "grad_bias")
+    check_conv(dtype, algo, (N, C, H, W), (K, C // groups, 3, 3), dict(padding=padding, groups=groups))
 
 
 def test_conv2d_winograd_rejects_shapes():
