@@ -4,6 +4,7 @@
 //   forward      Y_g[Kg, N*P*Q]   = W_g[Kg, Cg*R*S] . col[Cg*R*S, N*P*Q] + b        (then Y is NKPQ)
 //   grad-input   per phase (h mod sh, w mod sw) of gx, a stride-1 convolution of dY with the taps that
 //                reach that phase: gx_phase[Cg, N*U*V] = W'_g[Cg, Kg*taps] . col(dY)[Kg*taps, N*U*V]
+//                (stride 1: one phase); strided or narrow layers: dcol = W_g^T . dY_g, gx = col2im(dcol)
 //   grad-weight  dW_g[Kg, Cg*R*S]  = dY_g[Kg, NPQ] . col^T[NPQ, Cg*R*S]
 //   grad-bias    db[k] = sum_{n,p,q} dY[n,k,p,q]
 //
