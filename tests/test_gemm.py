@@ -1,5 +1,5 @@
 """pyconv._C.gemm (the packed GEMM under im2col and Winograd) against numpy, float32/float64, odd
-sizes around the 6x16 / 6x8 register tiles and the KC=256 / MC / NC cache blocks, all transposes."""
+sizes around the 6x16 / 6x8 register tiles and the KC=320 / MC / NC cache blocks, all transposes."""
 import itertools
 
 import numpy as np

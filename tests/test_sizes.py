@@ -10,6 +10,7 @@ from pyconv import PyConvError, _C, _args
 
 MR, KC = 6, 320  # GemmBlocking (csrc/cpu/gemm_driver.h), ISA-independent fields
 NC = {"float32": 2048, "float64": 1024}
+NR = {"float32": 16, "float64": 8}
 ITEMSIZE = {"float32": 4, "float64": 8}
 
 
@@ -18,11 +19,14 @@ def cdiv(a, b):
 
 
 def gemm_ws_elems(M, N, K, nthr, dtype):
-    """gemm_workspace_elems for N >= NC (then the panel width NR does not matter)."""
-    assert N >= NC[dtype]
+    """gemm_workspace_elems: packed A, and one B chunk per thread."""
     k = max(K, 1)
     kc = cdiv(k, cdiv(k, KC))  # gemm_kc: K in equal blocks of at most KC
-    return cdiv(M, MR) * MR * kc + nthr * NC[dtype] * kc
+    panels = max(1, cdiv(N, NR[dtype]))  # gemm_nc: equal N chunks, a multiple of nthr of them
+    chunks = cdiv(cdiv(panels * NR[dtype], NC[dtype]), nthr) * nthr
+    nc = cdiv(panels, min(panels, chunks)) * NR[dtype]
+    assert nc <= NC[dtype]
+    return cdiv(M, MR) * MR * kc + nthr * nc * kc
 
 
 # A ResNet-like layer at a huge batch and resolution: N*K*P*Q = 2^36, im2col column matrix 2^32+.

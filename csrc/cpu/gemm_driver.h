@@ -350,12 +350,23 @@ int64_t gemm_kc(int64_t K) {
   return ceil_div(imax(K, 1), ceil_div(imax(K, 1), KC));
 }
 
+// Columns per N chunk (one work item): equal chunks, as many as a multiple of the thread count (13
+// chunks of at most NC on 2 threads would leave one thread 7/6 of the other's work). gemm_run
+// splits M too when N has fewer panels than threads.
+template <typename T>
+int64_t gemm_nc(int64_t N, int nthr) {
+  using B = GemmBlocking<T>;
+  const int64_t n_panels = imax(1, ceil_div(N, B::NR));
+  const int64_t chunks = ceil_div(ceil_div(n_panels * B::NR, B::NC), nthr) * nthr;
+  return ceil_div(n_panels, imin(n_panels, chunks)) * B::NR;
+}
+
 // Bytes of scratch gemm_run allocates for an M x N x K problem (reported by the convolutions).
 template <typename T>
 int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
   using B = GemmBlocking<T>;
   const int64_t kc = gemm_kc<T>(K);
-  const int64_t nc = imin(B::NC, ceil_div(N, B::NR) * B::NR);
+  const int64_t nc = gemm_nc<T>(N, nthr);
   return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
 }
 
@@ -366,9 +377,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   if (M <= 0 || N <= 0) return;
   const int nthr = num_threads();
   const int64_t kc_max = gemm_kc<T>(K);
-  // N chunks per work item; split finer (then M too) until every thread has work.
-  int64_t nc = imin(B::NC, ceil_div(N, NR) * NR);
-  if (ceil_div(N, nc) < nthr) nc = imax(NR, ceil_div(ceil_div(N, nthr), NR) * NR);
+  const int64_t nc = gemm_nc<T>(N, nthr);
   const int64_t n_chunks = ceil_div(N, nc);
   const int64_t m_panels = ceil_div(M, MR);
   const int64_t m_splits = imin(m_panels, imax(1, ceil_div(nthr, n_chunks)));
