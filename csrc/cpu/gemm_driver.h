@@ -401,8 +401,8 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
         const int64_t j0 = jc * nc, ncur = imin(nc, N - j0);
         const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
         const int64_t mc_panels = B::MC / MR;
-        // With one M block, every B panel is used right after it is packed (still in L1); with
-        // several, the chunk is packed once and reused by each.
+        // With one M block, every B panel is used right after it is packed; with several, the
+        // chunk is packed once and reused by each.
         const bool pack_ahead = ip_end - ip_begin > mc_panels;
         if (pack_ahead)
           for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp)
@@ -410,9 +410,11 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
         for (int64_t ic = ip_begin; ic < ip_end; ic += mc_panels) {
           const int64_t ic_end = imin(ip_end, ic + mc_panels);
           for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
-            const T* bpanel = bp + jp * NR * kc;
+            // packed just in time into one slot, which stays in L1 (a fresh slot per panel costs a
+            // write miss per line: 8-17% on 64-channel layers)
+            T* const bpanel = pack_ahead ? bp + jp * NR * kc : bp;
             const int64_t nr = imin(NR, ncur - jp * NR);
-            if (!pack_ahead) pack_b(k0, kc, j0 + jp * NR, nr, bp + jp * NR * kc);
+            if (!pack_ahead) pack_b(k0, kc, j0 + jp * NR, nr, bpanel);
             for (int64_t ip = ic; ip < ic_end; ++ip) {
               out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);

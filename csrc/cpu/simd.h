@@ -4,6 +4,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #ifndef PYCONV_ISA
 #error "csrc/cpu kernel sources are compiled with -DPYCONV_ISA=<namespace> (see CMakeLists.txt)"
@@ -52,6 +55,59 @@ PYCONV_INLINE T vsum(vec_t<T> v) {
   T s = 0;
   for (int i = 0; i < Simd<T>::W; ++i) s += v[i];
   return s;
+}
+
+// The lanes [lo, hi) of a vector (clamped to [0, W)), for loads that must not touch the others: a
+// masked load reads p[t] for those lanes only (p itself may point outside the array) and gives 0
+// elsewhere; vor merges loads of disjoint lane sets.
+template <typename T>
+struct LaneMask;
+#if defined(__AVX2__)
+template <>
+struct LaneMask<float> {
+  __m256i m;
+  LaneMask() = default;
+  LaneMask(int64_t lo, int64_t hi) {
+    const int l = int(lo < 0 ? 0 : lo > 8 ? 8 : lo), h = int(hi < 0 ? 0 : hi > 8 ? 8 : hi);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    m = _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(l - 1)),
+                         _mm256_cmpgt_epi32(_mm256_set1_epi32(h), iota));
+  }
+};
+template <>
+struct LaneMask<double> {
+  __m256i m;
+  LaneMask() = default;
+  LaneMask(int64_t lo, int64_t hi) {
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    m = _mm256_and_si256(_mm256_cmpgt_epi64(iota, _mm256_set1_epi64x(lo - 1)),
+                         _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), iota));
+  }
+};
+PYCONV_INLINE vec_t<float> vload_masked(const float* p, const LaneMask<float>& k) {
+  return vec_t<float>(_mm256_maskload_ps(p, k.m));
+}
+PYCONV_INLINE vec_t<double> vload_masked(const double* p, const LaneMask<double>& k) {
+  return vec_t<double>(_mm256_maskload_pd(p, k.m));
+}
+#else
+template <typename T>
+struct LaneMask {
+  int64_t lo, hi;
+  LaneMask() = default;
+  LaneMask(int64_t l, int64_t h) : lo(l < 0 ? 0 : l), hi(h > Simd<T>::W ? Simd<T>::W : h) {}
+};
+template <typename T>
+PYCONV_INLINE vec_t<T> vload_masked(const T* p, const LaneMask<T>& k) {
+  vec_t<T> v{};
+  for (int64_t t = k.lo; t < k.hi; ++t) v[t] = p[t];
+  return v;
+}
+#endif
+template <typename T>
+PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
+  typedef int64_t I __attribute__((vector_size(32)));
+  return vec_t<T>(I(a) | I(b));
 }
 
 PYCONV_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
