@@ -86,8 +86,11 @@ struct Im2colPackB {
       j += len;
     }
     int64_t c = k0 / (t.R * t.S), r = (k0 / t.S) % t.R, sc = k0 % t.S;
-    if (t.sw == 1 && nr == NR && nruns * t.S <= kMaskedRuns) {
-      pack_contiguous(runs, nruns, c, r, sc, kc, dst);
+    if (nr == NR && nruns * t.S <= kMaskedRuns && (t.sw == 1 || t.sw == 2)) {
+      if (t.sw == 1)
+        pack_rows<1>(runs, nruns, c, r, sc, kc, dst);
+      else
+        pack_rows<2>(runs, nruns, c, r, sc, kc, dst);
       return;
     }
     for (int64_t k = 0; k < kc; ++k) {
@@ -109,27 +112,34 @@ struct Im2colPackB {
     }
   }
 
-  // Stride 1: a run's panel row for tap (c, r, s) is len consecutive elements of one input row, less
-  // the columns in the padding. Per (run, s) the lanes it fills are fixed, so two masked vector loads
-  // per run build a panel row (the scalar gather costs about 3x as much, and packing is ~30% of a
-  // 64-channel layer); rows are looked up once per (c, r).
+  // Stride 1 or 2: a run's panel row for tap (c, r, s) is len elements of one input row, ST apart,
+  // less the columns in the padding. Per (run, s) the lanes it fills are fixed, so a few masked
+  // vector loads build a panel row (the scalar gather costs about 3x as much, and packing was ~30% of
+  // a 64-channel layer); stride 2 loads 2*NR contiguous elements and keeps the even ones. Rows are
+  // looked up once per (c, r).
   static constexpr int kMaskedRuns = 64;
-  template <class Run>
-  PYCONV_INLINE void pack_contiguous(const Run* runs, int nruns, int64_t c, int64_t r, int64_t sc, int64_t kc,
-                                     T* d) const {
-    constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
+  template <int ST, class Run>
+  PYCONV_INLINE void pack_rows(const Run* runs, int nruns, int64_t c, int64_t r, int64_t sc, int64_t kc,
+                               T* d) const {
+    constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W, NL = ST * NR / W;  // source vectors per row
     const int64_t HW = t.H * t.W;
-    LaneMask<T> lanes[kMaskedRuns][2];
-    int64_t shift[kMaskedRuns];  // panel lane jj reads row[jj + shift]
+    LaneMask<T> lanes[kMaskedRuns][NL];
+    int64_t shift[kMaskedRuns];  // panel lane l reads row[ST*l + shift]
     for (int i = 0; i < nruns; ++i)
       for (int64_t s = 0; s < t.S; ++s) {
         const Run& u = runs[i];
-        const int64_t iw = u.iw0 + t.col_off[s];
-        const int64_t lo = u.jj + imax(0, -iw), hi = u.jj + imin(u.len, t.W - iw);
-        lanes[i * t.S + s][0] = LaneMask<T>(lo, hi);
-        lanes[i * t.S + s][1] = LaneMask<T>(lo - W, hi - W);
-        shift[i * t.S + s] = iw - u.jj;
+        const int64_t iw = u.iw0 + t.col_off[s], m = i * t.S + s;
+        int64_t lo, hi;  // the run's columns inside the row
+        valid_range(iw, ST, t.W, u.len, lo, hi);
+        // source elements ST*(jj+lo) .. ST*(jj+hi-1), none past the last valid one
+        const int64_t first = ST * (u.jj + lo), end = hi > lo ? ST * (u.jj + hi - 1) + 1 : first;
+        for (int v = 0; v < NL; ++v) lanes[m][v] = LaneMask<T>(first - v * W, end - v * W);
+        shift[m] = iw - ST * u.jj;
       }
+    const auto load = [&](const T* src, const LaneMask<T>* lm, int v) {
+      if (ST == 1) return vload_masked(src + v * W, lm[v]);
+      return vevens(vload_masked(src + 2 * v * W, lm[2 * v]), vload_masked(src + (2 * v + 1) * W, lm[2 * v + 1]));
+    };
     for (int64_t k = 0; k < kc;) {
       const T* rows[NR];
       int which[NR], nv = 0;
@@ -137,18 +147,19 @@ struct Im2colPackB {
         const int64_t ih = runs[i].ih0 + t.row_off[r];
         if (ih >= 0 && ih < t.H) rows[nv] = runs[i].img + c * HW + ih * t.W, which[nv++] = i * int(t.S);
       }
-      // the next panel along the row reads the next NR elements: ask for them now, into L2 (they are
-      // used after this panel's micro-kernels; +14% on 56x56x64)
+      // the next panel along the row reads the next ST*NR elements: ask for them now, into L2 (they
+      // are used after this panel's micro-kernels; +14% on 56x56x64)
       for (int v = 0; v < nv; ++v) {
-        const T* next = rows[v] + shift[which[v]] + NR;
-        __builtin_prefetch(next, 0, 1), __builtin_prefetch(next + NR, 0, 1);
+        const T* next = rows[v] + shift[which[v]] + ST * NR;
+        for (int l = 0; l < ST; ++l) __builtin_prefetch(next + l * NR, 0, 1);
+        __builtin_prefetch(next + ST * NR, 0, 1);
       }
       const int64_t s_end = imin(t.S, sc + (kc - k));
       if (nv == 1) {  // the common case: one run, nothing to merge
         for (int64_t s = sc; s < s_end; ++s, d += NR) {
           const int64_t m = which[0] + s;
           const T* src = rows[0] + shift[m];
-          vstore(d, vload_masked(src, lanes[m][0])), vstore(d + W, vload_masked(src + W, lanes[m][1]));
+          vstore(d, load(src, lanes[m], 0)), vstore(d + W, load(src, lanes[m], 1));
         }
       } else {
         for (int64_t s = sc; s < s_end; ++s, d += NR) {
@@ -156,8 +167,8 @@ struct Im2colPackB {
           for (int v = 0; v < nv; ++v) {
             const int64_t m = which[v] + s;
             const T* src = rows[v] + shift[m];
-            v0 = vor<T>(v0, vload_masked(src, lanes[m][0]));
-            v1 = vor<T>(v1, vload_masked(src + W, lanes[m][1]));
+            v0 = vor<T>(v0, load(src, lanes[m], 0));
+            v1 = vor<T>(v1, load(src, lanes[m], 1));
           }
           vstore(d, v0), vstore(d + W, v1);
         }

@@ -104,6 +104,25 @@ PYCONV_INLINE vec_t<T> vload_masked(const T* p, const LaneMask<T>& k) {
   return v;
 }
 #endif
+// The even lanes of a, then those of b (a stride-2 gather from two contiguous vectors).
+#if defined(__AVX2__)
+PYCONV_INLINE vec_t<float> vevens(vec_t<float> a, vec_t<float> b) {
+  const __m256 e = _mm256_shuffle_ps(__m256(a), __m256(b), _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 a4 a6 b4 b6
+  return vec_t<float>(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+}
+PYCONV_INLINE vec_t<double> vevens(vec_t<double> a, vec_t<double> b) {
+  const __m256d e = _mm256_unpacklo_pd(__m256d(a), __m256d(b));  // a0 b0 a2 b2
+  return vec_t<double>(_mm256_permute4x64_pd(e, _MM_SHUFFLE(3, 1, 2, 0)));
+}
+#else
+template <typename V>
+PYCONV_INLINE V vevens(V a, V b) {
+  constexpr int W = sizeof(V) / sizeof(a[0]);
+  V r;
+  for (int t = 0; t < W / 2; ++t) r[t] = a[2 * t], r[W / 2 + t] = b[2 * t];
+  return r;
+}
+#endif
 template <typename T>
 PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
   typedef int64_t I __attribute__((vector_size(32)));
