@@ -268,12 +268,24 @@ struct PhaseFilterPackA {
   const int64_t *rtap, *stap;
   void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
     constexpr int MR = GemmBlocking<T>::MR;
+    // (k, i, j) stepped, not divided out of k0 + kk: three divisions per row cost ~15% of a
+    // 512-channel layer's grad-input
+    int64_t k = k0 / (tr * ts), i = (k0 / ts) % tr, j = k0 % ts;
+    const int64_t RS = R * S;
+    const T* wc = w + i0 * RS;
     for (int64_t kk = 0; kk < kc; ++kk) {
-      const int64_t t = k0 + kk, k = t / (tr * ts), i = (t / ts) % tr, j = t % ts;
-      const T* src = w + (k * Cg * R + rtap[i]) * S + stap[j];
+      const T* src = wc + (k * Cg * R + rtap[i]) * S + stap[j];
       T* d = dst + kk * MR;
-      for (int64_t c = 0; c < mr; ++c) d[c] = src[(i0 + c) * R * S];
-      for (int64_t c = mr; c < MR; ++c) d[c] = T(0);
+      if (mr == MR)
+        for (int c = 0; c < MR; ++c) d[c] = src[c * RS];
+      else {
+        for (int64_t c = 0; c < mr; ++c) d[c] = src[c * RS];
+        for (int64_t c = mr; c < MR; ++c) d[c] = T(0);
+      }
+      if (++j == ts) {
+        j = 0;
+        if (++i == tr) i = 0, ++k;
+      }
     }
   }
 };
