@@ -331,7 +331,7 @@ void for_each_phase(const ConvShape& s, Fn&& fn) {
 // channels (the phase GEMMs have only Cg rows). The buffer holds a few images (kDcolChunkBytes,
 // at least one); a layer whose single image's dcol is larger than kDcolImageMax takes phases.
 constexpr int64_t kPhaseMinChannels = 16;
-constexpr int64_t kDcolChunkBytes = int64_t(16) << 20;
+constexpr int64_t kDcolChunkBytes = int64_t(4) << 20;  // 16 MiB cost the stem's training step 7 MiB of peak, for no speed
 constexpr int64_t kDcolImageMax = int64_t(64) << 20;
 
 template <typename T>
