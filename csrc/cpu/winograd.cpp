@@ -385,51 +385,61 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t du_elems = c.G * A * A * Kpad * Cpad;
-  // Per thread: dU accumulator, V[xi][Cpad][NB], Z[xi][Kpad][NB] and their tile-major copies.
-  const int64_t per_thread = du_elems + 2 * A * A * (Cpad + Kpad) * NB;
+  // One shared dU; per thread V[xi][Cpad][NB], Z[xi][Kpad][NB] and their tile-major copies. Each
+  // round every thread transforms one block into its buffers, then each thread multiplies the
+  // positions xi = tid (mod nthr) of every buffer: no per-thread dU copies (G*36*K*C each for
+  // F(4x4)) and no race, and the sum runs in a fixed order.
+  const int64_t per_thread = 2 * A * A * (Cpad + Kpad) * NB;
   const int nthr = num_threads();
-  Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
-  T* base = ws.as<T>();
+  const int64_t ntasks = c.G * nblocks;
+  Workspace ws(checked_bytes(du_elems + nthr * per_thread, sizeof(T)));
+  T* const dU = ws.as<T>();
+  T* const bufs = dU + du_elems;
 #pragma omp parallel num_threads(nthr)
   {
-    T* dU = base + omp_get_thread_num() * per_thread;
-    T* V = dU + du_elems;
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    T* V = bufs + tid * per_thread;
     T* Z = V + A * A * Cpad * NB;
     T* Vt = Z + A * A * Kpad * NB;
     T* Zt = Vt + A * A * Cpad * NB;
+#pragma omp for schedule(static)
     for (int64_t e = 0; e < du_elems; ++e) dU[e] = T(0);
     // Channels past Cin stay zero in V (the input transform writes rows [0, Cin)).
     for (int64_t e = 0; e < A * A * Cpad * NB; ++e) V[e] = T(0);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < c.G * nblocks; ++task) {
-      const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-      transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), V);
-      transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, Z);
-      pack_tile_major<T, NR>(V, A * A, Cpad, NB, Vt);
-      pack_tile_major<T, kMR<T>>(Z, A * A, Kpad, NB, Zt);
-      T* dUg = dU + g * A * A * Kpad * Cpad;
-      alignas(64) T tile[kMR<T> * NR];
-      for (int xi = 0; xi < A * A; ++xi)
-        for (int64_t cb = 0; cb < ncb; ++cb)
-          for (int64_t kb = 0; kb < nkb; ++kb) {
-            gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * kMR<T>) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
-            T* d = dUg + (xi * Kpad + kb * kMR<T>) * Cpad + cb * NR;
-            for (int i = 0; i < kMR<T>; ++i)
-              for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
-          }
+    alignas(64) T tile[kMR<T> * NR];
+    for (int64_t round = 0; round * nt < ntasks; ++round) {
+      const int64_t task = round * nt + tid;
+      if (task < ntasks) {
+        const int64_t g = task / nblocks, t0 = task % nblocks * NB;
+        transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), V);
+        transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, Z);
+        pack_tile_major<T, NR>(V, A * A, Cpad, NB, Vt);
+        pack_tile_major<T, kMR<T>>(Z, A * A, Kpad, NB, Zt);
+      }
+#pragma omp barrier
+      for (int b = 0; b < nt && round * nt + b < ntasks; ++b) {
+        const T* Vb = bufs + b * per_thread + A * A * (Cpad + Kpad) * NB;  // Vt of thread b
+        const T* Zb = Vb + A * A * Cpad * NB;
+        T* dUg = dU + (round * nt + b) / nblocks * A * A * Kpad * Cpad;
+        for (int xi = tid; xi < A * A; xi += nt)
+          for (int64_t cb = 0; cb < ncb; ++cb)
+            for (int64_t kb = 0; kb < nkb; ++kb) {
+              gemm_micro_kernel<T>(NB, Zb + (xi * Kpad + kb * kMR<T>) * NB, Vb + (xi * Cpad + cb * NR) * NB, tile);
+              T* d = dUg + (xi * Kpad + kb * kMR<T>) * Cpad + cb * NR;
+              for (int i = 0; i < kMR<T>; ++i)
+                for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
+            }
+      }
+#pragma omp barrier
     }
   }
-  // Sum the threads' dU, then dg = G^T dU G.
+  // dg = G^T dU G.
 #pragma omp parallel for num_threads(nthr) schedule(static)
   for (int64_t gk = 0; gk < c.G * c.Kout; ++gk) {
     const int64_t g = gk / c.Kout, k = gk % c.Kout;
     for (int64_t ci = 0; ci < c.Cin; ++ci) {
       T du[A * A], tmp[3 * A], f[9];
-      for (int xi = 0; xi < A * A; ++xi) {
-        T sum = T(0);
-        for (int t = 0; t < nthr; ++t) sum += base[t * per_thread + ((g * A * A + xi) * Kpad + k) * Cpad + ci];
-        du[xi] = sum;
-      }
+      for (int xi = 0; xi < A * A; ++xi) du[xi] = dU[((g * A * A + xi) * Kpad + k) * Cpad + ci];
       mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
       mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
       for (int rs = 0; rs < 9; ++rs) gw[((g * c.Kout + k) * c.Cin + ci) * 9 + rs] = f[rs];
