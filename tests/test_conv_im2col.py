@@ -53,20 +53,26 @@ def test_pointwise_batches_across_images(N, H, W):
     (1, 1, 0, 1), (3, 5, 2, 1), (7, 3, 1, 1), (13, 7, 3, 1), (17, 3, 1, 2), (16, 1, 0, 1),
     (33, 4, 3, 1), (40, 5, 0, 2), (2, 9, 4, 1),
 ])
-def test_forward_panel_edges(dtype, stride, W, S, pad, dil):
-    # The forward packs panels of NR output pixels with masked vector loads (stride 1 and 2): runs
-    # that cross rows and images, columns in the padding on either side, rows shorter than a panel,
-    # the first and last element of x, and more runs x taps than the masks hold (scalar path).
+def test_panel_edges(dtype, stride, W, S, pad, dil):
+    # The forward packs panels of x with masked vector loads (stride 1 and 2), the grad-weight packs
+    # transposed panels: runs that cross rows and images, columns in the padding on either side, rows
+    # shorter than a vector, the first and last element of x, tap panels narrower than NR, and more
+    # runs x taps than the masks hold (scalar path).
     torch.manual_seed(W * 100 + S * 10 + stride)
     x = torch.randn(3, 5, 4, W, dtype=dtype)
     w = torch.randn(6, 5, 2, S, dtype=dtype)
     if (W + 2 * pad - dil * (S - 1) - 1) < 0:
         pytest.skip("empty output")
     kw = dict(stride=stride, padding=(1, pad), dilation=(1, dil))
-    got = PF.conv2d(x, w, algo="im2col", backend="cpp", **kw)
-    want = torch.nn.functional.conv2d(x, w, **kw)
+    wg, wt = w.clone().requires_grad_(), w.clone().requires_grad_()
+    got = PF.conv2d(x, wg, algo="im2col", backend="cpp", **kw)
+    want = torch.nn.functional.conv2d(x, wt, **kw)
+    gy = torch.randn_like(want)
+    got.backward(gy)
+    want.backward(gy)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(wg.grad, wt.grad, rtol=tol, atol=tol * 10)
 
 
 def test_workspace_bytes():
