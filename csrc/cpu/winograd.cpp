@@ -385,11 +385,13 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t du_elems = c.G * A * A * Kpad * Cpad;
-  // One shared dU; per thread V[xi][Cpad][NB], Z[xi][Kpad][NB] and their tile-major copies. Each
-  // round every thread transforms one block into its buffers, then each thread multiplies the
-  // positions xi = tid (mod nthr) of every buffer: no per-thread dU copies (G*36*K*C each for
-  // F(4x4)) and no race, and the sum runs in a fixed order.
-  const int64_t per_thread = 2 * A * A * (Cpad + Kpad) * NB;
+  // One shared dU; per thread the tile-major Vt[xi][Cpad][NB], Zt[xi][Kpad][NB] and one scratch that
+  // takes V, then Z, in row layout before each is packed. Each round every thread transforms one
+  // block into its buffers, then each thread multiplies the positions xi = tid (mod nthr) of every
+  // buffer: no per-thread dU copies (G*36*K*C each for F(4x4)) and no race, and the sum runs in a
+  // fixed order.
+  const int64_t scratch = A * A * imax(Cpad, Kpad) * NB;
+  const int64_t per_thread = A * A * (Cpad + Kpad) * NB + scratch;
   const int nthr = num_threads();
   const int64_t ntasks = c.G * nblocks;
   Workspace ws(checked_bytes(du_elems + nthr * per_thread, sizeof(T)));
@@ -398,27 +400,27 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
 #pragma omp parallel num_threads(nthr)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    T* V = bufs + tid * per_thread;
-    T* Z = V + A * A * Cpad * NB;
-    T* Vt = Z + A * A * Kpad * NB;
+    T* Vt = bufs + tid * per_thread;
     T* Zt = Vt + A * A * Cpad * NB;
+    T* VZ = Zt + A * A * Kpad * NB;
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < du_elems; ++e) dU[e] = T(0);
-    // Channels past Cin stay zero in V (the input transform writes rows [0, Cin)).
-    for (int64_t e = 0; e < A * A * Cpad * NB; ++e) V[e] = T(0);
     alignas(64) T tile[kMR<T> * NR];
     for (int64_t round = 0; round * nt < ntasks; ++round) {
       const int64_t task = round * nt + tid;
       if (task < ntasks) {
         const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-        transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), V);
-        transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, Z);
-        pack_tile_major<T, NR>(V, A * A, Cpad, NB, Vt);
-        pack_tile_major<T, kMR<T>>(Z, A * A, Kpad, NB, Zt);
+        // the input transform writes channels [0, Cin); those past it must read 0
+        for (int xi = 0; xi < A * A; ++xi)
+          for (int64_t e = c.Cin * NB; e < Cpad * NB; ++e) VZ[xi * Cpad * NB + e] = T(0);
+        transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), VZ);
+        pack_tile_major<T, NR>(VZ, A * A, Cpad, NB, Vt);
+        transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, VZ);
+        pack_tile_major<T, kMR<T>>(VZ, A * A, Kpad, NB, Zt);
       }
 #pragma omp barrier
       for (int b = 0; b < nt && round * nt + b < ntasks; ++b) {
-        const T* Vb = bufs + b * per_thread + A * A * (Cpad + Kpad) * NB;  // Vt of thread b
+        const T* Vb = bufs + b * per_thread;  // Vt of thread b
         const T* Zb = Vb + A * A * Cpad * NB;
         T* dUg = dU + (round * nt + b) / nblocks * A * A * Kpad * Cpad;
         for (int xi = tid; xi < A * A; xi += nt)
