@@ -208,14 +208,17 @@ def test_opcheck():
 
 
 def test_generic_isa_matches_torch():
-    """The portable kernels (chosen on CPUs without AVX2) are correct too."""
+    """The portable kernels (chosen on CPUs without AVX2) are correct too, the im2col packer's masked
+    loads and Winograd included."""
     code = (
         "import torch, pyconv, pyconv.functional as PF, torch.nn.functional as F\n"
         "assert pyconv._C.isa() == 'generic'\n"
-        "for dt in (torch.float32, torch.float64):\n"
-        "  x = torch.randn(2, 6, 11, 13, dtype=dt, requires_grad=True)\n"
+        "for dt, algo, st in [(dt, a, st) for dt in (torch.float32, torch.float64)\n"
+        "                     for a, st in (('auto', (1, 2)), ('im2col', (1, 2)), ('im2col', 1), ('winograd', 1))]:\n"
+        "  x = torch.randn(2, 6, 11, 21, dtype=dt, requires_grad=True)\n"
         "  w = torch.randn(4, 3, 3, 3, dtype=dt, requires_grad=True)\n"
-        "  y = PF.conv2d(x, w, stride=(1, 2), padding=1, groups=2); r = F.conv2d(x, w, stride=(1, 2), padding=1, groups=2)\n"
+        "  y = PF.conv2d(x, w, stride=st, padding=1, groups=2, algo=algo, backend='cpp')\n"
+        "  r = F.conv2d(x, w, stride=st, padding=1, groups=2)\n"
         "  g = torch.randn_like(r)\n"
         "  a = torch.autograd.grad(y, (x, w), g); e = torch.autograd.grad(r, (x, w), g)\n"
         "  for u, v in zip((y,) + a, (r,) + e): assert (u - v).norm() <= 1e-5 * v.norm(), (u - v).norm()\n"
