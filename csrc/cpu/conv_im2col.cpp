@@ -151,8 +151,7 @@ struct Im2colPackB {
       // are used after this panel's micro-kernels; +14% on 56x56x64)
       for (int v = 0; v < nv; ++v) {
         const T* next = rows[v] + shift[which[v]] + ST * NR;
-        for (int l = 0; l < ST; ++l) __builtin_prefetch(next + l * NR, 0, 1);
-        __builtin_prefetch(next + ST * NR, 0, 1);
+        for (int l = 0; l <= ST; ++l) __builtin_prefetch(next + l * NR, 0, 1);
       }
       const int64_t s_end = imin(t.S, sc + (kc - k));
       if (nv == 1) {  // the common case: one run, nothing to merge
@@ -334,18 +333,22 @@ constexpr int64_t kPhaseMinChannels = 16;
 constexpr int64_t kDcolChunkBytes = int64_t(4) << 20;  // 16 MiB cost the stem's training step 7 MiB of peak, for no speed
 constexpr int64_t kDcolImageMax = int64_t(64) << 20;
 
+// Bytes of one image's dcol (Cg*R*S x P*Q) in one group.
+template <typename T>
+int64_t dcol_image_bytes(const ConvShape& s) {
+  return s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T));
+}
+
 template <typename T>
 bool grad_input_by_dcol(const ConvShape& s) {
   const bool strided = s.stride_h > 1 || s.stride_w > 1;
-  return (strided || s.Cg() < kPhaseMinChannels) &&
-         s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)) <= kDcolImageMax;
+  return (strided || s.Cg() < kPhaseMinChannels) && dcol_image_bytes<T>(s) <= kDcolImageMax;
 }
 
 // Images per grad-input chunk: dcol of one chunk stays under kDcolChunkBytes (at least one image).
 template <typename T>
 int64_t dgrad_chunk_images(const ConvShape& s) {
-  const int64_t per_image = imax(1, s.Cg() * s.R * s.S * s.P * s.Q * int64_t(sizeof(T)));
-  return imax(1, imin(s.N, kDcolChunkBytes / per_image));
+  return imax(1, imin(s.N, kDcolChunkBytes / imax(1, dcol_image_bytes<T>(s))));
 }
 
 // gx[n0+nl, g*Cg + c] = sum_{r,s} scatter of dcol rows (c,r,s), for the images of one chunk.
@@ -373,7 +376,6 @@ void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol
       }
   }
 }
-
 
 }  // namespace
 
