@@ -83,32 +83,32 @@ class KernelTable:
 
     # Winograd: the kernels get a caller-allocated workspace on the tensors' device (kept referenced
     # until the launches are queued; torch's caching allocator orders its reuse on the same stream).
-    def _winograd_ws(self, algo, pass_, shape, like):
-        n = self.lib.conv2d_winograd_workspace(winograd_tile(algo, shape), pass_, tuple(shape))
-        return torch.empty(n, dtype=like.dtype, device=like.device) if n else None
+    def _winograd_plan(self, algo, pass_, shape, like, workspace=True):
+        """The tile m for algo on this shape (after the shape check) and the pass's workspace."""
+        check_winograd(algo, shape)
+        m = winograd_tile(algo, shape)
+        n = self.lib.conv2d_winograd_workspace(m, pass_, tuple(shape)) if workspace else 0
+        return m, (torch.empty(n, dtype=like.dtype, device=like.device) if n else None)
 
     def _winograd_forward(self, x, w, b, y, shape, algo):
-        check_winograd(algo, shape)
-        ws = self._winograd_ws(algo, "forward", shape, x)
+        m, ws = self._winograd_plan(algo, "forward", shape, x)
         with self._device(x):
-            self.lib.conv2d_winograd_forward(winograd_tile(algo, shape), self._dtype(x), tuple(shape),
+            self.lib.conv2d_winograd_forward(m, self._dtype(x), tuple(shape),
                                              self._buf(x, "input"), self._buf(w, "weight"), self._buf(b, "bias"),
                                              self._buf(y, "output"), self._buf(ws, "workspace"), self._stream(x))
 
     def _winograd_backward_input(self, gy, w, gx, shape, algo):
-        check_winograd(algo, shape)
-        ws = self._winograd_ws(algo, "backward_input", shape, gy)
+        m, ws = self._winograd_plan(algo, "backward_input", shape, gy)
         with self._device(gy):
-            self.lib.conv2d_winograd_backward_input(winograd_tile(algo, shape), self._dtype(gy), tuple(shape),
+            self.lib.conv2d_winograd_backward_input(m, self._dtype(gy), tuple(shape),
                                                     self._buf(gy, "grad_output"), self._buf(w, "weight"),
                                                     self._buf(gx, "grad_input"), self._buf(ws, "workspace"),
                                                     self._stream(gy))
 
     def _winograd_backward_weight(self, x, gy, gw, gb, shape, algo):
-        check_winograd(algo, shape)
-        ws = self._winograd_ws(algo, "backward_weight", shape, x) if gw is not None else None
+        m, ws = self._winograd_plan(algo, "backward_weight", shape, x, workspace=gw is not None)
         with self._device(x):
-            self.lib.conv2d_winograd_backward_weight(winograd_tile(algo, shape), self._dtype(x), tuple(shape),
+            self.lib.conv2d_winograd_backward_weight(m, self._dtype(x), tuple(shape),
                                                      self._buf(x, "input"), self._buf(gy, "grad_output"),
                                                      self._buf(gw, "grad_weight"), self._buf(gb, "grad_bias"),
                                                      self._buf(ws, "workspace"), self._stream(x))
