@@ -11,6 +11,7 @@ import torch
 import pyconv
 import pyconv.functional as PF
 from pyconv import PyConvError, _C
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPS = 300
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -76,3 +77,31 @@ def test_repeated_calls_keep_memory_flat(kind):
     gc.collect()
     grown = rss_bytes() - before
     assert grown < 15 * 2**20, f"resident memory grew {grown / 2**20:.1f} MiB over {REPS} x {len(table)} calls"
+
+
+class _DispatchLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("op", ["conv_bn_relu", "batch_norm", "max_pool2d"])
+def test_backward_allocates_no_gradient_for_non_differentiable_outputs(op):
+    """The ops' extra outputs (conv output y, batch statistics, pool indices) take no gradient: autograd
+    must not allocate zero-filled ones (for conv_bn_relu, a tensor the size of the layer's output)."""
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    w, gamma, beta = torch.randn(4, 4, 3, 3), torch.ones(4), torch.zeros(4)
+    out = {
+        "conv_bn_relu": lambda: PF.conv_bn_relu(x, w, None, gamma, beta, torch.zeros(4), torch.ones(4), padding=1,
+                                                backend="cpp"),
+        "batch_norm": lambda: PF.batch_norm(x, torch.zeros(4), torch.ones(4), gamma, beta, True, backend="cpp"),
+        "max_pool2d": lambda: PF.max_pool2d(x, 2, backend="cpp"),
+    }[op]()
+    with _DispatchLog() as log:
+        (gx,) = torch.autograd.grad(out.sum(), x)
+    assert gx.shape == x.shape
+    assert not [o for o in log.ops if o.startswith(("aten.zeros", "aten.zero_", "aten.fill_"))], log.ops

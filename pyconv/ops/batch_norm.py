@@ -91,6 +91,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, running_mean, running_var, training, momentum, eps, backend = inputs
     y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(save_mean, save_invstd, new_mean, new_var)
+    ctx.set_materialize_grads(False)  # the statistics' gradients would be zero-filled tensors
     ctx.save_for_backward(x, weight, save_mean, save_invstd)
     ctx.conf = (training, backend)
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -100,7 +101,7 @@ def _backward(ctx, grad_output, *grad_stats):
     x, weight, save_mean, save_invstd = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.has_weight and ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
-    if not any(mask):
+    if grad_output is None or not any(mask):
         return (None,) * 9
     gx, gw, gb = torch.ops.pyconv.batch_norm_backward(grad_output, x, weight, save_mean, save_invstd, *ctx.conf,
                                                       mask)

@@ -131,6 +131,7 @@ def _setup_context(ctx, inputs, output):
      momentum, eps, algo, backend) = inputs
     z, y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
+    ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of y
     ctx.save_for_backward(z, y, x, weight, bias, bn_weight, save_mean, save_invstd)
     ctx.conf = (stride, padding, dilation, groups, training, algo, backend)
 
@@ -140,7 +141,7 @@ def _backward(ctx, grad_z, *unused):
     need = ctx.needs_input_grad
     mask = [need[0], need[1], bias is not None and need[2], need[3], need[4]]
     grads = [None] * 16
-    if any(mask):
+    if grad_z is not None and any(mask):
         out = torch.ops.pyconv.conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean,
                                                      save_invstd, *ctx.conf, mask)
         for i, (g, m) in enumerate(zip(out, mask)):

@@ -99,12 +99,15 @@ def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, 
 def _max_setup_context(ctx, inputs, output):
     x, kernel_size, stride, padding, dilation, ceil_mode, backend = inputs
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of the indices
     ctx.save_for_backward(output[1])
     ctx.conf = (list(x.shape), kernel_size, stride, padding, dilation, ceil_mode, backend)
 
 
 def _max_backward(ctx, grad_output, grad_indices):
     (indices,) = ctx.saved_tensors
+    if grad_output is None:
+        return (None,) * 7
     gx = torch.ops.pyconv.max_pool2d_backward(grad_output, indices, *ctx.conf)
     return gx, None, None, None, None, None, None
 
