@@ -93,3 +93,26 @@ def test_asymmetric_same_padding_groups_and_tiny_outputs(algo, dtype):
         gy = torch.randn_like(yr)
         for a, e in zip((y,) + torch.autograd.grad(y, (x, w, b), gy), (yr,) + torch.autograd.grad(yr, (x, w, b), gy)):
             assert rel(a, e.double()) <= tol
+
+
+@pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])
+def test_grad_weight_bitwise_equal_across_thread_counts(algo):
+    """The grad-weight reduction over tiles runs block by block in a fixed order whatever the thread
+    count (threads split each block's channels, then its positions), so the result is bitwise equal."""
+    import pyconv
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 10, 13, 11, generator=g).requires_grad_()  # 10 channels: a partial V row block
+    w = torch.randn(14, 5, 3, 3, generator=g).requires_grad_()  # 7 per group: a partial Z row block
+    gy = torch.randn(3, 14, 13, 11, generator=g)
+    before = pyconv.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3):
+            pyconv.set_num_threads(n)
+            y = PF.conv2d(x, w, padding=1, groups=2, algo=algo, backend="cpp")
+            grads.append(torch.autograd.grad(y, w, gy)[0])
+    finally:
+        pyconv.set_num_threads(before)
+    ref = torch.autograd.grad(F.conv2d(x.double(), w.double(), padding=1, groups=2), w, gy.double())[0]
+    assert rel(grads[0], ref) < 1e-5
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])

@@ -199,16 +199,17 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
   }
 }
 
-// V(xi, ci, t) = B^T d B for the NB tiles from t0 (zero past the last tile), channels of group g.
+// V(xi, ci - c0, t) = B^T d B for the NB tiles from t0 (zero past the last tile), channels [c0, c1)
+// of group g.
 template <typename T, int M>
 void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64_t g, int64_t t0, int64_t NB,
-                           const BlockLayout& layout, T* V) {
+                           int64_t c0, int64_t c1, const BlockLayout& layout, T* V) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
-    for (int64_t ci = 0; ci < c.Cin; ++ci) {
+    for (int64_t ci = c0; ci < c1; ++ci) {
       alignas(32) T d[A * A * W];
       for (int l = 0; l < W; ++l) {
         const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w;
@@ -232,7 +233,7 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
       for (int e = 0; e < A * A; ++e) dv[e] = vload(d + e * W);
       mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
       mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
-      for (int xi = 0; xi < A * A; ++xi) vstore(V + layout.at<T>(xi, ci, ch * W), v[xi]);
+      for (int xi = 0; xi < A * A; ++xi) vstore(V + layout.at<T>(xi, ci - c0, ch * W), v[xi]);
     }
   }
 }
@@ -302,7 +303,7 @@ void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, con
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < c.G * nblocks; ++task) {
       const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-      transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::panels<T>(c.Cin, NB), V);
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, 0, c.Cin, BlockLayout::panels<T>(c.Cin, NB), V);
       const T* Ug = U + g * A * A * Kpad * c.Cin;
       // U panel outer: it stays in L1 while the block's V panels (sized for L2) stream past; a
       // position's U (Kout x Cin) can be far larger than L2.
@@ -325,20 +326,22 @@ Conv backward_input_conv(const ConvShape& s) {
   return Conv{s.N, s.G, s.Kg(), s.Cg(), s.P, s.Q, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w};
 }
 
-// Z[xi][k][NB] = A dY A^T for the NB output tiles from t0 (zero outside P x Q and past the last
-// tile), channels of group g; rows k >= Kout are zero.
+// Z[xi][k - k0][NB] = A dY A^T for the NB output tiles from t0 (zero outside P x Q and past the last
+// tile), channels [k0, k1) of group g; rows k >= Kout are zero.
 template <typename T, int M>
-void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy, int64_t Kpad, int64_t g,
-                                 int64_t t0, int64_t NB, T* Z) {
+void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy, int64_t g, int64_t t0,
+                                 int64_t NB, int64_t k0, int64_t k1, T* Z) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
-    for (int64_t k = 0; k < Kpad; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       Vec z[A * A];
+      T* zk = Z + (k - k0) * NB + ch * W;
+      const int64_t xi_stride = (k1 - k0) * NB;
       if (k >= c.Kout) {
-        for (int xi = 0; xi < A * A; ++xi) vstore(Z + (xi * Kpad + k) * NB + ch * W, Vec{});
+        for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, Vec{});
         continue;
       }
       alignas(32) T d[M * M * W];
@@ -358,81 +361,80 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
       for (int e = 0; e < M * M; ++e) dv[e] = vload(d + e * W);
       mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
       mul_right<false, A, T>(WinogradTile<M>::AT, tmp, z);
-      for (int xi = 0; xi < A * A; ++xi) vstore(Z + (xi * Kpad + k) * NB + ch * W, z[xi]);
+      for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, z[xi]);
     }
   }
 }
 
-// src[xi][rows][NB] -> dst[xi][rows/P][NB][P]: tiles become the reduction dimension of packed panels.
+// One block of P rows, src[xi][P][NB] -> dst[xi * dst_xi_stride + t * P + i]: tiles become the
+// reduction dimension of a packed panel.
 template <typename T, int P>
-void pack_tile_major(const T* src, int64_t positions, int64_t rows, int64_t NB, T* dst) {
-  for (int64_t xi = 0; xi < positions; ++xi)
-    for (int64_t rb = 0; rb < rows / P; ++rb) {
-      const T* s = src + (xi * rows + rb * P) * NB;
-      T* d = dst + (xi * rows + rb * P) * NB;
-      for (int64_t t = 0; t < NB; ++t)
-        for (int i = 0; i < P; ++i) d[t * P + i] = s[i * NB + t];
-    }
+void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi_stride, T* dst) {
+  for (int64_t xi = 0; xi < positions; ++xi) {
+    const T* s = src + xi * P * NB;
+    T* d = dst + xi * dst_xi_stride;
+    for (int64_t t = 0; t < NB; ++t)
+      for (int i = 0; i < P; ++i) d[t * P + i] = s[i * NB + t];
+  }
 }
 
 template <typename T, int M>
 void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   constexpr int A = WinogradTile<M>::alpha;
-  constexpr int64_t NR = kNR<T>;
+  constexpr int64_t NR = kNR<T>, MR = kMR<T>;
   const Tiling<M> tl(c);
-  const int64_t nkb = ceil_div(c.Kout, kMR<T>), Kpad = nkb * kMR<T>;
+  const int64_t nkb = ceil_div(c.Kout, MR), Kpad = nkb * MR;
   const int64_t ncb = ceil_div(c.Cin, NR), Cpad = ncb * NR;
-  const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU
+  const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower)
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t du_elems = c.G * A * A * Kpad * Cpad;
-  // One shared dU; per thread the tile-major Vt[xi][Cpad][NB], Zt[xi][Kpad][NB] and one scratch that
-  // takes V, then Z, in row layout before each is packed. Each round every thread transforms one
-  // block into its buffers, then each thread multiplies the positions xi = tid (mod nthr) of every
-  // buffer: no per-thread dU copies (G*36*K*C each for F(4x4)) and no race, and the sum runs in a
-  // fixed order.
-  const int64_t scratch = A * A * imax(Cpad, Kpad) * NB;
-  const int64_t per_thread = A * A * (Cpad + Kpad) * NB + scratch;
+  // The threads work on one block at a time, in two phases. Transform: each takes row blocks (NR
+  // channels of V, MR of Z), transforms them into its small scratch and packs them tile-major into
+  // the shared Vt[xi][Cpad][NB], Zt[xi][Kpad][NB]. Multiply: each takes (position, NR channels) pairs
+  // and accumulates their MR x NR tiles into the shared dU. One block's buffers in all (not one per
+  // thread), no per-thread dU copies, no race, and every dU element sums the blocks in order.
+  constexpr int64_t P = NR > MR ? NR : MR;
+  const int64_t vt_elems = A * A * Cpad * NB, zt_elems = A * A * Kpad * NB;
   const int nthr = num_threads();
-  const int64_t ntasks = c.G * nblocks;
-  Workspace ws(checked_bytes(du_elems + nthr * per_thread, sizeof(T)));
+  const int64_t scratch = A * A * P * NB;
+  Workspace ws(checked_bytes(du_elems + vt_elems + zt_elems + nthr * scratch, sizeof(T)));
   T* const dU = ws.as<T>();
-  T* const bufs = dU + du_elems;
+  T* const Vt = dU + du_elems;
+  T* const Zt = Vt + vt_elems;
 #pragma omp parallel num_threads(nthr)
   {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    T* Vt = bufs + tid * per_thread;
-    T* Zt = Vt + A * A * Cpad * NB;
-    T* VZ = Zt + A * A * Kpad * NB;
+    T* rows = Zt + zt_elems + omp_get_thread_num() * scratch;
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < du_elems; ++e) dU[e] = T(0);
-    alignas(64) T tile[kMR<T> * NR];
-    for (int64_t round = 0; round * nt < ntasks; ++round) {
-      const int64_t task = round * nt + tid;
-      if (task < ntasks) {
-        const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-        // the input transform writes channels [0, Cin); those past it must read 0
-        for (int xi = 0; xi < A * A; ++xi)
-          for (int64_t e = c.Cin * NB; e < Cpad * NB; ++e) VZ[xi * Cpad * NB + e] = T(0);
-        transform_input_block<T, M>(c, tl, x, g, t0, NB, BlockLayout::rows<T>(Cpad, NB), VZ);
-        pack_tile_major<T, NR>(VZ, A * A, Cpad, NB, Vt);
-        transform_grad_output_block<T, M>(c, tl, gy, Kpad, g, t0, NB, VZ);
-        pack_tile_major<T, kMR<T>>(VZ, A * A, Kpad, NB, Zt);
+    alignas(64) T tile[MR * NR];
+    for (int64_t task = 0; task < c.G * nblocks; ++task) {
+      const int64_t g = task / nblocks, t0 = task % nblocks * NB;
+#pragma omp for schedule(dynamic)  // V and Z row blocks differ in cost
+      for (int64_t rb = 0; rb < ncb + nkb; ++rb) {
+        if (rb < ncb) {
+          const int64_t c0 = rb * NR, c1 = imin(c0 + NR, c.Cin);
+          if (c1 - c0 < NR)  // channels past Cin read 0
+            for (int xi = 0; xi < A * A; ++xi)
+              for (int64_t e = (c1 - c0) * NB; e < NR * NB; ++e) rows[xi * NR * NB + e] = T(0);
+          transform_input_block<T, M>(c, tl, x, g, t0, NB, c0, c1, BlockLayout::rows<T>(NR, NB), rows);
+          pack_tile_major<T, NR>(rows, A * A, NB, Cpad * NB, Vt + c0 * NB);
+        } else {
+          const int64_t k0 = (rb - ncb) * MR;
+          transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, rows);
+          pack_tile_major<T, MR>(rows, A * A, NB, Kpad * NB, Zt + k0 * NB);
+        }
       }
-#pragma omp barrier
-      for (int b = 0; b < nt && round * nt + b < ntasks; ++b) {
-        const T* Vb = bufs + b * per_thread;  // Vt of thread b
-        const T* Zb = Vb + A * A * Cpad * NB;
-        T* dUg = dU + (round * nt + b) / nblocks * A * A * Kpad * Cpad;
-        for (int xi = tid; xi < A * A; xi += nt)
-          for (int64_t cb = 0; cb < ncb; ++cb)
-            for (int64_t kb = 0; kb < nkb; ++kb) {
-              gemm_micro_kernel<T>(NB, Zb + (xi * Kpad + kb * kMR<T>) * NB, Vb + (xi * Cpad + cb * NR) * NB, tile);
-              T* d = dUg + (xi * Kpad + kb * kMR<T>) * Cpad + cb * NR;
-              for (int i = 0; i < kMR<T>; ++i)
-                for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
-            }
+      T* dUg = dU + g * A * A * Kpad * Cpad;
+#pragma omp for schedule(static)
+      for (int64_t xc = 0; xc < A * A * ncb; ++xc) {
+        const int64_t xi = xc / ncb, cb = xc % ncb;
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * MR) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
+          T* d = dUg + (xi * Kpad + kb * MR) * Cpad + cb * NR;
+          for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
+        }
       }
-#pragma omp barrier
     }
   }
   // dg = G^T dU G.
