@@ -1,8 +1,11 @@
 """The fused conv_bn_relu op and ConvBNReLU2d against torch's conv2d -> batch_norm -> relu."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import pyconv
 import pyconv.functional as PF
 import pyconv.nn as PN
 from conftest import conv_impls
@@ -136,6 +139,33 @@ def test_conv_forward_stats(backend, algo, dtype):
     torch.testing.assert_close(stats[0], yd.sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(stats[1], (yd * yd).sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
 
+
+
+@pytest.mark.skipif("cpp" not in pyconv.available_backends(), reason="needs the cpp backend")
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case", ["3x3_groups", "1x1", "3x3_stride2"])
+def test_im2col_epilogue_stats_on_large_gemms(case, threads):
+    """The im2col GEMM takes the statistics tile by tile in its epilogue: shapes with several K blocks
+    (CRS 360 > KC), several N chunks, partial MR x NR tiles, groups, the pointwise and strided paths."""
+    torch.manual_seed(2)
+    C, K, k, stride, groups = {"3x3_groups": (80, 14, 3, 1, 2), "1x1": (300, 13, 1, 1, 1),
+                               "3x3_stride2": (40, 10, 3, 2, 1)}[case]
+    x = torch.randn(3, C, 23, 37) + 0.5
+    w, b = torch.randn(K, C // groups, k, k) / math.sqrt(C * k * k / groups), torch.randn(K)
+    s = _conv_shape(x, w, stride, k // 2, groups)
+    mod = backends.load("cpp")
+    y = torch.empty(s.N, s.K, s.P, s.Q)
+    stats = torch.full((2, s.K), float("nan"), dtype=torch.float64)
+    before = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(threads)
+        mod.conv2d_forward(x, w, b, y, s, "im2col", stats=stats)
+    finally:
+        pyconv.set_num_threads(before)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, stride, k // 2, 1, groups), rtol=1e-4, atol=1e-4)
+    yd = y.double()
+    torch.testing.assert_close(stats[0], yd.sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(stats[1], (yd * yd).sum((0, 2, 3)), rtol=1e-12, atol=1e-9)
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

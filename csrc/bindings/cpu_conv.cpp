@@ -36,8 +36,7 @@ void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::ar
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   py::gil_scoped_release nogil;
   if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp);
-  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp);
-  if (sp) PYCONV_ISA_FN(channel_sums<T>)(BatchNormShape{s.N, s.K, s.P * s.Q}, yp, sp);  // no epilogue hook
+  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp);
 }
 
 template <typename T>

@@ -7,6 +7,7 @@
 //                (stride 1: one phase); strided or narrow layers: dcol = W_g^T . dY_g, gx = col2im(dcol)
 //   grad-weight  dW_g[Kg, Cg*R*S]  = dY_g[Kg, NPQ] . col^T[NPQ, Cg*R*S]
 //   grad-bias    db[k] = sum_{n,p,q} dY[n,k,p,q]
+//   statistics   (training BN) sum_{n,p,q} Y[n,k,p,q] and of Y^2, per finished GEMM tile in its epilogue
 //
 // The column matrix is never built: the GEMM's B packer (cpu/gemm_driver.h) gathers each KC x NR
 // panel of col (forward) or col^T (grad-weight) straight from x, so the only scratch is the GEMM's
@@ -380,21 +381,36 @@ void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol
 }  // namespace
 
 template <typename T>
-void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  if (stats)
+    for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || PQ == 0) return;
   const ForwardTaps taps(s);
+  const int nthr = num_threads();
+  const int64_t chunks = gemm_chunks<T>(s.N * PQ, nthr);
+  Workspace sums_ws(stats ? checked_bytes(chunks * 2 * Kg * 4, sizeof(double)) : 0);
   for (int64_t g = 0; g < s.G; ++g) {
     const StridedPackA<T> pa{w + g * Kg * CRS, CRS, 1};
-    const MatrixOut<T, BatchedOutColumns> out{y + g * Kg * PQ, PQ, BatchedOutColumns{s.K * PQ, PQ}, T(1), T(0),
-                                              b ? b + g * Kg : nullptr};
+    MatrixOut<T, BatchedOutColumns> out{y + g * Kg * PQ, PQ, BatchedOutColumns{s.K * PQ, PQ}, T(1), T(0),
+                                        b ? b + g * Kg : nullptr};
+    if (stats) {
+      out.row_sums = sums_ws.as<double>(), out.sums_rows = Kg;
+      for (int64_t e = 0; e < chunks * 2 * Kg * 4; ++e) out.row_sums[e] = 0;
+    }
     if (is_pointwise(s)) {
       const BatchedPackB<T> pb{BatchedColumns<T>{x + g * Cg * HW, s.C * HW, HW, HW}};
-      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out);
+      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr);
     } else {
       const Im2colPackB<T> pb{taps.grid(s), x + g * Cg * HW};
-      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out);
+      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr);
     }
+    if (stats)  // the chunks in order: the same sums at the same thread count
+      for (int64_t jc = 0; jc < chunks; ++jc)
+        for (int64_t k = 0; k < Kg; ++k) {
+          stats[g * Kg + k] += sum4d(out.row_sums + (jc * 2 * Kg + k) * 4);
+          stats[s.K + g * Kg + k] += sum4d(out.row_sums + ((jc * 2 + 1) * Kg + k) * 4);
+        }
   }
 }
 
@@ -491,7 +507,7 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                        \
-  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);         \
+  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*); \
   template void conv_im2col_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
   template void conv_im2col_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);       \
   template int64_t conv_im2col_workspace_bytes<T>(const ConvShape&, int);

@@ -6,7 +6,8 @@
 
 PYCONV_FOR_EACH_ISA(
   template <typename T>
-  void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+  // stats (optional, 2 x K): per-channel float64 sum and sum of squares of y, taken in the GEMM epilogue.
+  void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats);
   template <typename T>
   void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
   template <typename T>

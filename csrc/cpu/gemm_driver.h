@@ -21,6 +21,7 @@
 
 #include "common/runtime.h"
 #include "cpu/simd.h"
+#include "cpu/sums.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -280,7 +281,10 @@ struct BatchedOutColumns {
 };
 
 // C(i, j) at c[i*ldc + cols(j)]. First K block: C = alpha*AB + beta*C + bias[i] (C unread when
-// beta == 0); later K blocks: C += alpha*AB.
+// beta == 0); later K blocks: C += alpha*AB. With row_sums, each finished tile's rows are summed
+// (float64 sum and sum of squares, read back while the tile is in L1) into four lanes per row in the
+// slots of its N chunk: row_sums[((chunk * 2 + {0, 1}) * sums_rows + i) * 4 + lane], tiles in column
+// order within a chunk.
 template <typename T, class Cols>
 struct MatrixOut {
   T* c;
@@ -288,6 +292,8 @@ struct MatrixOut {
   Cols cols;
   T alpha, beta;
   const T* row_bias;
+  double* row_sums = nullptr;
+  int64_t sums_rows = 0;
   // Issued before the tile's micro-kernel runs, so C's lines (rows a page or more apart) arrive
   // while it computes.
   void prefetch(int64_t i0, int64_t mr, int64_t j0) const {
@@ -338,6 +344,33 @@ struct MatrixOut {
       jj += len;
     }
   }
+  void finished(int64_t i0, int64_t mr, int64_t j0, int64_t nr, int64_t chunk) const {
+    if (!row_sums) return;
+    constexpr int NR = GemmBlocking<T>::NR;
+    double* sums = row_sums + chunk * 2 * sums_rows * 4;
+    const int64_t st = cols.step();
+    for (int64_t jj = 0; jj < nr;) {
+      const int64_t off = cols(j0 + jj), len = imin(cols.run(j0 + jj), nr - jj);
+      for (int64_t i = 0; i < mr; ++i) {
+        const T* out = c + (i0 + i) * ldc + off;
+        d4 s{}, q{};
+        if (st == 1 && len == NR) {  // a full contiguous row: four lanes at a time
+          for (int u = 0; u < NR; u += 4) {
+            const d4 v = load4d(out + u);
+            s += v, q += v * v;
+          }
+        } else {
+          for (int64_t x = 0; x < len; ++x) {
+            const double v = double(out[x * st]);
+            s[0] += v, q[0] += v * v;
+          }
+        }
+        add4d(sums + (i0 + i) * 4, s);
+        add4d(sums + (sums_rows + i0 + i) * 4, q);
+      }
+      jj += len;
+    }
+  }
 };
 
 // ------------------------------------------------------------------------------------ driver ---
@@ -361,6 +394,12 @@ int64_t gemm_nc(int64_t N, int nthr) {
   return ceil_div(n_panels, imin(n_panels, chunks)) * B::NR;
 }
 
+// N chunks of gemm_run (the slots of MatrixOut::row_sums).
+template <typename T>
+int64_t gemm_chunks(int64_t N, int nthr) {
+  return ceil_div(imax(N, 1), gemm_nc<T>(N, nthr));
+}
+
 // Bytes of scratch gemm_run allocates for an M x N x K problem (reported by the convolutions).
 template <typename T>
 int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
@@ -370,12 +409,14 @@ int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
   return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
 }
 
+// nthr: the caller's thread count when it sized per-chunk state (gemm_chunks); another Python
+// thread may change num_threads() meanwhile.
 template <typename T, class PackA, class PackB, class Out>
-void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out) {
+void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out,
+              int nthr = num_threads()) {
   using B = GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR;
   if (M <= 0 || N <= 0) return;
-  const int nthr = num_threads();
   const int64_t kc_max = gemm_kc<T>(K);
   const int64_t nc = gemm_nc<T>(N, nthr);
   const int64_t n_chunks = ceil_div(N, nc);
@@ -419,6 +460,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
               out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
               out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0);
+              if (kb == k_blocks - 1) out.finished(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, jc);
             }
           }
         }

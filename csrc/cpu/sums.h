@@ -23,6 +23,15 @@ PYCONV_INLINE d4 load4d(const double* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+// p[0:4] += v.
+PYCONV_INLINE void add4d(double* p, d4 v) {
+  v += load4d(p);
+  std::memcpy(p, &v, sizeof v);
+}
+// The four lanes of p summed in a fixed order.
+PYCONV_INLINE double sum4d(const double* p) {
+  return (p[0] + p[1]) + (p[2] + p[3]);
+}
 
 // (sum (a - ka), sum (a - ka)(b - kb)) over n values, in double; with a mask m, a is read as
 // (m <= 0 ? 0 : a) (the ReLU backward on the output m).

@@ -2,9 +2,9 @@
 z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward.
 
 Training: the conv kernel writes y and, in the same call, its per-channel sum and sum of squares
-(float64; the direct algorithm takes them in its epilogue while each output row is in L1); the
-batch-norm kernel takes those statistics (no statistics pass over y) and writes normalize + ReLU
-in one sweep. Running statistics are returned as new outputs (torch.library does not allow an
+(float64; direct and im2col take them in their epilogues, while each output row or GEMM tile is in
+L1; Winograd in a pass over y right after its output transform); the batch-norm kernel takes those
+statistics and writes normalize + ReLU in one sweep. Running statistics are returned as new outputs (torch.library does not allow an
 autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
 Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (the
 ReLU backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
