@@ -174,27 +174,39 @@ struct LaneTiles {
 
 // Filters of group g to packed panels U[xi][kb][c][MR] (kb over ceil(Kout/MR) blocks, zero past Kout).
 // `transposed` reads grad-input's filter: output channel = forward input channel, rotated 180 degrees.
+// Vectorized across W input channels; a task writes the MR rows of a kb block for those channels, so
+// each U line is filled at once (row by row across tasks, every line was written MR times: 16 MB of
+// U for 512 x 512 channels cost more than the products on 7 x 7 layers).
 template <typename T, int M>
 void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
+  using Vec = vec_t<T>;
+  constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
-  const int64_t nkb = ceil_div(c.Kout, kMR<T>);
+  constexpr int MR = kMR<T>;
+  const int64_t nkb = ceil_div(c.Kout, MR), ncb = ceil_div(c.Cin, W);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t gk = 0; gk < c.G * nkb * kMR<T>; ++gk) {
-    const int64_t g = gk / (nkb * kMR<T>), k = gk % (nkb * kMR<T>), kb = k / kMR<T>, i = k % kMR<T>;
-    T* Ug = U + g * A * A * nkb * c.Cin * kMR<T>;
-    for (int64_t ci = 0; ci < c.Cin; ++ci) {
-      T f[9], tmp[A * 3], u[A * A];
-      for (int rs = 0; rs < 9; ++rs) {
-        if (k >= c.Kout)
-          f[rs] = T(0);
-        else if (transposed)
-          f[rs] = w[((g * c.Cin + ci) * c.Kout + k) * 9 + (8 - rs)];
-        else
-          f[rs] = w[((g * c.Kout + k) * c.Cin + ci) * 9 + rs];
-      }
-      mul_left<false, 3, T>(WinogradTile<M>::G, f, tmp);
+  for (int64_t task = 0; task < c.G * nkb * ncb; ++task) {
+    const int64_t g = task / (nkb * ncb), kb = task / ncb % nkb, c0 = task % ncb * W;
+    const int64_t nc = imin(W, c.Cin - c0);
+    T* Ug = U + g * A * A * nkb * c.Cin * MR;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t k = kb * MR + i;
+      alignas(32) T f[9 * W] = {};  // f[rs][lane]; zero past Kout
+      if (k < c.Kout)
+        for (int64_t l = 0; l < nc; ++l)
+          for (int rs = 0; rs < 9; ++rs)
+            f[rs * W + l] = transposed ? w[((g * c.Cin + c0 + l) * c.Kout + k) * 9 + (8 - rs)]
+                                       : w[((g * c.Kout + k) * c.Cin + c0 + l) * 9 + rs];
+      Vec fv[9], tmp[A * 3], u[A * A];
+      for (int rs = 0; rs < 9; ++rs) fv[rs] = vload(f + rs * W);
+      mul_left<false, 3, T>(WinogradTile<M>::G, fv, tmp);
       mul_right<true, A, T>(WinogradTile<M>::G, tmp, u);
-      for (int xi = 0; xi < A * A; ++xi) Ug[((xi * nkb + kb) * c.Cin + ci) * kMR<T> + i] = u[xi];
+      for (int xi = 0; xi < A * A; ++xi) {
+        alignas(32) T ub[W];
+        vstore(ub, u[xi]);
+        T* dst = Ug + ((xi * nkb + kb) * c.Cin + c0) * MR + i;
+        for (int64_t l = 0; l < nc; ++l) dst[l * MR] = ub[l];
+      }
     }
   }
 }
@@ -385,6 +397,10 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   const Tiling<M> tl(c);
   const int64_t nkb = ceil_div(c.Kout, MR), Kpad = nkb * MR;
   const int64_t ncb = ceil_div(c.Cin, NR), Cpad = ncb * NR;
+  if (tl.tiles == 0) {  // no tiles: dU (initialized by each group's first block) would be unset
+    for (int64_t e = 0; e < c.G * c.Kout * c.Cin * 9; ++e) gw[e] = T(0);
+    return;
+  }
   const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower)
   const int64_t nblocks = ceil_div(tl.tiles, NB);
   const int64_t du_elems = c.G * A * A * Kpad * Cpad;
@@ -404,8 +420,6 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
 #pragma omp parallel num_threads(nthr)
   {
     T* rows = Zt + zt_elems + omp_get_thread_num() * scratch;
-#pragma omp for schedule(static)
-    for (int64_t e = 0; e < du_elems; ++e) dU[e] = T(0);
     alignas(64) T tile[MR * NR];
     for (int64_t task = 0; task < c.G * nblocks; ++task) {
       const int64_t g = task / nblocks, t0 = task % nblocks * NB;
@@ -431,22 +445,33 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
         for (int64_t kb = 0; kb < nkb; ++kb) {
           gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * MR) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
           T* d = dUg + (xi * Kpad + kb * MR) * Cpad + cb * NR;
-          for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
+          if (t0 == 0)  // a group's first block initializes its dU
+            for (int i = 0; i < MR; ++i)
+              for (int j = 0; j < NR; ++j) d[i * Cpad + j] = tile[i * NR + j];
+          else
+            for (int i = 0; i < MR; ++i)
+              for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
         }
       }
     }
   }
-  // dg = G^T dU G.
+  // dg = G^T dU G, vectorized across W input channels (dU rows are channel-contiguous, Cpad a
+  // multiple of W).
+  using Vec = vec_t<T>;
+  constexpr int W = Simd<T>::W;
 #pragma omp parallel for num_threads(nthr) schedule(static)
   for (int64_t gk = 0; gk < c.G * c.Kout; ++gk) {
     const int64_t g = gk / c.Kout, k = gk % c.Kout;
-    for (int64_t ci = 0; ci < c.Cin; ++ci) {
-      T du[A * A], tmp[3 * A], f[9];
-      for (int xi = 0; xi < A * A; ++xi) du[xi] = dU[((g * A * A + xi) * Kpad + k) * Cpad + ci];
+    for (int64_t c0 = 0; c0 < c.Cin; c0 += W) {
+      Vec du[A * A], tmp[3 * A], f[9];
+      for (int xi = 0; xi < A * A; ++xi) du[xi] = vload(dU + ((g * A * A + xi) * Kpad + k) * Cpad + c0);
       mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
       mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
-      for (int rs = 0; rs < 9; ++rs) gw[((g * c.Kout + k) * c.Cin + ci) * 9 + rs] = f[rs];
+      alignas(32) T fb[9 * W];
+      for (int rs = 0; rs < 9; ++rs) vstore(fb + rs * W, f[rs]);
+      T* gwk = gw + ((g * c.Kout + k) * c.Cin + c0) * 9;
+      for (int64_t l = 0; l < imin(W, c.Cin - c0); ++l)
+        for (int rs = 0; rs < 9; ++rs) gwk[l * 9 + rs] = fb[rs * W + l];
     }
   }
 }
