@@ -10,12 +10,9 @@ algo='auto' has two modes:
     1. depthwise (one input channel per group) -> direct: no reduction dimension worth a GEMM;
     2. 3x3, stride 1, dilation 1, >= 16 channels per group in and out -> Winograd (F(4x4,3x3)
        cuts the multiplies 4x, F(2x2,3x3) 2.25x; small channel counts cannot amortize the
-       transforms) -- except when gradients will be taken over few tiles with a wide reduction:
-       each of the three passes transforms the filters (or their gradient) once, and too few tiles
-       cannot amortize that, so im2col trains faster. cpp: under 100 F(2x2) tiles (N x P/2 x Q/2;
-       512 channels, batch 8, forward + backward: 7x7 Winograd 31.6 ms vs im2col 36.1 ms, 6x6
-       27.7 vs 26.2); the other backends: outputs under 8x8 (numba 7x7x512: im2col 64.8 ms vs
-       Winograd 93.6);
+       transforms) -- except when gradients will be taken and the output is under 8x8 with a wide
+       reduction: there Winograd's grad-weight (few tiles per transformed filter) loses, im2col
+       (7x7x512, batch 8, training step: im2col 66.6 ms, F(2x2) 91.3 ms, torch 67.7 ms);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions;
@@ -50,7 +47,6 @@ ALGOS = ("auto", "direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_TRAIN_MIN_OUTPUT = 8
-WINOGRAD_TRAIN_MIN_TILES = {"cpp": 100}  # backends whose rule counts F(2x2) tiles
 IM2COL_MIN_REDUCTION = 64
 
 
@@ -111,22 +107,9 @@ def _first_winograd(have) -> Optional[str]:
     return None
 
 
-def _few_tiles_to_train(shape: ConvShape, backend: str) -> Optional[str]:
-    """Why Winograd would train slower than im2col here (rule 2's exception), or None."""
-    if backend in WINOGRAD_TRAIN_MIN_TILES:
-        tiles = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
-        if tiles < WINOGRAD_TRAIN_MIN_TILES[backend]:
-            return f"{tiles} F(2x2) tiles (< {WINOGRAD_TRAIN_MIN_TILES[backend]})"
-        return None
-    if min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT:
-        return f"a {shape.P}x{shape.Q} output (< {WINOGRAD_TRAIN_MIN_OUTPUT})"
-    return None
-
-
-def _heuristic(shape: ConvShape, backend: str, grad: bool = False) -> AlgoChoice:
+def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
     grad: gradients will be taken (the backward runs the same algorithm)."""
-    have = backends.load(backend).CONV_ALGOS
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -139,10 +122,10 @@ def _heuristic(shape: ConvShape, backend: str, grad: bool = False) -> AlgoChoice
     if cg == 1 and shape.G > 1:
         return pick("direct", f"depthwise/one channel per group (groups={shape.G}): direct")
     if winograd_unsupported(shape) is None and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
-        few = _few_tiles_to_train(shape, backend) if grad else None
-        if few and reduction >= IM2COL_MIN_REDUCTION and "im2col" in have:
-            return pick("im2col", f"3x3 stride-1 with gradients over {few}: Winograd's filter "
-                                  f"transforms cannot be amortized, GEMM")
+        if grad and min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT and reduction >= IM2COL_MIN_REDUCTION \
+                and "im2col" in have:
+            return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
+                                  f"{WINOGRAD_TRAIN_MIN_OUTPUT}): Winograd's grad-weight loses, GEMM")
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")
@@ -420,7 +403,7 @@ def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
-    return _heuristic(shape, backend, grad)
+    return _heuristic(shape, backends.load(backend).CONV_ALGOS, grad)
 
 
 def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,

@@ -211,24 +211,19 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
 
 
 def test_heuristic_with_gradients_avoids_winograd_on_small_outputs():
-    """With gradients Winograd transforms the filters in each of the three passes; over few tiles
-    'auto' takes im2col (cpp: under 100 F(2x2) tiles; numba: outputs under 8x8), the forward-only
-    choice stays Winograd."""
-    small = shape_of(2, 64, 7, 7, 64, 3, 3, pad=1)  # 2 x 4 x 4 = 32 tiles
+    """Winograd's grad-weight loses on 7x7 outputs: with gradients, 'auto' takes im2col there, the
+    forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
+    import torch as _t
+    import pyconv.functional as PF
+
+    small = shape_of(2, 64, 7, 7, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", small, "cpp").startswith("winograd")
     assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "im2col"
-    assert "32 F(2x2) tiles" in autotune._heuristic(small, "cpp", grad=True).rule
-    batch8 = shape_of(8, 64, 7, 7, 64, 3, 3, pad=1)  # 128 tiles
-    assert autotune.resolve_conv_algo("auto", batch8, "cpp", grad=True).startswith("winograd")
-    assert autotune.resolve_conv_algo("auto", shape_of(8, 64, 6, 6, 64, 3, 3, pad=1), "cpp", grad=True) == "im2col"
-    if "numba" in pyconv.available_backends():
-        assert autotune.resolve_conv_algo("auto", batch8, "numba", grad=True) == "im2col"
-        large = shape_of(2, 64, 8, 8, 64, 3, 3, pad=1)
-        assert autotune.resolve_conv_algo("auto", large, "numba", grad=True).startswith("winograd")
-    x, w = torch.randn(2, 64, 7, 7, requires_grad=True), torch.randn(64, 64, 3, 3, requires_grad=True)
+    large = shape_of(2, 64, 8, 8, 64, 3, 3, pad=1)
+    assert autotune.resolve_conv_algo("auto", large, "cpp", grad=True).startswith("winograd")
+    x, w = _t.randn(2, 64, 7, 7, requires_grad=True), _t.randn(64, 64, 3, 3, requires_grad=True)
     y = PF.conv2d(x, w, padding=1)  # through the functional: grad-aware choice, same result as torch
     y.sum().backward()
     xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
-    torch.nn.functional.conv2d(xr, wr, padding=1).sum().backward()
-    assert torch.allclose(x.grad, xr.grad, rtol=1e-4, atol=1e-3)
-    assert torch.allclose(w.grad, wr.grad, rtol=1e-4, atol=1e-3)
+    _t.nn.functional.conv2d(xr, wr, padding=1).sum().backward()
+    assert _t.allclose(x.grad, xr.grad, rtol=1e-4, atol=1e-3) and _t.allclose(w.grad, wr.grad, rtol=1e-4, atol=1e-3)
