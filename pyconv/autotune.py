@@ -11,8 +11,10 @@ algo='auto' has two modes:
     2. 3x3, stride 1, dilation 1, >= 16 channels per group in and out -> Winograd (F(4x4,3x3)
        cuts the multiplies 4x, F(2x2,3x3) 2.25x; small channel counts cannot amortize the
        transforms) -- except when gradients will be taken and the output is under 8x8 with a wide
-       reduction: there Winograd's grad-weight (few tiles per transformed filter) loses, im2col
-       (7x7x512, batch 8, training step: im2col 66.6 ms, F(2x2) 91.3 ms, torch 67.7 ms);
+       reduction: few tiles share each transformed filter, and the transformed filters and their
+       gradient (16 x C x K each) outweigh the activations. cpp, 7x7x512, batch 8, fused training
+       step: Winograd is faster (31-33 ms vs im2col 37, torch 38) but peaks at 33 MiB vs im2col 15
+       and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward). im2col;
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions;
@@ -125,7 +127,7 @@ def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
         if grad and min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT and reduction >= IM2COL_MIN_REDUCTION \
                 and "im2col" in have:
             return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
-                                  f"{WINOGRAD_TRAIN_MIN_OUTPUT}): Winograd's grad-weight loses, GEMM")
+                                  f"{WINOGRAD_TRAIN_MIN_OUTPUT}): few tiles per transformed filter, GEMM")
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")

@@ -211,8 +211,8 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
 
 
 def test_heuristic_with_gradients_avoids_winograd_on_small_outputs():
-    """Winograd's grad-weight loses on 7x7 outputs: with gradients, 'auto' takes im2col there, the
-    forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
+    """With gradients on outputs under 8x8 (few tiles per transformed filter), 'auto' takes im2col;
+    the forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
     import torch as _t
     import pyconv.functional as PF
 
