@@ -5,7 +5,7 @@ os.environ.setdefault("PYCONV_DEBUG_FILL", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, register_random, settings  # noqa: E402
 
 import pyconv  # noqa: E402
 from pyconv import backends  # noqa: E402
@@ -16,6 +16,25 @@ settings.register_profile("default", max_examples=25, deadline=None, derandomize
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("PYCONV_HYPOTHESIS_PROFILE", "default"))
+
+
+class _TorchGlobalRandom:
+    """torch's global generator in the interface hypothesis manages: hypothesis seeds it before each
+    example and restores it after, so an example's torch.randn data no longer depends on the tests
+    and examples before it, and a failing example replays with the same data."""
+
+    def seed(self, s):
+        torch.manual_seed(s)
+
+    def getstate(self):
+        return torch.get_rng_state()
+
+    def setstate(self, state):
+        torch.set_rng_state(state)
+
+
+_TORCH_RANDOM = _TorchGlobalRandom()  # hypothesis keeps only a weak reference
+register_random(_TORCH_RANDOM)
 
 torch.set_num_threads(2)
 

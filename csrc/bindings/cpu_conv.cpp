@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "bindings/buffers.h"
-#include "cpu/batch_norm.h"
 #include "cpu/conv_direct.h"
 #include "cpu/conv_im2col.h"
 
