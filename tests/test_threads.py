@@ -124,3 +124,21 @@ def test_concurrent_calls_match_serial(backend):
     finally:
         pyconv.set_num_threads(before)
 
+
+
+@pytest.mark.skipif("numba" not in pyconv.available_backends(), reason="numba not available")
+def test_numba_threading_layer_keeps_torch_thread_count():
+    """numba's OpenMP layer resets the calling thread's OpenMP thread count when it starts, which is
+    torch's count too; pyconv starts it at backend load and puts torch's back. Fresh process: the layer
+    starts once per process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1); import pyconv, pyconv.functional as PF; "
+            "x = torch.randn(2, 4, 16, 16); w = torch.randn(4, 4, 3, 3); "
+            "PF.conv2d(x, w, padding=1, backend='numba'); pyconv.set_num_threads(1); "
+            "print(torch.get_num_threads())")
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1", out.stdout

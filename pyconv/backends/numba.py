@@ -23,6 +23,22 @@ def unavailable_reason() -> str:
     return "" if _numba is not None else f"numba is not importable: {_import_error}"
 
 
+def _start_threading_layer() -> None:
+    """Starts numba's threading layer now, keeping torch's thread count: numba's OpenMP layer sets the
+    calling thread's OpenMP thread count to NUMBA_NUM_THREADS when it starts, and torch reads that
+    same count (torch.set_num_threads(1), then a first numba kernel, left torch on 2 threads)."""
+    import torch
+
+    keep = torch.get_num_threads()
+    _numba.set_num_threads(_numba.get_num_threads())  # launches the layer on first use
+    if torch.get_num_threads() != keep:
+        torch.set_num_threads(keep)
+
+
+if _numba is not None:
+    _start_threading_layer()
+
+
 def set_num_threads(n: int) -> None:
     # numba cannot run more threads than it started with (NUMBA_NUM_THREADS, default: the core count)
     _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
