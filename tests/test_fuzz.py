@@ -44,7 +44,8 @@ DTYPES = st.sampled_from([torch.float32] * 4 + [torch.float64] * 4 + [torch.floa
 def fuzz_settings(backend):
     return settings(max_examples=CPP_EXAMPLES if backend == "cpp" else NUMBA_EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much], derandomize=False)
+                                           HealthCheck.filter_too_much],
+                    derandomize=settings.default.derandomize)  # the profile's: fixed in CI, random when thorough
 
 
 # ----------------------------------------------------------------------------- tensor drawing ---
