@@ -6,6 +6,7 @@ import torch
 
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
+from .ops.common import call
 
 __all__ = ["conv2d", "conv_bn_relu", "max_pool2d", "avg_pool2d", "batch_norm"]
 
@@ -40,7 +41,7 @@ class _ConvCall:
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
-    return c.result(torch.ops.pyconv.conv2d(c.x, c.w, c.b, *c.op_args(), c.algo, c.backend))
+    return c.result(call("conv2d", c.x, c.w, c.b, *c.op_args(), c.algo, c.backend))
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---
@@ -60,9 +61,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     args = (contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w], [s.pad_h, s.pad_w],
             [s.dil_h, s.dil_w], bool(ceil_mode), be)
     if return_indices or (torch.is_grad_enabled() and x.requires_grad):
-        y, idx = torch.ops.pyconv.max_pool2d(*args)
+        y, idx = call("max_pool2d", *args)
     else:
-        y, idx = torch.ops.pyconv.max_pool2d_values(*args), None
+        y, idx = call("max_pool2d_values", *args), None
     if not batched:
         y, idx = y.squeeze(0), (None if idx is None else idx.squeeze(0))
     if return_indices:
@@ -76,8 +77,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     s = _args.pool2d_shape(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     div = _args.divisor(divisor_override)
     be = backends.resolve(backend, x.device)
-    y = torch.ops.pyconv.avg_pool2d(contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w],
-                                    [s.pad_h, s.pad_w], bool(ceil_mode), bool(count_include_pad), div, be)
+    y = call("avg_pool2d", contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w],
+             [s.pad_h, s.pad_w], bool(ceil_mode), bool(count_include_pad), div, be)
     return from_torch(y if batched else y.squeeze(0), kind)
 
 
@@ -92,8 +93,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     b, _ = to_torch(bias, "bias")
     _args.batch_norm_shape(x, rm, rv, w, b, bool(training), momentum, eps)
     be = backends.resolve(backend, x.device)
-    y, _, _, new_rm, new_rv = torch.ops.pyconv.batch_norm(contiguous_nchw(x), w, b, rm, rv, bool(training),
-                                                          float(momentum), float(eps), be)
+    y, _, _, new_rm, new_rv = call("batch_norm", contiguous_nchw(x), w, b, rm, rv, bool(training),
+                                   float(momentum), float(eps), be)
     if training:  # running statistics are updated in place, as torch does
         with torch.no_grad():
             if rm is not None:
@@ -120,8 +121,8 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
         if t is None:
             raise _args.PyConvError(f"{name}: required by conv_bn_relu, got None")
     rm, rv = bn["running_mean"], bn["running_var"]
-    z, _, _, _, new_rm, new_rv = torch.ops.pyconv.conv_bn_relu(
-        c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
+    z, _, _, _, new_rm, new_rv = call(
+        "conv_bn_relu", c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
         float(eps), c.algo, c.backend)
     if training and c.shape.N > 0:  # running statistics are updated in place, as torch does
         with torch.no_grad():

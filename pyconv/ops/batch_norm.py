@@ -14,14 +14,14 @@ import torch
 from torch import Tensor
 
 from .. import _args, backends
-from .common import new_output
+from .common import call, custom_op, new_output
 
 
 def _shape(x: Tensor) -> _args.BatchNormShape:
     return _args.BatchNormShape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
-@torch.library.custom_op("pyconv::batch_norm", mutates_args=())
+@custom_op("batch_norm")
 def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                running_var: Optional[Tensor], training: bool, momentum: float, eps: float,
                backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -48,7 +48,7 @@ def _(x, weight, bias, running_mean, running_var, training, momentum, eps, backe
     return x.new_empty(x.shape), x.new_empty((C,)), x.new_empty((C,)), stat[0], stat[1]
 
 
-@torch.library.custom_op("pyconv::batch_norm_backward", mutates_args=())
+@custom_op("batch_norm_backward")
 def batch_norm_backward(grad_output: Tensor, x: Tensor, weight: Optional[Tensor], save_mean: Tensor,
                         save_invstd: Tensor, training: bool, backend: str,
                         output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -103,8 +103,7 @@ def _backward(ctx, grad_output, *grad_stats):
             ctx.has_bias and ctx.needs_input_grad[2]]
     if grad_output is None or not any(mask):
         return (None,) * 9
-    gx, gw, gb = torch.ops.pyconv.batch_norm_backward(grad_output, x, weight, save_mean, save_invstd, *ctx.conf,
-                                                      mask)
+    gx, gw, gb = call("batch_norm_backward", grad_output, x, weight, save_mean, save_invstd, *ctx.conf, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + (None,) * 6
 
 

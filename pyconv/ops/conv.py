@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _args, autotune, backends
-from .common import new_output
+from .common import call, custom_op, new_output
 
 
 def _params(stride, padding, dilation, groups) -> _args.ConvParams:
@@ -30,7 +30,7 @@ def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend
 
 # ------------------------------------------------------------------------------------ conv2d ---
 
-@torch.library.custom_op("pyconv::conv2d", mutates_args=())
+@custom_op("conv2d")
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int, algo: str, backend: str) -> Tensor:
     shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
@@ -46,7 +46,7 @@ def _(x, weight, bias, stride, padding, dilation, groups, algo, backend):
     return x.new_empty((s.N, s.K, s.P, s.Q))
 
 
-@torch.library.custom_op("pyconv::conv2d_backward", mutates_args=())
+@custom_op("conv2d_backward")
 def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
                     dilation: List[int], groups: int, algo: str, backend: str,
                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -88,7 +88,7 @@ def _conv2d_backward(ctx, grad_output):
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     if not any(mask):
         return None, None, None, None, None, None, None, None, None
-    gx, gw, gb = torch.ops.pyconv.conv2d_backward(grad_output, x, weight, *ctx.conf, mask)
+    gx, gw, gb = call("conv2d_backward", grad_output, x, weight, *ctx.conf, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None)
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _args
-from .common import new_output
+from .common import call, custom_op, new_output
 from .conv import _conv_plan, _params
 
 
@@ -41,7 +41,7 @@ def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
     return w.contiguous(), (b * scale + bn_bias).contiguous()
 
 
-@torch.library.custom_op("pyconv::conv_bn_relu", mutates_args=())
+@custom_op("conv_bn_relu")
 def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
                  dilation: List[int], groups: int, training: bool, momentum: float, eps: float, algo: str,
@@ -84,7 +84,7 @@ def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, pa
             x.new_empty((s.K,)), x.new_empty(running_mean.shape), x.new_empty(running_var.shape))
 
 
-@torch.library.custom_op("pyconv::conv_bn_relu_backward", mutates_args=())
+@custom_op("conv_bn_relu_backward")
 def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                           bn_weight: Tensor, save_mean: Tensor, save_invstd: Tensor, stride: List[int],
                           padding: List[int], dilation: List[int], groups: int, training: bool, algo: str,
@@ -142,8 +142,8 @@ def _backward(ctx, grad_z, *unused):
     mask = [need[0], need[1], bias is not None and need[2], need[3], need[4]]
     grads = [None] * 16
     if grad_z is not None and any(mask):
-        out = torch.ops.pyconv.conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean,
-                                                     save_invstd, *ctx.conf, mask)
+        out = call("conv_bn_relu_backward", grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd,
+                   *ctx.conf, mask)
         for i, (g, m) in enumerate(zip(out, mask)):
             grads[i] = g if m else None
     return tuple(grads)

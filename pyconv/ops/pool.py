@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _args, _config, backends
-from .common import new_output
+from .common import call, custom_op, new_output
 
 
 def _plan(x: Tensor, kernel, stride, padding, dilation, ceil_mode, backend, op):
@@ -43,7 +43,7 @@ def _new_indices(shape, like: Tensor) -> Tensor:
 
 # -------------------------------------------------------------------------------- max_pool2d ---
 
-@torch.library.custom_op("pyconv::max_pool2d", mutates_args=())
+@custom_op("max_pool2d")
 def max_pool2d(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
                ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
     """(output, indices): indices are torch's flat per-plane h*W+w of each window's maximum."""
@@ -60,7 +60,7 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode, backend):
     return x.new_empty(out), x.new_empty(out, dtype=torch.int64)
 
 
-@torch.library.custom_op("pyconv::max_pool2d_values", mutates_args=())
+@custom_op("max_pool2d_values")
 def max_pool2d_values(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                       dilation: List[int], ceil_mode: bool, backend: str) -> Tensor:
     """Output only (inference): skips writing the indices where the backend can."""
@@ -77,7 +77,7 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode, backend):
     return x.new_empty(_out_size(x.shape, kernel_size, stride, padding, dilation, ceil_mode))
 
 
-@torch.library.custom_op("pyconv::max_pool2d_backward", mutates_args=())
+@custom_op("max_pool2d_backward")
 def max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size: List[int], kernel_size: List[int],
                         stride: List[int], padding: List[int], dilation: List[int], ceil_mode: bool,
                         backend: str) -> Tensor:
@@ -108,7 +108,7 @@ def _max_backward(ctx, grad_output, grad_indices):
     (indices,) = ctx.saved_tensors
     if grad_output is None:
         return (None,) * 7
-    gx = torch.ops.pyconv.max_pool2d_backward(grad_output, indices, *ctx.conf)
+    gx = call("max_pool2d_backward", grad_output, indices, *ctx.conf)
     return gx, None, None, None, None, None, None
 
 
@@ -117,7 +117,7 @@ max_pool2d.register_autograd(_max_backward, setup_context=_max_setup_context)
 
 # -------------------------------------------------------------------------------- avg_pool2d ---
 
-@torch.library.custom_op("pyconv::avg_pool2d", mutates_args=())
+@custom_op("avg_pool2d")
 def avg_pool2d(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
                count_include_pad: bool, divisor_override: int, backend: str) -> Tensor:
     """divisor_override 0 = none."""
@@ -132,7 +132,7 @@ def _(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_ove
     return x.new_empty(_out_size(x.shape, kernel_size, stride, padding, [1, 1], ceil_mode))
 
 
-@torch.library.custom_op("pyconv::avg_pool2d_backward", mutates_args=())
+@custom_op("avg_pool2d_backward")
 def avg_pool2d_backward(grad_output: Tensor, input_size: List[int], kernel_size: List[int], stride: List[int],
                         padding: List[int], ceil_mode: bool, count_include_pad: bool, divisor_override: int,
                         backend: str) -> Tensor:
@@ -155,7 +155,7 @@ def _avg_setup_context(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad_output):
-    gx = torch.ops.pyconv.avg_pool2d_backward(grad_output, *ctx.conf)
+    gx = call("avg_pool2d_backward", grad_output, *ctx.conf)
     return gx, None, None, None, None, None, None, None
 
 

@@ -1,0 +1,98 @@
+"""pyconv.ops.common.call: the ops' implementations are called directly where torch's dispatcher adds
+nothing (eager, no autograd), and through torch.ops.pyconv.* whenever autograd, a dispatch mode, a
+function mode, a functorch transform or a tensor subclass is involved; both give torch's result."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import pyconv.functional as PF
+from pyconv.ops import common
+
+
+class _Log(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the calls that bypass the dispatcher (the dispatcher keeps its own reference to each
+    implementation, so wrapping the table entry sees only call()'s direct path)."""
+    counts = {}
+    for name, fn in list(common._IMPLS.items()):
+        def counted(*args, _fn=fn, _name=name):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _fn(*args)
+        monkeypatch.setitem(common._IMPLS, name, counted)
+    return counts
+
+
+def _ops(x, w, training_bn):
+    rm, rv, one, zero = (f(4, dtype=x.dtype) for f in (torch.zeros, torch.ones, torch.ones, torch.zeros))
+    return {
+        "conv2d": lambda: PF.conv2d(x, w, padding=1, backend="cpp"),
+        "max_pool2d_values": lambda: PF.max_pool2d(x, 2, backend="cpp"),
+        "avg_pool2d": lambda: PF.avg_pool2d(x, 2, backend="cpp"),
+        "batch_norm": lambda: PF.batch_norm(x, rm, rv, training=training_bn, backend="cpp"),
+        "conv_bn_relu": lambda: PF.conv_bn_relu(x, w, None, one, zero, rm, rv, padding=1, training=training_bn,
+                                                backend="cpp"),
+    }
+
+
+def _refs(x, w, training_bn):
+    rm, rv, one, zero = (f(4, dtype=x.dtype) for f in (torch.zeros, torch.ones, torch.ones, torch.zeros))
+    return {
+        "conv2d": lambda: F.conv2d(x, w, padding=1),
+        "max_pool2d_values": lambda: F.max_pool2d(x, 2),
+        "avg_pool2d": lambda: F.avg_pool2d(x, 2),
+        "batch_norm": lambda: F.batch_norm(x, rm, rv, training=training_bn),
+        "conv_bn_relu": lambda: F.relu(F.batch_norm(F.conv2d(x, w, padding=1), rm, rv, one, zero,
+                                                    training=training_bn)),
+    }
+
+
+@pytest.mark.parametrize("training_bn", [True, False])
+def test_eager_without_autograd_calls_the_implementation_directly(direct_calls, training_bn):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 4, 6, 6, generator=g, dtype=torch.float64), torch.randn(4, 4, 3, 3, generator=g,
+                                                                                dtype=torch.float64)
+    refs = _refs(x, w, training_bn)
+    for name, fn in _ops(x, w, training_bn).items():
+        before = direct_calls.get(name, 0)
+        torch.testing.assert_close(fn(), refs[name](), rtol=1e-10, atol=1e-10)
+        assert direct_calls.get(name, 0) == before + 1, name
+
+
+def test_autograd_goes_through_the_dispatcher(direct_calls):
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = PF.conv2d(x, w, padding=1, backend="cpp")
+    assert "conv2d" not in direct_calls and y.grad_fn is not None
+    gx, gw = torch.autograd.grad(y.sum(), (x, w))
+    # the backward op runs with grad mode off: direct
+    assert direct_calls.get("conv2d_backward") == 1
+    rx, rw = torch.autograd.grad(F.conv2d(x, w, padding=1).sum(), (x, w))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    with torch.no_grad():
+        PF.conv2d(x, w, padding=1, backend="cpp")
+    assert direct_calls.get("conv2d") == 1
+
+
+def test_modes_and_transforms_go_through_the_dispatcher(direct_calls):
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    with _Log() as log:
+        PF.conv2d(x, w, padding=1, backend="cpp")
+    assert "pyconv.conv2d.default" in log.ops and "conv2d" not in direct_calls
+    with torch.device("cpu"):  # a function mode
+        PF.conv2d(x, w, padding=1, backend="cpp")
+    assert "conv2d" not in direct_calls
+    with torch.inference_mode():  # no mode, no autograd: direct
+        PF.conv2d(x, w, padding=1, backend="cpp")
+    assert direct_calls.get("conv2d") == 1
