@@ -96,3 +96,26 @@ def test_modes_and_transforms_go_through_the_dispatcher(direct_calls):
     with torch.inference_mode():  # no mode, no autograd: direct
         PF.conv2d(x, w, padding=1, backend="cpp")
     assert direct_calls.get("conv2d") == 1
+
+
+def test_forward_mode_ad_raises_instead_of_a_zero_tangent():
+    """The ops have no forward-mode formula; torch would hand them a zero (jvp) or no (dual tensor)
+    tangent silently, so pyconv refuses."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(lambda a: PF.conv2d(a, w, padding=1, backend="cpp"), (x,), (torch.randn_like(x),))
+    with fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            PF.max_pool2d(fwAD.make_dual(x, torch.randn_like(x)), 2, backend="cpp")
+        PF.conv2d(x, w, padding=1, backend="cpp")  # a plain tensor inside a dual level is fine
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_vmap_matches_torch():
+    """vmap runs the ops slice by slice (torch's batching fallback) and matches torch."""
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    xs = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    got = torch.func.vmap(lambda a: PF.conv2d(a, w, padding=1, backend="cpp"))(xs)
+    torch.testing.assert_close(got, torch.func.vmap(lambda a: F.conv2d(a, w, padding=1))(xs))

@@ -48,10 +48,30 @@ def _dispatcher_needed(args) -> bool:
     return False
 
 
+def _tangents_flow_in(args) -> bool:
+    """Whether forward-mode AD is carrying a tangent into this call (torch.func.jvp, or a dual tensor
+    of torch.autograd.forward_ad): the ops have no forward-mode formula, and torch would pass them a
+    zero or missing tangent without a word."""
+    try:
+        C = torch._C._functorch
+        if any(i.key() == C.TransformType.Jvp for i in (C.get_interpreter_stack() or ())):
+            return True
+        if torch.autograd.forward_ad._current_level < 0:
+            return False
+    except AttributeError:  # a torch without these hooks
+        return False
+    unpack = torch.autograd.forward_ad.unpack_dual
+    return any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args)
+
+
 def call(name: str, *args):
     """torch.ops.pyconv.<name>(*args). Where the dispatcher adds nothing (no autograd, tracing, modes
     or transforms: see _dispatcher_needed), the implementation is called directly, which is the
-    same code without the dispatcher's ~75 us a call (more than the kernel on small layers)."""
+    same code without the dispatcher's ~75 us a call (more than the kernel on small layers).
+    Forward-mode AD raises NotImplementedError rather than returning a wrong (zero) tangent."""
     if not _dispatcher_needed(args):
         return _IMPLS[name](*args)
+    if not torch.compiler.is_compiling() and _tangents_flow_in(args):
+        raise NotImplementedError(f"pyconv.{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) "
+                                  f"is not implemented; reverse mode (backward, torch.autograd.grad) is")
     return getattr(torch.ops.pyconv, name)(*args)
