@@ -6,6 +6,7 @@ os.environ.setdefault("PYCONV_DEBUG_FILL", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, register_random, settings  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import pyconv  # noqa: E402
 from pyconv import backends  # noqa: E402
@@ -37,6 +38,18 @@ _TORCH_RANDOM = _TorchGlobalRandom()  # hypothesis keeps only a weak reference
 register_random(_TORCH_RANDOM)
 
 torch.set_num_threads(2)
+
+
+class DispatchLog(TorchDispatchMode):
+    """Records the name of every op dispatched while it is active (tests of what a call runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def cpu_backends():

@@ -4,20 +4,10 @@ function mode, a functorch transform or a tensor subclass is involved; both give
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyconv.functional as PF
+from conftest import DispatchLog
 from pyconv.ops import common
-
-
-class _Log(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -87,7 +77,7 @@ def test_autograd_goes_through_the_dispatcher(direct_calls):
 
 def test_modes_and_transforms_go_through_the_dispatcher(direct_calls):
     x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 4, 3, 3)
-    with _Log() as log:
+    with DispatchLog() as log:
         PF.conv2d(x, w, padding=1, backend="cpp")
     assert "pyconv.conv2d.default" in log.ops and "conv2d" not in direct_calls
     with torch.device("cpu"):  # a function mode

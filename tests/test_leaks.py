@@ -10,8 +10,8 @@ import torch
 
 import pyconv
 import pyconv.functional as PF
+from conftest import DispatchLog
 from pyconv import PyConvError, _C
-from torch.utils._python_dispatch import TorchDispatchMode
 
 REPS = 300
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -79,16 +79,6 @@ def test_repeated_calls_keep_memory_flat(kind):
     assert grown < 15 * 2**20, f"resident memory grew {grown / 2**20:.1f} MiB over {REPS} x {len(table)} calls"
 
 
-class _DispatchLog(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("op", ["conv_bn_relu", "batch_norm", "max_pool2d"])
 def test_backward_allocates_no_gradient_for_non_differentiable_outputs(op):
     """The ops' extra outputs (conv output y, batch statistics, pool indices) take no gradient: autograd
@@ -101,7 +91,7 @@ def test_backward_allocates_no_gradient_for_non_differentiable_outputs(op):
         "batch_norm": lambda: PF.batch_norm(x, torch.zeros(4), torch.ones(4), gamma, beta, True, backend="cpp"),
         "max_pool2d": lambda: PF.max_pool2d(x, 2, backend="cpp"),
     }[op]()
-    with _DispatchLog() as log:
+    with DispatchLog() as log:
         (gx,) = torch.autograd.grad(out.sum(), x)
     assert gx.shape == x.shape
     assert not [o for o in log.ops if o.startswith(("aten.zeros", "aten.zero_", "aten.fill_"))], log.ops
