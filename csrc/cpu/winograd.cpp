@@ -174,9 +174,9 @@ struct LaneTiles {
 
 // Filters of group g to packed panels U[xi][kb][c][MR] (kb over ceil(Kout/MR) blocks, zero past Kout).
 // `transposed` reads grad-input's filter: output channel = forward input channel, rotated 180 degrees.
-// Vectorized across W input channels; a task writes the MR rows of a kb block for those channels, so
-// each U line is filled at once (row by row across tasks, every line was written MR times: 16 MB of
-// U for 512 x 512 channels cost more than the products on 7 x 7 layers).
+// Vectorized across W input channels. A task writes all MR rows of a kb block for its channels, so
+// each line of U is filled at once; one row per task would touch every line MR times, and U is
+// 16 MB at 512 x 512 channels (more time than the products on 7 x 7 layers).
 template <typename T, int M>
 void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
   using Vec = vec_t<T>;
