@@ -3,6 +3,8 @@ Tensors reach the kernels as zero-copy flat numpy views; the first call per dtyp
 the on-disk cache)."""
 from __future__ import annotations
 
+import threading
+
 import numpy as _np
 
 try:
@@ -23,24 +25,33 @@ def unavailable_reason() -> str:
     return "" if _numba is not None else f"numba is not importable: {_import_error}"
 
 
+_layer_lock = threading.Lock()
+_layer_started = False
+
+
 def _start_threading_layer() -> None:
-    """Starts numba's threading layer now, keeping torch's thread count: numba's OpenMP layer sets the
-    calling thread's OpenMP thread count to NUMBA_NUM_THREADS when it starts, and torch reads that
-    same count (torch.set_num_threads(1), then a first numba kernel, left torch on 2 threads)."""
+    """Starts numba's threading layer (once, before the first numba call that would), keeping torch's
+    thread count: numba's OpenMP layer sets the calling thread's OpenMP thread count to
+    NUMBA_NUM_THREADS when it starts, and torch reads that same count (torch.set_num_threads(1), then
+    a first numba kernel, left torch on 2 threads). Not at import: pyconv loads this backend even
+    for users who never run it."""
+    global _layer_started
+    if _layer_started:
+        return
     import torch
 
-    keep = torch.get_num_threads()
-    _numba.set_num_threads(_numba.get_num_threads())  # launches the layer on first use
-    if torch.get_num_threads() != keep:
-        torch.set_num_threads(keep)
-
-
-if _numba is not None:
-    _start_threading_layer()
+    with _layer_lock:
+        if not _layer_started:
+            keep = torch.get_num_threads()
+            _numba.get_num_threads()  # launches the layer
+            if torch.get_num_threads() != keep:
+                torch.set_num_threads(keep)
+            _layer_started = True
 
 
 def set_num_threads(n: int) -> None:
     # numba cannot run more threads than it started with (NUMBA_NUM_THREADS, default: the core count)
+    _start_threading_layer()
     _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
 
 
@@ -50,10 +61,14 @@ SERIAL_WORK = 1 << 20
 
 
 class _serial_if_small:
+    """Every kernel call's entry: starts numba's threading layer on first use, and runs small work on
+    the calling thread alone."""
+
     def __init__(self, work):
         self.small = work < SERIAL_WORK
 
     def __enter__(self):
+        _start_threading_layer()
         if self.small:
             self.saved = _numba.get_num_threads()
             _numba.set_num_threads(1)
