@@ -141,9 +141,9 @@ def bn_problems(draw):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(problem=bn_problems(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_hypothesis(backend, problem, dtype, seed):
-    # The data is part of the example (seeded), not whatever the global generator holds after the
-    # tests before: a two-element batch's grad-input cancels to ~1e-7 and its relative error depends
-    # on the values, so an unseeded example passed or failed with the test order (FlakyFailure).
+    # The data comes from a drawn seed, part of the example (conftest starts every example from the
+    # same generator state): a two-element batch's grad-input cancels to ~1e-7 and its relative error
+    # depends on the values, so data that followed the test order passed or failed with it.
     torch.manual_seed(seed)
     size, training, affine, running, momentum = problem
     check(backend, dtype, size, training, affine=affine, running=running, momentum=momentum)

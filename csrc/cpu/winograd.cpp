@@ -346,12 +346,12 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
+  const int64_t xi_stride = (k1 - k0) * NB;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     for (int64_t k = k0; k < k1; ++k) {
       Vec z[A * A];
       T* zk = Z + (k - k0) * NB + ch * W;
-      const int64_t xi_stride = (k1 - k0) * NB;
       if (k >= c.Kout) {
         for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, Vec{});
         continue;
