@@ -419,7 +419,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   if (M <= 0 || N <= 0) return;
   const int64_t kc_max = gemm_kc<T>(K);
   const int64_t nc = gemm_nc<T>(N, nthr);
-  const int64_t n_chunks = ceil_div(N, nc);
+  const int64_t n_chunks = gemm_chunks<T>(N, nthr);  // the row_sums slots are sized by the same count
   const int64_t m_panels = ceil_div(M, MR);
   const int64_t m_splits = imin(m_panels, imax(1, ceil_div(nthr, n_chunks)));
   const int64_t items = n_chunks * m_splits;

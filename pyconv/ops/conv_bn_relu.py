@@ -4,8 +4,9 @@ z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward.
 Training: the conv kernel writes y and, in the same call, its per-channel sum and sum of squares
 (float64; direct and im2col take them in their epilogues, while each output row or GEMM tile is in
 L1; Winograd in a pass over y right after its output transform); the batch-norm kernel takes those
-statistics and writes normalize + ReLU in one sweep. Running statistics are returned as new outputs (torch.library does not allow an
-autograd formula on a mutating op) and pyconv.functional copies them into the buffers.
+statistics and writes normalize + ReLU in one sweep. Running statistics are returned as new outputs
+(torch.library does not allow an autograd formula on a mutating op) and pyconv.functional copies
+them into the buffers.
 Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (the
 ReLU backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
 grad-input sweep; then the conv's grad-input and grad-weight. Saved: x, y and z, as torch's unfused
