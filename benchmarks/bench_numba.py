@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pyconv import _args, backends
-from pyconv.autotune import winograd_unsupported
+from pyconv.problem import winograd_unsupported
 
 # (name, C, H, K, stride): the 3x3 convolutions of ResNet-18 at 224x224 input
 LAYERS = [

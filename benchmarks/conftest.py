@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import pyconv
-from pyconv import autotune, backends
+from pyconv import autotune, backends, problem
 from pyconv.bench import runner, suites
 
 SUITE = suites.get_suite(os.environ.get("PYCONV_BENCH_SUITE", "quick"))
 BATCH = int(os.environ.get("PYCONV_BENCH_BATCH", "0")) or SUITE.batch
-ALGOS = [a for a in autotune.ALGOS if a not in ("auto", "winograd")]
+ALGOS = [a for a in problem.conv_algos if a not in ("auto", "winograd")]
 
 
 def impls(op):

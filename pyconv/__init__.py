@@ -7,6 +7,7 @@ from ._version import __version__
 from . import _C, ops  # noqa: F401  (ops registers torch.ops.pyconv.*)
 from . import functional, nn
 from .convert import convert
+from . import backends
 from .backends import available_backends
 from . import autotune  # noqa: E402  (callable: pyconv.autotune(True) turns on measured algo='auto')
 from .autotune import explain_algo  # noqa: E402
@@ -22,14 +23,8 @@ def set_num_threads(n: int) -> None:
     n = operator.index(n)
     if n < 1:
         raise PyConvError(f"set_num_threads: n={n} but expected a positive thread count")
-    _C.set_num_threads(n)
-    try:
-        from .backends import numba as _nb
-
-        if getattr(_nb, "IMPLEMENTED", False):
-            _nb.set_num_threads(n)
-    except ImportError:
-        pass
+    for be in backends.REGISTRY.values():
+        be.set_num_threads(n)
 
 
 def get_num_threads() -> int:

@@ -1,5 +1,5 @@
 """Validation and normalization of every op's arguments, with torch's rules. Written once; every
-backend receives the normalized result (plain shape tuples) and never re-validates.
+backend receives the normalized result (the shapes of pyconv.problem) and never re-validates.
 
 Errors are PyConvError (ValueError and RuntimeError) naming the argument, the value and what was
 expected; a wrong Python type raises TypeError.
@@ -13,34 +13,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from ._errors import PyConvError
+from .problem import BatchNormShape, ConvShape, PoolShape  # noqa: F401  (the shapes this module produces)
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-class ConvShape(NamedTuple):
-    """A convolution problem; same field order as the C++ pyconv::ConvShape."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    R: int
-    S: int
-    P: int
-    Q: int
-    G: int
-    stride_h: int
-    stride_w: int
-    pad_h: int  # top
-    pad_w: int  # left
-    dil_h: int
-    dil_w: int
-
-    @property
-    def flops(self) -> int:
-        """Multiply-adds x 2 of the direct algorithm (the convention for every algorithm's GFLOP/s)."""
-        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.G) * self.R * self.S
 
 
 class ConvParams(NamedTuple):
@@ -48,33 +23,6 @@ class ConvParams(NamedTuple):
     padding: Tuple[int, int, int, int]  # top, bottom, left, right
     dilation: Tuple[int, int]
     groups: int
-
-
-class PoolShape(NamedTuple):
-    """A pooling problem over N*C planes of H x W; output P x Q."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    P: int
-    Q: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dil_h: int
-    dil_w: int
-
-
-class BatchNormShape(NamedTuple):
-    """Batch norm over N x C x L (L = product of the spatial sizes)."""
-
-    N: int
-    C: int
-    L: int
 
 
 def _fail(msg: str):

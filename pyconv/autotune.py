@@ -1,7 +1,7 @@
 """Which convolution algorithm runs: names checked against the shape, algo='auto' resolved.
 
-A named algorithm that cannot do the shape raises PyConvError naming the algorithm and the reason;
-one the backend does not have yet raises NotImplementedError. 'auto' never fails on a valid shape.
+A named algorithm that cannot do the shape, or that the backend does not have, raises PyConvError
+naming the algorithm and the reason (the backend's can_run). 'auto' never fails on a valid shape.
 
 algo='auto' has two modes:
 
@@ -19,7 +19,7 @@ algo='auto' has two modes:
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions;
     5. everything else -> direct.
-  A rule whose algorithm the backend does not implement yet falls through to the next one.
+  A rule whose algorithm the backend does not implement falls through to the next one.
 - measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
   is timed once per (shape, dtype, backend, threads) on random data through the backend's forward
   kernel (the forward alone: the training exception of rule 2 is the heuristic's), and the fastest is cached in memory and on disk (JSON in cache_dir(), entries keyed also
@@ -42,49 +42,13 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 
 from . import backends
-from ._args import ConvShape
 from ._errors import PyConvError
+from .problem import ALGOS, ConvShape, winograd_unsupported
 
-ALGOS = ("auto", "direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_TRAIN_MIN_OUTPUT = 8
 IM2COL_MIN_REDUCTION = 64
-
-
-def winograd_unsupported(shape: ConvShape) -> Optional[str]:
-    """Why Winograd F(m x m, 3 x 3) cannot run this shape, or None."""
-    if (shape.R, shape.S) != (3, 3):
-        return f"it needs a 3x3 kernel, got {shape.R}x{shape.S}"
-    if (shape.stride_h, shape.stride_w) != (1, 1):
-        return f"it needs stride 1, got stride ({shape.stride_h}, {shape.stride_w})"
-    if (shape.dil_h, shape.dil_w) != (1, 1):
-        return f"it needs dilation 1, got dilation ({shape.dil_h}, {shape.dil_w})"
-    return None
-
-
-def check_winograd(algo: str, shape: ConvShape) -> None:
-    """Raises PyConvError naming the algorithm and the reason when Winograd cannot run this shape."""
-    why = winograd_unsupported(shape)
-    if why:
-        raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
-
-
-# Winograd F(m x m, 3 x 3): "winograd" takes m=4 (4x fewer multiplications than direct against 2.25x
-# for m=2) only from 16x16 outputs on: below, 4x4 tiles are partly padding and too few tiles share
-# each transformed filter (36*K*C values), and F(4x4)'s grad-weight (per-thread 36*K*C partial sums)
-# loses. Measured (2-core EPYC, batch 8, 2 threads, torch = 1): 14x14x256 forward F(2x2) 1.59x vs
-# F(4x4) 1.34x, training step 1.30x vs 0.84x; 28x28x128 forward 1.52x vs 1.88x, step 1.37x vs 1.41x;
-# 7x7x512 forward 1.26x vs 0.41x. Every backend takes m from here.
-WINOGRAD_TILE_SWITCH = 16
-WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
-
-
-def winograd_tile(algo: str, shape) -> int:
-    """The output tile m an algo name runs with on this shape."""
-    if algo in WINOGRAD_TILE:
-        return WINOGRAD_TILE[algo]
-    return 2 if min(shape.P, shape.Q) < WINOGRAD_TILE_SWITCH else 4
 
 
 class AlgoChoice(NamedTuple):
@@ -103,15 +67,14 @@ class AlgoChoice(NamedTuple):
 
 
 def _first_winograd(have) -> Optional[str]:
-    for a in ("winograd", "winograd_4x4", "winograd_2x2"):
-        if a in have:
-            return a
-    return None
+    """The Winograd algorithm 'auto' runs: the alias (it picks the tile) or a concrete variant."""
+    return next((a for a in ("winograd", "winograd_4x4", "winograd_2x2") if a in have), None)
 
 
-def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
+def _heuristic(shape: ConvShape, have, grad: bool = False, prepared: bool = False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
-    grad: gradients will be taken (the backward runs the same algorithm)."""
+    grad: gradients will be taken (the backward runs the same algorithm); prepared: the weights are
+    kept transformed between calls (inference), so a call does not pay the filter transform."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -131,15 +94,15 @@ def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")
-        missing.append("3x3 stride-1 rule wants winograd, not implemented for this backend yet")
+        missing.append("3x3 stride-1 rule wants winograd, not implemented by this backend")
     if (shape.R, shape.S) == (1, 1):
         if "im2col" in have:
             return pick("im2col", "1x1 kernel: the convolution is a GEMM")
-        missing.append("1x1 rule wants im2col, not implemented for this backend yet")
+        missing.append("1x1 rule wants im2col, not implemented by this backend")
     elif reduction >= IM2COL_MIN_REDUCTION:
         if "im2col" in have:
             return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM")
-        missing.append("wide-layer rule wants im2col, not implemented for this backend yet")
+        missing.append("wide-layer rule wants im2col, not implemented by this backend")
     if missing:
         return pick("direct", "fallback to direct")
     return pick("direct", f"no faster rule applies (reduction C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}): direct")
@@ -211,7 +174,7 @@ def cpu_model() -> str:
 
 
 def _device_name(backend: str) -> str:
-    if backends.REGISTRY[backend].device == "cuda" and torch.cuda.is_available():
+    if backends.load(backend).device == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name()
     from . import _C
 
@@ -316,26 +279,20 @@ def _disk_lookup(key: str) -> Optional[AlgoChoice]:
 
 
 def candidates(shape: ConvShape, backend: str) -> List[str]:
-    """The implemented algorithms that can run this shape (the 'winograd' alias only when no
-    concrete variant is there to time instead)."""
-    have = backends.load(backend).CONV_ALGOS
-    out = []
-    for a in have:
-        if a == "auto" or a not in ALGOS:
-            continue
-        if a.startswith("winograd") and winograd_unsupported(shape) is not None:
-            continue
-        out.append(a)
+    """The algorithms the backend can run on this shape (the 'winograd' alias only when no concrete
+    variant is there to time instead)."""
+    be = backends.load(backend)
+    out = [a for a in be.conv_algos if be.can_run("conv2d_forward", a, shape) is None]
     if "winograd" in out and any(a in out for a in ("winograd_2x2", "winograd_4x4")):
         out.remove("winograd")
-    return out or ["direct"]
+    return out
 
 
 def _time_algo(algo: str, shape: ConvShape, dtype: torch.dtype, backend: str, repeats: int = 3) -> float:
     """Seconds of one forward convolution with this algorithm (best of `repeats`, after one
     untimed warm-up call that absorbs JIT compilation and first-touch page faults)."""
     mod = backends.load(backend)
-    dev = torch.device(backends.REGISTRY[backend].device)
+    dev = torch.device(mod.device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape.N, shape.C, shape.H, shape.W, generator=g, dtype=dtype).to(dev)
     w = torch.randn(shape.K, shape.C // shape.G, shape.R, shape.S, generator=g, dtype=dtype).to(dev)
@@ -357,7 +314,7 @@ def _measure(shape: ConvShape, dtype: torch.dtype, backend: str, cands: List[str
     for a in cands:
         try:
             times[a] = _time_algo(a, shape, dtype, backend) * 1e3
-        except (NotImplementedError, PyConvError):  # a kernel that cannot do it is not a candidate
+        except PyConvError:  # a kernel that refuses the shape at its binding is not a candidate
             continue
     if not times:
         return None
@@ -398,29 +355,29 @@ def _compiling() -> bool:
 
 
 def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                grad: bool = False) -> AlgoChoice:
+                grad: bool = False, prepared: bool = False) -> AlgoChoice:
     """algo='auto' for this shape: measured when autotuning is on (and not while torch.compile
     traces, which must not run kernels), the heuristic otherwise. grad: gradients will be taken."""
     if _state["enabled"] and not _compiling() and shape.N * shape.K * shape.P * shape.Q > 0:
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
-    return _heuristic(shape, backends.load(backend).CONV_ALGOS, grad)
+    return _heuristic(shape, backends.load(backend).conv_algos, grad, prepared)
 
 
 def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                      grad: bool = False) -> str:
+                      grad: bool = False, prepared: bool = False) -> str:
+    """The concrete algorithm to run: 'auto' resolved, a named one checked with the backend's
+    can_run (PyConvError naming the algorithm and the reason)."""
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
-    have = backends.load(backend).CONV_ALGOS
     if algo == "auto":
-        return choose_auto(shape, backend, dtype, grad).algo
-    if algo.startswith("winograd"):
-        check_winograd(algo, shape)
-    if algo not in have:
-        raise NotImplementedError(f"algo={algo!r} is not implemented for backend={backend!r} yet")
+        return choose_auto(shape, backend, dtype, grad, prepared).algo
+    why = backends.load(backend).can_run("conv2d_forward", algo, shape)
+    if why:
+        raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
     return algo
 
 

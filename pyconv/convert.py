@@ -1,108 +1,188 @@
-"""pyconv.convert: swap torch layers for pyconv's, and fuse Conv2d -> BatchNorm2d -> ReLU chains."""
+"""pyconv.convert: swap torch layers for pyconv's, then fuse the chains an fx trace proves:
+Conv2d -> BatchNorm2d -> {ReLU, ReLU6, nothing}, and the residual tail of ResNet / MobileNetV2
+blocks, act(BatchNorm2d(Conv2d(y)) + identity). The fused op refers to the model's own layers,
+which stay where they were, so the converted model's state_dict keys are the original's."""
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
+import operator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from . import nn as PN
 
-# torch layer -> name of its pyconv replacement in pyconv.nn (used when that layer exists).
+# torch layer -> its pyconv replacement (AdaptiveAvgPool2d: global average pooling only)
 _REPLACEMENTS = {
-    torch.nn.Conv2d: "Conv2d",
-    torch.nn.BatchNorm2d: "BatchNorm2d",
-    torch.nn.MaxPool2d: "MaxPool2d",
-    torch.nn.AvgPool2d: "AvgPool2d",
+    torch.nn.Conv2d: PN.Conv2d,
+    torch.nn.BatchNorm2d: PN.BatchNorm2d,
+    torch.nn.MaxPool2d: PN.MaxPool2d,
+    torch.nn.AvgPool2d: PN.AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d: PN.AdaptiveAvgPool2d,
 }
-_RELUS_FN = (F.relu, torch.relu, torch.relu_)
+_PYCONV_LAYERS = tuple(_REPLACEMENTS.values()) + (PN.ConvBNReLU2d, PN.FusedConvBN)
 
 
-def _as_pyconv(layer: torch.nn.Module, cls, algo, backend):
-    """The same module state under a pyconv class: parameters and buffers are the same tensors,
-    so optimizers and state dicts see no difference."""
-    new = copy.copy(layer)
-    new.__class__ = cls
-    for attr in ("_parameters", "_buffers", "_modules"):
-        setattr(new, attr, OrderedDict(getattr(layer, attr)))
-    new.backend = backend
-    if isinstance(new, PN.Conv2d):
-        new.algo = algo
-    return new
+def _replacement(layer: torch.nn.Module):
+    cls = _REPLACEMENTS.get(type(layer))
+    if cls is PN.AdaptiveAvgPool2d and not PN.is_global_pool(layer):
+        return None
+    return cls
 
 
 def _swap_layers(module: torch.nn.Module, algo, backend):
     for name, child in module.named_children():
-        cls_name = _REPLACEMENTS.get(type(child))
-        cls = getattr(PN, cls_name, None) if cls_name else None
+        cls = _replacement(child)
         if cls is not None:
-            setattr(module, name, _as_pyconv(child, cls, algo, backend))
+            setattr(module, name, PN.as_pyconv(child, cls, algo, backend))
         else:
             _swap_layers(child, algo, backend)
 
 
-def _is_relu(node, modules) -> bool:
+# ------------------------------------------------------------------------------------ fusion ---
+
+def _activation(node, modules):
+    """'relu' / 'relu6' when the fx node applies that activation to its first argument, else None."""
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), torch.nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELUS_FN
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return False
+        m = modules.get(node.target)
+        if isinstance(m, torch.nn.ReLU6):
+            return "relu6"
+        if isinstance(m, torch.nn.ReLU):
+            return "relu"
+        if isinstance(m, torch.nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
+            return "relu6"
+    elif node.op == "call_function":
+        if node.target in (F.relu, torch.relu, torch.relu_):
+            return "relu"
+        if node.target is F.relu6:
+            return "relu6"
+    elif node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return None
 
 
-def _fuse(model: torch.nn.Module, algo, backend) -> torch.nn.Module:
-    """Conv2d -> BatchNorm2d -> ReLU chains, proven by an fx trace (each intermediate value has
-    exactly one user), become one ConvBNReLU2d. Models that do not trace are returned unfused."""
+def _is_add(node) -> bool:
+    return ((node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add))
+            or (node.op == "call_method" and node.target in ("add", "add_"))) \
+        and len(node.args) == 2 and not node.kwargs
+
+
+def _module_node(node, modules, cls, single_user=True):
+    """node when it calls a module of class cls on one positional argument (read by one user only)."""
+    import torch.fx
+
+    if (isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules.get(node.target), cls)
+            and (len(node.users) == 1 or not single_user) and len(node.args) == 1 and not node.kwargs):
+        return node
+    return None
+
+
+def _conv_bn(node, modules):
+    """(conv node, bn node) when node is BatchNorm2d(Conv2d(y)) with nothing else reading the conv.
+    (bn's own single user is checked where its user joins the chain.)"""
+    bn_node = _module_node(node, modules, torch.nn.BatchNorm2d, single_user=False)
+    conv_node = bn_node is not None and _module_node(bn_node.args[0], modules, torch.nn.Conv2d)
+    if not conv_node:
+        return None
+    conv, bn = modules[conv_node.target], modules[bn_node.target]
+    if conv.padding_mode != "zeros" or not (bn.affine and bn.track_running_stats):
+        return None
+    return conv_node, bn_node
+
+
+class _Chain(NamedTuple):
+    nodes: list  # the chain's nodes, last first (the order they can be erased in), conv last
+    conv: object  # the Conv2d and BatchNorm2d nodes
+    bn: object
+    activation: str
+    identity: object  # the residual input's node, or None
+
+
+def _chains(gm, modules):
+    """Each fusable chain, the residual tails first so their conv -> BN is not taken alone."""
+    out, taken = [], set()
+
+    def add(head, pair, act, identity):
+        # a BN read by anything besides the chain's next node must stay a value of its own
+        if pair and pair[1] not in taken and (not head or len(pair[1].users) == 1):
+            taken.add(pair[1])
+            out.append(_Chain(head + [pair[1], pair[0]], pair[0], pair[1], act, identity))
+
+    for node in gm.graph.nodes:  # act(bn(conv(y)) + identity) and bn(conv(y)) + identity
+        if not _is_add(node):
+            continue
+        users = list(node.users)
+        act = _activation(users[0], modules) if len(users) == 1 else None
+        head = [users[0], node] if act else [node]
+        for mine, other in ((0, 1), (1, 0)):
+            pair = _conv_bn(node.args[mine], modules)
+            if pair and isinstance(node.args[other], torch.fx.Node):
+                add(head, pair, act or "none", node.args[other])
+                break
+    for node in gm.graph.nodes:  # act(bn(conv(y)))
+        act = _activation(node, modules)
+        if act and node.args:
+            add([node], _conv_bn(node.args[0], modules), act, None)
+    for node in gm.graph.nodes:  # bn(conv(y))
+        pair = _conv_bn(node, modules)
+        if pair:
+            add([], pair, "none", None)
+    return out
+
+
+class _Tracer:
+    """fx tracing that keeps pyconv's layers as leaves (they are not in torch.nn's namespace)."""
+
+    @staticmethod
+    def make():
+        import torch.fx
+
+        class Tracer(torch.fx.Tracer):
+            def is_leaf_module(self, m, qualname):
+                return isinstance(m, _PYCONV_LAYERS) or super().is_leaf_module(m, qualname)
+        return Tracer()
+
+
+def _fuse(model: torch.nn.Module) -> torch.nn.Module:
+    """The chains an fx trace proves (each intermediate value read once) become FusedConvBN calls.
+    Models that do not trace are returned unfused."""
     import torch.fx
 
     try:
-        gm = torch.fx.symbolic_trace(model)
+        graph = _Tracer.make().trace(model)
     except Exception:
         return model
+    gm = torch.fx.GraphModule(model, graph, model.__class__.__name__)
     modules = dict(gm.named_modules())
-    fused_any = False
-    for node in list(gm.graph.nodes):
-        if not _is_relu(node, modules) or len(node.args) < 1:
-            continue
-        bn_node = node.args[0]
-        if not (isinstance(bn_node, torch.fx.Node) and bn_node.op == "call_module"
-                and isinstance(modules.get(bn_node.target), torch.nn.BatchNorm2d) and len(bn_node.users) == 1):
-            continue
-        conv_node = bn_node.args[0]
-        if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
-                and isinstance(modules.get(conv_node.target), torch.nn.Conv2d) and len(conv_node.users) == 1):
-            continue
-        conv, bn = modules[conv_node.target], modules[bn_node.target]
-        if conv.padding_mode != "zeros" or not bn.affine or not bn.track_running_stats:
-            continue
-        fused = PN.ConvBNReLU2d.from_modules(conv, bn, algo=algo, backend=backend)
-        target = conv_node.target + "_bn_relu"
-        gm.add_submodule(target, fused)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(target, (conv_node.args[0],))
-        node.replace_all_uses_with(new)
-        for dead in (node, bn_node, conv_node):
-            gm.graph.erase_node(dead)
-        fused_any = True
-    if not fused_any:
+    chains = _chains(gm, modules)
+    if not chains:
         return model
+    replaced = {}  # a chain's last node -> its fused node (an identity may be an earlier chain's end)
+    for c in chains:
+        fused = PN.FusedConvBN(modules[c.conv.target], modules[c.bn.target], c.activation, c.identity is not None)
+        target = f"{c.conv.target.replace('.', '_')}_fused"
+        gm.add_submodule(target, fused)
+        args = (c.conv.args[0],) if c.identity is None else (c.conv.args[0], replaced.get(c.identity, c.identity))
+        with gm.graph.inserting_after(c.nodes[0]):
+            new = gm.graph.call_module(target, args)
+        c.nodes[0].replace_all_uses_with(new)
+        replaced[c.nodes[0]] = new
+        for node in c.nodes:
+            gm.graph.erase_node(node)
     gm.graph.lint()
-    gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
 
 
 def convert(model: torch.nn.Module, *, fuse: bool = True, algo: str = "auto", backend: str = "auto"):
-    """Returns `model` with every torch Conv2d, BatchNorm2d, MaxPool2d and AvgPool2d replaced by
-    its pyconv layer (the same parameter and buffer tensors), and with fuse=True each
-    Conv2d -> BatchNorm2d -> ReLU chain fused into a ConvBNReLU2d (a new fx GraphModule)."""
+    """Returns `model` with every torch Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d and global
+    AdaptiveAvgPool2d replaced by its pyconv layer (the same parameter and buffer tensors) and, with
+    fuse=True, the chains an fx trace proves fused (a new fx GraphModule holding the same layers
+    under the same names, so state_dict keys are unchanged)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
-    if fuse and hasattr(PN, "ConvBNReLU2d"):
-        model = _fuse(model, algo, backend)
-    if type(model) in _REPLACEMENTS and getattr(PN, _REPLACEMENTS[type(model)], None) is not None:
-        return _as_pyconv(model, getattr(PN, _REPLACEMENTS[type(model)]), algo, backend)
+    cls = _replacement(model)
+    if cls is not None:
+        return PN.as_pyconv(model, cls, algo, backend)
     _swap_layers(model, algo, backend)
-    return model
+    return _fuse(model) if fuse else model

@@ -6,15 +6,18 @@ import torch
 
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
+from .problem import WINOGRAD_ALGOS, winograd_tile
 from .ops.common import call
+from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
-__all__ = ["conv2d", "conv_bn_relu", "max_pool2d", "avg_pool2d", "batch_norm"]
+__all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm"]
 
 
 class _ConvCall:
     """The normalized arguments of one convolution call (conv2d, conv_bn_relu)."""
 
-    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=()):
+    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=(),
+                 prepare=False):
         x, kx = to_torch(input, "input")
         self.w, kw = to_torch(weight, "weight")
         self.b, kb = to_torch(bias, "bias")
@@ -27,7 +30,8 @@ class _ConvCall:
         self.backend = backends.resolve(backend, x.device)
         grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                                 for t in (x, self.w, self.b) + tuple(more_params))
-        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad)
+        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad,
+                                               prepared=prepare)
         self.x = contiguous_nchw(x)
         self.kind = result_kind(kx, kw, kb)
 
@@ -41,7 +45,36 @@ class _ConvCall:
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
-    return c.result(call("conv2d", c.x, c.w, c.b, *c.op_args(), c.algo, c.backend))
+    return c.result(call("conv2d", c.x, c.w, c.b, *c.op_args(), c.algo, c.backend,
+                         planned=lambda: run_conv2d(c.x, c.w, c.b, c.shape, c.algo, backends.load(c.backend))))
+
+
+def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilation=1, groups=1,
+                      activation="relu", *, algo="auto", backend="auto", prepared_cache=None):
+    """activation(conv2d(input, weight, bias) [+ residual]) in one op, activation "none", "relu" or
+    "relu6": the inference epilogue of a fused conv -> BN (folded into weight and bias) chain. It has
+    no gradient: call it where none is needed (pyconv.nn.FusedConvBN does).
+
+    prepared_cache: a pyconv.prepared.PreparedCache owned by the caller for this weight; the weight
+    is then kept in the form the chosen kernel consumes (Winograd's transformed filters), rebuilt
+    when the weight, the algorithm or its tile changes."""
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend, prepare=True)
+    r, _ = to_torch(residual, "residual")
+    if r is not None:
+        _args.check_float_tensor(r, "residual", (4,) if c.batched else (3,))
+        r = r if c.batched else r.unsqueeze(0)
+        check_residual(r, c.shape, c.x)
+    be = backends.load(c.backend)
+
+    def planned():
+        prepared = None
+        if prepared_cache is not None:
+            tile = winograd_tile(c.algo, c.shape) if c.algo in WINOGRAD_ALGOS else 0
+            prepared = prepared_cache.get((c.w,), (c.backend, c.algo, tile),
+                                          lambda: be.prepare_conv_weight(c.w, c.shape, c.algo))
+        return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, c.algo, be, prepared)
+    return c.result(call("conv2d_activation", c.x, c.w, c.b, r, *c.op_args(), activation, c.algo, c.backend,
+                         planned=planned))
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---
@@ -91,6 +124,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     rv, _ = to_torch(running_var, "running_var")
     w, _ = to_torch(weight, "weight")
     b, _ = to_torch(bias, "bias")
+    if isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() == 0:
+        # torch returns an empty result for a 1-D empty input (no channel dimension to check the
+        # statistics against), and leaves the running statistics alone
+        _args.check_float_tensor(x, "input")
+        return from_torch(x.clone(), kind)
     _args.batch_norm_shape(x, rm, rv, w, b, bool(training), momentum, eps)
     be = backends.resolve(backend, x.device)
     y, _, _, new_rm, new_rv = call("batch_norm", contiguous_nchw(x), w, b, rm, rv, bool(training),

@@ -2,12 +2,16 @@
 state_dict keys, plus keyword-only algo= / backend=."""
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
 from . import functional as PF
+from .prepared import PreparedCache, fold_batch_norm
 
-__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d", "AdaptiveAvgPool2d", "FusedConvBN"]
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -96,26 +100,132 @@ class ConvBNReLU2d(torch.nn.Module):
             raise ValueError(f"ConvBNReLU2d: padding_mode={conv.padding_mode!r} cannot be fused; expected 'zeros'")
         if not (bn.affine and bn.track_running_stats):
             raise ValueError("ConvBNReLU2d: needs a BatchNorm2d with affine=True and track_running_stats=True")
-        from .convert import _as_pyconv
-
         new = cls.__new__(cls)
         torch.nn.Module.__init__(new)
-        new.conv = _as_pyconv(conv, Conv2d, algo, backend)
-        new.bn = _as_pyconv(bn, BatchNorm2d, algo, backend)
+        new.conv = as_pyconv(conv, Conv2d, algo, backend)
+        new.bn = as_pyconv(bn, BatchNorm2d, algo, backend)
         new.algo, new.backend = algo, backend
         return new
 
     def forward(self, input):
-        bn = self.bn
-        factor = bn.momentum if bn.momentum is not None else 0.0
-        if self.training:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
-                factor = 1.0 / float(bn.num_batches_tracked)
-        c = self.conv
-        return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                               c.stride, c.padding, c.dilation, c.groups, self.training, factor, bn.eps,
-                               algo=self.algo, backend=self.backend)
+        return _conv_bn_relu(self.conv, self.bn, input)
 
     def extra_repr(self):
         return f"algo={self.algo!r}, backend={self.backend!r}"
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    """Global average pooling (output_size 1 or (1, 1)) as pyconv's avg_pool2d over the whole plane;
+    other output sizes are not implemented (convert leaves those layers to torch)."""
+
+    def __init__(self, output_size=1, *, backend: str = "auto"):
+        super().__init__(output_size)
+        if not is_global_pool(self):
+            raise NotImplementedError(f"AdaptiveAvgPool2d: output_size={output_size!r}; pyconv has global "
+                                      f"average pooling (output_size=1) only")
+        self.backend = backend
+
+    def forward(self, input):
+        return PF.avg_pool2d(input, tuple(input.shape[-2:]), backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+
+def is_global_pool(layer: torch.nn.AdaptiveAvgPool2d) -> bool:
+    size = layer.output_size
+    return size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1))
+
+
+class FusedConvBN(torch.nn.Module):
+    """act(bn(conv(x)) [+ identity]) over a model's own Conv2d and BatchNorm2d, which stay where they
+    are in the model (so its state_dict keys are the original's): this module holds no parameters
+    and refers to the two layers without registering them.
+
+    Inference (no gradient needed): batch norm is folded into the filters once (prepared weights,
+    rebuilt whenever a source tensor changes) and bias, activation and the residual add run in the
+    convolution's epilogue op. Training, or eval with gradients: conv -> BN -> ReLU is the fused
+    conv_bn_relu op; other chains run layer by layer."""
+
+    def __init__(self, conv: Conv2d, bn: BatchNorm2d, activation: str = "relu", residual: bool = False):
+        super().__init__()
+        from .problem import ACTIVATIONS
+
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"FusedConvBN: padding_mode={conv.padding_mode!r} cannot be fused; expected 'zeros'")
+        if not (bn.affine and bn.track_running_stats):
+            raise ValueError("FusedConvBN: needs a BatchNorm2d with affine=True and track_running_stats=True")
+        # plain attributes, not submodules: the model keeps them under their own names
+        object.__setattr__(self, "conv", conv)
+        object.__setattr__(self, "bn", bn)
+        self.activation, self.residual = activation, residual
+        self._prepared = PreparedCache()  # BN folded into the filters and the bias
+        self._kernel_form = PreparedCache()  # the folded filters as the chosen kernel consumes them
+
+    def _folded(self):
+        c, bn = self.conv, self.bn
+        return self._prepared.get((c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var),
+                                  (bn.eps,), lambda: fold_batch_norm(c.weight, c.bias, bn.weight, bn.bias,
+                                                                     bn.running_mean, bn.running_var, bn.eps))
+
+    def prepared_bytes(self) -> int:
+        """Memory held by the prepared weights (folded, and transformed for the kernel)."""
+        return self._prepared.nbytes + self._kernel_form.nbytes
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._prepared.clear()
+            self._kernel_form.clear()
+        return super().train(mode)
+
+    def forward(self, input, identity=None):
+        if (identity is None) == self.residual:
+            raise TypeError(f"FusedConvBN(residual={self.residual}) called with"
+                            f"{'out' if identity is None else ''} an identity input")
+        c, bn = self.conv, self.bn
+        if not (self.training or bn.training) and not _needs_grad(input, identity, c.weight, c.bias, bn.weight,
+                                                                 bn.bias):
+            f = self._folded()
+            return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
+                                        c.groups, self.activation, algo=c.algo, backend=c.backend,
+                                        prepared_cache=self._kernel_form)
+        if self.activation == "relu" and identity is None:
+            return _conv_bn_relu(c, bn, input)
+        y = bn(c(input))
+        if identity is not None:
+            y = y + identity
+        return F.relu(y) if self.activation == "relu" else F.relu6(y) if self.activation == "relu6" else y
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}, residual={self.residual}"
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input):
+    """The fused conv_bn_relu op on a Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules."""
+    factor = bn.momentum if bn.momentum is not None else 0.0
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
+            factor = 1.0 / float(bn.num_batches_tracked)
+    return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                           c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps,
+                           algo=c.algo, backend=c.backend)
+
+
+def as_pyconv(layer: torch.nn.Module, cls, algo, backend):
+    """The same module state under a pyconv class: parameters and buffers are the same tensors,
+    so optimizers and state dicts see no difference."""
+    new = copy.copy(layer)
+    new.__class__ = cls
+    for attr in ("_parameters", "_buffers", "_modules"):
+        setattr(new, attr, OrderedDict(getattr(layer, attr)))
+    new.backend = backend
+    if isinstance(new, Conv2d):
+        new.algo = algo
+    return new

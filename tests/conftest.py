@@ -58,7 +58,7 @@ def cpu_backends():
 
 def conv_impls():
     """Every (backend, algo) pair implemented on this machine's CPU backends."""
-    return [(b, a) for b in cpu_backends() for a in backends.load(b).CONV_ALGOS]
+    return [(b, a) for b in cpu_backends() for a in backends.load(b).conv_algos]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,6 @@
-"""Checks of the numba_cuda backend's kernel table against torch.nn.functional: conv2d forward and every
-gradient (both algos), pools (indices too), batch norm (running stats too), ReLU; float32 and float64.
+"""Checks of the numba_cuda backend's kernel table against torch.nn.functional: conv2d forward and
+every gradient (the shared testbed, tests/testbed.py), pools (indices too), batch norm (running stats
+too), ReLU; float32 and float64.
 
 Not collected by the main run (no test_ prefix): tests/test_numba_cuda.py runs this file in a
 subprocess, under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1, which must be set before numba is
@@ -10,8 +11,10 @@ syncthreads (the direct grad-weight's cost grows with the number of weight eleme
 """
 import os
 
-import pool_bn_checks as checks
+import checks
+import pool_bn_checks
 import pytest
+import testbed
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +34,7 @@ def nc():
 
 
 def close(a, e, dtype, what, tol32=TOL32):
-    checks.close(a, e, dtype, what, tol32)
+    checks.assert_close(a, e, dtype, what, kind="table", tol32=tol32)
 
 
 def nan_like(shape, dtype):
@@ -42,50 +45,20 @@ def randn(*shape, dtype):
     return torch.randn(*shape, dtype=dtype, device=DEV)
 
 
-CONVS = [
-    # N, C, H, W, K, R, S, stride, padding, dilation, groups
-    (1, 2, 5, 6, 3, 3, 3, 1, 1, 1, 1),
-    (2, 4, 6, 5, 2, 3, 2, (2, 1), (1, 0), 1, 2),
-    (1, 2, 6, 6, 2, 2, 2, 1, 2, (2, 3), 1),
-    (1, 4, 4, 5, 4, 1, 1, 1, 0, 1, 4),
-    (1, 2, 3, 3, 2, 3, 3, 2, 0, 1, 1),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("algo", ["direct", "im2col"])
-@pytest.mark.parametrize("case", CONVS)
-def test_conv2d(dtype, algo, case):
-    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
-    check_conv(dtype, algo, (N, C, H, W), (K, C // groups, R, S),
-               dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
-
-
-def check_conv(dtype, algo, x_shape, w_shape, kw):
-    """Forward and every gradient of one numba_cuda conv against torch (outputs start as NaN)."""
-    x, w, b = randn(*x_shape, dtype=dtype), randn(*w_shape, dtype=dtype), randn(w_shape[0], dtype=dtype)
-    s = _args.conv2d_shape(x, w, b, _args.conv2d_params(w_shape[2:], kw.get("stride", 1), kw["padding"],
-                                                        kw.get("dilation", 1), kw["groups"]))
-    y = nan_like((x_shape[0], w_shape[0], s.P, s.Q), dtype)
-    nc().conv2d_forward(x, w, b, y, s, algo)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    yr = F.conv2d(*leaves, **kw)
-    close(y, yr.detach(), dtype, "output")
-    gy = randn(*yr.shape, dtype=dtype)
-    ref = torch.autograd.grad(yr, leaves, gy)
-    gx, gw, gb = nan_like(x.shape, dtype), nan_like(w.shape, dtype), nan_like(b.shape, dtype)
-    nc().conv2d_backward_input(gy, w, gx, s, algo)
-    nc().conv2d_backward_weight(x, gy, gw, gb, s, algo)
-    close(gx, ref[0], dtype, "grad_input")
-    close(gw, ref[1], dtype, "grad_weight")
-    close(gb, ref[2], dtype, "grad_bias")
+# The convolution testbed (tests/testbed.py) on this backend's kernel table: the simulator's schedule.
+@pytest.mark.parametrize("algo,dtype,case", testbed.simulator_runs(nc()),
+                         ids=[testbed.run_id(r) for r in testbed.simulator_runs(nc())])
+def test_conv2d(algo, dtype, case):
+    testbed.check_table(nc(), algo, dtype, case, device=DEV, tol32=TOL32, tol64=checks.TOLERANCES["table"][1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_conv2d_weight_grad_chunks(dtype, monkeypatch):
     """im2col grad-weight with the N*P*Q reduction split over several blocks (partials + reduce kernel),
     a chunk ending inside a tile, and no bias."""
-    monkeypatch.setattr(nc(), "_WGRAD_CHUNK_MIN", 5)
+    from pyconv.kernels.cuda import host
+
+    monkeypatch.setattr(host, "_WGRAD_CHUNK_MIN", 5)
     x, w = randn(2, 2, 4, 4, dtype=dtype), randn(3, 2, 2, 2, dtype=dtype)  # N*P*Q = 50
     s = _args.conv2d_shape(x, w, None, _args.conv2d_params((2, 2), 1, 1, 1, 1))
     gy = randn(2, 3, s.P, s.Q, dtype=dtype)
@@ -101,8 +74,7 @@ def test_conv2d_weight_grad_chunks(dtype, monkeypatch):
 def test_conv2d_unknown_algo():
     x, w = randn(1, 1, 3, 3, dtype=torch.float32), randn(1, 1, 3, 3, dtype=torch.float32)
     s = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 0, 1, 1))
-    with pytest.raises(NotImplementedError, match="fft"):
-        nc().conv2d_forward(x, w, None, nan_like((1, 1, 1, 1), torch.float32), s, "fft")
+    assert "fft" in nc().can_run("conv2d_forward", "fft", s)
 
 
 POOLS = [
@@ -116,18 +88,18 @@ POOLS = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", POOLS)
 def test_max_pool2d(dtype, case):
-    checks.check_max_pool2d(nc(), DEV, dtype, case, TOL32)
+    pool_bn_checks.check_max_pool2d(nc(), DEV, dtype, case, TOL32)
 
 
 def test_max_pool2d_all_minus_inf():
-    checks.check_max_pool2d_all_minus_inf(nc(), DEV)
+    pool_bn_checks.check_max_pool2d_all_minus_inf(nc(), DEV)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", [c for c in POOLS if c[7] == 1])
 @pytest.mark.parametrize("include_pad,divisor", [(True, None), (False, None), (True, 3)])
 def test_avg_pool2d(dtype, case, include_pad, divisor):
-    checks.check_avg_pool2d(nc(), DEV, dtype, case, include_pad, divisor, TOL32)
+    pool_bn_checks.check_avg_pool2d(nc(), DEV, dtype, case, include_pad, divisor, TOL32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -137,7 +109,7 @@ def test_avg_pool2d(dtype, case, include_pad, divisor):
 def test_batch_norm(dtype, size, training, affine, running):
     if not training and not running:
         pytest.skip("eval needs running statistics")
-    checks.check_batch_norm(nc(), DEV, dtype, size, training, affine, running, TOL32)
+    pool_bn_checks.check_batch_norm(nc(), DEV, dtype, size, training, affine, running, TOL32)
 
 
 def test_batch_norm_empty_batch():
@@ -157,7 +129,7 @@ def test_relu(dtype):
     x[0, 0] = float("nan")
     x[0, 1] = 0.0
     z = x.clone()
-    nc().relu_forward(z)
+    nc().activation_forward(z, None, "relu")
     assert torch.equal(torch.isnan(z), torch.isnan(x))
     zr = torch.relu(x)
     assert torch.equal(z[~torch.isnan(z)], zr[~torch.isnan(zr)])
@@ -182,19 +154,6 @@ def test_public_conv2d_on_gpu(algo):
     close(y.detach(), yr.detach(), torch.float64, "output")
     for g, r, what in zip(got, want, ("grad_input", "grad_weight", "grad_bias")):
         close(g, r, torch.float64, what)
-
-
-# Winograd F(2x2) / F(4x4): one tiny case each (the simulator runs every GEMM block as Python threads):
-# groups, padding 0 and partial edge tiles for F(2x2) in float64, padding 1 for F(4x4) in float32.
-WINOGRAD = [("winograd_2x2", torch.float64, (1, 4, 4, 5, 4, 0, 2)),
-            ("winograd_4x4", torch.float32, (1, 2, 4, 5, 2, 1, 1)),
-            ("winograd", torch.float32, (2, 1, 3, 3, 2, 1, 1))]
-
-
-@pytest.mark.parametrize("algo,dtype,case", WINOGRAD, ids=[w[0] for w in WINOGRAD])
-def test_conv2d_winograd(algo, dtype, case):
-    N, C, H, W, K, padding, groups = case
-    check_conv(dtype, algo, (N, C, H, W), (K, C // groups, 3, 3), dict(padding=padding, groups=groups))
 
 
 def test_conv2d_winograd_rejects_shapes():

@@ -5,21 +5,17 @@ the CUDA simulator or on a GPU); `dev` is where the backend takes its tensors. N
 import torch
 import torch.nn.functional as F
 
+import checks
+
 from pyconv import _args
 
 
 def close(a, e, dtype, what, tol32):
-    assert a.shape == e.shape, what
-    a, e = a.cpu(), e.cpu()
-    assert torch.equal(torch.isnan(a), torch.isnan(e)), f"{what}: NaNs differ"
-    tol = tol32 if dtype == torch.float32 else 1e-12
-    fin = torch.isfinite(e)
-    err = (a[fin].double() - e[fin].double()).norm() / max(e[fin].double().norm().item(), 1e-30)
-    assert err <= tol, f"{what}: relative error {err:.3g}"
+    checks.assert_close(a, e, dtype, what, kind="table", tol32=tol32)
 
 
 def nan_like(shape, dtype, dev):
-    return torch.full(shape, float("nan"), dtype=dtype, device=dev)
+    return checks.nan_like(shape, dtype, dev)
 
 
 def check_max_pool2d(mod, dev, dtype, case, tol32):

@@ -74,17 +74,15 @@ def test_algo_and_backend_errors():
         PF.conv2d(X, W, stride=2, algo="winograd")
 
 
-def test_unimplemented_algos_and_backends_say_so():
+def test_an_algorithm_a_backend_lacks_is_refused_by_name(monkeypatch):
+    """Capability lives with the backend: what its can_run refuses, conv2d refuses with the reason."""
     from pyconv import backends
-    have = backends.load("cpp").CONV_ALGOS
+    be = backends.load("cpp")
+    monkeypatch.setattr(be, "conv_algos", ("direct",))
     for algo in ("im2col", "winograd_2x2", "winograd_4x4", "winograd"):
-        if algo not in have:
-            with pytest.raises(NotImplementedError, match=algo):
-                PF.conv2d(X, W, algo=algo)
-    for name, info in backends.REGISTRY.items():
-        if not getattr(backends.load(name), "IMPLEMENTED", True):
-            with pytest.raises(NotImplementedError, match=name):
-                PF.conv2d(X, W, backend=name)
+        with pytest.raises(pyconv.PyConvError, match=f"algo={algo!r}.*does not implement"):
+            PF.conv2d(X, W, algo=algo)
+    assert PF.conv2d(X, W, algo="auto").shape == F.conv2d(X, W).shape
 
 
 def test_native_binding_rejects_bad_buffers():

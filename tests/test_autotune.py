@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import pyconv
 import pyconv.functional as PF
-from pyconv import _args, autotune, backends
+from pyconv import _args, autotune, backends, problem
 
 
 def shape_of(N, C, H, W, K, R, S, stride=1, pad=0, groups=1, dil=1):
@@ -25,7 +25,7 @@ def measured(tmp_path, monkeypatch):
     monkeypatch.setenv("PYCONV_CACHE_DIR", str(tmp_path))
     autotune.clear_memory_cache()
     prev = pyconv.autotune(True)
-    monkeypatch.setattr(backends.load("cpp"), "CONV_ALGOS", ("direct", "im2col", "winograd_2x2"))
+    monkeypatch.setattr(backends.load("cpp"), "conv_algos", ("direct", "im2col", "winograd_2x2"))
     calls = []
     speed = {"direct": 3.0, "im2col": 1.0, "winograd_2x2": 2.0}
 
@@ -43,7 +43,7 @@ def measured(tmp_path, monkeypatch):
 
 def test_heuristic_rules_and_explanation(monkeypatch):
     mod = backends.load("cpp")
-    monkeypatch.setattr(mod, "CONV_ALGOS", ("direct", "im2col", "winograd_4x4"))
+    monkeypatch.setattr(mod, "conv_algos", ("direct", "im2col", "winograd_4x4"))
     dw = autotune.choose_auto(shape_of(1, 32, 8, 8, 32, 3, 3, pad=1, groups=32), "cpp")
     assert dw.algo == "direct" and "depthwise" in dw.rule and dw.source == "heuristic"
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
@@ -56,14 +56,14 @@ def test_heuristic_rules_and_explanation(monkeypatch):
 
 
 def test_heuristic_falls_through_missing_algorithms(monkeypatch):
-    monkeypatch.setattr(backends.load("cpp"), "CONV_ALGOS", ("direct",))
+    monkeypatch.setattr(backends.load("cpp"), "conv_algos", ("direct",))
     ch = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, pad=1), "cpp")
     assert ch.algo == "direct" and "winograd" in ch.rule and "not implemented" in ch.rule
 
 
 def test_explain_algo_public():
     ch = pyconv.explain_algo(torch.randn(1, 16, 8, 8), torch.randn(16, 1, 3, 3), padding=1, groups=16)
-    assert ch.algo in backends.load("cpp").CONV_ALGOS and "depthwise" in str(ch)
+    assert ch.algo in backends.load("cpp").conv_algos and "depthwise" in str(ch)
     ch = pyconv.explain_algo((2, 2, 9, 9), (4, 2, 3, 3), stride=2, backend="cpp")
     assert ch.algo == "direct" and "reduction" in ch.rule
     with pytest.raises(pyconv.PyConvError):
@@ -202,9 +202,9 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
     try:
         for be in [b for b in pyconv.available_backends() if backends.REGISTRY[b].device == "cpu"]:
             algo = autotune.resolve_conv_algo("auto", s, be)
-            assert algo in backends.load(be).CONV_ALGOS
+            assert algo in backends.load(be).conv_algos
             if algo.startswith("winograd"):
-                assert autotune.winograd_unsupported(s) is None
+                assert problem.winograd_unsupported(s) is None
     finally:
         pyconv.autotune(prev)
         os.environ.pop("PYCONV_CACHE_DIR", None)

@@ -15,28 +15,22 @@ import pyconv.functional as PF
 import pyconv.nn as PN
 from pyconv import backends
 
+import checks
+
 DTYPES = [torch.float32, torch.float64]
 BACKENDS = [b for b in pyconv.available_backends()
             if backends.REGISTRY[b].device == "cpu" and hasattr(backends.load(b), "batch_norm_forward")]
 
 
 def tol(dtype):
-    return 1e-10 if dtype == torch.float64 else 2e-5
+    return checks.tol(dtype, "batch_norm")
 
 
 def assert_close(actual, expected, dtype, what=""):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert torch.equal(torch.isfinite(actual), torch.isfinite(expected)), f"{what}: non-finite values differ"
-    if expected.numel() == 0:
-        return
-    a, e = actual.double(), expected.double()
-    err = (a - e).norm() / max(e.norm().item(), 1e-30)
-    assert err <= tol(dtype), f"{what}: relative error {err:.3g}"
+    checks.assert_close(actual, expected, dtype, what, kind="batch_norm")
 
 
-def rel_err(a, e):
-    a, e = a.double(), e.double()
-    return ((a - e).norm() / max(e.norm().item(), 1e-30)).item()
+rel_err = checks.rel_err
 
 
 def run(fn, data, training, momentum, eps, gy=None):
@@ -161,6 +155,24 @@ def test_gradcheck(backend, training):
     def fn(x, w, b):
         return PF.batch_norm(x, rm.clone(), rv.clone(), w, b, training, backend=backend)
     assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_one_dimensional_empty_input_matches_torch(training):
+    """PyTorch's OpInfo samples include a 1-D input of shape (0,): torch returns an empty result
+    (whatever the statistics' sizes) and leaves the running statistics alone."""
+    for stats in (torch.zeros(3), torch.zeros(0), None):
+        x = torch.empty(0, requires_grad=True)
+        rm = None if stats is None else stats.clone()
+        rv = None if stats is None else stats.clone() + 1
+        got = PF.batch_norm(x, rm, rv, training=training)
+        want = F.batch_norm(x.detach(), None if rm is None else rm.clone(), None if rv is None else rv.clone(),
+                            training=training)
+        assert got.shape == want.shape == (0,) and got.dtype == want.dtype and got.requires_grad
+        if stats is not None:
+            assert torch.equal(rm, stats) and torch.equal(rv, stats + 1)
+    with pytest.raises(pyconv.PyConvError, match="dtype"):
+        PF.batch_norm(torch.empty(0, dtype=torch.int64), None, None, training=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,28 +12,20 @@ from hypothesis import given, strategies as st
 import pyconv
 import pyconv.functional as PF
 from conftest import conv_impls
+import checks
+import testbed
 from problems import EDGE_WIDTHS, REAL_LAYERS
+from pyconv import backends
 from pyconv._args import conv2d_params, conv2d_shape_of_sizes
-from pyconv.autotune import winograd_unsupported
+from pyconv.problem import winograd_unsupported
 
 IMPLS = conv_impls()
-DTYPES = [torch.float32, torch.float64]
-
-
-def tol(dtype, algo="direct"):
-    if dtype == torch.float64:
-        return 1e-9
-    return 2e-4 if algo.startswith("winograd") else 5e-5
+DTYPES = testbed.DTYPES
+GRID = testbed.GRID
 
 
 def assert_close(actual, expected, dtype, algo="direct", what=""):
-    """Norm-wise relative error, so the bound does not depend on the reduction length."""
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all() == torch.isfinite(expected).all(), f"{what}: non-finite values differ"
-    if expected.numel() == 0:
-        return
-    err = (actual.double() - expected.double()).norm() / max(expected.double().norm().item(), 1e-30)
-    assert err <= tol(dtype, algo), f"{what}: relative error {err:.3g}"
+    checks.assert_close(actual, expected, dtype, what, kind="conv", algo=algo)
 
 
 def run_both(x, w, b, backend, algo, **kw):
@@ -69,25 +61,6 @@ def check(backend, algo, dtype, N, C, H, W, K, R, S, bias=True, **kw):
         assert_close(a, e, dtype, algo, f"{backend}/{algo} {name}")
 
 
-GRID = [
-    # (N, C, H, W, K, R, S, kwargs)
-    (2, 3, 9, 11, 5, 3, 3, dict()),
-    (2, 3, 9, 11, 5, 3, 3, dict(stride=2, padding=1)),
-    (1, 4, 10, 13, 6, 3, 2, dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1))),
-    (2, 6, 13, 10, 4, 5, 3, dict(stride=3, padding=2, dilation=2)),
-    (1, 8, 12, 12, 8, 4, 4, dict(padding="same")),
-    (1, 8, 12, 12, 8, 4, 3, dict(padding="same", dilation=(1, 3))),
-    (1, 5, 7, 9, 7, 3, 3, dict(padding="valid")),
-    (2, 8, 9, 9, 12, 3, 3, dict(groups=4, padding=1)),
-    (2, 8, 9, 9, 8, 3, 3, dict(groups=8, padding=1)),             # depthwise
-    (1, 6, 11, 11, 12, 3, 3, dict(groups=6, stride=2, padding=1)),  # depthwise multiplier 2
-    (2, 16, 8, 8, 16, 1, 1, dict()),
-    (1, 4, 6, 6, 3, 6, 6, dict()),                                # kernel = input
-    (1, 3, 5, 5, 4, 3, 3, dict(padding=4)),                       # padding > kernel
-    (1, 2, 1, 1, 3, 1, 1, dict()),
-]
-
-
 @pytest.mark.parametrize("backend,algo", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", GRID, ids=lambda c: f"{c[:7]}{c[7]}")
@@ -109,6 +82,30 @@ def test_real_layers(backend, algo, layer):
     _, N, C, H, W, K, R, S, stride, padding, groups = layer
     check(backend, algo, torch.float32, N, C, H, W, K, R, S, bias=False, stride=stride, padding=padding,
           groups=groups)
+
+
+# ---- the kernel-table testbed (tests/testbed.py) over every backend instance that runs here: the
+# CPU backends on every case, algorithm and dtype; the CUDA kernels on the CPU launch emulator on a
+# thinned schedule (the emulator is slow). can_run prunes, with the backend's reason.
+
+def table_schedules():
+    """(backend instance, its runs): the CPU backends run everything, the emulator a thinned schedule."""
+    out = [(backends.REGISTRY[name], testbed.full) for name in ("cpp", "numba")]
+    out.append((backends.emulated(), testbed.emulator_runs))
+    return [(be, runs(be)) for be, runs in out if be.is_available()]
+
+
+# The emulated CUDA kernels held 5e-5 in float32 for every algorithm, Winograd included.
+TABLE_TOL32 = {"cuda_emu": 5e-5}
+
+
+TABLE_RUNS = [pytest.param(be, *run, id=f"{be.name}-{testbed.run_id(run)}")
+              for be, runs in table_schedules() for run in runs]
+
+
+@pytest.mark.parametrize("backend,algo,dtype,case", TABLE_RUNS)
+def test_table(backend, algo, dtype, case):
+    testbed.check_table(backend, algo, dtype, case, tol32=TABLE_TOL32.get(backend.name))
 
 
 @st.composite

@@ -1,44 +1,27 @@
 """The CUDA C++ kernels (csrc/cuda) on the CPU launch emulator: the unchanged kernel sources,
 compiled by g++ and run with one std::thread per CUDA thread, a real barrier for __syncthreads and
-per-block shared memory. Forward and every gradient against torch, float32 and float64, through the
-cuda backend's kernel table (pyconv.backends.cuda_emu). Small grids: the emulator is slow."""
+per-block shared memory, through the cuda backend class over the emulator (pyconv.backends.emulated()).
+Convolution against torch runs in the shared testbed (tests/testbed.py via test_conv2d.py::test_table);
+here: the emulator itself, workspaces and split-K, binding checks, pooling, batch norm and the
+conv-BN-ReLU pieces, float32 and float64. Small grids: the emulator is slow."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pyconv import _args
+import checks
+from pyconv import _args, backends
 from pyconv._errors import PyConvError
-from pyconv.autotune import winograd_tile
+from pyconv.problem import winograd_tile
 
-emu = pytest.importorskip("pyconv.backends.cuda_emu")
+emu = backends.emulated()
+if not emu.is_available():
+    pytest.skip(f"the CUDA launch emulator: {emu.unavailable_reason()}", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.float64]
 NAN = float("nan")
 
-# (N, C, H, W, K, R, S, kwargs): strides, paddings, dilations, groups, depthwise, 1x1, kernel = input.
-CONV_CASES = [
-    (2, 3, 9, 11, 5, 3, 3, dict(padding=1)),
-    (1, 4, 10, 13, 6, 3, 2, dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1))),
-    (2, 6, 11, 10, 4, 5, 3, dict(stride=3, padding=2, dilation=2)),
-    (2, 8, 7, 7, 12, 3, 3, dict(groups=4, padding=1, stride=2)),
-    (1, 6, 9, 9, 6, 3, 3, dict(groups=6, padding=1)),  # depthwise
-    (2, 16, 6, 6, 70, 1, 1, dict()),                   # 1x1, K > one 64-row tile
-    (1, 3, 5, 5, 4, 5, 5, dict()),                      # kernel = input
-    (3, 5, 8, 8, 7, 3, 3, dict(padding=(1, 2))),        # N*P*Q long enough for a split-K wgrad
-]
-
-
-def tol(dtype):
-    return 1e-9 if dtype == torch.float64 else 5e-5
-
-
 def assert_close(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values (an element was not written)"
-    if expected.numel() == 0:
-        return
-    err = (actual.double() - expected.double()).norm() / max(expected.double().norm().item(), 1e-30)
-    assert err <= tol(dtype), f"{what}: relative error {err:.3g}"
+    checks.assert_close(actual, expected, dtype, what, kind="gpu")
 
 
 def nan_like(t, shape=None):
@@ -49,45 +32,6 @@ def conv_shape(x, w, kw):
     p = _args.conv2d_params(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
                             kw.get("groups", 1))
     return _args.conv2d_shape(x, w, None, p)
-
-
-def run_conv(table, algo, dtype, case, device="cpu"):
-    N, C, H, W, K, R, S, kw = case
-    g = kw.get("groups", 1)
-    x = torch.randn(N, C, H, W, dtype=dtype, device=device)
-    w = torch.randn(K, C // g, R, S, dtype=dtype, device=device)
-    b = torch.randn(K, dtype=dtype, device=device)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    yr = F.conv2d(*leaves, **kw)
-    gy = torch.randn_like(yr)
-    gxr, gwr, gbr = torch.autograd.grad(yr, leaves, gy)
-    shape = conv_shape(x, w, kw)
-    y, gx, gw, gb = nan_like(yr).to(device), nan_like(x).to(device), nan_like(w).to(device), nan_like(b).to(device)
-    table.conv2d_forward(x, w, b, y, shape, algo)
-    table.conv2d_backward_input(gy, w, gx, shape, algo)
-    table.conv2d_backward_weight(x, gy, gw, gb, shape, algo)
-    for name, a, e in (("output", y, yr), ("grad_input", gx, gxr), ("grad_weight", gw, gwr), ("grad_bias", gb, gbr)):
-        assert_close(a.cpu(), e.detach().cpu(), dtype, f"{algo} {name}")
-
-
-@pytest.mark.parametrize("algo", ["direct", "im2col"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[:7]}{c[7]}")
-def test_conv2d(case, dtype, algo):
-    run_conv(emu, algo, dtype, case)
-
-
-# Around the 64 x 64 implicit-GEMM tile: M = K and N*P*Q exactly one tile, and one past it.
-TILE_EDGE_CASES = [
-    (1, 3, 8, 8, 64, 1, 1, dict()),
-    (1, 2, 5, 13, 65, 1, 1, dict()),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", TILE_EDGE_CASES, ids=lambda c: f"{c[:7]}")
-def test_conv2d_igemm_tile_edges(case, dtype):
-    run_conv(emu, "im2col", dtype, case)
 
 
 def test_conv2d_no_bias_and_partial_grads():
@@ -105,15 +49,15 @@ def test_conv2d_no_bias_and_partial_grads():
 def test_igemm_wgrad_split_k_is_deterministic_and_uses_barriers():
     x, w = torch.randn(3, 5, 8, 8), torch.randn(7, 5, 3, 3)
     shape = conv_shape(x, w, dict(padding=1))
-    assert emu._C_cuda_emu.conv2d_backward_weight_workspace("im2col", tuple(shape)) > 0, "expected split-K"
+    assert emu.lib.conv2d_backward_weight_workspace("im2col", tuple(shape)) > 0, "expected split-K"
     gy = torch.randn(3, 7, 8, 8)
-    before = emu.stats()
+    before = emu.lib.stats()
     outs = []
     for _ in range(2):
         gw = nan_like(w)
         emu.conv2d_backward_weight(x, gy, gw, None, shape, "im2col")
         outs.append(gw)
-    after = emu.stats()
+    after = emu.lib.stats()
     assert torch.equal(outs[0], outs[1])
     assert after["launches"] - before["launches"] == 4  # GEMM + split-K sum, twice
     assert after["syncs"] > before["syncs"]
@@ -125,48 +69,24 @@ def test_binding_checks_raise_pyconv_error():
     with pytest.raises(PyConvError, match="elements"):
         emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 4), shape, "direct")
     with pytest.raises(PyConvError, match="aligned"):
-        emu._C_cuda_emu.conv2d_forward("direct", "float32", tuple(shape), (x.data_ptr() + 1, x.numel()),
+        emu.lib.conv2d_forward("direct", "float32", tuple(shape), (x.data_ptr() + 1, x.numel()),
                                        (w.data_ptr(), w.numel()), None, (0, 0), 0)
     with pytest.raises(PyConvError, match="inconsistent"):
-        emu._C_cuda_emu.conv2d_forward("direct", "float32", tuple(shape._replace(P=6)), (x.data_ptr(), x.numel()),
+        emu.lib.conv2d_forward("direct", "float32", tuple(shape._replace(P=6)), (x.data_ptr(), x.numel()),
                                        (w.data_ptr(), w.numel()), None, (0, 0), 0)
-    with pytest.raises(NotImplementedError):
-        emu.conv2d_forward(x, w, None, torch.empty(1, 3, 3, 3), shape, "fft")
+    assert "fft" in emu.can_run("conv2d_forward", "fft", shape)
 
 
 # ------------------------------------------------------------------------- Winograd F(m x m, 3 x 3) ---
-# 3x3 stride-1 only. P, Q not multiples of the tile, padding 0/1/2 (grad-input then pads 2, 1, 0),
-# asymmetric padding, groups, a reduction longer than one BK slab (Cin = 9), and a grad-weight whose
-# tile reduction is split (72 tiles of 2x2).
-WINOGRAD_CASES = [
-    (2, 3, 7, 9, 5, 3, 3, dict(padding=1)),
-    (1, 4, 9, 6, 3, 3, 3, dict()),
-    (1, 2, 6, 7, 3, 3, 3, dict(padding=2)),
-    (1, 9, 5, 8, 4, 3, 3, dict(padding=(0, 2))),
-    (2, 4, 6, 5, 6, 3, 3, dict(groups=2, padding=1)),
-    (2, 3, 12, 12, 4, 3, 3, dict(padding=1)),
-]
-
-
-# Each case runs both tiles, one per dtype, alternating, so every (tile, dtype) pair meets half of the
-# cases (the emulator runs a 256-thread GEMM block per (xi, group) pair: the full grid is too slow).
-WINOGRAD_RUNS = [(case, dtype, ("winograd_2x2", "winograd_4x4")[(i + j) % 2])
-                 for i, case in enumerate(WINOGRAD_CASES) for j, dtype in enumerate(DTYPES)]
-WINOGRAD_RUNS.append((WINOGRAD_CASES[1], torch.float32, "winograd"))  # the alias (P = 7: 2x2 tiles)
-
-
-@pytest.mark.parametrize("case,dtype,algo", WINOGRAD_RUNS,
-                         ids=lambda v: f"{v[:7]}{v[7]}" if isinstance(v, tuple) else str(v).replace("torch.", ""))
-def test_conv2d_winograd(case, dtype, algo):
-    run_conv(emu, algo, dtype, case)
-
+# Forward and gradients of every algorithm against torch run in the shared testbed
+# (tests/testbed.py, from tests/test_conv2d.py::test_table); here the emulator-specific checks.
 
 def test_winograd_tile_choice_and_split_k():
-    lib = emu._C_cuda_emu
+    lib = emu.lib
     x, w = torch.randn(2, 3, 12, 12), torch.randn(4, 3, 3, 3)
     big, small = conv_shape(x, w, dict(padding=1)), conv_shape(x[:, :, :7, :7], w, dict(padding=1))
     wide = conv_shape(torch.randn(1, 3, 16, 17), w, dict(padding=1))
-    # The binding takes the tile from pyconv.autotune.winograd_tile: 4x4 from min(P, Q) >= 16 on.
+    # The binding takes the tile from pyconv.problem.winograd_tile: 4x4 from min(P, Q) >= 16 on.
     assert [winograd_tile("winograd", s) for s in (wide, big, small)] == [4, 2, 2]
     # forward 2x2: U 16*4*3 + V 16*3*72 + M 16*4*72; grad-weight: 2 splits of the 72 tiles; the
     # workspace holds (m+2)^2 positions.
@@ -195,7 +115,7 @@ def test_winograd_no_bias_bias_grad_only_and_empty_batch():
     emu.conv2d_backward_weight(x, gy, None, gb, shape, "winograd")
     assert_close(gb, gy.sum((0, 2, 3)), torch.float64, "winograd grad_bias alone")
     # Every workspace element read is written first: a NaN-filled workspace changes nothing.
-    lib, buf = emu._C_cuda_emu, (lambda t: (t.data_ptr(), t.numel()))  # noqa: E731
+    lib, buf = emu.lib, (lambda t: (t.data_ptr(), t.numel()))  # noqa: E731
     for pass_, call in (("forward", lambda ws: lib.conv2d_winograd_forward(
                             4, "float64", tuple(shape), buf(x), buf(w), None, buf(y), buf(ws), 0)),
                         ("backward_weight", lambda ws: lib.conv2d_winograd_backward_weight(
@@ -224,7 +144,9 @@ def test_winograd_rejects_other_shapes(kw, why):
     shape = conv_shape(x, w, kw)
     y = torch.empty(1, 3, shape.P, shape.Q)
     for algo in ("winograd", "winograd_2x2", "winograd_4x4"):
-        with pytest.raises(PyConvError, match=f"algo='{algo}' cannot run this convolution: it needs .*{why}"):
+        assert f"it needs {'a ' if why == '3x3 kernel' else ''}{why}" in emu.can_run("conv2d_forward", algo, shape)
+        # the binding guards memory on its own, whoever calls the table
+        with pytest.raises(PyConvError, match=f"cannot run this convolution: it needs .*{why}"):
             emu.conv2d_forward(x, w, None, y, shape, algo)
         with pytest.raises(PyConvError, match="cannot run this convolution"):
             emu.conv2d_backward_input(torch.randn_like(y), w, torch.empty_like(x), shape, algo)
@@ -244,31 +166,31 @@ def test_grid_limit_raises():
 # Test-only kernels (csrc/cuda_emu/emu_selftest.cpp) pinning down the execution model it provides.
 
 def test_emulator_barrier_and_shared_memory():
-    out = emu._C_cuda_emu.selftest_reverse(3, 128)
+    out = emu.lib.selftest_reverse(3, 128)
     assert out == [float(b * 128 + 127 - t) for b in range(3) for t in range(128)]
 
 
 def test_emulator_unwritten_shared_memory_reads_nan():
-    assert all(v != v for v in emu._C_cuda_emu.selftest_unwritten_shared())
+    assert all(v != v for v in emu.lib.selftest_unwritten_shared())
 
 
 def test_emulator_exited_threads_leave_the_barrier():
-    assert emu._C_cuda_emu.selftest_early_exit(64) == list(range(31, -1, -1))
+    assert emu.lib.selftest_early_exit(64) == list(range(31, -1, -1))
 
 
 def test_emulator_builtins():
-    out = emu._C_cuda_emu.selftest_builtins(3, 2, 2, 5)
+    out = emu.lib.selftest_builtins(3, 2, 2, 5)
     rows = [tuple(out[i:i + 4]) for i in range(0, len(out), 4)]
     assert rows == [(bx, by, bz, t) for bz in range(2) for by in range(2) for bx in range(3) for t in range(5)]
 
 
 def test_emulator_refuses_what_cuda_refuses():
     with pytest.raises(PyConvError, match="shared"):
-        emu._C_cuda_emu.selftest_shared_overflow()
+        emu.lib.selftest_shared_overflow()
     with pytest.raises(PyConvError, match="invalid configuration"):
-        emu._C_cuda_emu.selftest_launch(1, 1, 1, 2048)  # more than 1024 threads per block
+        emu.lib.selftest_launch(1, 1, 1, 2048)  # more than 1024 threads per block
     with pytest.raises(PyConvError, match="invalid configuration"):
-        emu._C_cuda_emu.selftest_launch(1, 70000, 1, 32)  # gridDim.y > 65535
+        emu.lib.selftest_launch(1, 70000, 1, 32)  # gridDim.y > 65535
 
 
 # ------------------------------------------------------------------------------------ pooling ---
@@ -292,7 +214,8 @@ def pool_case(case, dtype, op):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", POOL_CASES)
-def test_max_pool2d(case, dtype, table=emu, device="cpu"):
+def test_max_pool2d(case, dtype):
+    table, device = emu, "cpu"
     x, kw, dil, shape = pool_case(case, dtype, "max_pool2d")
     xr = x.clone().requires_grad_()
     yr, ir = F.max_pool2d(xr, dilation=dil, return_indices=True, **{k: v for k, v in kw.items() if v is not None})
@@ -309,7 +232,8 @@ def test_max_pool2d(case, dtype, table=emu, device="cpu"):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cip,div", [(True, None), (False, None), (True, 3)])
 @pytest.mark.parametrize("case", POOL_CASES)
-def test_avg_pool2d(case, cip, div, dtype, table=emu, device="cpu"):
+def test_avg_pool2d(case, cip, div, dtype):
+    table, device = emu, "cpu"
     x, kw, _, shape = pool_case(case, dtype, "avg_pool2d")
     xr = x.clone().requires_grad_()
     yr = F.avg_pool2d(xr, count_include_pad=cip, divisor_override=div, **{k: v for k, v in kw.items() if v is not None})
@@ -329,7 +253,8 @@ def test_avg_pool2d(case, cip, div, dtype, table=emu, device="cpu"):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("size", [(4, 3, 5, 7), (300, 2), (2, 5, 3)])
-def test_batch_norm(size, affine, training, dtype, table=emu, device="cpu"):
+def test_batch_norm(size, affine, training, dtype):
+    table, device = emu, "cpu"
     C = size[1]
     x = torch.randn(*size, dtype=dtype) * 3 + 1
     w = torch.randn(C, dtype=dtype) if affine else None
@@ -377,7 +302,7 @@ def test_relu(n, offset, dtype):
     gz = torch.randn(n + offset, dtype=dtype)[offset:]
     expected = torch.relu(x)
     z = x.clone() if offset == 0 else torch.empty(n + offset, dtype=dtype)[offset:].copy_(x)
-    emu.relu_forward(z)
+    emu.activation_forward(z, None, "relu")
     assert torch.equal(z.isnan(), expected.isnan()) and torch.equal(z.nan_to_num(), expected.nan_to_num())
     zl = x.clone().requires_grad_()
     (gref,) = torch.autograd.grad(torch.relu(zl), zl, gz)

@@ -12,14 +12,15 @@ from pyconv.ops import common
 
 @pytest.fixture
 def direct_calls(monkeypatch):
-    """Counts the calls that bypass the dispatcher (the dispatcher keeps its own reference to each
-    implementation, so wrapping the table entry sees only call()'s direct path)."""
+    """Counts, per op, the calls that bypass the dispatcher (call()'s direct path: the registered
+    implementation, or the kernel step of arguments the functional layer already planned)."""
     counts = {}
-    for name, fn in list(common._IMPLS.items()):
-        def counted(*args, _fn=fn, _name=name):
-            counts[_name] = counts.get(_name, 0) + 1
-            return _fn(*args)
-        monkeypatch.setitem(common._IMPLS, name, counted)
+    direct = common._direct
+
+    def counted(name, args, planned):
+        counts[name] = counts.get(name, 0) + 1
+        return direct(name, args, planned)
+    monkeypatch.setattr(common, "_direct", counted)
     return counts
 
 

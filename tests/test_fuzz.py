@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import pyconv
 import pyconv.functional as PF
 from pyconv import PyConvError, backends
-from pyconv.autotune import winograd_unsupported
+from pyconv import problem
+from pyconv.problem import winograd_unsupported
 from pyconv._args import ConvShape
 
 CPP_EXAMPLES = max(60, settings.default.max_examples)
 NUMBA_EXAMPLES = max(12, settings.default.max_examples // 5)
-HAS_NUMBA = "numba" in pyconv.available_backends() and bool(backends.load("numba").CONV_ALGOS)
+HAS_NUMBA = "numba" in pyconv.available_backends() and bool(backends.load("numba").conv_algos)
 FUZZ_BACKENDS = [pytest.param("cpp", id="cpp"),
                  pytest.param("numba", id="numba",
                               marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba backend unavailable"))]
@@ -169,7 +170,7 @@ def has_nonfinite(*ts):
 
 # -------------------------------------------------------------------------------------- conv2d ---
 
-CONV_ALGOS = ["auto", "direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4"]
+CONV_ALGOS = list(problem.ALGOS)
 
 
 @st.composite

@@ -14,6 +14,7 @@ import pyconv
 import pyconv.functional as PF
 import pyconv.nn as PN
 from pyconv import backends
+import checks
 from problems import EDGE_WIDTHS
 
 DTYPES = [torch.float32, torch.float64]
@@ -21,22 +22,8 @@ BACKENDS = [b for b in pyconv.available_backends()
             if backends.REGISTRY[b].device == "cpu" and hasattr(backends.load(b), "max_pool2d_forward")]
 
 
-def tol(dtype):
-    return 1e-12 if dtype == torch.float64 else 1e-6
-
-
 def assert_close(actual, expected, dtype, what=""):
-    """Norm-wise relative error; non-finite values must sit at the same places."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert torch.equal(torch.isnan(actual), torch.isnan(expected)), f"{what}: NaNs differ"
-    fin = torch.isfinite(expected)
-    assert torch.equal(actual[~fin & ~torch.isnan(expected)], expected[~fin & ~torch.isnan(expected)]), \
-        f"{what}: infinities differ"
-    a, e = actual[fin].double(), expected[fin].double()
-    if e.numel() == 0:
-        return
-    err = (a - e).norm() / max(e.norm().item(), 1e-30)
-    assert err <= tol(dtype), f"{what}: relative error {err:.3g}"
+    checks.assert_close(actual, expected, dtype, what, kind="pool")
 
 
 def check_max(backend, dtype, x, **kw):

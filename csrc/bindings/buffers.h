@@ -52,15 +52,4 @@ T* opt_out_buffer(const py::object& a, const char* name, int64_t numel) {
   return out_buffer<T>(arr, name, numel);
 }
 
-// Products of sizes, refusing values whose product could overflow int64.
-inline int64_t checked_numel(std::initializer_list<int64_t> dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) {
-    PYCONV_CHECK(d >= 0, "negative size ", d);
-    PYCONV_CHECK(d == 0 || n <= INT64_MAX / d, "size product overflows int64");
-    n *= d;
-  }
-  return n;
-}
-
 }  // namespace pyconv

@@ -1,4 +1,4 @@
-// Bindings of the ReLU kernels used by the fused conv-BN-ReLU op.
+// Bindings of the activation kernels of the fused ops.
 #include <pybind11/pybind11.h>
 
 #include "bindings/buffers.h"
@@ -9,11 +9,14 @@ namespace pyconv {
 namespace {
 
 template <typename T>
-void relu_fwd(py::array& x) {
-  T* p = out_buffer<T>(x, "input", static_cast<int64_t>(x.size()));
+void activation_fwd(py::array& x, const py::object& residual, int act) {
   const int64_t n = static_cast<int64_t>(x.size());
+  T* p = out_buffer<T>(x, "input", n);
+  const T* r = opt_in_buffer<T>(residual, "residual", n);
+  PYCONV_CHECK(act >= kActNone && act <= kActRelu6, "activation: index ", act,
+               " is not 0 (none), 1 (relu) or 2 (relu6)");
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(relu_forward<T>)(p, n);
+  PYCONV_ISA_FN(activation_forward<T>)(p, r, act, n);
 }
 
 template <typename T>
@@ -29,10 +32,11 @@ void relu_bwd(const py::array& gz, const py::array& z, py::array& gx) {
 }  // namespace
 
 void bind_relu(py::module_& m) {
-  m.def("relu_forward", [](py::array& x) {
-    if (dtype_of(x, "input") == DType::f32) return relu_fwd<float>(x);
-    return relu_fwd<double>(x);
-  }, py::arg("x"), "x = max(x, 0) in place (NaN propagates).");
+  m.def("activation_forward", [](py::array& x, const py::object& residual, int act) {
+    if (dtype_of(x, "input") == DType::f32) return activation_fwd<float>(x, residual, act);
+    return activation_fwd<double>(x, residual, act);
+  }, py::arg("x"), py::arg("residual"), py::arg("activation"),
+  "x = act(x + residual) in place; residual may be None; act: 0 none, 1 relu, 2 relu6 (NaN propagates).");
   m.def("relu_backward", [](const py::array& gz, const py::array& z, py::array& gx) {
     if (dtype_of(z, "output") == DType::f32) return relu_bwd<float>(gz, z, gx);
     return relu_bwd<double>(gz, z, gx);

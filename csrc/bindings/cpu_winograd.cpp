@@ -2,6 +2,8 @@
 // released, ISA dispatch.
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "bindings/buffers.h"
 #include "cpu/batch_norm.h"
 #include "cpu/winograd.h"
@@ -27,16 +29,26 @@ WinogradBuffers winograd_sizes(const ConvShape& s, int m) {
 
 template <typename T>
 void forward(const ConvShape& s, int m, const py::array& x, const py::array& w, const py::object& b,
-             py::array& y, const py::object& stats) {
+             py::array& y, const py::object& stats, const py::object& prepared) {
   const WinogradBuffers n = winograd_sizes(s, m);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
+  const T* up = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(winograd_filters_numel<T>)(s, m));
   T* yp = out_buffer<T>(y, "output", n.y);
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(winograd_forward<T>)(s, m, xp, wp, bp, yp);
+  PYCONV_ISA_FN(winograd_forward<T>)(s, m, xp, wp, up, bp, yp);
   if (sp) PYCONV_ISA_FN(channel_sums<T>)(BatchNormShape{s.N, s.K, s.P * s.Q}, yp, sp);  // no epilogue hook
+}
+
+template <typename T>
+void prepare_filters(const ConvShape& s, int m, const py::array& w, py::array& u) {
+  const WinogradBuffers n = winograd_sizes(s, m);
+  const T* wp = in_buffer<T>(w, "weight", n.w);
+  T* up = out_buffer<T>(u, "prepared", PYCONV_ISA_FN(winograd_filters_numel<T>)(s, m));
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(winograd_prepare_filters<T>)(s, m, wp, up);
 }
 
 template <typename T>
@@ -65,11 +77,24 @@ void backward_weight(const ConvShape& s, int m, const py::array& x, const py::ar
 
 void bind_winograd(py::module_& m) {
   m.def("conv_winograd_forward", [](const ConvShape& s, int tile, const py::array& x, const py::array& w,
-                                    const py::object& b, py::array& y, const py::object& stats) {
-    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y, stats);
-    return forward<double>(s, tile, x, w, b, y, stats);
+                                    const py::object& b, py::array& y, const py::object& stats,
+                                    const py::object& prepared) {
+    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y, stats, prepared);
+    return forward<double>(s, tile, x, w, b, y, stats, prepared);
   }, py::arg("shape"), py::arg("tile"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
-     py::arg("stats") = py::none());
+     py::arg("stats") = py::none(), py::arg("prepared") = py::none());
+  m.def("conv_winograd_filters_numel", [](const ConvShape& s, int tile, const std::string& dtype) {
+    winograd_sizes(s, tile);
+    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
+    return dtype == "float32" ? PYCONV_ISA_FN(winograd_filters_numel<float>)(s, tile)
+                              : PYCONV_ISA_FN(winograd_filters_numel<double>)(s, tile);
+  }, py::arg("shape"), py::arg("tile"), py::arg("dtype"),
+     "Elements of the transformed filters for inference (their layout depends on the dtype and the ISA).");
+  m.def("conv_winograd_prepare_filters", [](const ConvShape& s, int tile, const py::array& w, py::array& u) {
+    if (dtype_of(w, "weight") == DType::f32) return prepare_filters<float>(s, tile, w, u);
+    return prepare_filters<double>(s, tile, w, u);
+  }, py::arg("shape"), py::arg("tile"), py::arg("weight"), py::arg("prepared"),
+     "prepared <- the filters transformed for conv_winograd_forward(prepared=...).");
   m.def("conv_winograd_backward_input", [](const ConvShape& s, int tile, const py::array& gy, const py::array& w,
                                            py::array& gx) {
     if (dtype_of(gy, "grad_output") == DType::f32) return backward_input<float>(s, tile, gy, w, gx);

@@ -20,22 +20,13 @@ using kern::stream_t;
 
 namespace {
 
-enum class DT { f32, f64 };
-
-DT parse_dtype(const std::string& d) {
-  if (d == "float32") return DT::f32;
-  if (d == "float64") return DT::f64;
-  fail("dtype ", d, " is not supported; expected float32 or float64");
-}
-
-int64_t numel_of(std::initializer_list<int64_t> dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) {
-    PYCONV_CHECK(d >= 0, "negative size ", d);
-    PYCONV_CHECK(d == 0 || n <= INT64_MAX / d, "size product overflows int64");
-    n *= d;
-  }
-  return n;
+// The float / double dispatch of every entry point (our AT_DISPATCH): calls f(float{}) or
+// f(double{}) for the dtype name; f takes the element type as decltype of its argument.
+template <typename F>
+void dispatch_dtype(const std::string& dt, F&& f) {
+  if (dt == "float32") return f(float{});
+  if (dt == "float64") return f(double{});
+  fail("dtype ", dt, " is not supported; expected float32 or float64");
 }
 
 // (address, numel) -> typed pointer; None -> nullptr when the buffer is optional.
@@ -92,10 +83,10 @@ Algo parse_algo(const std::string& a) {
 template <typename T>
 void conv_fwd(Algo algo, const ConvShape& s, const py::object& x, const py::object& w, const py::object& b,
               const py::object& y, uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", checked_numel({s.K, s.C / s.G, s.R, s.S}));
   const T* bp = buffer<const T>(b, "bias", s.K, true);
-  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* yp = buffer<T>(y, "output", checked_numel({s.N, s.K, s.P, s.Q}));
   py::gil_scoped_release nogil;
   if (algo == Algo::direct) kern::conv_direct_fprop<T>(s, xp, wp, bp, yp, stream_of(stream));
   else kern::conv_igemm_fprop<T>(s, xp, wp, bp, yp, stream_of(stream));
@@ -104,9 +95,9 @@ void conv_fwd(Algo algo, const ConvShape& s, const py::object& x, const py::obje
 template <typename T>
 void conv_bwd_input(Algo algo, const ConvShape& s, const py::object& gy, const py::object& w, const py::object& gx,
                     uintptr_t stream) {
-  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
-  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
-  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", checked_numel({s.N, s.K, s.P, s.Q}));
+  const T* wp = buffer<const T>(w, "weight", checked_numel({s.K, s.C / s.G, s.R, s.S}));
+  T* gxp = buffer<T>(gx, "grad_input", checked_numel({s.N, s.C, s.H, s.W}));
   py::gil_scoped_release nogil;
   if (algo == Algo::direct) kern::conv_direct_dgrad<T>(s, gyp, wp, gxp, stream_of(stream));
   else kern::conv_igemm_dgrad<T>(s, gyp, wp, gxp, stream_of(stream));
@@ -115,9 +106,9 @@ void conv_bwd_input(Algo algo, const ConvShape& s, const py::object& gy, const p
 template <typename T>
 void conv_bwd_weight(Algo algo, const ConvShape& s, const py::object& x, const py::object& gy, const py::object& gw,
                      const py::object& gb, const py::object& ws, uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
-  T* gwp = buffer<T>(gw, "grad_weight", numel_of({s.K, s.C / s.G, s.R, s.S}), true);
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", checked_numel({s.N, s.K, s.P, s.Q}));
+  T* gwp = buffer<T>(gw, "grad_weight", checked_numel({s.K, s.C / s.G, s.R, s.S}), true);
   T* gbp = buffer<T>(gb, "grad_bias", s.K, true);
   const int64_t ws_need = algo == Algo::igemm && gwp ? kern::conv_igemm_wgrad_workspace(s) : 0;
   T* wsp = ws_need ? buffer<T>(ws, "workspace", ws_need) : nullptr;
@@ -129,8 +120,8 @@ void conv_bwd_weight(Algo algo, const ConvShape& s, const py::object& x, const p
 template <typename T>
 void max_fwd(const kern::PoolDims& s, const py::object& x, const py::object& y, const py::object& idx,
              uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const int64_t out = numel_of({s.N, s.C, s.P, s.Q});
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const int64_t out = checked_numel({s.N, s.C, s.P, s.Q});
   T* yp = buffer<T>(y, "output", out);
   int64_t* ip = buffer<int64_t>(idx, "indices", out);
   py::gil_scoped_release nogil;
@@ -140,10 +131,10 @@ void max_fwd(const kern::PoolDims& s, const py::object& x, const py::object& y, 
 template <typename T>
 void max_bwd(const kern::PoolDims& s, const py::object& gy, const py::object& idx, const py::object& gx,
              uintptr_t stream) {
-  const int64_t out = numel_of({s.N, s.C, s.P, s.Q});
+  const int64_t out = checked_numel({s.N, s.C, s.P, s.Q});
   const T* gyp = buffer<const T>(gy, "grad_output", out);
   const int64_t* ip = buffer<const int64_t>(idx, "indices", out);
-  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  T* gxp = buffer<T>(gx, "grad_input", checked_numel({s.N, s.C, s.H, s.W}));
   py::gil_scoped_release nogil;
   kern::max_pool_bprop<T>(s, gyp, ip, gxp, stream_of(stream));
 }
@@ -152,8 +143,8 @@ template <typename T>
 void avg_fwd(const kern::PoolDims& s, const py::object& x, const py::object& y, bool cip, int64_t div,
              uintptr_t stream) {
   PYCONV_CHECK(div >= 0, "divisor_override=", div, ": expected a positive divisor (0 = none)");
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  T* yp = buffer<T>(y, "output", numel_of({s.N, s.C, s.P, s.Q}));
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  T* yp = buffer<T>(y, "output", checked_numel({s.N, s.C, s.P, s.Q}));
   py::gil_scoped_release nogil;
   kern::avg_pool_fprop<T>(s, xp, yp, cip, div, stream_of(stream));
 }
@@ -162,8 +153,8 @@ template <typename T>
 void avg_bwd(const kern::PoolDims& s, const py::object& gy, const py::object& gx, bool cip, int64_t div,
              uintptr_t stream) {
   PYCONV_CHECK(div >= 0, "divisor_override=", div, ": expected a positive divisor (0 = none)");
-  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.C, s.P, s.Q}));
-  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", checked_numel({s.N, s.C, s.P, s.Q}));
+  T* gxp = buffer<T>(gx, "grad_input", checked_numel({s.N, s.C, s.H, s.W}));
   py::gil_scoped_release nogil;
   kern::avg_pool_bprop<T>(s, gyp, gxp, cip, div, stream_of(stream));
 }
@@ -173,7 +164,7 @@ void bn_fwd(const kern::BatchNormDims& s, const py::object& x, const py::object&
             const py::object& rm, const py::object& rv, const py::object& y, const py::object& sm,
             const py::object& si, bool training, double momentum, double eps, bool relu, const py::object& stats,
             uintptr_t stream) {
-  const int64_t n = numel_of({s.N, s.C, s.L});
+  const int64_t n = checked_numel({s.N, s.C, s.L});
   const T* xp = buffer<const T>(x, "input", n);
   const T* wp = buffer<const T>(w, "weight", s.C, true);
   const T* bp = buffer<const T>(b, "bias", s.C, true);
@@ -194,7 +185,7 @@ template <typename T>
 void bn_bwd(const kern::BatchNormDims& s, const py::object& gy, const py::object& x, const py::object& w,
             const py::object& sm, const py::object& si, const py::object& gx, const py::object& gw,
             const py::object& gb, const py::object& ws, const py::object& z, bool training, uintptr_t stream) {
-  const int64_t n = numel_of({s.N, s.C, s.L});
+  const int64_t n = checked_numel({s.N, s.C, s.L});
   const T* gyp = buffer<const T>(gy, "grad_output", n);
   const T* xp = buffer<const T>(x, "input", n);
   const T* wp = buffer<const T>(w, "weight", s.C, true);
@@ -212,11 +203,14 @@ void bn_bwd(const kern::BatchNormDims& s, const py::object& gy, const py::object
 // ---- conv-BN-ReLU fusion: ReLU kernels and the conv forward with per-channel output statistics ----
 
 template <typename T>
-void relu_fwd(int64_t n, const py::object& x, uintptr_t stream) {
-  PYCONV_CHECK(n >= 0, "relu: negative size ", n);
+void activation_fwd(int64_t n, const py::object& x, const py::object& residual, int act, uintptr_t stream) {
+  PYCONV_CHECK(n >= 0, "activation: negative size ", n);
+  PYCONV_CHECK(act >= kern::kActNone && act <= kern::kActRelu6, "activation: index ", act,
+               " is not 0 (none), 1 (relu) or 2 (relu6)");
   T* xp = buffer<T>(x, "input", n);
+  const T* rp = buffer<const T>(residual, "residual", n, true);
   py::gil_scoped_release nogil;
-  kern::relu_fprop<T>(n, xp, stream_of(stream));
+  kern::activation_fprop<T>(n, xp, rp, act, stream_of(stream));
 }
 
 template <typename T>
@@ -239,10 +233,10 @@ int64_t conv_stats_workspace(Algo algo, const ConvShape& s) {
 template <typename T>
 void conv_fwd_stats(Algo algo, const ConvShape& s, const py::object& x, const py::object& w, const py::object& b,
                     const py::object& y, const py::object& stats, const py::object& ws, uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", checked_numel({s.K, s.C / s.G, s.R, s.S}));
   const T* bp = buffer<const T>(b, "bias", s.K, true);
-  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* yp = buffer<T>(y, "output", checked_numel({s.N, s.K, s.P, s.Q}));
   double* stp = buffer<double>(stats, "stats", 2 * s.K);
   double* wsp = buffer<double>(ws, "workspace", conv_stats_workspace(algo, s));
   py::gil_scoped_release nogil;
@@ -253,7 +247,7 @@ void conv_fwd_stats(Algo algo, const ConvShape& s, const py::object& x, const py
 template <typename T>
 void conv_out_stats(const ConvShape& s, const py::object& y, const py::object& stats, const py::object& ws,
                     uintptr_t stream) {
-  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* yp = buffer<T>(y, "output", checked_numel({s.N, s.K, s.P, s.Q}));
   double* stp = buffer<double>(stats, "stats", 2 * s.K);
   double* wsp = buffer<double>(ws, "workspace", kern::conv_fprop_stats_workspace(s, false));
   py::gil_scoped_release nogil;
@@ -263,13 +257,11 @@ void conv_out_stats(const ConvShape& s, const py::object& y, const py::object& s
 void bind_fusion_ops(py::module_& m) {
   using A16 = std::array<int64_t, 16>;
   using O = const py::object&;
-  m.def("relu_forward", [](const std::string& dt, int64_t n, O x, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) relu_fwd<float>(n, x, stream);
-    else relu_fwd<double>(n, x, stream);
+  m.def("activation_forward", [](const std::string& dt, int64_t n, O x, O residual, int act, uintptr_t stream) {
+    dispatch_dtype(dt, [&](auto t) { activation_fwd<decltype(t)>(n, x, residual, act, stream); });
   });
   m.def("relu_backward", [](const std::string& dt, int64_t n, O gz, O z, O gx, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) relu_bwd<float>(n, gz, z, gx, stream);
-    else relu_bwd<double>(n, gz, z, gx, stream);
+    dispatch_dtype(dt, [&](auto t) { relu_bwd<decltype(t)>(n, gz, z, gx, stream); });
   });
   m.def("conv2d_forward_stats_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
     return conv_stats_workspace(parse_algo(algo), conv_shape(shape));
@@ -278,20 +270,18 @@ void bind_fusion_ops(py::module_& m) {
                                    O y, O stats, O ws, uintptr_t stream) {
     const Algo a = parse_algo(algo);
     const ConvShape s = conv_shape(shape);
-    if (parse_dtype(dt) == DT::f32) conv_fwd_stats<float>(a, s, x, w, b, y, stats, ws, stream);
-    else conv_fwd_stats<double>(a, s, x, w, b, y, stats, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { conv_fwd_stats<decltype(t)>(a, s, x, w, b, y, stats, ws, stream); });
   }, "conv2d_forward that also writes stats[0][k] = sum y, stats[1][k] = sum y^2 (float64).");
   m.def("conv2d_output_stats_workspace", [](const A16& shape) -> int64_t {
     return kern::conv_fprop_stats_workspace(conv_shape(shape), false);
   }, "Elements of the float64 workspace conv2d_output_stats needs.");
   m.def("conv2d_output_stats", [](const std::string& dt, const A16& shape, O y, O stats, O ws, uintptr_t stream) {
     const ConvShape s = conv_shape(shape);
-    if (parse_dtype(dt) == DT::f32) conv_out_stats<float>(s, y, stats, ws, stream);
-    else conv_out_stats<double>(s, y, stats, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { conv_out_stats<decltype(t)>(s, y, stats, ws, stream); });
   }, "stats[0][k] = sum y, stats[1][k] = sum y^2 (float64) of a conv output y already written.");
 }
 
-// ---- Winograd F(m x m, 3 x 3): the caller picks m (pyconv.autotune.winograd_tile, the one place
+// ---- Winograd F(m x m, 3 x 3): the caller picks m (pyconv.problem.winograd_tile, the one place
 // the tile rule lives); the shape must be 3x3, stride 1, dilation 1.
 ConvShape winograd_shape(int m, const std::array<int64_t, 16>& a) {
   PYCONV_CHECK(m == 2 || m == 4, "Winograd output tile m must be 2 or 4, got ", m);
@@ -321,10 +311,10 @@ T* winograd_ws(const py::object& ws, const ConvShape& s, int m, kern::WinogradPa
 template <typename T>
 void winograd_fwd(int m, const ConvShape& s, const py::object& x, const py::object& w,
                   const py::object& b, const py::object& y, const py::object& ws, uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const T* wp = buffer<const T>(w, "weight", checked_numel({s.K, s.C / s.G, s.R, s.S}));
   const T* bp = buffer<const T>(b, "bias", s.K, true);
-  T* yp = buffer<T>(y, "output", numel_of({s.N, s.K, s.P, s.Q}));
+  T* yp = buffer<T>(y, "output", checked_numel({s.N, s.K, s.P, s.Q}));
   T* wsp = winograd_ws<T>(ws, s, m, kern::WinogradPass::fprop);
   py::gil_scoped_release nogil;
   kern::conv_winograd_fprop<T>(s, m, xp, wp, bp, yp, wsp, stream_of(stream));
@@ -333,9 +323,9 @@ void winograd_fwd(int m, const ConvShape& s, const py::object& x, const py::obje
 template <typename T>
 void winograd_bwd_input(int m, const ConvShape& s, const py::object& gy, const py::object& w,
                         const py::object& gx, const py::object& ws, uintptr_t stream) {
-  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
-  const T* wp = buffer<const T>(w, "weight", numel_of({s.K, s.C / s.G, s.R, s.S}));
-  T* gxp = buffer<T>(gx, "grad_input", numel_of({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", checked_numel({s.N, s.K, s.P, s.Q}));
+  const T* wp = buffer<const T>(w, "weight", checked_numel({s.K, s.C / s.G, s.R, s.S}));
+  T* gxp = buffer<T>(gx, "grad_input", checked_numel({s.N, s.C, s.H, s.W}));
   T* wsp = winograd_ws<T>(ws, s, m, kern::WinogradPass::dgrad);
   py::gil_scoped_release nogil;
   kern::conv_winograd_dgrad<T>(s, m, gyp, wp, gxp, wsp, stream_of(stream));
@@ -344,9 +334,9 @@ void winograd_bwd_input(int m, const ConvShape& s, const py::object& gy, const p
 template <typename T>
 void winograd_bwd_weight(int m, const ConvShape& s, const py::object& x, const py::object& gy,
                          const py::object& gw, const py::object& gb, const py::object& ws, uintptr_t stream) {
-  const T* xp = buffer<const T>(x, "input", numel_of({s.N, s.C, s.H, s.W}));
-  const T* gyp = buffer<const T>(gy, "grad_output", numel_of({s.N, s.K, s.P, s.Q}));
-  T* gwp = buffer<T>(gw, "grad_weight", numel_of({s.K, s.C / s.G, s.R, s.S}), true);
+  const T* xp = buffer<const T>(x, "input", checked_numel({s.N, s.C, s.H, s.W}));
+  const T* gyp = buffer<const T>(gy, "grad_output", checked_numel({s.N, s.K, s.P, s.Q}));
+  T* gwp = buffer<T>(gw, "grad_weight", checked_numel({s.K, s.C / s.G, s.R, s.S}), true);
   T* gbp = buffer<T>(gb, "grad_bias", s.K, true);
   T* wsp = gwp ? winograd_ws<T>(ws, s, m, kern::WinogradPass::wgrad) : nullptr;
   py::gil_scoped_release nogil;
@@ -361,27 +351,23 @@ void bind_cuda_ops(py::module_& m) {
   using A14 = std::array<int64_t, 14>;
   using A3 = std::array<int64_t, 3>;
   using O = const py::object&;
-  m.attr("CONV_ALGOS") = py::make_tuple("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4");
   m.def("conv2d_forward", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O w, O b, O y,
                              uintptr_t stream) {
     const Algo a = parse_algo(algo);
     const ConvShape s = conv_shape(shape);
-    if (parse_dtype(dt) == DT::f32) conv_fwd<float>(a, s, x, w, b, y, stream);
-    else conv_fwd<double>(a, s, x, w, b, y, stream);
+    dispatch_dtype(dt, [&](auto t) { conv_fwd<decltype(t)>(a, s, x, w, b, y, stream); });
   });
   m.def("conv2d_backward_input", [](const std::string& algo, const std::string& dt, const A16& shape, O gy, O w,
                                     O gx, uintptr_t stream) {
     const Algo a = parse_algo(algo);
     const ConvShape s = conv_shape(shape);
-    if (parse_dtype(dt) == DT::f32) conv_bwd_input<float>(a, s, gy, w, gx, stream);
-    else conv_bwd_input<double>(a, s, gy, w, gx, stream);
+    dispatch_dtype(dt, [&](auto t) { conv_bwd_input<decltype(t)>(a, s, gy, w, gx, stream); });
   });
   m.def("conv2d_backward_weight", [](const std::string& algo, const std::string& dt, const A16& shape, O x, O gy,
                                      O gw, O gb, O ws, uintptr_t stream) {
     const Algo a = parse_algo(algo);
     const ConvShape s = conv_shape(shape);
-    if (parse_dtype(dt) == DT::f32) conv_bwd_weight<float>(a, s, x, gy, gw, gb, ws, stream);
-    else conv_bwd_weight<double>(a, s, x, gy, gw, gb, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { conv_bwd_weight<decltype(t)>(a, s, x, gy, gw, gb, ws, stream); });
   });
   m.def("conv2d_backward_weight_workspace", [](const std::string& algo, const A16& shape) -> int64_t {
     return parse_algo(algo) == Algo::igemm ? kern::conv_igemm_wgrad_workspace(conv_shape(shape)) : 0;
@@ -393,51 +379,44 @@ void bind_cuda_ops(py::module_& m) {
   m.def("conv2d_winograd_forward", [](int tile, const std::string& dt, const A16& shape, O x, O w,
                                       O b, O y, O ws, uintptr_t stream) {
     const ConvShape s = winograd_shape(tile, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_fwd<float>(tile, s, x, w, b, y, ws, stream);
-    else winograd_fwd<double>(tile, s, x, w, b, y, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { winograd_fwd<decltype(t)>(tile, s, x, w, b, y, ws, stream); });
   });
   m.def("conv2d_winograd_backward_input", [](int tile, const std::string& dt, const A16& shape,
                                              O gy, O w, O gx, O ws, uintptr_t stream) {
     const ConvShape s = winograd_shape(tile, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_bwd_input<float>(tile, s, gy, w, gx, ws, stream);
-    else winograd_bwd_input<double>(tile, s, gy, w, gx, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { winograd_bwd_input<decltype(t)>(tile, s, gy, w, gx, ws, stream); });
   });
   m.def("conv2d_winograd_backward_weight", [](int tile, const std::string& dt, const A16& shape,
                                               O x, O gy, O gw, O gb, O ws, uintptr_t stream) {
     const ConvShape s = winograd_shape(tile, shape);
-    if (parse_dtype(dt) == DT::f32) winograd_bwd_weight<float>(tile, s, x, gy, gw, gb, ws, stream);
-    else winograd_bwd_weight<double>(tile, s, x, gy, gw, gb, ws, stream);
+    dispatch_dtype(dt, [&](auto t) { winograd_bwd_weight<decltype(t)>(tile, s, x, gy, gw, gb, ws, stream); });
   });
   m.def("max_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, O idx, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) max_fwd<float>(pool_dims(shape), x, y, idx, stream);
-    else max_fwd<double>(pool_dims(shape), x, y, idx, stream);
+    dispatch_dtype(dt, [&](auto t) { max_fwd<decltype(t)>(pool_dims(shape), x, y, idx, stream); });
   });
   m.def("max_pool2d_backward", [](const std::string& dt, const A14& shape, O gy, O idx, O gx, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) max_bwd<float>(pool_dims(shape), gy, idx, gx, stream);
-    else max_bwd<double>(pool_dims(shape), gy, idx, gx, stream);
+    dispatch_dtype(dt, [&](auto t) { max_bwd<decltype(t)>(pool_dims(shape), gy, idx, gx, stream); });
   });
   m.def("avg_pool2d_forward", [](const std::string& dt, const A14& shape, O x, O y, bool cip, int64_t div,
                                  uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) avg_fwd<float>(pool_dims(shape), x, y, cip, div, stream);
-    else avg_fwd<double>(pool_dims(shape), x, y, cip, div, stream);
+    dispatch_dtype(dt, [&](auto t) { avg_fwd<decltype(t)>(pool_dims(shape), x, y, cip, div, stream); });
   });
   m.def("avg_pool2d_backward", [](const std::string& dt, const A14& shape, O gy, O gx, bool cip, int64_t div,
                                   uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32) avg_bwd<float>(pool_dims(shape), gy, gx, cip, div, stream);
-    else avg_bwd<double>(pool_dims(shape), gy, gx, cip, div, stream);
+    dispatch_dtype(dt, [&](auto t) { avg_bwd<decltype(t)>(pool_dims(shape), gy, gx, cip, div, stream); });
   });
   m.def("batch_norm_forward", [](const std::string& dt, const A3& shape, O x, O w, O b, O rm, O rv, O y, O sm,
                                  O si, bool training, double momentum, double eps, bool relu, O stats,
                                  uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32)
-      bn_fwd<float>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, relu, stats, stream);
-    else bn_fwd<double>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, relu, stats, stream);
+    dispatch_dtype(dt, [&](auto t) {
+      bn_fwd<decltype(t)>(bn_dims(shape), x, w, b, rm, rv, y, sm, si, training, momentum, eps, relu, stats, stream);
+    });
   });
   m.def("batch_norm_backward", [](const std::string& dt, const A3& shape, O gy, O x, O w, O sm, O si, O gx, O gw,
                                   O gb, O ws, O z, bool training, uintptr_t stream) {
-    if (parse_dtype(dt) == DT::f32)
-      bn_bwd<float>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, z, training, stream);
-    else bn_bwd<double>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, z, training, stream);
+    dispatch_dtype(dt, [&](auto t) {
+      bn_bwd<decltype(t)>(bn_dims(shape), gy, x, w, sm, si, gx, gw, gb, ws, z, training, stream);
+    });
   });
   bind_fusion_ops(m);
 }

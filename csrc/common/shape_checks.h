@@ -1,12 +1,25 @@
-// The native check of a ConvShape, shared by every binding (CPU, CUDA, emulator): sizes in range,
-// groups dividing the channels, and an output size torch would produce.
+// The native checks shared by every binding (CPU, CUDA, emulator): buffer sizes as overflow-checked
+// products, and a ConvShape with sizes in range, groups dividing the channels, and an output size
+// torch would produce.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 #include "common/error.h"
 #include "common/shapes.h"
 
 namespace pyconv {
+
+// Products of sizes, refusing values whose product could overflow int64.
+inline int64_t checked_numel(std::initializer_list<int64_t> dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    PYCONV_CHECK(d >= 0, "negative size ", d);
+    PYCONV_CHECK(d == 0 || n <= INT64_MAX / d, "size product overflows int64");
+    n *= d;
+  }
+  return n;
+}
 
 inline void check_conv_shape(const ConvShape& s) {
   PYCONV_CHECK(s.N >= 0 && s.C >= 0 && s.H >= 0 && s.W >= 0 && s.K >= 0, "ConvShape: negative size");

@@ -368,17 +368,7 @@ void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T*
 #pragma omp parallel for num_threads(nthr) schedule(static)
     for (int64_t i = 0; i < wn; ++i) gw[i] = T(0);
   }
-  if (gb) {
-#pragma omp parallel for num_threads(nthr) schedule(static)
-    for (int64_t k = 0; k < s.K; ++k) {
-      T acc = T(0);
-      for (int64_t n = 0; n < s.N; ++n) {
-        const T* g = gy + (n * s.K + k) * PQ;
-        for (int64_t i = 0; i < PQ; ++i) acc += g[i];
-      }
-      gb[k] = acc;
-    }
-  }
+  if (gb) channel_sums(gy, s.N, s.K, PQ, gb);
   if (!gw || s.N == 0 || PQ == 0 || s.K == 0 || Cg == 0) return;
   const RowPack pk = forward_pack(s, s.Q);
   Workspace soff_ws(checked_bytes(s.S, sizeof(int64_t)));

@@ -17,6 +17,7 @@
 #include "cpu/conv_im2col.h"
 
 #include "cpu/gemm_driver.h"
+#include "cpu/sums.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -460,17 +461,7 @@ void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* 
 template <typename T>
 void conv_im2col_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-  if (gb) {
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t k = 0; k < s.K; ++k) {
-      T acc = T(0);
-      for (int64_t n = 0; n < s.N; ++n) {
-        const T* row = gy + (n * s.K + k) * PQ;
-        for (int64_t i = 0; i < PQ; ++i) acc += row[i];
-      }
-      gb[k] = acc;
-    }
-  }
+  if (gb) channel_sums(gy, s.N, s.K, PQ, gb);
   if (!gw || s.K == 0 || CRS == 0) return;
   for (int64_t g = 0; g < s.G; ++g) {
     const BatchedPackA<T> pa{BatchedColumns<T>{gy + g * Kg * PQ, s.K * PQ, PQ, PQ}};

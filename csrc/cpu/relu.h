@@ -3,10 +3,15 @@
 
 #include "cpu/isa.h"
 
+namespace pyconv {
+// The activation indices: the order of pyconv.problem.ACTIVATIONS.
+enum Activation : int { kActNone = 0, kActRelu = 1, kActRelu6 = 2 };
+}  // namespace pyconv
+
 PYCONV_FOR_EACH_ISA(
-  // x = max(x, 0) in place; NaN stays NaN (as torch.relu).
+  // x = act(x + residual) in place (residual may be null); NaN stays NaN (as torch.relu / relu6).
   template <typename T>
-  void relu_forward(T* x, int64_t n);
+  void activation_forward(T* x, const T* residual, int act, int64_t n);
   // gx = gz where z > 0 (or z is NaN), else 0: torch's threshold_backward on the ReLU output.
   template <typename T>
   void relu_backward(const T* gz, const T* z, T* gx, int64_t n);

@@ -1,9 +1,10 @@
 // Float64 sums over a row of float32/float64 values, four lanes at a time: the batch-norm
-// statistics and the conv epilogue's per-channel sums share them.
+// statistics, the conv epilogue's per-channel sums and every conv algorithm's grad-bias share them.
 #pragma once
 #include <cstdint>
 #include <cstring>
 
+#include "common/runtime.h"
 #include "cpu/simd.h"
 
 namespace pyconv {
@@ -60,6 +61,52 @@ void sum_pair(const T* a, const T* b, const T* m, double ka, double kb, int64_t 
   const d4 t1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), t2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
   out[0] = r1 + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
   out[1] = r2 + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
+}
+
+// sum of n values in double, in a fixed order.
+template <typename T>
+double sum_row(const T* a, int64_t n) {
+  d4 s[4] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int u = 0; u < 4; ++u) s[u] += load4d(a + i + 4 * u);
+  double r = 0;
+  for (; i < n; ++i) r += double(a[i]);
+  const d4 t = (s[0] + s[1]) + (s[2] + s[3]);
+  return r + ((t[0] + t[1]) + (t[2] + t[3]));
+}
+
+// out[c] = sum_{n,l} a[n][c][l], accumulated in double: the grad-bias of every conv algorithm
+// (gb[k] = sum_{n,p,q} gy[n,k,p,q]), so its precision does not depend on the algorithm. Each channel
+// adds its parts (n, chunk of kChunk values) in one fixed order, so the result does not depend on the
+// thread count. Fewer channels than threads: the parts themselves are the parallel tasks.
+template <typename T>
+void channel_sums(const T* a, int64_t N, int64_t C, int64_t L, T* out) {
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = imax(1, ceil_div(L, kChunk)), parts = N * chunks;
+  auto part = [=](int64_t c, int64_t j) {
+    const int64_t n = j / chunks, l0 = j % chunks * kChunk;
+    return sum_row(a + (n * C + c) * L + l0, imin(kChunk, L - l0));
+  };
+  const int nthr = num_threads();
+  if (C >= nthr) {
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t j = 0; j < parts; ++j) s += part(c, j);
+      out[c] = T(s);
+    }
+    return;
+  }
+  Workspace ws(checked_bytes(C * parts, sizeof(double)));
+  double* ps = ws.as<double>();
+#pragma omp parallel for num_threads(static_cast<int>(imin(nthr, imax(1, C * parts)))) schedule(static)
+  for (int64_t t = 0; t < C * parts; ++t) ps[t] = part(t / parts, t % parts);
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int64_t j = 0; j < parts; ++j) s += ps[c * parts + j];
+    out[c] = T(s);
+  }
 }
 
 }  // namespace PYCONV_ISA

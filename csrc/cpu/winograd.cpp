@@ -10,22 +10,9 @@
 //   grad-weight  the adjoint: dg[k,c] = G^T [ sum_{n,tiles} (A dY_tile[k] A^T) . V[c] ] G
 //                (alpha^2 GEMMs [K x tiles] x [tiles x C]);  grad-bias gb[k] = sum_{n,p,q} gy[n,k,p,q]
 //
-// Matrices, from Toom-Cook on the points below plus infinity (B^T scaled to integers, the scale
-// moved into G; generated and checked exactly with fractions, points chosen by measured float32 error):
-//
-//   F(2x2,3x3), points 0, 1, -1:
-//     B^T = [ 1  0 -1  0 ]    G = [ 1    0    0   ]    A^T = [ 1  1  1  0 ]
-//           [ 0  1  1  0 ]        [ 1/2  1/2  1/2 ]          [ 0  1 -1  1 ]
-//           [ 0 -1  1  0 ]        [ 1/2 -1/2  1/2 ]
-//           [ 0 -1  0  1 ]        [ 0    0    1   ]
-//
-//   F(4x4,3x3), points 0, 1, -1, 1/2, -2 (2x lower float32 error than 0, +-1, +-2 or 0, +-1, +-1/2):
-//     B^T = [ 2 -3 -4  3  2  0 ]    G = [ 1/2    0      0    ]    A^T = [ 1  1  1  1     1  0 ]
-//           [ 0 -2  1  5  2  0 ]        [ 1/6    1/6    1/6  ]          [ 0  1 -1  1/2  -2  0 ]
-//           [ 0 -2  5 -1 -2  0 ]        [ 1/6   -1/6    1/6  ]          [ 0  1  1  1/4   4  0 ]
-//           [ 0  2  1 -2 -1  0 ]        [ 16/15  8/15   4/15 ]          [ 0  1 -1  1/8  -8  1 ]
-//           [ 0  1 -2 -1  2  0 ]        [ 1/30  -1/15   2/15 ]
-//           [ 0  2 -3 -4  3  2 ]        [ 0      0      1/2  ]
+// Matrices: csrc/common/winograd_matrices.h, generated from the table WINOGRAD in pyconv/problem.py
+// (Toom-Cook on the points there plus infinity, B^T scaled to integers, the scale moved into G).
+// F(4x4)'s points 0, 1, -1, 1/2, -2 measured 2x lower float32 error than 0, +-1, +-2 or 0, +-1, +-1/2.
 //
 // Layout and loop order. Filters are transformed once per call into packed A panels
 // U[g][xi][kb][c][MR] (xi = position in the alpha x alpha tile, K zero-padded to MR). Threads take
@@ -36,8 +23,10 @@
 #include "cpu/winograd.h"
 
 #include "common/runtime.h"
+#include "common/winograd_matrices.h"
 #include "cpu/gemm_driver.h"
 #include "cpu/simd.h"
+#include "cpu/sums.h"
 
 #include <omp.h>
 
@@ -48,28 +37,19 @@ namespace {
 template <int M>
 struct WinogradTile;
 
-template <>
-struct WinogradTile<2> {
-  static constexpr int alpha = 4;
-  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
-  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
-};
-
-template <>
-struct WinogradTile<4> {
-  static constexpr int alpha = 6;
-  static constexpr double BT[6][6] = {{2, -3, -4, 3, 2, 0},  {0, -2, 1, 5, 2, 0},  {0, -2, 5, -1, -2, 0},
-                                      {0, 2, 1, -2, -1, 0},  {0, 1, -2, -1, 2, 0}, {0, 2, -3, -4, 3, 2}};
-  static constexpr double G[6][3] = {{0.5, 0, 0},
-                                     {1.0 / 6, 1.0 / 6, 1.0 / 6},
-                                     {1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                     {16.0 / 15, 8.0 / 15, 4.0 / 15},
-                                     {1.0 / 30, -1.0 / 15, 2.0 / 15},
-                                     {0, 0, 0.5}};
-  static constexpr double AT[4][6] = {
-      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5, -2, 0}, {0, 1, 1, 0.25, 4, 0}, {0, 1, -1, 0.125, -8, 1}};
-};
+// B^T, G, A^T as constexpr arrays: mul_left / mul_right unroll over them, and axpy_const folds
+// every coefficient.
+#define PYCONV_WINOGRAD_TILE(M)                                           \
+  template <>                                                             \
+  struct WinogradTile<M> {                                                \
+    static constexpr int alpha = PYCONV_WINOGRAD_F##M##_ALPHA;            \
+    static constexpr double BT[alpha][alpha] = PYCONV_WINOGRAD_F##M##_BT; \
+    static constexpr double G[alpha][3] = PYCONV_WINOGRAD_F##M##_G;       \
+    static constexpr double AT[M][alpha] = PYCONV_WINOGRAD_F##M##_AT;     \
+  };
+PYCONV_WINOGRAD_TILE(2)
+PYCONV_WINOGRAD_TILE(4)
+#undef PYCONV_WINOGRAD_TILE
 
 // Adds c * v, with the multiplications by 0 and +-1 resolved at compile time once the loops
 // over the constant matrices are unrolled.
@@ -293,15 +273,26 @@ int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) 
 }
 
 template <typename T, int M>
-void conv_winograd(const Conv& c, const T* x, const T* w, bool transposed_w, const T* bias, T* y) {
+int64_t filters_numel(const Conv& c) {
+  constexpr int A = WinogradTile<M>::alpha;
+  return c.G * A * A * ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin;
+}
+
+// prepared: the filters already transformed by transform_filters (inference), or null.
+template <typename T, int M>
+void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, bool transposed_w, const T* bias,
+                   T* y) {
   constexpr int A = WinogradTile<M>::alpha;
   constexpr int64_t NR = kNR<T>;
   const Tiling<M> tl(c);
   if (tl.tiles == 0 || c.Kout == 0) return;
   const int64_t nkb = ceil_div(c.Kout, kMR<T>), Kpad = nkb * kMR<T>;
-  Workspace uw(checked_bytes(c.G * A * A * Kpad * c.Cin, sizeof(T)));
-  T* U = uw.as<T>();
-  transform_filters<T, M>(c, w, transposed_w, U);
+  Workspace uw(prepared ? 0 : checked_bytes(filters_numel<T, M>(c), sizeof(T)));
+  const T* U = prepared;
+  if (!U) {
+    transform_filters<T, M>(c, w, transposed_w, uw.as<T>());
+    U = uw.as<T>();
+  }
 
   const int nthr = num_threads();
   const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
@@ -476,36 +467,35 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   }
 }
 
-template <typename T>
-void bias_grad(const ConvShape& s, const T* gy, T* gb) {
-  const int64_t PQ = s.P * s.Q;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t k = 0; k < s.K; ++k) {
-    double sum = 0;  // the reduction is N*P*Q long
-    for (int64_t n = 0; n < s.N; ++n) {
-      const T* p = gy + (n * s.K + k) * PQ;
-      for (int64_t i = 0; i < PQ; ++i) sum += p[i];
-    }
-    gb[k] = T(sum);
-  }
-}
-
 }  // namespace
 
 template <typename T>
-void winograd_forward(const ConvShape& s, int m, const T* x, const T* w, const T* b, T* y) {
+int64_t winograd_filters_numel(const ConvShape& s, int m) {
+  return m == 2 ? filters_numel<T, 2>(forward_conv(s)) : filters_numel<T, 4>(forward_conv(s));
+}
+
+template <typename T>
+void winograd_prepare_filters(const ConvShape& s, int m, const T* w, T* U) {
   if (m == 2)
-    conv_winograd<T, 2>(forward_conv(s), x, w, false, b, y);
+    transform_filters<T, 2>(forward_conv(s), w, false, U);
   else
-    conv_winograd<T, 4>(forward_conv(s), x, w, false, b, y);
+    transform_filters<T, 4>(forward_conv(s), w, false, U);
+}
+
+template <typename T>
+void winograd_forward(const ConvShape& s, int m, const T* x, const T* w, const T* prepared, const T* b, T* y) {
+  if (m == 2)
+    conv_winograd<T, 2>(forward_conv(s), x, w, prepared, false, b, y);
+  else
+    conv_winograd<T, 4>(forward_conv(s), x, w, prepared, false, b, y);
 }
 
 template <typename T>
 void winograd_backward_input(const ConvShape& s, int m, const T* gy, const T* w, T* gx) {
   if (m == 2)
-    conv_winograd<T, 2>(backward_input_conv(s), gy, w, true, nullptr, gx);
+    conv_winograd<T, 2>(backward_input_conv(s), gy, w, nullptr, true, nullptr, gx);
   else
-    conv_winograd<T, 4>(backward_input_conv(s), gy, w, true, nullptr, gx);
+    conv_winograd<T, 4>(backward_input_conv(s), gy, w, nullptr, true, nullptr, gx);
 }
 
 template <typename T>
@@ -516,11 +506,17 @@ void winograd_backward_weight(const ConvShape& s, int m, const T* x, const T* gy
     else
       weight_grad_winograd<T, 4>(forward_conv(s), x, gy, gw);
   }
-  if (gb) bias_grad(s, gy, gb);
+  if (gb) channel_sums(gy, s.N, s.K, s.P * s.Q, gb);
 }
 
-template void winograd_forward<float>(const ConvShape&, int, const float*, const float*, const float*, float*);
-template void winograd_forward<double>(const ConvShape&, int, const double*, const double*, const double*, double*);
+template int64_t winograd_filters_numel<float>(const ConvShape&, int);
+template int64_t winograd_filters_numel<double>(const ConvShape&, int);
+template void winograd_prepare_filters<float>(const ConvShape&, int, const float*, float*);
+template void winograd_prepare_filters<double>(const ConvShape&, int, const double*, double*);
+template void winograd_forward<float>(const ConvShape&, int, const float*, const float*, const float*, const float*,
+                                      float*);
+template void winograd_forward<double>(const ConvShape&, int, const double*, const double*, const double*,
+                                       const double*, double*);
 template void winograd_backward_input<float>(const ConvShape&, int, const float*, const float*, float*);
 template void winograd_backward_input<double>(const ConvShape&, int, const double*, const double*, double*);
 template void winograd_backward_weight<float>(const ConvShape&, int, const float*, const float*, float*, float*);

@@ -7,7 +7,7 @@
 //          (a gather per input element: no atomics, deterministic)
 //   wgrad  gw[k,c,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]
 //          (one thread per weight element, serial over n,p,q)
-//   bias   gb[k] = sum_{n,p,q} gy[n,k,p,q]   (one block per k, block_sum)
+//   bias   gb[k] = sum_{n,p,q} gy[n,k,p,q]   (one block per k, block_sum in double; every algorithm's)
 //   stats  (fprop for conv-BN) also stats[0][k] = sum_{n,p,q} y[n,k,p,q], stats[1][k] = sum y^2 in float64:
 //          block (k, part) computes a strided share of channel k's outputs and block_sums them into
 //          ws[.][part][k]; conv_stats_sum_kernel adds the parts in order (deterministic).
@@ -160,18 +160,19 @@ PYCONV_GLOBAL void conv_direct_wgrad_kernel(ConvShape s, const T* x, const T* gy
   }
 }
 
-// gb[k]: block k sums its channel of gy over n and the P*Q plane.
+// gb[k]: block k sums its channel of gy over n and the P*Q plane, in double whatever T (the
+// grad-bias of every algorithm: direct, implicit GEMM and Winograd all call conv_bias_grad).
 template <typename T>
 PYCONV_GLOBAL void conv_bias_grad_kernel(ConvShape s, const T* gy, T* gb) {
-  PYCONV_SHARED_ARRAY(T, scratch, kReduceThreads);
+  PYCONV_SHARED_ARRAY(double, scratch, kReduceThreads);
   const int64_t k = block_x(), PQ = s.P * s.Q;
-  T acc = T(0);
+  double acc = 0;
   for (int64_t j = thread_x(); j < s.N * PQ; j += kReduceThreads) {
     const int64_t n = j / PQ, pq = j % PQ;
-    acc += gy[(n * s.K + k) * PQ + pq];
+    acc += double(gy[(n * s.K + k) * PQ + pq]);
   }
   acc = block_sum(acc, scratch);
-  if (thread_x() == 0) gb[k] = acc;
+  if (thread_x() == 0) gb[k] = T(acc);
 }
 
 template <typename T>

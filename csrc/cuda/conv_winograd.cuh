@@ -1,5 +1,5 @@
 // Winograd convolution F(m x m, 3 x 3), m in {2, 4}, alpha = m + 2, NCHW, stride 1, dilation 1, any
-// padding and group count (Lavin & Gray 2016; the matrices are those of csrc/cpu/winograd.cpp).
+// padding and group count (Lavin & Gray 2016; the same matrices as csrc/cpu/winograd.cpp).
 //
 // The output is cut into m x m tiles t = (n, ti, tj), tiles = N * ceil(P/m) * ceil(Q/m); tile t reads
 // the alpha x alpha patch d = x[n, c, ti*m - pad_h + [0, alpha), tj*m - pad_w + [0, alpha)] (zero outside).
@@ -18,18 +18,7 @@
 //                partials in the fixed order j = 0..splits-1 and writes dg[k,c] = G^T dU[.][k][c] G
 //                (deterministic, no atomics);  grad-bias gb[k] = sum_{n,p,q} gy[n,k,p,q]
 //
-//   F(2x2,3x3), points 0, 1, -1:
-//     B^T = [ 1  0 -1  0 ]    G = [ 1    0    0   ]    A^T = [ 1  1  1  0 ]
-//           [ 0  1  1  0 ]        [ 1/2  1/2  1/2 ]          [ 0  1 -1  1 ]
-//           [ 0 -1  1  0 ]        [ 1/2 -1/2  1/2 ]
-//           [ 0 -1  0  1 ]        [ 0    0    1   ]
-//   F(4x4,3x3), points 0, 1, -1, 1/2, -2:
-//     B^T = [ 2 -3 -4  3  2  0 ]    G = [ 1/2    0      0    ]    A^T = [ 1  1  1  1     1  0 ]
-//           [ 0 -2  1  5  2  0 ]        [ 1/6    1/6    1/6  ]          [ 0  1 -1  1/2  -2  0 ]
-//           [ 0 -2  5 -1 -2  0 ]        [ 1/6   -1/6    1/6  ]          [ 0  1  1  1/4   4  0 ]
-//           [ 0  2  1 -2 -1  0 ]        [ 16/15  8/15   4/15 ]          [ 0  1 -1  1/8  -8  1 ]
-//           [ 0  1 -2 -1  2  0 ]        [ 1/30  -1/15   2/15 ]
-//           [ 0  2 -3 -4  3  2 ]        [ 0      0      1/2  ]
+//   Matrices: csrc/common/winograd_matrices.h (generated from the table WINOGRAD in pyconv/problem.py).
 //
 // Kernels: the transforms are elementwise (one thread per (channel, tile) or (k, c) pair, grid-stride);
 // the GEMMs are conv_igemm_kernel (shared-memory tiles, 4x4 register blocks) over a WinogradGemm problem
@@ -38,6 +27,7 @@
 // addresses, and each transform kernel maps consecutive threads onto that innermost index so its
 // writes are coalesced too. Workspace sizes: conv_winograd_workspace (kernels.h).
 #pragma once
+#include "common/winograd_matrices.h"
 #include "cuda/conv_igemm.cuh"
 
 namespace pyconv {
@@ -48,56 +38,26 @@ namespace kern {
 template <int M>
 struct WinogradMatrices;
 
-template <>
-struct WinogradMatrices<2> {
-  struct BT {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
-      return v[i][j];
-    }
+// The constexpr array lives inside the function: device code can read it there (a static member
+// array is host memory).
+#define PYCONV_WINOGRAD_MATRIX(M, X, ROWS, COLS)                   \
+  struct X {                                                       \
+    static PYCONV_HD double at(int i, int j) {                     \
+      constexpr double v[ROWS][COLS] = PYCONV_WINOGRAD_F##M##_##X; \
+      return v[i][j];                                              \
+    }                                                              \
   };
-  struct G {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-      return v[i][j];
-    }
+#define PYCONV_WINOGRAD_MATRICES(M)             \
+  template <>                                   \
+  struct WinogradMatrices<M> {                  \
+    PYCONV_WINOGRAD_MATRIX(M, BT, M + 2, M + 2) \
+    PYCONV_WINOGRAD_MATRIX(M, G, M + 2, 3)      \
+    PYCONV_WINOGRAD_MATRIX(M, AT, M, M + 2)     \
   };
-  struct AT {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
-      return v[i][j];
-    }
-  };
-};
-
-template <>
-struct WinogradMatrices<4> {
-  struct BT {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[6][6] = {{2, -3, -4, 3, 2, 0},  {0, -2, 1, 5, 2, 0},  {0, -2, 5, -1, -2, 0},
-                                  {0, 2, 1, -2, -1, 0},  {0, 1, -2, -1, 2, 0}, {0, 2, -3, -4, 3, 2}};
-      return v[i][j];
-    }
-  };
-  struct G {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[6][3] = {{0.5, 0, 0},
-                                  {1.0 / 6, 1.0 / 6, 1.0 / 6},
-                                  {1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                  {16.0 / 15, 8.0 / 15, 4.0 / 15},
-                                  {1.0 / 30, -1.0 / 15, 2.0 / 15},
-                                  {0, 0, 0.5}};
-      return v[i][j];
-    }
-  };
-  struct AT {
-    static PYCONV_HD double at(int i, int j) {
-      constexpr double v[4][6] = {
-          {1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5, -2, 0}, {0, 1, 1, 0.25, 4, 0}, {0, 1, -1, 0.125, -8, 1}};
-      return v[i][j];
-    }
-  };
-};
+PYCONV_WINOGRAD_MATRICES(2)
+PYCONV_WINOGRAD_MATRICES(4)
+#undef PYCONV_WINOGRAD_MATRICES
+#undef PYCONV_WINOGRAD_MATRIX
 
 template <typename X>
 struct Transposed {

@@ -39,7 +39,7 @@
 #define PYCONV_INSTANTIATE_RELU(T)                                                                        \
   namespace pyconv {                                                                                      \
   namespace kern {                                                                                        \
-  template void relu_fprop<T>(int64_t, T*, stream_t);                                                     \
+  template void activation_fprop<T>(int64_t, T*, const T*, int, stream_t);                                 \
   template void relu_bprop<T>(int64_t, const T*, const T*, T*, stream_t);                                 \
   }                                                                                                       \
   }

@@ -151,9 +151,12 @@ template <typename T>
 void batch_norm_bprop(const BatchNormDims& s, const T* gy, const T* x, const T* w, const T* save_mean,
                       const T* save_invstd, const T* z, T* gx, T* gw, T* gb, T* ws, bool training, stream_t st);
 
-// ---- ReLU (conv-BN-ReLU) --------------------------------------------------------------------------
+// ---- activations of the fused ops (conv-BN-ReLU, the inference epilogue) -----------------------
+// The activation indices: the order of pyconv.problem.ACTIVATIONS.
+enum Activation : int { kActNone = 0, kActRelu = 1, kActRelu6 = 2 };
+// x = act(x + residual) in place (residual may be null).
 template <typename T>
-void relu_fprop(int64_t n, T* x, stream_t st);
+void activation_fprop(int64_t n, T* x, const T* residual, int act, stream_t st);
 template <typename T>
 void relu_bprop(int64_t n, const T* gz, const T* z, T* gx, stream_t st);
 

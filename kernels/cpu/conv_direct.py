@@ -164,8 +164,10 @@ def backward_input(gy, w, gx, s):
 
 @njit(parallel=True, cache=True, fastmath=FM_REDUCE)
 def bias_grad(gy, N, K, PQ, gb):
+    """gb[k] = sum_{n,p,q} gy[n,k,p,q], accumulated in float64: the grad-bias of every algorithm
+    (im2col and winograd call it too), so its precision does not depend on the algorithm."""
     for k in prange(K):
-        acc = gy.dtype.type(0)
+        acc = np.float64(0)
         for n in range(N):
             o = (n * K + k) * PQ
             for i in range(PQ):

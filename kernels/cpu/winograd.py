@@ -10,8 +10,9 @@ d = x[n, c, ti*m - pad_h + [0, alpha), tj*m - pad_w + [0, alpha)] (zero outside)
   grad-weight  the adjoint: dg[k,c] = G^T [ sum_{n,tiles} (A dY_tile[k] A^T) . V[c] ] G
                (alpha^2 GEMMs [K x tiles] x [tiles x C]);  grad-bias gb[k] = sum_{n,p,q} gy[n,k,p,q]
 
-The matrices are those of csrc/cpu/winograd.cpp (points 0, 1, -1 for F(2x2); 0, 1, -1, 1/2, -2 for
-F(4x4)); one implementation serves both m: the kernels take B^T, G, A^T as arguments.
+The matrices come from the table pyconv.problem.WINOGRAD (points 0, 1, -1 for F(2x2); 0, 1, -1, 1/2, -2
+for F(4x4)), as do the C++ and CUDA ones; one implementation serves both m: the kernels take B^T, G,
+A^T as arguments.
 
 Layout and loop order: filters are transformed once per call into U[g][xi][kb][c][4] (xi = position in
 the alpha x alpha tile, K zero-padded to 4 rows: tile_update's A operand). Tasks are (group, block
@@ -31,23 +32,21 @@ sum that would not have it); fastmath is 'contract' only, so NaN / Inf propagate
 import numpy as np
 from numba import njit, prange
 
+from pyconv._errors import PyConvError
+from pyconv.problem import WINOGRAD, winograd_tile, winograd_unsupported
+
 from . import conv_direct
 from ._tile import FM, tile_update
 
 MR = 4  # rows of tile_update
 
-# F(2x2, 3x3), points 0, 1, -1
-BT2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
-G2 = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
-AT2 = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)
-# F(4x4, 3x3), points 0, 1, -1, 1/2, -2
-BT4 = np.array([[2, -3, -4, 3, 2, 0], [0, -2, 1, 5, 2, 0], [0, -2, 5, -1, -2, 0],
-                [0, 2, 1, -2, -1, 0], [0, 1, -2, -1, 2, 0], [0, 2, -3, -4, 3, 2]], dtype=np.float64)
-G4 = np.array([[0.5, 0, 0], [1 / 6, 1 / 6, 1 / 6], [1 / 6, -1 / 6, 1 / 6], [16 / 15, 8 / 15, 4 / 15],
-               [1 / 30, -1 / 15, 2 / 15], [0, 0, 0.5]], dtype=np.float64)
-AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 0.5, -2, 0], [0, 1, 1, 0.25, 4, 0],
-                [0, 1, -1, 0.125, -8, 1]], dtype=np.float64)
-MATRICES = {2: (BT2, G2, AT2), 4: (BT4, G4, AT4)}
+
+def _float64(rows):
+    return np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
+
+
+# m -> (B^T, G, A^T) as float64, from the one table (exact fractions, each rounded once).
+MATRICES = {m: (_float64(t.BT), _float64(t.G), _float64(t.AT)) for m, t in WINOGRAD.items()}
 
 
 @njit(cache=True, fastmath=FM)
@@ -295,16 +294,12 @@ def weight_grad_finish(dU, Gm, Gr, Cin, Kout, gw):
 # ----------------------------------------------------------------------------- Python side ---
 
 def tile_of(algo, s):
-    """Output tile m of an algo name: the one rule of pyconv.autotune, shared by every backend."""
-    from pyconv.autotune import winograd_tile
-
+    """Output tile m of an algo name on this shape. The caller (the backend's can_run) has checked the
+    shape; this check guards memory: the kernels index the filter as 3x3."""
+    why = winograd_unsupported(s)
+    if why:
+        raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")
     return winograd_tile(algo, s)
-
-
-def check_shape(algo, s):
-    from pyconv.autotune import check_winograd
-
-    check_winograd(algo, s)
 
 
 def _threads():
@@ -342,30 +337,29 @@ def _conv(m, x, w, transposed, bias, y, N, G, Cin, Kout, H, W, P, Q, pad_h, pad_
 
 
 def forward(x, w, b, y, s, algo="winograd"):
-    check_shape(algo, s)
+    m = tile_of(algo, s)
     if s.N == 0 or s.K == 0 or s.P == 0 or s.Q == 0:
         return
-    _conv(tile_of(algo, s), x, w, False, b, y, s.N, s.G, s.C // s.G, s.K // s.G, s.H, s.W, s.P, s.Q,
+    _conv(m, x, w, False, b, y, s.N, s.G, s.C // s.G, s.K // s.G, s.H, s.W, s.P, s.Q,
           s.pad_h, s.pad_w)
 
 
 def backward_input(gy, w, gx, s, algo="winograd"):
     """The stride-1 convolution of gy (Kg -> Cg channels per group, P x Q -> H x W, padding 2 - pad)."""
-    check_shape(algo, s)
+    m = tile_of(algo, s)
     if s.N == 0 or s.C == 0 or s.H == 0 or s.W == 0:
         return
-    _conv(tile_of(algo, s), gy, w, True, None, gx, s.N, s.G, s.K // s.G, s.C // s.G, s.P, s.Q, s.H, s.W,
+    _conv(m, gy, w, True, None, gx, s.N, s.G, s.K // s.G, s.C // s.G, s.P, s.Q, s.H, s.W,
           2 - s.pad_h, 2 - s.pad_w)
 
 
 def backward_weight(x, gy, gw, gb, s, algo="winograd"):
-    check_shape(algo, s)
+    m = tile_of(algo, s)
     if gb is not None:
         conv_direct.bias_grad(gy, s.N, s.K, s.P * s.Q, gb)
     if gw is None:
         return
     Cg, Kg = s.C // s.G, s.K // s.G
-    m = tile_of(algo, s)
     th, tw = -(-s.P // m), -(-s.Q // m)
     tiles = s.N * th * tw
     if tiles == 0 or Cg == 0 or Kg == 0:

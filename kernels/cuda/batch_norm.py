@@ -13,12 +13,19 @@ channel, statistics accumulated in float64 whatever the data type and summed by 
             mean = s0/M, var = max(s1/M - mean^2, 0), no statistics pass
 """
 import functools
+from typing import NamedTuple
 import math
 
 import numpy as np
 from numba import cuda
 
 from ._common import THREADS, block_sum
+
+
+class BatchNormKernels(NamedTuple):
+    forward: object
+    backward: object
+    channel_sums: object  # per-channel sum and sum of squares (the fused conv-BN statistics)
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,4 +138,4 @@ def build(scalar):
                 stats[c] = s1
                 stats[C + c] = s2
 
-    return forward, backward, channel_sums
+    return BatchNormKernels(forward, backward, channel_sums)

@@ -11,11 +11,19 @@ Cg = C/G input and Kg = K/G output channels per group; channel k belongs to grou
 All index math is 64-bit; every kernel walks its elements with a grid-stride loop.
 """
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
 
 from ._common import THREADS, block_sum, grid_start_step
+
+
+class DirectKernels(NamedTuple):
+    forward: object
+    backward_input: object
+    backward_weight: object
+    bias_grad: object  # gb[k] = sum over n, p, q of gy (every algorithm's grad-bias)
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,14 +131,15 @@ def build(scalar):
 
     @cuda.jit
     def bias_grad(gy, gb, N, K, PQ):
-        buf = cuda.shared.array(THREADS, dtype=scalar)
+        # float64 accumulation whatever the data type: grad-bias is a long sum (N*P*Q terms)
+        buf = cuda.shared.array(THREADS, dtype=np.float64)
         for k in range(cuda.blockIdx.x, K, cuda.gridDim.x):
-            acc = scalar(0)
+            acc = np.float64(0)
             for j in range(cuda.threadIdx.x, N * PQ, cuda.blockDim.x):
                 n = j // PQ
                 acc += gy[(n * K + k) * PQ + j - n * PQ]
             total = block_sum(buf, acc)
             if cuda.threadIdx.x == 0:
-                gb[k] = total
+                gb[k] = scalar(total)
 
-    return forward, backward_input, backward_weight, bias_grad
+    return DirectKernels(forward, backward_input, backward_weight, bias_grad)

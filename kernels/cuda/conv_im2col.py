@@ -14,6 +14,7 @@ One kernel template (make_gemm) serves all three; they differ only in the device
 load an element of the left / right matrix and store a result.
 """
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
@@ -159,6 +160,13 @@ def make_gemm(load_a, load_b, store, scalar):
     return gemm
 
 
+class Im2colKernels(NamedTuple):
+    forward: object  # GEMM kernels over the implicit column matrix
+    backward_input: object
+    backward_weight: object  # per-chunk partial sums of the N*P*Q reduction
+    reduce_chunks: object  # sums the chunks in order
+
+
 @functools.lru_cache(maxsize=None)
 def build(scalar):
     """(forward, grad-input, grad-weight) GEMM kernels and the chunk reduction for one element type."""
@@ -175,5 +183,5 @@ def build(scalar):
             gw[i] = acc
             i += step
 
-    return (make_gemm(fwd_a, fwd_b, fwd_store, scalar), make_gemm(bwi_a, bwi_b, bwi_store, scalar),
-            make_gemm(bww_a, bww_b, bww_store, scalar), reduce_chunks)
+    return Im2colKernels(make_gemm(fwd_a, fwd_b, fwd_store, scalar), make_gemm(bwi_a, bwi_b, bwi_store, scalar),
+                         make_gemm(bww_a, bww_b, bww_store, scalar), reduce_chunks)

@@ -12,6 +12,7 @@
 One thread per output element (forward) or input element (backward), grid-stride.
 """
 import functools
+from typing import NamedTuple
 import math
 
 from numba import cuda
@@ -37,6 +38,13 @@ def avg_divisor(p, q, geo, include_pad, divisor_override):
     if include_pad:
         return hfull * wfull
     return (he - hs) * (we - ws)
+
+
+class PoolKernels(NamedTuple):
+    max_forward: object
+    max_backward: object
+    avg_forward: object
+    avg_backward: object
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,4 +154,4 @@ def build(scalar):
             gx[i] = acc
             i += step
 
-    return max_forward, max_backward, avg_forward, avg_backward
+    return PoolKernels(max_forward, max_backward, avg_forward, avg_backward)

@@ -17,6 +17,7 @@ weight_grad_finish, which adds the chunks in order (deterministic) and applies G
 The kernels are built per (element type, m): the matrices are compile-time constant arrays.
 """
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
@@ -56,6 +57,16 @@ def vt_b(V, b, t, c, geo):
 @cuda.jit(device=True)
 def du_store(part, unused, has_bias, b, k, c, chunk, v, geo):
     part[((chunk * geo[3] + b) * geo[1] + k) * geo[0] + c] = v
+
+
+class WinogradKernels(NamedTuple):
+    transform_filters: object  # U = G g G^T
+    transform_input: object  # V = B^T d B
+    gemm: object  # M = U . V, (m+2)^2 GEMMs over channels
+    transform_output: object  # Y = A^T M A (+ bias)
+    transform_grad_output: object  # Z = A dY A^T
+    weight_grad_gemm: object  # dU = Z . V^T, in chunks of tiles
+    weight_grad_finish: object  # chunk sum, then dg = G^T dU G
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,5 +217,5 @@ def build(scalar, m):
                 gw[((g * Kout + k) * Cin + c) * 9 + rs] = f[rs]
             i += step
 
-    return (transform_filters, transform_input, make_gemm(u_a, v_b, m_store, scalar), transform_output,
-            transform_grad_output, make_gemm(z_a, vt_b, du_store, scalar), weight_grad_finish)
+    return WinogradKernels(transform_filters, transform_input, make_gemm(u_a, v_b, m_store, scalar), transform_output,
+                           transform_grad_output, make_gemm(z_a, vt_b, du_store, scalar), weight_grad_finish)

@@ -5,95 +5,87 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from ..autotune import winograd_tile
-
-CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4")
-
-
-def is_available() -> bool:
-    return True
-
-
-def unavailable_reason() -> str:
-    return ""
+from ..problem import ACTIVATIONS, CONV_ALGOS, WINOGRAD_ALGOS, winograd_tile
+from .base import Backend
 
 
 def _np(t: torch.Tensor):
     return None if t is None else t.detach().numpy()
 
 
-def _shape(shape):
-    return _C.ConvShape(*shape)
-
-
-def conv2d_forward(x, w, b, y, shape, algo, stats=None):
-    """stats: optional (2, K) float64 tensor <- per-channel sum and sum of squares of y (direct:
-    taken in the conv epilogue; im2col and winograd: one pass over y after the conv)."""
-    if algo.startswith("winograd"):
-        return _C.conv_winograd_forward(_shape(shape), winograd_tile(algo, shape), _np(x), _np(w), _np(b), _np(y),
-                                        _np(stats))
-    if algo in CONV_ALGOS:
-        return getattr(_C, f"conv_{algo}_forward")(_shape(shape), _np(x), _np(w), _np(b), _np(y), _np(stats))
-    raise NotImplementedError(f"algo={algo!r} is not implemented in the cpp backend yet")
-
-
-def conv2d_backward_input(gy, w, gx, shape, algo):
-    if algo.startswith("winograd"):
-        return _C.conv_winograd_backward_input(_shape(shape), winograd_tile(algo, shape), _np(gy), _np(w), _np(gx))
-    if algo in CONV_ALGOS:
-        return getattr(_C, f"conv_{algo}_backward_input")(_shape(shape), _np(gy), _np(w), _np(gx))
-    raise NotImplementedError(f"algo={algo!r} grad-input is not implemented in the cpp backend yet")
-
-
-def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
-    if algo.startswith("winograd"):
-        return _C.conv_winograd_backward_weight(_shape(shape), winograd_tile(algo, shape), _np(x), _np(gy), _np(gw),
-                                                _np(gb))
-    if algo in CONV_ALGOS:
-        return getattr(_C, f"conv_{algo}_backward_weight")(_shape(shape), _np(x), _np(gy), _np(gw), _np(gb))
-    raise NotImplementedError(f"algo={algo!r} grad-weight is not implemented in the cpp backend yet")
-
-
-# ------------------------------------------------------------------- pooling and batch norm ---
-
-MAX_POOL_INDICES_OPTIONAL = True  # max_pool2d_forward accepts indices=None (values only)
-
-
 def _pool(shape):
     return _C.PoolShape(*shape)
 
 
-def max_pool2d_forward(x, y, indices, shape):
-    return _C.max_pool2d_forward(_pool(shape), _np(x), _np(y), _np(indices))
+class CppBackend(Backend):
+    name = "cpp"
+    device = "cpu"
+    conv_algos = CONV_ALGOS
+    max_pool_indices_optional = True
 
+    def is_available(self) -> bool:
+        return True
 
-def max_pool2d_backward(gy, indices, gx, shape):
-    return _C.max_pool2d_backward(_pool(shape), _np(gy), _np(indices), _np(gx))
+    def set_num_threads(self, n: int) -> None:
+        _C.set_num_threads(n)
 
+    # ---- convolution: the Winograd entry points take the tile m, the others are named by algo
+    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
+        """stats: direct and im2col take them in their epilogues, winograd in a pass over y."""
+        s = _C.ConvShape(*shape)
+        if algo in WINOGRAD_ALGOS:
+            return _C.conv_winograd_forward(s, winograd_tile(algo, shape), _np(x), _np(w), _np(b), _np(y), _np(stats),
+                                            _np(prepared))
+        return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), _np(stats))
 
-def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
-    return _C.avg_pool2d_forward(_pool(shape), _np(x), _np(y), bool(count_include_pad), int(divisor_override))
+    def prepare_conv_weight(self, w, shape, algo):
+        """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
+        call would otherwise rebuild; they cost more than the products on small batch-1 layers."""
+        if algo not in WINOGRAD_ALGOS:
+            return None
+        s, m = _C.ConvShape(*shape), winograd_tile(algo, shape)
+        u = torch.empty(_C.conv_winograd_filters_numel(s, m, str(w.dtype).replace("torch.", "")), dtype=w.dtype)
+        _C.conv_winograd_prepare_filters(s, m, _np(w.contiguous()), _np(u))
+        return u
 
+    def conv2d_backward_input(self, gy, w, gx, shape, algo):
+        s = _C.ConvShape(*shape)
+        if algo in WINOGRAD_ALGOS:
+            return _C.conv_winograd_backward_input(s, winograd_tile(algo, shape), _np(gy), _np(w), _np(gx))
+        return getattr(_C, f"conv_{algo}_backward_input")(s, _np(gy), _np(w), _np(gx))
 
-def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
-    return _C.avg_pool2d_backward(_pool(shape), _np(gy), _np(gx), bool(count_include_pad), int(divisor_override))
+    def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
+        s = _C.ConvShape(*shape)
+        if algo in WINOGRAD_ALGOS:
+            return _C.conv_winograd_backward_weight(s, winograd_tile(algo, shape), _np(x), _np(gy), _np(gw), _np(gb))
+        return getattr(_C, f"conv_{algo}_backward_weight")(s, _np(x), _np(gy), _np(gw), _np(gb))
 
+    # ---- pooling and batch norm
+    def max_pool2d_forward(self, x, y, indices, shape):
+        return _C.max_pool2d_forward(_pool(shape), _np(x), _np(y), _np(indices))
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps, relu=False, stats=None):
-    return _C.batch_norm_forward(_C.BatchNormShape(*shape), _np(x), _np(weight), _np(bias), _np(running_mean),
-                                 _np(running_var), _np(y), _np(save_mean), _np(save_invstd), bool(training),
-                                 float(momentum), float(eps), _np(stats), bool(relu))
+    def max_pool2d_backward(self, gy, indices, gx, shape):
+        return _C.max_pool2d_backward(_pool(shape), _np(gy), _np(indices), _np(gx))
 
+    def avg_pool2d_forward(self, x, y, shape, count_include_pad, divisor_override):
+        return _C.avg_pool2d_forward(_pool(shape), _np(x), _np(y), bool(count_include_pad), int(divisor_override))
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
-    return _C.batch_norm_backward(_C.BatchNormShape(*shape), _np(gy), _np(x), _np(weight), _np(save_mean),
-                                  _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training), _np(relu_output))
+    def avg_pool2d_backward(self, gy, gx, shape, count_include_pad, divisor_override):
+        return _C.avg_pool2d_backward(_pool(shape), _np(gy), _np(gx), bool(count_include_pad), int(divisor_override))
 
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
+                           training, momentum, eps, relu=False, stats=None):
+        return _C.batch_norm_forward(_C.BatchNormShape(*shape), _np(x), _np(weight), _np(bias), _np(running_mean),
+                                     _np(running_var), _np(y), _np(save_mean), _np(save_invstd), bool(training),
+                                     float(momentum), float(eps), _np(stats), bool(relu))
 
-def relu_forward(x):
-    return _C.relu_forward(_np(x))
+    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training,
+                            relu_output=None):
+        return _C.batch_norm_backward(_C.BatchNormShape(*shape), _np(gy), _np(x), _np(weight), _np(save_mean),
+                                      _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training), _np(relu_output))
 
+    def activation_forward(self, x, residual, activation):
+        return _C.activation_forward(_np(x), _np(residual), ACTIVATIONS.index(activation))
 
-def relu_backward(gz, z, gx):
-    return _C.relu_backward(_np(gz), _np(z), _np(gx))
+    def relu_backward(self, gz, z, gx):
+        return _C.relu_backward(_np(gz), _np(z), _np(gx))

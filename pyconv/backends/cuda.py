@@ -4,21 +4,16 @@ Tensors reach the kernels as (address, numel) pairs; kernels run on the current 
 tensors' device and are not synchronized here (torch's stream semantics). cupy arrays arrive as
 torch tensors through DLPack at the functional level (pyconv._arrays).
 
-KernelTable is shared with pyconv.backends.cuda_emu, which runs the same bindings and the same
-kernel sources on CPU tensors through the launch emulator (tests only).
+emulated() is the same class over pyconv._C_cuda_emu, which runs the same bindings and kernel
+sources on CPU tensors through the launch emulator (tests only).
 """
 from __future__ import annotations
 
 import torch
 
 from .._errors import PyConvError
-from ..autotune import check_winograd, winograd_tile
-
-IMPLEMENTED = True
-# im2col = implicit GEMM (the column matrix is never materialized); winograd_2x2 / winograd_4x4 =
-# Winograd F(2x2,3x3) / F(4x4,3x3), "winograd" picks the tile (pyconv.autotune.winograd_tile).
-WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
-CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
+from ..problem import ACTIVATIONS, CONV_ALGOS, WINOGRAD_ALGOS, winograd_tile
+from .base import Backend
 
 try:
     from .. import _C_cuda
@@ -28,26 +23,35 @@ except ImportError as e:  # built without nvcc
     _IMPORT_ERROR = e
 
 
-def is_available() -> bool:
-    return _C_cuda is not None and _C_cuda.device_count() > 0 and torch.cuda.is_available()
+class CudaBackend(Backend):
+    """The kernel table over one binding module: pyconv._C_cuda on the GPU, or pyconv._C_cuda_emu,
+    the same kernel sources run on CPU tensors by the launch emulator (emulated(), tests only)."""
 
+    conv_algos = CONV_ALGOS  # im2col = implicit GEMM: the column matrix is never materialized
 
-def unavailable_reason() -> str:
-    if _C_cuda is None:
-        return f"pyconv._C_cuda was not built (no nvcc at build time): {_IMPORT_ERROR}"
-    if _C_cuda.device_count() == 0:
-        return "no CUDA device is visible to the CUDA runtime"
-    if not torch.cuda.is_available():
-        return "this torch build has no CUDA support"
-    return ""
-
-
-class KernelTable:
-    """The backend kernel table over one binding module (pyconv._C_cuda or pyconv._C_cuda_emu)."""
-
-    def __init__(self, lib, device_type: str):
+    def __init__(self, name: str, lib, device_type: str, missing_reason: str = ""):
+        self.name = name
+        self.device = device_type
         self.lib = lib
         self.device_type = device_type
+        self._missing = missing_reason
+
+    def is_available(self) -> bool:
+        if self.lib is None:
+            return False
+        if self.device_type != "cuda":
+            return True
+        return self.lib.device_count() > 0 and torch.cuda.is_available()
+
+    def unavailable_reason(self) -> str:
+        if self.lib is None:
+            return self._missing
+        if self.device_type == "cuda":
+            if self.lib.device_count() == 0:
+                return "no CUDA device is visible to the CUDA runtime"
+            if not torch.cuda.is_available():
+                return "this torch build has no CUDA support"
+        return ""
 
     # ---- buffers and streams
     def _buf(self, t, name):
@@ -75,17 +79,10 @@ class KernelTable:
         return str(t.dtype).replace("torch.", "")
 
     # ---- convolution
-    def _algo(self, algo):
-        if algo not in CONV_ALGOS:
-            raise NotImplementedError(f"algo={algo!r} is not implemented in the cuda backend "
-                                      f"(it has {', '.join(CONV_ALGOS)})")
-        return algo
-
     # Winograd: the kernels get a caller-allocated workspace on the tensors' device (kept referenced
     # until the launches are queued; torch's caching allocator orders its reuse on the same stream).
     def _winograd_plan(self, algo, pass_, shape, like, workspace=True):
-        """The tile m for algo on this shape (after the shape check) and the pass's workspace."""
-        check_winograd(algo, shape)
+        """The tile m for algo on this shape and the pass's workspace."""
         m = winograd_tile(algo, shape)
         n = self.lib.conv2d_winograd_workspace(m, pass_, tuple(shape)) if workspace else 0
         return m, (torch.empty(n, dtype=like.dtype, device=like.device) if n else None)
@@ -113,8 +110,8 @@ class KernelTable:
                                                      self._buf(gw, "grad_weight"), self._buf(gb, "grad_bias"),
                                                      self._buf(ws, "workspace"), self._stream(x))
 
-    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None):
-        if self._algo(algo) in WINOGRAD_ALGOS:
+    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
+        if algo in WINOGRAD_ALGOS:
             self._winograd_forward(x, w, b, y, shape, algo)
             if stats is not None:  # no epilogue hook in the Winograd output transform: a reduction over y
                 self._output_stats(y, shape, stats)
@@ -122,20 +119,19 @@ class KernelTable:
         if stats is not None:
             return self._conv2d_forward_stats(x, w, b, y, shape, algo, stats)
         with self._device(x):
-            self.lib.conv2d_forward(self._algo(algo), self._dtype(x), tuple(shape), self._buf(x, "input"),
+            self.lib.conv2d_forward(algo, self._dtype(x), tuple(shape), self._buf(x, "input"),
                                     self._buf(w, "weight"), self._buf(b, "bias"), self._buf(y, "output"),
                                     self._stream(x))
 
     def conv2d_backward_input(self, gy, w, gx, shape, algo):
-        if self._algo(algo) in WINOGRAD_ALGOS:
+        if algo in WINOGRAD_ALGOS:
             return self._winograd_backward_input(gy, w, gx, shape, algo)
         with self._device(gy):
-            self.lib.conv2d_backward_input(self._algo(algo), self._dtype(gy), tuple(shape),
+            self.lib.conv2d_backward_input(algo, self._dtype(gy), tuple(shape),
                                            self._buf(gy, "grad_output"), self._buf(w, "weight"),
                                            self._buf(gx, "grad_input"), self._stream(gy))
 
     def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
-        algo = self._algo(algo)
         if algo in WINOGRAD_ALGOS:
             return self._winograd_backward_weight(x, gy, gw, gb, shape, algo)
         n = self.lib.conv2d_backward_weight_workspace(algo, tuple(shape)) if gw is not None else 0
@@ -203,7 +199,6 @@ class KernelTable:
         return stats
 
     def _conv2d_forward_stats(self, x, w, b, y, shape, algo, stats):
-        algo = self._algo(algo)
         n = self.lib.conv2d_forward_stats_workspace(algo, tuple(shape))
         ws = torch.empty(n, dtype=torch.float64, device=x.device)  # per-block partial sums, [2][parts][K]
         with self._device(x):
@@ -220,9 +215,11 @@ class KernelTable:
                                          self._buf(self._stats(stats), "stats"), self._buf(ws, "workspace"),
                                          self._stream(y))
 
-    def relu_forward(self, x):
+    def activation_forward(self, x, residual, activation):
         with self._device(x):
-            self.lib.relu_forward(self._dtype(x), x.numel(), self._buf(x, "input"), self._stream(x))
+            self.lib.activation_forward(self._dtype(x), x.numel(), self._buf(x, "input"),
+                                        self._buf(residual, "residual"), ACTIVATIONS.index(activation),
+                                        self._stream(x))
 
     def relu_backward(self, gz, z, gx):
         with self._device(z):
@@ -230,56 +227,21 @@ class KernelTable:
                                    self._buf(gx, "grad_input"), self._stream(z))
 
 
-_TABLE = KernelTable(_C_cuda, "cuda") if _C_cuda is not None else None
+def _missing_reason(what, error) -> str:
+    return f"{what} was not built (no nvcc at build time): {error}"
 
 
-def _table() -> KernelTable:
-    if _TABLE is None:
-        raise PyConvError(f"backend='cuda' is not available: {unavailable_reason()}")
-    return _TABLE
+def gpu() -> CudaBackend:
+    """The registered 'cuda' backend."""
+    return CudaBackend("cuda", _C_cuda, "cuda", _missing_reason("pyconv._C_cuda", _IMPORT_ERROR))
 
 
-def conv2d_forward(x, w, b, y, shape, algo, stats=None):
-    _table().conv2d_forward(x, w, b, y, shape, algo, stats)
-
-
-def conv2d_backward_input(gy, w, gx, shape, algo):
-    _table().conv2d_backward_input(gy, w, gx, shape, algo)
-
-
-def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
-    _table().conv2d_backward_weight(x, gy, gw, gb, shape, algo)
-
-
-def max_pool2d_forward(x, y, indices, shape):
-    _table().max_pool2d_forward(x, y, indices, shape)
-
-
-def max_pool2d_backward(gy, indices, gx, shape):
-    _table().max_pool2d_backward(gy, indices, gx, shape)
-
-
-def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
-    _table().avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override)
-
-
-def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
-    _table().avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override)
-
-
-def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps, relu=False, stats=None):
-    _table().batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
-                                training, momentum, eps, relu, stats)
-
-
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
-    _table().batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output)
-
-
-def relu_forward(x):
-    _table().relu_forward(x)
-
-
-def relu_backward(gz, z, gx):
-    _table().relu_backward(gz, z, gx)
+def emulated() -> CudaBackend:
+    """The cuda kernels on CPU tensors through the launch emulator. Test-only and deliberately not in
+    the registry: orders of magnitude slower than any real backend, so backend='auto' and
+    available_backends() must never offer it."""
+    try:
+        from .. import _C_cuda_emu
+    except ImportError as e:
+        return CudaBackend("cuda_emu", None, "cpu", _missing_reason("pyconv._C_cuda_emu", e))
+    return CudaBackend("cuda_emu", _C_cuda_emu, "cpu")

@@ -7,22 +7,14 @@ import threading
 
 import numpy as _np
 
+from ..problem import ACTIVATIONS, CONV_ALGOS, WINOGRAD_ALGOS
+from .base import Backend
+
 try:
     import numba as _numba
 except ImportError as _e:  # pragma: no cover - depends on the environment
     _numba = None
     _import_error = str(_e)
-
-IMPLEMENTED = True
-CONV_ALGOS = ("direct", "im2col", "winograd", "winograd_2x2", "winograd_4x4") if _numba is not None else ()
-
-
-def is_available() -> bool:
-    return _numba is not None
-
-
-def unavailable_reason() -> str:
-    return "" if _numba is not None else f"numba is not importable: {_import_error}"
 
 
 _layer_lock = threading.Lock()
@@ -47,13 +39,6 @@ def _start_threading_layer() -> None:
             if torch.get_num_threads() != keep:
                 torch.set_num_threads(keep)
             _layer_started = True
-
-
-def set_num_threads(n: int) -> None:
-    # numba cannot run more threads than it started with (NUMBA_NUM_THREADS, default: the core count)
-    _start_threading_layer()
-    _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
-
 
 # Below this much work (multiply-adds or elements) a call runs on the calling thread alone: waking
 # numba's pool costs ~0.1-10 ms on a loaded machine, far more than a small problem's compute.
@@ -83,128 +68,135 @@ def _flat(t):
     return None if t is None else t.detach().numpy().reshape(-1)
 
 
-def _kernels(name):
-    import importlib
-
-    return importlib.import_module(f"pyconv.kernels.cpu.{name}")
-
-
-def _conv_module(algo):
-    if algo == "direct":
-        return _kernels("conv_direct")
-    if algo == "im2col":
-        return _kernels("conv_im2col")
-    if algo in ("winograd", "winograd_2x2", "winograd_4x4"):
-        wino = _kernels("winograd")  # the tile size depends on the algo name: bind it
-        return _Bound(wino, algo)
-    raise NotImplementedError(f"algo={algo!r} is not implemented in the numba backend")
-
-
-class _Bound:
-    """A conv module whose entry points take the algo name as a trailing argument (winograd)."""
-
-    def __init__(self, mod, algo):
-        self.mod, self.algo = mod, algo
-
-    def forward(self, *a):
-        return self.mod.forward(*a, self.algo)
-
-    def backward_input(self, *a):
-        return self.mod.backward_input(*a, self.algo)
-
-    def backward_weight(self, *a):
-        return self.mod.backward_weight(*a, self.algo)
-
-
-def conv2d_forward(x, w, b, y, shape, algo, stats=None):
-    """stats: optional (2, K) float64 <- per-channel sum and sum of squares of y (a pass over y
-    after the conv: the numba conv kernels have no epilogue hook)."""
-    with _serial_if_small(shape.flops // 2):
-        _conv_module(algo).forward(_flat(x), _flat(w), _flat(b), _flat(y), shape)
-    if stats is not None:
-        with _serial_if_small(y.numel() * 4):
-            _kernels("batch_norm").channel_sums(_flat(y), _flat(stats), shape.N, shape.K, shape.P * shape.Q)
-
-
-def conv2d_backward_input(gy, w, gx, shape, algo):
-    with _serial_if_small(shape.flops // 2):
-        _conv_module(algo).backward_input(_flat(gy), _flat(w), _flat(gx), shape)
-
-
-def conv2d_backward_weight(x, gy, gw, gb, shape, algo):
-    with _serial_if_small(shape.flops // 2):
-        _conv_module(algo).backward_weight(_flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
-
-
-# --------------------------------------------------------------------------- pooling ---
-
-def max_pool2d_forward(x, y, indices, shape):
-    s = shape
-    with _serial_if_small(x.numel() * 4):
-        _kernels("pool").max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
-                                     s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
-
-
-def max_pool2d_backward(gy, indices, gx, shape):
-    s = shape
-    with _serial_if_small(gx.numel() * 4):
-        _kernels("pool").max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
-
-
-def avg_pool2d_forward(x, y, shape, count_include_pad, divisor_override):
-    s = shape
-    with _serial_if_small(x.numel() * 4):
-        _kernels("pool").avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
-                                     s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
-                                     int(divisor_override))
-
-
-def avg_pool2d_backward(gy, gx, shape, count_include_pad, divisor_override):
-    s = shape
-    with _serial_if_small(gx.numel() * 4):
-        _kernels("pool").avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
-                                      s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
-                                      int(divisor_override))
-
-
-# ------------------------------------------------------------------------ batch norm ---
-
 def _or_dummy(t, like):
     """Numba needs one array type per argument: absent optional buffers become a 1-element dummy."""
     return (_np.zeros(1, dtype=like.dtype), False) if t is None else (_flat(t), True)
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape, training,
-                       momentum, eps, relu=False, stats=None):
-    xf = _flat(x)
-    w, has_w = _or_dummy(weight, xf)
-    b, has_b = _or_dummy(bias, xf)
-    rm, has_rm = _or_dummy(running_mean, xf)
-    rv, has_rv = _or_dummy(running_var, xf)
-    with _serial_if_small(x.numel() * 4):
-        _kernels("batch_norm").forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
-                                       _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
-                                       float(momentum if momentum is not None else 0.0), float(eps),
-                                       *_or_dummy(stats, _np.zeros(1)), bool(relu))
+def _conv(algo, entry, *args):
+    """kernels.cpu.<algo module>.<entry>(*args); the Winograd entry points also take the algo name
+    (it sets the tile)."""
+    if algo in WINOGRAD_ALGOS:
+        from ..kernels.cpu import winograd
+
+        return getattr(winograd, entry)(*args, algo)
+    if algo == "direct":
+        from ..kernels.cpu import conv_direct as mod
+    else:
+        from ..kernels.cpu import conv_im2col as mod
+    return getattr(mod, entry)(*args)
 
 
-def batch_norm_backward(gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training, relu_output=None):
-    xf = _flat(x)
-    w, has_w = _or_dummy(weight, xf)
-    gxf, want_gx = _or_dummy(gx, xf)
-    gwf, want_gw = _or_dummy(gw, xf)
-    gbf, want_gb = _or_dummy(gb, xf)
-    with _serial_if_small(x.numel() * 4):
-        _kernels("batch_norm").backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
-                                        gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training),
-                                        *_or_dummy(relu_output, xf))
+class NumbaBackend(Backend):
+    name = "numba"
+    device = "cpu"
+    conv_algos = CONV_ALGOS if _numba is not None else ()
 
+    def is_available(self) -> bool:
+        return _numba is not None
 
-def relu_forward(x):
-    with _serial_if_small(x.numel()):
-        _kernels("relu").forward(_flat(x))
+    def unavailable_reason(self) -> str:
+        return "" if _numba is not None else f"numba is not importable: {_import_error}"
 
+    def set_num_threads(self, n: int) -> None:
+        if _numba is None:
+            return
+        # numba cannot run more threads than it started with (NUMBA_NUM_THREADS, default: the core count)
+        _start_threading_layer()
+        _numba.set_num_threads(max(1, min(int(n), _numba.config.NUMBA_NUM_THREADS)))
 
-def relu_backward(gz, z, gx):
-    with _serial_if_small(z.numel()):
-        _kernels("relu").backward(_flat(gz), _flat(z), _flat(gx))
+    # ---- convolution
+    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
+        """stats: a pass over y after the conv (the numba conv kernels have no epilogue hook)."""
+        with _serial_if_small(shape.flops // 2):
+            _conv(algo, "forward", _flat(x), _flat(w), _flat(b), _flat(y), shape)
+        if stats is not None:
+            from ..kernels.cpu import batch_norm
+
+            with _serial_if_small(y.numel() * 4):
+                batch_norm.channel_sums(_flat(y), _flat(stats), shape.N, shape.K, shape.P * shape.Q)
+
+    def conv2d_backward_input(self, gy, w, gx, shape, algo):
+        with _serial_if_small(shape.flops // 2):
+            _conv(algo, "backward_input", _flat(gy), _flat(w), _flat(gx), shape)
+
+    def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
+        with _serial_if_small(shape.flops // 2):
+            _conv(algo, "backward_weight", _flat(x), _flat(gy), _flat(gw), _flat(gb), shape)
+
+    # ---- pooling
+    def max_pool2d_forward(self, x, y, indices, shape):
+        from ..kernels.cpu import pool
+
+        s = shape
+        with _serial_if_small(x.numel() * 4):
+            pool.max_forward(_flat(x), _flat(y), _flat(indices), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h,
+                             s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w)
+
+    def max_pool2d_backward(self, gy, indices, gx, shape):
+        from ..kernels.cpu import pool
+
+        s = shape
+        with _serial_if_small(gx.numel() * 4):
+            pool.max_backward(_flat(gy), _flat(indices), _flat(gx), s.N * s.C, s.H * s.W, s.P * s.Q)
+
+    def avg_pool2d_forward(self, x, y, shape, count_include_pad, divisor_override):
+        from ..kernels.cpu import pool
+
+        s = shape
+        with _serial_if_small(x.numel() * 4):
+            pool.avg_forward(_flat(x), _flat(y), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                             s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad), int(divisor_override))
+
+    def avg_pool2d_backward(self, gy, gx, shape, count_include_pad, divisor_override):
+        from ..kernels.cpu import pool
+
+        s = shape
+        with _serial_if_small(gx.numel() * 4):
+            pool.avg_backward(_flat(gy), _flat(gx), s.N * s.C, s.H, s.W, s.P, s.Q, s.kernel_h, s.kernel_w,
+                              s.stride_h, s.stride_w, s.pad_h, s.pad_w, bool(count_include_pad),
+                              int(divisor_override))
+
+    # ---- batch norm
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
+                           training, momentum, eps, relu=False, stats=None):
+        from ..kernels.cpu import batch_norm
+
+        xf = _flat(x)
+        w, has_w = _or_dummy(weight, xf)
+        b, has_b = _or_dummy(bias, xf)
+        rm, has_rm = _or_dummy(running_mean, xf)
+        rv, has_rv = _or_dummy(running_var, xf)
+        with _serial_if_small(x.numel() * 4):
+            batch_norm.forward(xf, w, has_w, b, has_b, rm, rv, has_rm and has_rv, _flat(y), _flat(save_mean),
+                               _flat(save_invstd), shape.N, shape.C, shape.L, bool(training),
+                               float(momentum if momentum is not None else 0.0), float(eps),
+                               *_or_dummy(stats, _np.zeros(1)), bool(relu))
+
+    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training,
+                            relu_output=None):
+        from ..kernels.cpu import batch_norm
+
+        xf = _flat(x)
+        w, has_w = _or_dummy(weight, xf)
+        gxf, want_gx = _or_dummy(gx, xf)
+        gwf, want_gw = _or_dummy(gw, xf)
+        gbf, want_gb = _or_dummy(gb, xf)
+        with _serial_if_small(x.numel() * 4):
+            batch_norm.backward(_flat(gy), xf, w, has_w, _flat(save_mean), _flat(save_invstd), gxf, want_gx,
+                                gwf, want_gw, gbf, want_gb, shape.N, shape.C, shape.L, bool(training),
+                                *_or_dummy(relu_output, xf))
+
+    # ---- relu
+    def activation_forward(self, x, residual, activation):
+        from ..kernels.cpu import relu
+
+        xf = _flat(x)
+        with _serial_if_small(x.numel()):
+            relu.activation_forward(xf, *_or_dummy(residual, xf), ACTIVATIONS.index(activation))
+
+    def relu_backward(self, gz, z, gx):
+        from ..kernels.cpu import relu
+
+        with _serial_if_small(z.numel()):
+            relu.backward(_flat(gz), _flat(z), _flat(gx))

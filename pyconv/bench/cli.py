@@ -19,12 +19,13 @@ from typing import Dict, List, Optional
 import torch
 
 import pyconv
-from pyconv import autotune, backends
+from pyconv import autotune, backends, problem
 
 from . import machine, runner, suites
 from .runner import CONV_OPS, OPS, Case, Result
 
-DEFAULT_ALGOS = ("direct", "im2col", "winograd_2x2", "winograd_4x4")
+# the concrete algorithms (the "winograd" alias runs one of the two tiles)
+DEFAULT_ALGOS = tuple(a for a in problem.CONV_ALGOS if a != "winograd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

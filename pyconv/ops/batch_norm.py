@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 
 from .. import _args, backends
+from ..problem import BatchNormShape
 from .common import call, custom_op, new_output
 
 
-def _shape(x: Tensor) -> _args.BatchNormShape:
-    return _args.BatchNormShape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+def _shape(x: Tensor) -> BatchNormShape:
+    return BatchNormShape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 @custom_op("batch_norm")

@@ -1,7 +1,7 @@
 """Helpers shared by every op module: output allocation, op registration, and calling an op."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -64,13 +64,21 @@ def _tangents_flow_in(args) -> bool:
     return any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args)
 
 
-def call(name: str, *args):
+def _direct(name: str, args, planned: Optional[Callable]):
+    """The call without the dispatcher."""
+    return planned() if planned is not None else _IMPLS[name](*args)
+
+
+def call(name: str, *args, planned: Optional[Callable] = None):
     """torch.ops.pyconv.<name>(*args). Where the dispatcher adds nothing (no autograd, tracing, modes
     or transforms: see _dispatcher_needed), the implementation is called directly, which is the
     same code without the dispatcher's ~75 us a call (more than the kernel on small layers).
+    planned: the implementation's kernel step for arguments the caller already validated and
+    planned (shape, algorithm, backend), run instead of the whole implementation on that path, so
+    one call checks its arguments once.
     Forward-mode AD raises NotImplementedError rather than returning a wrong (zero) tangent."""
     if not _dispatcher_needed(args):
-        return _IMPLS[name](*args)
+        return _direct(name, args, planned)
     if not torch.compiler.is_compiling() and _tangents_flow_in(args):
         raise NotImplementedError(f"pyconv.{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) "
                                   f"is not implemented; reverse mode (backward, torch.autograd.grad) is")

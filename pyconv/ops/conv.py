@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _args, autotune, backends
+from ..problem import ACTIVATIONS
 from .common import call, custom_op, new_output
 
 
@@ -34,9 +35,16 @@ def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int, algo: str, backend: str) -> Tensor:
     shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    return run_conv2d(x, weight, bias, shape, algo, mod)
+
+
+def run_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], shape, algo: str, backend,
+               prepared=None) -> Tensor:
+    """The kernel step of conv2d, for arguments already checked and planned (shape, concrete algo,
+    Backend instance, and the weights' prepared form if any)."""
     y = new_output((shape.N, shape.K, shape.P, shape.Q), x)
-    mod.conv2d_forward(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), y,
-                       shape, algo)
+    backend.conv2d_forward(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), y,
+                           shape, algo, prepared=prepared)
     return y
 
 
@@ -94,3 +102,44 @@ def _conv2d_backward(ctx, grad_output):
 
 
 conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+# -------------------------------------------------------------------------- conv2d_activation ---
+
+@custom_op("conv2d_activation")
+def conv2d_activation(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+                      stride: List[int], padding: List[int], dilation: List[int], groups: int, activation: str,
+                      algo: str, backend: str) -> Tensor:
+    """act(conv2d(x, weight) + bias [+ residual]): the inference epilogue of a fused conv -> BN (folded
+    into weight and bias) -> activation chain, optionally with a residual input. No autograd formula:
+    the layers use it only where no gradient is needed."""
+    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    check_residual(residual, shape, x)
+    return run_conv2d_activation(x, weight, bias, residual, shape, activation, algo, mod)
+
+
+def check_residual(residual: Optional[Tensor], shape, x: Tensor) -> None:
+    if residual is None:
+        return
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    if tuple(residual.shape) != out:
+        raise _args.PyConvError(f"residual: expected size {out} (the convolution's output), got "
+                                f"{tuple(residual.shape)}")
+    _args.check_same(x, "input", residual, "residual")
+
+
+def run_conv2d_activation(x, weight, bias, residual, shape, activation: str, algo: str, backend,
+                          prepared=None) -> Tensor:
+    """The kernel step of conv2d_activation, for arguments already checked and planned."""
+    if activation not in ACTIVATIONS:
+        raise _args.PyConvError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
+    y = run_conv2d(x, weight, bias, shape, algo, backend, prepared)
+    if residual is not None or activation != "none":
+        backend.activation_forward(y, None if residual is None else residual.contiguous(), activation)
+    return y
+
+
+@conv2d_activation.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, algo, backend):
+    s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
+    return x.new_empty((s.N, s.K, s.P, s.Q))

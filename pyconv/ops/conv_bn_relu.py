@@ -26,12 +26,13 @@ import torch
 from torch import Tensor
 
 from .. import _args
+from ..problem import BatchNormShape
 from .common import call, custom_op, new_output
 from .conv import _conv_plan, _params
 
 
-def _bn_shape(y) -> _args.BatchNormShape:
-    return _args.BatchNormShape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
+def _bn_shape(y) -> BatchNormShape:
+    return BatchNormShape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
 
 
 def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
@@ -70,7 +71,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
         y = x.new_empty(0)
         w, b = _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
         mod.conv2d_forward(x, w, b, z, shape, algo)
-        mod.relu_forward(z)
+        mod.activation_forward(z, None, "relu")
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv

@@ -67,7 +67,7 @@ def max_pool2d_values(x: Tensor, kernel_size: List[int], stride: List[int], padd
     shape, mod = _plan(x, kernel_size, stride, padding, dilation, ceil_mode, backend, "max_pool2d")
     out = (shape.N, shape.C, shape.P, shape.Q)
     y = new_output(out, x)
-    idx = None if getattr(mod, "MAX_POOL_INDICES_OPTIONAL", False) else _new_indices(out, x)
+    idx = None if mod.max_pool_indices_optional else _new_indices(out, x)
     mod.max_pool2d_forward(x.contiguous(), y, idx, shape)
     return y
 

@@ -1,0 +1,106 @@
+"""The backend contract, written once: every backend is an instance of a Backend subclass, in one
+registry (pyconv.backends.REGISTRY).
+
+A backend is its kernel table (the abstract methods below: raw contiguous tensors of the right
+sizes and a problem shape from pyconv.problem in, results written into the given outputs), a name,
+the device its data lives on, the convolution algorithms it implements, and can_run, which says
+why it cannot run a problem (None when it can). Capability lives here, with the implementation:
+algo='auto', the error messages and the tests all ask can_run (as oneDNN's implementation list and
+CUTLASS's can_implement do). Arguments reach the table already validated (pyconv._args); the
+kernels do not re-validate them, though native code still guards memory at its binding.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional, Tuple
+
+from .. import problem
+
+
+class Backend(abc.ABC):
+    name: str
+    device: str  # "cpu" or "cuda": where the data it takes lives
+    conv_algos: Tuple[str, ...]  # the concrete algorithms of problem.CONV_ALGOS it implements
+    # max_pool2d_forward accepts indices=None (values only, for inference)
+    max_pool_indices_optional: bool = False
+
+    # ---- availability and capability
+    @abc.abstractmethod
+    def is_available(self) -> bool:
+        """Whether the backend can run on this machine (its library built, its device present)."""
+
+    def unavailable_reason(self) -> str:
+        """Why is_available() is false ("" when it is true)."""
+        return ""
+
+    def can_run(self, op: str, algo: Optional[str], shape) -> Optional[str]:
+        """Why this backend cannot run op (with algo, for convolutions) on shape, or None. op is a
+        kernel-table name; the convolution ops share their algorithm's rule."""
+        if op in problem.CONV_OPS:
+            if algo not in self.conv_algos:
+                return f"backend={self.name!r} does not implement algo={algo!r} (it has {', '.join(self.conv_algos)})"
+            return problem.algo_unsupported(algo, shape)
+        if not hasattr(self, op):
+            return f"backend={self.name!r} has no {op}"
+        return None
+
+    def set_num_threads(self, n: int) -> None:
+        """Threads for the CPU backends' kernels (GPU backends ignore it)."""
+
+    def __repr__(self) -> str:
+        return f"<pyconv backend {self.name!r} on {self.device}>"
+
+    # ---- the kernel table
+    @abc.abstractmethod
+    def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
+        """y <- conv2d(x, w) + b. stats: optional (2, K) float64 <- per-channel sum and sum of
+        squares of y (for the fused conv-BN-ReLU). prepared: what prepare_conv_weight returned for
+        w, shape and algo (then the kernels take the weights from it)."""
+
+    def prepare_conv_weight(self, w, shape, algo):
+        """The weights in the form this algorithm's forward kernel consumes, built once for
+        inference (a tensor), or None where there is nothing to prepare."""
+        return None
+
+    @abc.abstractmethod
+    def conv2d_backward_input(self, gy, w, gx, shape, algo):
+        """gx <- the gradient of conv2d with respect to its input."""
+
+    @abc.abstractmethod
+    def conv2d_backward_weight(self, x, gy, gw, gb, shape, algo):
+        """gw, gb <- the gradients with respect to weight and bias (either may be None: not wanted)."""
+
+    @abc.abstractmethod
+    def max_pool2d_forward(self, x, y, indices, shape):
+        """y and indices (torch's flat per-plane h*W+w of each window's maximum)."""
+
+    @abc.abstractmethod
+    def max_pool2d_backward(self, gy, indices, gx, shape):
+        """gx <- gy scattered to the indices."""
+
+    @abc.abstractmethod
+    def avg_pool2d_forward(self, x, y, shape, count_include_pad, divisor_override):
+        """divisor_override: 0 = none."""
+
+    @abc.abstractmethod
+    def avg_pool2d_backward(self, gy, gx, shape, count_include_pad, divisor_override):
+        ...
+
+    @abc.abstractmethod
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
+                           training, momentum, eps, relu=False, stats=None):
+        """relu: apply ReLU to y; stats: (2, K) float64 per-channel sums of x already taken by the conv."""
+
+    @abc.abstractmethod
+    def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training,
+                            relu_output=None):
+        """relu_output: the forward's ReLU output, to mask gy by (fused conv-BN-ReLU)."""
+
+    @abc.abstractmethod
+    def activation_forward(self, x, residual, activation: str):
+        """x <- activation(x + residual) in place; residual may be None; activation is one of
+        problem.ACTIVATIONS."""
+
+    @abc.abstractmethod
+    def relu_backward(self, gz, z, gx):
+        """gx <- gz where z > 0, else 0."""

@@ -1,0 +1,175 @@
+"""The contract every floor of pyconv shares: problem shapes, algorithm names, and the rules that
+say which algorithm can run which problem. It imports nothing else from pyconv.
+
+Layering (each floor imports only what is below it):
+
+    problem     this module: ConvShape / PoolShape / BatchNormShape (the N,C,H,W,K,R,S,P,Q vocabulary,
+                field order = csrc/common/shapes.h), algorithm names, the Winograd validity and tile
+                rules, and the Winograd transform matrices (the one table; csrc/common/winograd_matrices.h
+                is generated from it by scripts/gen_winograd_header.py, and a test keeps them equal).
+    kernels     csrc/ (pyconv._C, _C_cuda) and kernels/ (pyconv.kernels: numba CPU and numba.cuda with
+                their host-side orchestration): raw buffers + a shape from here; no argument checks.
+    backends    pyconv.backends: the Backend contract (kernel table, name, device, algorithms,
+                can_run) and one registry of instances. Capability lives there.
+    autotune    policy: algo='auto' from a rule or a measurement; asks backends' can_run.
+    ops         torch.library custom ops (autograd, fake tensors); pyconv._args validates once.
+    functional / nn / convert   the public face.
+    bench       pyconv-bench.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Dict, NamedTuple, Optional, Tuple
+
+# ------------------------------------------------------------------------------------- shapes ---
+
+
+class ConvShape(NamedTuple):
+    """A convolution problem; same field order as the C++ pyconv::ConvShape."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    P: int
+    Q: int
+    G: int
+    stride_h: int
+    stride_w: int
+    pad_h: int  # top
+    pad_w: int  # left
+    dil_h: int
+    dil_w: int
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the direct algorithm (the convention for every algorithm's GFLOP/s)."""
+        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.G) * self.R * self.S
+
+
+class PoolShape(NamedTuple):
+    """A pooling problem over N*C planes of H x W; output P x Q."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    P: int
+    Q: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int
+    dil_w: int
+
+
+class BatchNormShape(NamedTuple):
+    """Batch norm over N x C x L (L = product of the spatial sizes)."""
+
+    N: int
+    C: int
+    L: int
+
+
+# ------------------------------------------------------------------------- algorithm names ---
+
+WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
+# Every convolution algorithm a backend can implement, in the order 'auto' and the tests list them.
+CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
+# What a user may pass as algo=.
+ALGOS = ("auto",) + CONV_ALGOS
+
+# Activations a fused epilogue applies (y = act(conv + bias [+ residual])); the kernels take the index.
+ACTIVATIONS = ("none", "relu", "relu6")
+
+# The ops of the backend kernel table (pyconv.backends.base.Backend) that can_run is asked about.
+CONV_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")
+
+
+def winograd_unsupported(shape: ConvShape) -> Optional[str]:
+    """Why Winograd F(m x m, 3 x 3) cannot run this shape, or None."""
+    if (shape.R, shape.S) != (3, 3):
+        return f"it needs a 3x3 kernel, got {shape.R}x{shape.S}"
+    if (shape.stride_h, shape.stride_w) != (1, 1):
+        return f"it needs stride 1, got stride ({shape.stride_h}, {shape.stride_w})"
+    if (shape.dil_h, shape.dil_w) != (1, 1):
+        return f"it needs dilation 1, got dilation ({shape.dil_h}, {shape.dil_w})"
+    return None
+
+
+def algo_unsupported(algo: str, shape: ConvShape) -> Optional[str]:
+    """Why the algorithm, on any backend, cannot run this shape (None: it can). direct and im2col
+    run every valid shape."""
+    if algo in WINOGRAD_ALGOS:
+        return winograd_unsupported(shape)
+    if algo not in CONV_ALGOS:
+        return f"unknown algorithm; expected one of {ALGOS}"
+    return None
+
+
+# Winograd F(m x m, 3 x 3): "winograd" takes m=4 (4x fewer multiplications than direct against 2.25x
+# for m=2) only from 16x16 outputs on: below, 4x4 tiles are partly padding and too few tiles share
+# each transformed filter (36*K*C values), and F(4x4)'s grad-weight (per-thread 36*K*C partial sums)
+# loses. Measured (2-core EPYC, batch 8, 2 threads, torch = 1): 14x14x256 forward F(2x2) 1.59x vs
+# F(4x4) 1.34x, training step 1.30x vs 0.84x; 28x28x128 forward 1.52x vs 1.88x, step 1.37x vs 1.41x;
+# 7x7x512 forward 1.26x vs 0.41x. Every backend takes m from here.
+WINOGRAD_TILE_SWITCH = 16
+WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
+
+
+def winograd_tile(algo: str, shape: ConvShape) -> int:
+    """The output tile m an algo name runs with on this shape."""
+    if algo in WINOGRAD_TILE:
+        return WINOGRAD_TILE[algo]
+    return 2 if min(shape.P, shape.Q) < WINOGRAD_TILE_SWITCH else 4
+
+
+# ------------------------------------------------------------------ Winograd transform matrices ---
+
+Matrix = Tuple[Tuple[Fraction, ...], ...]
+
+
+class WinogradMatrices(NamedTuple):
+    """F(m x m, 3 x 3) (Lavin & Gray 2016): Y = A^T [ (G g G^T) . (B^T d B) ] A on alpha x alpha input
+    tiles, alpha = m + 2. Exact rationals; kernels take them as float64."""
+
+    m: int
+    points: Tuple[Fraction, ...]  # interpolation points (plus the point at infinity)
+    BT: Matrix  # alpha x alpha
+    G: Matrix  # alpha x 3
+    AT: Matrix  # m x alpha
+
+
+def _matrix(rows) -> Matrix:
+    return tuple(tuple(Fraction(v) for v in row) for row in rows)
+
+
+_F = Fraction
+# Points 0, 1, -1 (m=2) and 0, 1, -1, 1/2, -2 (m=4): small magnitudes and, for m=4, a reciprocal
+# pair, so the transforms' coefficients (and the float32 rounding they amplify) stay small; the
+# usual choice (Lavin & Gray 2016; Barabasz et al. 2020 study how the points set the error).
+WINOGRAD: Dict[int, WinogradMatrices] = {
+    2: WinogradMatrices(
+        m=2,
+        points=(_F(0), _F(1), _F(-1)),
+        BT=_matrix([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]]),
+        G=_matrix([[1, 0, 0], [_F(1, 2), _F(1, 2), _F(1, 2)], [_F(1, 2), _F(-1, 2), _F(1, 2)], [0, 0, 1]]),
+        AT=_matrix([[1, 1, 1, 0], [0, 1, -1, 1]]),
+    ),
+    4: WinogradMatrices(
+        m=4,
+        points=(_F(0), _F(1), _F(-1), _F(1, 2), _F(-2)),
+        BT=_matrix([[2, -3, -4, 3, 2, 0], [0, -2, 1, 5, 2, 0], [0, -2, 5, -1, -2, 0],
+                    [0, 2, 1, -2, -1, 0], [0, 1, -2, -1, 2, 0], [0, 2, -3, -4, 3, 2]]),
+        G=_matrix([[_F(1, 2), 0, 0], [_F(1, 6), _F(1, 6), _F(1, 6)], [_F(1, 6), _F(-1, 6), _F(1, 6)],
+                   [_F(16, 15), _F(8, 15), _F(4, 15)], [_F(1, 30), _F(-1, 15), _F(2, 15)], [0, 0, _F(1, 2)]]),
+        AT=_matrix([[1, 1, 1, 1, 1, 0], [0, 1, -1, _F(1, 2), -2, 0], [0, 1, 1, _F(1, 4), 4, 0],
+                    [0, 1, -1, _F(1, 8), -8, 1]]),
+    ),
+}

@@ -1,0 +1,298 @@
+"""Inference with prepared weights: pyconv.convert fuses Conv2d -> BatchNorm2d -> {ReLU, ReLU6,
+nothing} and the residual tails into FusedConvBN, whose folded weights are built once and must never
+serve a stale result. Every way a user changes a model is followed by two eval calls against torch,
+for each algorithm; state dicts move both ways; threads; deepcopy; memory reported and freed."""
+import copy
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pyconv
+import pyconv.nn as PN
+from checks import assert_close
+
+
+class Block(nn.Module):
+    """Every fused pattern: conv-BN-ReLU, conv-BN-ReLU6, conv-BN (no activation, a downsample), the
+    ResNet tail relu(bn(conv(y)) + identity) written with +=, and the MobileNetV2 tail x + bn(conv(y))."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=True), nn.BatchNorm2d(c)
+        self.down = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.conv3, self.bn3 = nn.Conv2d(c, c, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(c)
+        self.act6 = nn.ReLU6()
+        self.conv4, self.bn4 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, 5)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.down(x)
+        y = self.relu(out)
+        z = self.act6(self.bn3(self.conv3(y)))
+        z = y + self.bn4(self.conv4(z))
+        return self.fc(torch.flatten(self.pool(z), 1))
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0), (m.weight, 0.5, 1.5),
+                              (m.bias, -0.5, 0.5)):
+                t.data.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+
+def _pair(algo="auto", dtype=torch.float32):
+    torch.manual_seed(0)
+    ref = Block().to(dtype)
+    _randomize_bn(ref)
+    ref.eval()
+    model = pyconv.convert(copy.deepcopy(ref), algo=algo).eval()
+    for m in model.modules():  # the 1x1 layers keep 'auto' where the algorithm is Winograd
+        if isinstance(m, PN.Conv2d) and m.kernel_size != (3, 3):
+            m.algo = "auto"
+    return ref, model
+
+
+X = torch.randn(2, 16, 12, 12)
+
+
+def _check(model, ref, x=X, what=""):
+    for i in range(2):  # the first call may rebuild; the second must serve the cache
+        with torch.no_grad():
+            assert_close(model(x), ref(x), x.dtype, f"{what} call {i}", kind="conv")
+
+
+def test_every_pattern_is_fused_and_keys_are_the_originals():
+    ref, model = _pair()
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConvBN)]
+    assert sorted((m.activation, m.residual) for m in fused) == [
+        ("none", False), ("none", True), ("relu", False), ("relu", True), ("relu6", False)]
+    assert any(isinstance(m, PN.AdaptiveAvgPool2d) for m in model.modules())
+    assert list(model.state_dict()) == list(ref.state_dict())
+    _check(model, ref)
+    assert all(m.prepared_bytes() > 0 for m in fused)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col", "winograd"])
+def test_fused_inference_matches_torch(algo):
+    ref, model = _pair(algo)
+    _check(model, ref, what=algo)
+    ref64, model64 = _pair(algo, torch.float64)
+    with torch.no_grad():
+        x = X.double()
+        assert_close(model64(x), ref64(x), torch.float64, algo, kind="conv")
+
+
+def _optimizer_step(m):
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+
+
+def _new_parameter(m):
+    m.conv2.weight = nn.Parameter(m.conv2.weight.detach() * 0.5)
+    m.bn4.bias = nn.Parameter(m.bn4.bias.detach() + 1)
+
+
+def _in_place(m):
+    with torch.no_grad():
+        m.conv1.weight.mul_(1.5)
+        m.bn2.running_var.add_(1.0)
+        m.get_submodule("down.1").running_mean.sub_(0.25)  # fx keeps the path, not the Sequential
+
+
+def _buffer_replaced(m):
+    m.bn3.running_mean = m.bn3.running_mean + 0.5
+
+
+def _eps_changed(m):
+    m.bn1.eps = 0.5
+
+
+CHANGES = {"optimizer_step": _optimizer_step, "new_parameter": _new_parameter, "in_place": _in_place,
+           "buffer_replaced": _buffer_replaced, "eps": _eps_changed}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+def test_changes_are_never_served_stale(change, algo):
+    ref, model = _pair(algo)
+    _check(model, ref, what="before")
+    CHANGES[change](ref)
+    CHANGES[change](model)
+    _check(model, ref, what=change)
+
+
+def test_load_state_dict_both_ways():
+    ref, model = _pair()
+    _check(model, ref)
+    other = Block()
+    _randomize_bn(other)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1)
+    other.eval()
+    model.load_state_dict(other.state_dict())  # a torch checkpoint into the converted model
+    _check(model, other, what="torch -> pyconv")
+    back = Block().eval()
+    back.load_state_dict(model.state_dict())  # and the converted model's checkpoint into torch
+    _check(model, back, what="pyconv -> torch")
+
+
+def test_train_eval_round_trip_and_memory_freed():
+    ref, model = _pair()
+    _check(model, ref)
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConvBN)]
+    model.train(), ref.train()
+    assert all(m.prepared_bytes() == 0 for m in fused)  # train() frees the prepared weights
+    x = torch.randn(4, 16, 12, 12)
+    model(x), ref(x)  # a training step moves the running statistics
+    model.eval(), ref.eval()
+    _check(model, ref, what="after a training forward")
+
+
+def test_to_dtype_and_deepcopy():
+    ref, model = _pair()
+    _check(model, ref)
+    model64, ref64 = copy.deepcopy(model).double(), copy.deepcopy(ref).double()
+    _check(model64, ref64, x=X.double(), what="double")
+    _check(model, ref, what="the original after its copy moved")
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.conv1.weight.zero_()
+    _check(model, ref, what="original after the copy changed")
+    for a, b in zip(twin.modules(), model.modules()):
+        if isinstance(a, PN.FusedConvBN):
+            assert a.conv is not b.conv and a._prepared is not b._prepared
+
+
+def test_concurrent_calls_and_a_change_between_them():
+    ref, model = _pair()
+    errors = []
+
+    def run():
+        try:
+            for _ in range(5):
+                _check(model, ref)
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+    def run_in_threads():
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+    run_in_threads()
+    _in_place(model), _in_place(ref)
+    run_in_threads()
+
+
+def test_gradients_in_eval_mode_take_the_unfused_path():
+    ref, model = _pair()
+    x = X.clone().requires_grad_()
+    xr = X.clone().requires_grad_()
+    model(x).sum().backward()
+    ref(xr).sum().backward()
+    assert_close(x.grad, xr.grad, torch.float32, "grad input in eval", kind="conv")
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_close(p.grad, q.grad, torch.float32, n, kind="conv")
+
+
+def test_training_matches_torch():
+    torch.manual_seed(0)
+    ref = Block()
+    model = pyconv.convert(copy.deepcopy(ref))
+    x = torch.randn(4, 16, 12, 12)
+    for _ in range(2):
+        for m in (ref, model):
+            m.zero_grad()
+            m(x).square().mean().backward()
+        for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            # absolute too: a conv bias before a training BN has a gradient of ~0 (BN removes the mean)
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+        for (n, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+            assert_close(b.double(), c.double(), torch.float32, n, kind="conv")
+
+
+def test_conv2d_activation_functional_matches_torch():
+    x, w, b = torch.randn(2, 6, 9, 9), torch.randn(8, 6, 3, 3), torch.randn(8)
+    r = torch.randn(2, 8, 9, 9)
+    for act, f in (("none", lambda v: v), ("relu", F.relu), ("relu6", F.relu6)):
+        for res in (None, r):
+            want = f(F.conv2d(x, w, b, padding=1) + (0 if res is None else res))
+            got = pyconv.functional.conv2d_activation(x, w, b, res, padding=1, activation=act)
+            assert_close(got, want, torch.float32, act, kind="conv")
+    with pytest.raises(pyconv.PyConvError, match="residual"):
+        pyconv.functional.conv2d_activation(x, w, b, r[:, :4], padding=1)
+    with pytest.raises(pyconv.PyConvError, match="activation"):
+        pyconv.functional.conv2d_activation(x, w, b, None, padding=1, activation="gelu")
+
+
+def test_models_that_do_not_trace_convert_unfused():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return F.relu(self.bn(self.conv(x)))
+            return self.conv(x)
+    ref = Branchy().eval()
+    model = pyconv.convert(copy.deepcopy(ref)).eval()
+    assert not any(isinstance(m, PN.FusedConvBN) for m in model.modules())
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert_close(model(x), ref(x), torch.float32, "unfused", kind="conv")
+
+
+@pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4", "im2col"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_functional_prepared_cache_follows_the_weight(algo, dtype):
+    from pyconv.prepared import PreparedCache
+    cache = PreparedCache()
+    x, w, b = torch.randn(1, 16, 18, 18, dtype=dtype), torch.randn(24, 16, 3, 3, dtype=dtype), torch.randn(24, dtype=dtype)
+    for step in range(3):
+        got = pyconv.functional.conv2d_activation(x, w, b, None, padding=1, activation="relu", algo=algo,
+                                                  prepared_cache=cache)
+        assert_close(got, F.relu(F.conv2d(x, w, b, padding=1)), dtype, f"{algo} step {step}", algo=algo)
+        assert (cache.nbytes > 0) == algo.startswith("winograd")  # Winograd keeps its transformed filters
+        with torch.no_grad():
+            w.mul_(-0.5)  # in place: the transformed filters must be rebuilt
+    # a different spatial size switches the 'winograd' alias's tile: the cache follows
+    for hw in (8, 20):
+        x2 = torch.randn(1, 16, hw, hw, dtype=dtype)
+        got = pyconv.functional.conv2d_activation(x2, w, b, None, padding=1, activation="none", algo="winograd",
+                                                  prepared_cache=cache)
+        assert_close(got, F.conv2d(x2, w, b, padding=1), dtype, f"winograd {hw}x{hw}", algo="winograd_4x4")
+
+
+def test_prepared_filters_are_checked_at_the_binding():
+    from pyconv import _C, _args
+    x, w = torch.randn(1, 8, 6, 6), torch.randn(8, 8, 3, 3)
+    s = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, 1))
+    y = torch.empty(1, 8, 6, 6)
+    with pytest.raises(pyconv.PyConvError, match="prepared"):
+        _C.conv_winograd_forward(_C.ConvShape(*s), 2, x.numpy(), w.numpy(), None, y.numpy(), None,
+                                 torch.empty(7).numpy())
+
+
+def test_inference_mode_and_back():
+    ref, model = _pair("winograd")
+    for ctx in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with ctx():
+            assert_close(model(X), ref(X), torch.float32, ctx.__name__, kind="conv")
+    _in_place(model), _in_place(ref)
+    with torch.inference_mode():
+        assert_close(model(X), ref(X), torch.float32, "after a change", kind="conv")
