@@ -6,6 +6,7 @@ Timing protocol, per case, in one process:
   2. `warmup` more calls of each;
   3. `repeats` timed calls of each, *interleaved* (p t, t p, p t, ...) so drifts in clock speed or
      machine load hit both sides alike; the median is reported.
+Peers (`peers=("nnpack",)`: torch's NNPACK for conv2d forward) join the same rotation.
 
 Work conventions: convolutions count 2*N*K*P*Q*C/G*R*S flops per forward (whatever the algorithm
 does, so GFLOP/s compare across algorithms), x3 for a training step (forward, grad-input,
@@ -27,6 +28,7 @@ import pyconv.functional as PF
 from pyconv import _args, autotune, backends
 from pyconv._errors import PyConvError
 
+from . import peers as peer_engines
 from .suites import ConvLayer, Layer, PoolLayer
 
 OPS = ("conv2d", "conv2d_train", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu")
@@ -51,6 +53,21 @@ class Case(NamedTuple):
         a = "" if self.algo == "-" else f" {self.algo}"
         return f"{self.op} {self.layer.name} [{self.backend}{a}]"
 
+    @property
+    def id(self) -> str:
+        """Stable key for baselines."""
+        return "/".join([self.suite, self.layer.name, self.op, self.backend, self.algo,
+                         str(self.dtype).replace("torch.", ""), f"b{self.batch}"])
+
+
+class PeerTime(NamedTuple):
+    name: str
+    status: str  # "ok", "n/a" (the peer cannot do this case), "error"
+    note: str = ""
+    median: float = math.nan  # seconds
+    min: float = math.nan
+    err: float = math.nan  # max |out - ref| / max |ref| against float64
+
 
 class Result(NamedTuple):
     case: Case
@@ -67,6 +84,8 @@ class Result(NamedTuple):
     err_torch: float = math.nan
     min_pyconv: float = math.nan  # fastest repeat: on a busy machine, less hit by preemption
     min_torch: float = math.nan
+    picked: str = ""  # the algorithm algo="auto" ran
+    peers: Tuple[PeerTime, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -133,6 +152,7 @@ class _Bound(NamedTuple):
     fresh_pyconv: Callable[[], Tuple]  # first call on fresh state -> outputs to check
     fresh_torch: Callable[[], Tuple]
     reference: Callable[[], Tuple]  # float64 torch on the CPU
+    conv_args: Tuple = ()  # conv2d forward: (x, w, b, stride, padding, groups), for peers
 
 
 def _conv_tensors(layer: ConvLayer, n: int, dtype, device, gen):
@@ -175,7 +195,7 @@ def bind(case: Case) -> _Bound:
             return (F.conv2d(x, w, b, st, pad, 1, g),)
 
         return _Bound(desc, "GFLOP/s", flops, pc, tc, pc, tc,
-                      lambda: (F.conv2d(_d(x), _d(w), _d(b), st, pad, 1, g),))
+                      lambda: (F.conv2d(_d(x), _d(w), _d(b), st, pad, 1, g),), (x, w, b, st, pad, g))
     if op == "conv2d_train":
         gy = torch.randn((n, layer.K) + layer.out_hw(), generator=gen, dtype=dt).to(dev)
         xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
@@ -275,7 +295,36 @@ def _timed(fn, sync) -> float:
     return time.perf_counter() - t0
 
 
-def run_case(case: Case, repeats: int, warmup: int = 1, check: bool = True) -> Result:
+def _picked(case: Case) -> str:
+    """What algo="auto" runs for this case ("" when not a conv, or unknown)."""
+    if case.algo != "auto" or case.op not in CONV_OPS:
+        return ""
+    try:
+        return autotune.resolve_conv_algo("auto", conv_shape(case.layer, case.batch), case.backend, case.dtype,
+                                          grad=case.op == "conv2d_train")
+    except Exception:  # noqa: BLE001  (a label only: never fail a case for it)
+        return ""
+
+
+def _peer_callables(case: Case, bound: _Bound, peers) -> Tuple[Dict[str, Callable], List[PeerTime]]:
+    """Runnable peers for this case, and the n/a ones with the reason."""
+    runs, skipped = {}, []
+    for name in peers:
+        why = peer_engines.unavailable(name)
+        fn = None
+        if why is None and not bound.conv_args:
+            why = f"{name} is a peer for conv2d forward only"
+        if why is None:
+            x, w, b, st, pad, g = bound.conv_args
+            fn, why = peer_engines.nnpack_conv(x, w, b, st, pad, g, case.dtype)
+        if fn is None:
+            skipped.append(PeerTime(name, "n/a", why))
+        else:
+            runs[name] = fn
+    return runs, skipped
+
+
+def run_case(case: Case, repeats: int, warmup: int = 1, check: bool = True, peers=()) -> Result:
     """Runs one case; never raises for a kernel's failure (it becomes an "error" result)."""
     why = unavailable(case.op, case.algo, case.backend, case.layer, case.batch)
     if why:
@@ -286,7 +335,8 @@ def run_case(case: Case, repeats: int, warmup: int = 1, check: bool = True) -> R
         return Result(case, "skipped", f"not implemented: {e}")
     dev = torch.device(backends.REGISTRY[case.backend].device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    partial = dict(shape=bound.shape, unit=bound.unit, work=float(bound.work))
+    partial = dict(shape=bound.shape, unit=bound.unit, work=float(bound.work), picked=_picked(case))
+    peer_runs, peer_results = _peer_callables(case, bound, peers)
     try:
         with torch.no_grad():
             t0 = time.perf_counter()
@@ -298,30 +348,41 @@ def run_case(case: Case, repeats: int, warmup: int = 1, check: bool = True) -> R
             sync()
             first_t = time.perf_counter() - t0
             err_p = err_t = math.nan
+            refs = bound.reference() if check else None
             if check:
-                refs = bound.reference()
                 err_p, err_t = _rel_err(out_p, refs), _rel_err(out_t, refs)
             del out_p, out_t
+            peer_err = {}
+            for name, fn in list(peer_runs.items()):
+                try:
+                    out = (fn(),)
+                    peer_err[name] = _rel_err(out, refs) if check else math.nan
+                except Exception as e:  # noqa: BLE001  (a peer's failure is a note, not a case error)
+                    peer_results.append(PeerTime(name, "error", f"{type(e).__name__}: {e}"))
+                    del peer_runs[name]
+            del refs
+            sides = [bound.run_pyconv, bound.run_torch] + list(peer_runs.values())
             for _ in range(warmup):
-                bound.run_pyconv()
-                bound.run_torch()
+                for fn in sides:
+                    fn()
             sync()
-            tp: List[float] = []
-            tt: List[float] = []
+            times: List[List[float]] = [[] for _ in sides]
             for i in range(repeats):
-                if i % 2 == 0:
-                    tp.append(_timed(bound.run_pyconv, sync))
-                    tt.append(_timed(bound.run_torch, sync))
-                else:
-                    tt.append(_timed(bound.run_torch, sync))
-                    tp.append(_timed(bound.run_pyconv, sync))
+                # rotate the order (p t, t p with two sides) so drifts hit every side alike
+                k = i % len(sides)
+                for j in list(range(k, len(sides))) + list(range(k)):
+                    times[j].append(_timed(sides[j], sync))
     except NotImplementedError as e:
         return Result(case, "skipped", f"not implemented: {e}", **partial)
     except Exception as e:  # a failing kernel is a result to report, not a reason to stop
         return Result(case, "error", f"{type(e).__name__}: {e}", **partial)
+    tp, tt = times[0], times[1]
+    for name, ts in zip(peer_runs, times[2:]):
+        peer_results.append(PeerTime(name, "ok", "", statistics.median(ts), min(ts), peer_err[name]))
     return Result(case, "ok", "", t_pyconv=statistics.median(tp), t_torch=statistics.median(tt),
                   min_pyconv=min(tp), min_torch=min(tt),
-                  first_pyconv=first_p, first_torch=first_t, err_pyconv=err_p, err_torch=err_t, **partial)
+                  first_pyconv=first_p, first_torch=first_t, err_pyconv=err_p, err_torch=err_t,
+                  peers=tuple(peer_results), **partial)
 
 
 def geomean(values: List[float]) -> float:
