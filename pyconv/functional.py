@@ -69,7 +69,7 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
     def planned():
         prepared = None
         if prepared_cache is not None:
-            tile = winograd_tile(c.algo, c.shape) if c.algo in WINOGRAD_ALGOS else 0
+            tile = winograd_tile(c.algo, c.shape, prepared=True) if c.algo in WINOGRAD_ALGOS else 0
             prepared = prepared_cache.get((c.w,), (c.backend, c.algo, tile),
                                           lambda: be.prepare_conv_weight(c.w, c.shape, c.algo))
         return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, c.algo, be, prepared)

@@ -120,14 +120,24 @@ def algo_unsupported(algo: str, shape: ConvShape) -> Optional[str]:
 # F(4x4) 1.34x, training step 1.30x vs 0.84x; 28x28x128 forward 1.52x vs 1.88x, step 1.37x vs 1.41x;
 # 7x7x512 forward 1.26x vs 0.41x. Every backend takes m from here.
 WINOGRAD_TILE_SWITCH = 16
+# With the transformed filters prepared once (inference), the filter transform no longer argues for
+# m=2 on small outputs; what is left is reading U (36 x K x C for m=4 against 16 x K x C) once per
+# call, which needs enough 4x4 tiles to share it. Measured (prepared filters, 2 threads, ms, F(2x2)
+# vs F(4x4)): batch 8: 14x14x256 5.0 vs 3.8, 7x7x512 8.7 vs 5.9, 8x8x64 0.196 vs 0.139; batch 1
+# (1-16 tiles): 14x14x256 0.87 vs 0.96, 7x7x512 2.3 vs 5.4, 8x8x64 0.069 vs 0.124.
+WINOGRAD_PREPARED_MIN_TILES4 = 32
 WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
 
 
-def winograd_tile(algo: str, shape: ConvShape) -> int:
-    """The output tile m an algo name runs with on this shape."""
+def winograd_tile(algo: str, shape: ConvShape, prepared: bool = False) -> int:
+    """The output tile m an algo name runs with on this shape; prepared: the transformed filters are
+    kept between calls (inference)."""
     if algo in WINOGRAD_TILE:
         return WINOGRAD_TILE[algo]
-    return 2 if min(shape.P, shape.Q) < WINOGRAD_TILE_SWITCH else 4
+    if min(shape.P, shape.Q) >= WINOGRAD_TILE_SWITCH:
+        return 4
+    tiles4 = shape.N * -(-shape.P // 4) * -(-shape.Q // 4)
+    return 4 if prepared and tiles4 >= WINOGRAD_PREPARED_MIN_TILES4 else 2
 
 
 # ------------------------------------------------------------------ Winograd transform matrices ---

@@ -267,7 +267,7 @@ def test_functional_prepared_cache_follows_the_weight(algo, dtype):
         got = pyconv.functional.conv2d_activation(x, w, b, None, padding=1, activation="relu", algo=algo,
                                                   prepared_cache=cache)
         assert_close(got, F.relu(F.conv2d(x, w, b, padding=1)), dtype, f"{algo} step {step}", algo=algo)
-        assert (cache.nbytes > 0) == algo.startswith("winograd")  # Winograd keeps its transformed filters
+        assert cache.nbytes > 0  # Winograd keeps its transformed filters, im2col its packed GEMM panels
         with torch.no_grad():
             w.mul_(-0.5)  # in place: the transformed filters must be rebuilt
     # a different spatial size switches the 'winograd' alias's tile: the cache follows
@@ -296,3 +296,33 @@ def test_inference_mode_and_back():
     _in_place(model), _in_place(ref)
     with torch.inference_mode():
         assert_close(model(X), ref(X), torch.float32, "after a change", kind="conv")
+
+
+def test_prepared_im2col_weights_are_checked_at_the_binding():
+    from pyconv import _C, _args
+    x, w = torch.randn(1, 8, 6, 6), torch.randn(8, 8, 3, 3)
+    s = _C.ConvShape(*_args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, 1)))
+    y = torch.empty(1, 8, 6, 6)
+    with pytest.raises(pyconv.PyConvError, match="prepared"):
+        _C.conv_im2col_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(7).numpy())
+    with pytest.raises(pyconv.PyConvError, match="im2col only"):
+        n = _C.conv_im2col_prepared_numel(s, "float32")
+        _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(n).numpy())
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 7, 7, 96, 3, 3, 1, 1), (2, 24, 9, 9, 40, 1, 1, 1, 2),
+                                   (1, 300, 5, 5, 20, 3, 3, 2, 1)],
+                         ids=["3x3", "1x1-groups", "wide-K-blocks"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_prepared_im2col_matches_torch(shape, dtype):
+    """Packed GEMM panels across several K blocks, groups and batch-1 column counts."""
+    from pyconv.prepared import PreparedCache
+    N, C, H, W, K, R, S, stride, groups = shape
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype)
+    cache = PreparedCache()
+    for _ in range(2):
+        got = pyconv.functional.conv2d_activation(x, w, None, None, stride, R // 2, 1, groups, "none",
+                                                  algo="im2col", prepared_cache=cache)
+        assert_close(got, F.conv2d(x, w, None, stride, R // 2, 1, groups), dtype, "prepared im2col")
+    assert cache.nbytes >= w.numel() * w.element_size()

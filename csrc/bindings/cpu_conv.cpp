@@ -26,16 +26,27 @@ enum class Algo { direct, im2col };
 
 template <typename T>
 void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
-                 py::array& y, const py::object& stats) {
+                 py::array& y, const py::object& stats, const py::object& prepared) {
   const ConvBuffers n = conv_sizes(s);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
   T* yp = out_buffer<T>(y, "output", n.y);
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
+  PYCONV_CHECK(algo == Algo::im2col || prepared.is_none(), "prepared weights exist for im2col only");
+  const T* pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
   py::gil_scoped_release nogil;
   if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp);
-  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp);
+  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp, pp);
+}
+
+template <typename T>
+void prepare_im2col(const ConvShape& s, const py::array& w, py::array& prepared) {
+  const ConvBuffers n = conv_sizes(s);
+  const T* wp = in_buffer<T>(w, "weight", n.w);
+  T* pp = out_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+  py::gil_scoped_release nogil;
+  PYCONV_ISA_FN(conv_im2col_prepare_weight<T>)(s, wp, pp);
 }
 
 template <typename T>
@@ -89,11 +100,12 @@ void bind_conv(py::module_& m) {
     const std::string name = "conv_" + entry.first;
     const Algo algo = entry.second;
     m.def((name + "_forward").c_str(), [algo](const ConvShape& s, const py::array& x, const py::array& w,
-                                              const py::object& b, py::array& y, const py::object& stats) {
-      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y, stats);
-      return run_forward<double>(algo, s, x, w, b, y, stats);
+                                              const py::object& b, py::array& y, const py::object& stats,
+                                              const py::object& prepared) {
+      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y, stats, prepared);
+      return run_forward<double>(algo, s, x, w, b, y, stats, prepared);
     }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
-       py::arg("stats") = py::none());
+       py::arg("stats") = py::none(), py::arg("prepared") = py::none());
     m.def((name + "_backward_input").c_str(), [algo](const ConvShape& s, const py::array& gy,
                                                      const py::array& w, py::array& gx) {
       if (dtype_of(gy, "grad_output") == DType::f32) return run_backward_input<float>(algo, s, gy, w, gx);
@@ -107,6 +119,17 @@ void bind_conv(py::module_& m) {
     }, py::arg("shape"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
        py::arg("grad_bias"));
   }
+  m.def("conv_im2col_prepared_numel", [](const ConvShape& s, const std::string& dtype) {
+    conv_sizes(s);
+    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
+    return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_numel<float>)(s)
+                              : PYCONV_ISA_FN(conv_im2col_prepared_numel<double>)(s);
+  }, py::arg("shape"), py::arg("dtype"), "Elements of the weights packed for inference (layout: dtype and ISA).");
+  m.def("conv_im2col_prepare_weight", [](const ConvShape& s, const py::array& w, py::array& prepared) {
+    if (dtype_of(w, "weight") == DType::f32) return prepare_im2col<float>(s, w, prepared);
+    return prepare_im2col<double>(s, w, prepared);
+  }, py::arg("shape"), py::arg("weight"), py::arg("prepared"),
+     "prepared <- the weights packed into the GEMM's panels, for conv_im2col_forward(prepared=...).");
   m.def("conv_im2col_workspace_bytes", [](const ConvShape& s, const std::string& dtype, int pass) {
     check_conv_shape(s);
     PYCONV_CHECK(pass >= 0 && pass <= 2, "pass must be 0 (forward), 1 (grad-input) or 2 (grad-weight)");

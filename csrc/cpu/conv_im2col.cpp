@@ -382,7 +382,20 @@ void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol
 }  // namespace
 
 template <typename T>
-void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
+int64_t conv_im2col_prepared_numel(const ConvShape& s) {
+  return s.G * gemm_packed_a_elems<T>(s.Kg(), s.Cg() * s.R * s.S);
+}
+
+template <typename T>
+void conv_im2col_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
+  const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, per_group = gemm_packed_a_elems<T>(Kg, CRS);
+  for (int64_t g = 0; g < s.G; ++g)
+    gemm_pack_a<T>(Kg, CRS, StridedPackA<T>{w + g * Kg * CRS, CRS, 1}, prepared + g * per_group);
+}
+
+template <typename T>
+void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                         const T* prepared) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
@@ -399,12 +412,13 @@ void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b,
       out.row_sums = sums_ws.as<double>(), out.sums_rows = Kg;
       for (int64_t e = 0; e < chunks * 2 * Kg * 4; ++e) out.row_sums[e] = 0;
     }
+    const T* ag = prepared ? prepared + g * gemm_packed_a_elems<T>(Kg, CRS) : nullptr;
     if (is_pointwise(s)) {
       const BatchedPackB<T> pb{BatchedColumns<T>{x + g * Cg * HW, s.C * HW, HW, HW}};
-      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr);
+      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr, ag);
     } else {
       const Im2colPackB<T> pb{taps.grid(s), x + g * Cg * HW};
-      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr);
+      gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr, ag);
     }
     if (stats)  // the chunks in order: the same sums at the same thread count
       for (int64_t jc = 0; jc < chunks; ++jc)
@@ -497,10 +511,12 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
   return elems * int64_t(sizeof(T));
 }
 
-#define PYCONV_INSTANTIATE(T)                                                                        \
-  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*); \
-  template void conv_im2col_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
-  template void conv_im2col_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);       \
+#define PYCONV_INSTANTIATE(T)                                                                                  \
+  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, const T*); \
+  template int64_t conv_im2col_prepared_numel<T>(const ConvShape&);                                           \
+  template void conv_im2col_prepare_weight<T>(const ConvShape&, const T*, T*);                                \
+  template void conv_im2col_backward_input<T>(const ConvShape&, const T*, const T*, T*);                      \
+  template void conv_im2col_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);                 \
   template int64_t conv_im2col_workspace_bytes<T>(const ConvShape&, int);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)

@@ -7,7 +7,15 @@
 PYCONV_FOR_EACH_ISA(
   template <typename T>
   // stats (optional, 2 x K): per-channel float64 sum and sum of squares of y, taken in the GEMM epilogue.
-  void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats);
+  // prepared (optional): the weights as conv_im2col_prepare_weight packed them (then w is not read).
+  void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                           const T* prepared);
+  // The weights packed once into the GEMM's A panels, for inference: conv_im2col_prepared_numel
+  // elements (the layout depends on T and the ISA).
+  template <typename T>
+  int64_t conv_im2col_prepared_numel(const ConvShape& s);
+  template <typename T>
+  void conv_im2col_prepare_weight(const ConvShape& s, const T* w, T* prepared);
   template <typename T>
   void conv_im2col_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
   template <typename T>

@@ -409,11 +409,34 @@ int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
   return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
 }
 
+// Elements of A packed whole (every K block's MR-row panels, block after block): what gemm_run
+// takes as a_packed, so a matrix used by many calls (inference weights) is packed once.
+template <typename T>
+int64_t gemm_packed_a_elems(int64_t M, int64_t K) {
+  constexpr int MR = GemmBlocking<T>::MR;
+  return ceil_div(M, MR) * MR * imax(K, 1);
+}
+
+// dst <- A packed whole, the layout gemm_run's a_packed reads: block kb (columns [k0, k0+kc)) at
+// dst + k0 * m_panels * MR, panel ip of it at + ip * MR * kc.
+template <typename T, class PackA>
+void gemm_pack_a(int64_t M, int64_t K, const PackA& pack_a, T* dst) {
+  constexpr int MR = GemmBlocking<T>::MR;
+  const int64_t kc_max = gemm_kc<T>(K), m_panels = ceil_div(M, MR), k_blocks = imax(1, ceil_div(K, kc_max));
+#pragma omp parallel for num_threads(num_threads()) schedule(static) collapse(2)
+  for (int64_t kb = 0; kb < k_blocks; ++kb)
+    for (int64_t ip = 0; ip < m_panels; ++ip) {
+      const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
+      pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, dst + k0 * m_panels * MR + ip * MR * kc);
+    }
+}
+
 // nthr: the caller's thread count when it sized per-chunk state (gemm_chunks); another Python
-// thread may change num_threads() meanwhile.
+// thread may change num_threads() meanwhile. a_packed: A as gemm_pack_a wrote it (then pack_a is
+// not called), or null.
 template <typename T, class PackA, class PackB, class Out>
 void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out,
-              int nthr = num_threads()) {
+              int nthr = num_threads(), const T* a_packed = nullptr) {
   using B = GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR;
   if (M <= 0 || N <= 0) return;
@@ -421,21 +444,25 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   const int64_t nc = gemm_nc<T>(N, nthr);
   const int64_t n_chunks = gemm_chunks<T>(N, nthr);  // the row_sums slots are sized by the same count
   const int64_t m_panels = ceil_div(M, MR);
-  const int64_t m_splits = imin(m_panels, imax(1, ceil_div(nthr, n_chunks)));
+  // Few N chunks (batch-1 layers with small outputs): M is split too, into at least two items per
+  // thread, so the dynamic schedule can even out chunks of unequal width (49 columns: 32 + 17).
+  const int64_t m_splits = imin(m_panels, imax(1, ceil_div(n_chunks < 2 * nthr ? 2 * nthr : nthr, n_chunks)));
   const int64_t items = n_chunks * m_splits;
   const int64_t k_blocks = imax(1, ceil_div(K, kc_max));
-  Workspace apack(checked_bytes(m_panels * MR * kc_max, sizeof(T)));
+  Workspace apack(a_packed ? 0 : checked_bytes(m_panels * MR * kc_max, sizeof(T)));
   Workspace bpack(checked_bytes(int64_t(nthr) * nc * kc_max, sizeof(T)));
-  T* const ap = apack.as<T>();
 #pragma omp parallel num_threads(nthr)
   {
     T* const bp = bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
     alignas(64) T tile[MR * NR];
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
+      const T* const ap = a_packed ? a_packed + k0 * m_panels * MR : apack.as<T>();
+      if (!a_packed) {
 #pragma omp for schedule(static)
-      for (int64_t ip = 0; ip < m_panels; ++ip)
-        pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, ap + ip * MR * kc);
+        for (int64_t ip = 0; ip < m_panels; ++ip)
+          pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, apack.as<T>() + ip * MR * kc);
+      }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         const int64_t jc = item / m_splits, ms = item % m_splits;

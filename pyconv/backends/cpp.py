@@ -34,19 +34,25 @@ class CppBackend(Backend):
         """stats: direct and im2col take them in their epilogues, winograd in a pass over y."""
         s = _C.ConvShape(*shape)
         if algo in WINOGRAD_ALGOS:
-            return _C.conv_winograd_forward(s, winograd_tile(algo, shape), _np(x), _np(w), _np(b), _np(y), _np(stats),
-                                            _np(prepared))
-        return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), _np(stats))
+            m = winograd_tile(algo, shape, prepared is not None)
+            return _C.conv_winograd_forward(s, m, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared))
+        return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared))
 
     def prepare_conv_weight(self, w, shape, algo):
         """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
-        call would otherwise rebuild; they cost more than the products on small batch-1 layers."""
-        if algo not in WINOGRAD_ALGOS:
-            return None
-        s, m = _C.ConvShape(*shape), winograd_tile(algo, shape)
-        u = torch.empty(_C.conv_winograd_filters_numel(s, m, str(w.dtype).replace("torch.", "")), dtype=w.dtype)
-        _C.conv_winograd_prepare_filters(s, m, _np(w.contiguous()), _np(u))
-        return u
+        call would otherwise rebuild; they cost more than the products on small batch-1 layers.
+        im2col: the weights packed into the GEMM's A panels (a pass over all of them per call)."""
+        s, dt, w = _C.ConvShape(*shape), str(w.dtype).replace("torch.", ""), w.contiguous()
+        if algo in WINOGRAD_ALGOS:
+            m = winograd_tile(algo, shape, prepared=True)
+            u = torch.empty(_C.conv_winograd_filters_numel(s, m, dt), dtype=w.dtype)
+            _C.conv_winograd_prepare_filters(s, m, _np(w), _np(u))
+            return u
+        if algo == "im2col":
+            a = torch.empty(_C.conv_im2col_prepared_numel(s, dt), dtype=w.dtype)
+            _C.conv_im2col_prepare_weight(s, _np(w), _np(a))
+            return a
+        return None
 
     def conv2d_backward_input(self, gy, w, gx, shape, algo):
         s = _C.ConvShape(*shape)
