@@ -7,7 +7,7 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 from .problem import WINOGRAD_ALGOS, winograd_tile
-from .ops.common import call
+from .ops.common import _dispatcher_needed, call
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
 __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm"]
@@ -58,6 +58,11 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
     prepared_cache: a pyconv.prepared.PreparedCache owned by the caller for this weight; the weight
     is then kept in the form the chosen kernel consumes (Winograd's transformed filters), rebuilt
     when the weight, the algorithm or its tile changes."""
+    if prepared_cache is not None:
+        fast = _planned_activation_call(input, weight, bias, residual, stride, padding, dilation, groups, activation,
+                                        algo, backend, prepared_cache)
+        if fast is not None:
+            return fast
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend, prepare=True)
     r, _ = to_torch(residual, "residual")
     if r is not None:
@@ -73,8 +78,46 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
             prepared = prepared_cache.get((c.w,), (c.backend, c.algo, tile),
                                           lambda: be.prepare_conv_weight(c.w, c.shape, c.algo))
         return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, c.algo, be, prepared)
+    if prepared_cache is not None and c.batched and c.kind == "torch":
+        prepared_cache.plan = (_plan_key(input, weight, bias, stride, padding, dilation, groups, activation, algo,
+                                         backend), c.shape, c.algo, c.backend)
     return c.result(call("conv2d_activation", c.x, c.w, c.b, r, *c.op_args(), activation, c.algo, c.backend,
                          planned=planned))
+
+
+def _freeze(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _plan_key(input, weight, bias, stride, padding, dilation, groups, activation, algo, backend):
+    """Everything conv2d_activation's checks and 'auto' depend on, for a torch tensor input."""
+    return (tuple(input.shape), input.dtype, input.device, id(weight), tuple(weight.shape), weight.dtype,
+            None if bias is None else id(bias), _freeze(stride), _freeze(padding), _freeze(dilation), groups,
+            activation, algo, backend, autotune.autotune_enabled())
+
+
+def _planned_activation_call(input, weight, bias, residual, stride, padding, dilation, groups, activation, algo,
+                             backend, cache):
+    """conv2d_activation on a call the cache has planned already (same sizes, weights and arguments as
+    the call that checked them), straight to the kernels: a converted model's layer in inference pays
+    the checks once, not per call. None where the full path must run (first call, anything changed,
+    the dispatcher needed, non-torch inputs)."""
+    plan = cache.plan
+    if plan is None or type(input) is not torch.Tensor or plan[0] != _plan_key(
+            input, weight, bias, stride, padding, dilation, groups, activation, algo, backend):
+        return None
+    _, shape, algo_run, be_name = plan
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    if residual is not None and (type(residual) is not torch.Tensor or tuple(residual.shape) != out
+                                 or residual.dtype != input.dtype or residual.device != input.device):
+        return None
+    if _dispatcher_needed((input, weight, bias, residual)):
+        return None
+    be = backends.load(be_name)
+    tile = winograd_tile(algo_run, shape, prepared=True) if algo_run in WINOGRAD_ALGOS else 0
+    prepared = cache.get((weight,), (be_name, algo_run, tile), lambda: be.prepare_conv_weight(weight, shape, algo_run))
+    return run_conv2d_activation(contiguous_nchw(input), weight, bias, residual, shape, activation, algo_run, be,
+                                 prepared)
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---

@@ -56,6 +56,7 @@ class PreparedCache:
     def __init__(self):
         self._entry: Optional[Tuple[tuple, object]] = None
         self._lock = threading.Lock()
+        self.plan = None  # a caller's record of the checked call this value serves (functional.py)
 
     def get(self, sources: tuple, extra: tuple, build):
         key = tuple(_key_of(t) for t in sources) + tuple(extra)
@@ -74,6 +75,7 @@ class PreparedCache:
     def clear(self) -> None:
         with self._lock:
             self._entry = None
+            self.plan = None
 
     @property
     def nbytes(self) -> int:

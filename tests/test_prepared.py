@@ -326,3 +326,26 @@ def test_prepared_im2col_matches_torch(shape, dtype):
                                                   algo="im2col", prepared_cache=cache)
         assert_close(got, F.conv2d(x, w, None, stride, R // 2, 1, groups), dtype, "prepared im2col")
     assert cache.nbytes >= w.numel() * w.element_size()
+
+
+def test_planned_calls_follow_every_argument():
+    """A cached plan (the checks of the first call) serves only calls with the same sizes, weights
+    and arguments; anything else takes the full path, with its checks and errors."""
+    from pyconv.prepared import PreparedCache
+    cache = PreparedCache()
+    w, b = torch.randn(8, 4, 3, 3), torch.randn(8)
+    PF_act = pyconv.functional.conv2d_activation
+    for x, pad, act in ((torch.randn(1, 4, 9, 9), 1, "relu"), (torch.randn(1, 4, 9, 9), 1, "relu"),
+                        (torch.randn(2, 4, 9, 9), 1, "relu"), (torch.randn(2, 4, 9, 9), 0, "relu"),
+                        (torch.randn(2, 4, 9, 9), 0, "relu6"), (torch.randn(2, 4, 9, 9).double(), 0, "relu6")):
+        wx, bx = w.to(x.dtype), b.to(x.dtype)
+        ref = F.relu(F.conv2d(x, wx, bx, padding=pad)) if act == "relu" else F.relu6(F.conv2d(x, wx, bx, padding=pad))
+        assert_close(PF_act(x, wx, bx, None, padding=pad, activation=act, prepared_cache=cache), ref, x.dtype, act)
+    x = torch.randn(1, 4, 9, 9)
+    PF_act(x, w, b, None, padding=1, prepared_cache=cache)
+    with pytest.raises(pyconv.PyConvError, match="residual"):  # a wrong residual still gets its error
+        PF_act(x, w, b, torch.randn(1, 8, 3, 3), padding=1, prepared_cache=cache)
+    xr = x.clone().requires_grad_()  # a gradient needed: the dispatcher path (no autograd formula)
+    with torch.no_grad():
+        assert_close(PF_act(xr, w, b, None, padding=1, prepared_cache=cache),
+                     F.relu(F.conv2d(x, w, b, padding=1)), torch.float32, "no_grad")
