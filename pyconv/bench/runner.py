@@ -109,22 +109,16 @@ def conv_shape(layer: ConvLayer, n: int) -> _args.ConvShape:
 
 
 def unavailable(op: str, algo: str, backend: str, layer: Layer, n: int) -> Optional[Tuple[str, str]]:
-    """(kind, why) when this case cannot run with today's pyconv, else None. kind is "not
-    implemented" (grows as kernels land) or "n/a" (the algorithm cannot do this shape)."""
+    """(kind, why) when this case cannot run here, else None. kind is "unavailable" (the backend
+    cannot run on this machine) or "n/a" (the backend's can_run refuses the algorithm on this shape)."""
     if backend not in pyconv.available_backends():
-        mod = backends.load(backend)
-        why = mod.unavailable_reason() or "not available on this machine"
-        return "not implemented" if not getattr(mod, "IMPLEMENTED", True) else "unavailable", \
-            f"backend {backend}: {why}"
-    if not hasattr(PF, FUNCTIONAL[op]):
-        return "not implemented", f"pyconv.functional.{FUNCTIONAL[op]} does not exist yet"
+        why = backends.load(backend).unavailable_reason() or "not available on this machine"
+        return "unavailable", f"backend {backend}: {why}"
     if op in CONV_OPS:
         try:
             autotune.resolve_conv_algo(algo, conv_shape(layer, n), backend)
         except PyConvError as e:
             return "n/a", str(e)
-        except NotImplementedError as e:
-            return "not implemented", str(e)
     return None
 
 
