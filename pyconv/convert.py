@@ -1,6 +1,6 @@
 """pyconv.convert: swap torch layers for pyconv's, then fuse the chains an fx trace proves:
-Conv2d -> BatchNorm2d -> {ReLU, ReLU6, nothing}, and the residual tail of ResNet / MobileNetV2
-blocks, act(BatchNorm2d(Conv2d(y)) + identity). The fused op refers to the model's own layers,
+Conv2d -> BatchNorm2d -> {ReLU, ReLU6, nothing}, Conv2d -> {ReLU, ReLU6} (VGG), and the residual
+tail of ResNet / MobileNetV2 blocks, act(BatchNorm2d(Conv2d(y)) + identity). The fused op refers to the model's own layers,
 which stay where they were, so the converted model's state_dict keys are the original's."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _REPLACEMENTS = {
     torch.nn.AvgPool2d: PN.AvgPool2d,
     torch.nn.AdaptiveAvgPool2d: PN.AdaptiveAvgPool2d,
 }
-_PYCONV_LAYERS = tuple(_REPLACEMENTS.values()) + (PN.ConvBNReLU2d, PN.FusedConvBN)
+_PYCONV_LAYERS = tuple(_REPLACEMENTS.values()) + (PN.ConvBNReLU2d, PN.FusedConv)
 
 
 def _replacement(layer: torch.nn.Module):
@@ -92,7 +92,7 @@ def _conv_bn(node, modules):
 
 class _Chain(NamedTuple):
     nodes: list  # the chain's nodes, last first (the order they can be erased in), conv last
-    conv: object  # the Conv2d and BatchNorm2d nodes
+    conv: object  # the Conv2d and BatchNorm2d nodes (bn None: conv -> activation)
     bn: object
     activation: str
     identity: object  # the residual input's node, or None
@@ -103,10 +103,16 @@ def _chains(gm, modules):
     out, taken = [], set()
 
     def add(head, pair, act, identity):
-        # a BN read by anything besides the chain's next node must stay a value of its own
-        if pair and pair[1] not in taken and (not head or len(pair[1].users) == 1):
-            taken.add(pair[1])
-            out.append(_Chain(head + [pair[1], pair[0]], pair[0], pair[1], act, identity))
+        # pair: (conv node, bn node or None); the node before the head must be read by the head only
+        if not pair:
+            return
+        conv_node, bn_node = pair
+        end = bn_node if bn_node is not None else conv_node
+        if end in taken or (head and len(end.users) != 1):
+            return
+        taken.add(end)
+        out.append(_Chain(head + [n for n in (bn_node, conv_node) if n is not None], conv_node, bn_node, act,
+                          identity))
 
     for node in gm.graph.nodes:  # act(bn(conv(y)) + identity) and bn(conv(y)) + identity
         if not _is_add(node):
@@ -119,10 +125,15 @@ def _chains(gm, modules):
             if pair and isinstance(node.args[other], torch.fx.Node):
                 add(head, pair, act or "none", node.args[other])
                 break
-    for node in gm.graph.nodes:  # act(bn(conv(y)))
+    for node in gm.graph.nodes:  # act(bn(conv(y))) and act(conv(y))
         act = _activation(node, modules)
         if act and node.args:
-            add([node], _conv_bn(node.args[0], modules), act, None)
+            pair = _conv_bn(node.args[0], modules)
+            if pair is None:
+                conv_node = _module_node(node.args[0], modules, torch.nn.Conv2d)
+                if conv_node and modules[conv_node.target].padding_mode == "zeros":
+                    pair = (conv_node, None)
+            add([node], pair, act, None)
     for node in gm.graph.nodes:  # bn(conv(y))
         pair = _conv_bn(node, modules)
         if pair:
@@ -144,7 +155,7 @@ class _Tracer:
 
 
 def _fuse(model: torch.nn.Module) -> torch.nn.Module:
-    """The chains an fx trace proves (each intermediate value read once) become FusedConvBN calls.
+    """The chains an fx trace proves (each intermediate value read once) become FusedConv calls.
     Models that do not trace are returned unfused."""
     import torch.fx
 
@@ -159,7 +170,8 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
         return model
     replaced = {}  # a chain's last node -> its fused node (an identity may be an earlier chain's end)
     for c in chains:
-        fused = PN.FusedConvBN(modules[c.conv.target], modules[c.bn.target], c.activation, c.identity is not None)
+        bn = None if c.bn is None else modules[c.bn.target]
+        fused = PN.FusedConv(modules[c.conv.target], bn, c.activation, c.identity is not None)
         target = f"{c.conv.target.replace('.', '_')}_fused"
         gm.add_submodule(target, fused)
         args = (c.conv.args[0],) if c.identity is None else (c.conv.args[0], replaced.get(c.identity, c.identity))

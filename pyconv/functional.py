@@ -53,7 +53,7 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
                       activation="relu", *, algo="auto", backend="auto", prepared_cache=None):
     """activation(conv2d(input, weight, bias) [+ residual]) in one op, activation "none", "relu" or
     "relu6": the inference epilogue of a fused conv -> BN (folded into weight and bias) chain. It has
-    no gradient: call it where none is needed (pyconv.nn.FusedConvBN does).
+    no gradient: call it where none is needed (pyconv.nn.FusedConv does).
 
     prepared_cache: a pyconv.prepared.PreparedCache owned by the caller for this weight; the weight
     is then kept in the form the chosen kernel consumes (Winograd's transformed filters), rebuilt

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as PF
-from .prepared import PreparedCache, fold_batch_norm
+from .prepared import Folded, PreparedCache, fold_batch_norm
 
-__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d", "AdaptiveAvgPool2d", "FusedConvBN"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d", "AdaptiveAvgPool2d", "FusedConv"]
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -137,26 +137,28 @@ def is_global_pool(layer: torch.nn.AdaptiveAvgPool2d) -> bool:
     return size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1))
 
 
-class FusedConvBN(torch.nn.Module):
-    """act(bn(conv(x)) [+ identity]) over a model's own Conv2d and BatchNorm2d, which stay where they
-    are in the model (so its state_dict keys are the original's): this module holds no parameters
-    and refers to the two layers without registering them.
+class FusedConv(torch.nn.Module):
+    """act(bn(conv(x)) [+ identity]) over a model's own Conv2d and BatchNorm2d (bn may be None: a
+    Conv2d -> activation chain), which stay where they are in the model (so its state_dict keys are
+    the original's): this module holds no parameters and refers to the layers without registering
+    them.
 
-    Inference (no gradient needed): batch norm is folded into the filters once (prepared weights,
-    rebuilt whenever a source tensor changes) and bias, activation and the residual add run in the
-    convolution's epilogue op. Training, or eval with gradients: conv -> BN -> ReLU is the fused
-    conv_bn_relu op; other chains run layer by layer."""
+    Inference (no gradient needed): batch norm is folded into the filters once and the filters are
+    kept in the form the chosen kernel consumes (prepared weights, rebuilt whenever a source tensor
+    changes); bias, activation and the residual add run in the convolution's epilogue op. Training,
+    or eval with gradients: conv -> BN -> ReLU is the fused conv_bn_relu op; other chains run layer
+    by layer."""
 
-    def __init__(self, conv: Conv2d, bn: BatchNorm2d, activation: str = "relu", residual: bool = False):
+    def __init__(self, conv: Conv2d, bn, activation: str = "relu", residual: bool = False):
         super().__init__()
         from .problem import ACTIVATIONS
 
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
         if conv.padding_mode != "zeros":
-            raise ValueError(f"FusedConvBN: padding_mode={conv.padding_mode!r} cannot be fused; expected 'zeros'")
-        if not (bn.affine and bn.track_running_stats):
-            raise ValueError("FusedConvBN: needs a BatchNorm2d with affine=True and track_running_stats=True")
+            raise ValueError(f"FusedConv: padding_mode={conv.padding_mode!r} cannot be fused; expected 'zeros'")
+        if bn is not None and not (bn.affine and bn.track_running_stats):
+            raise ValueError("FusedConv: needs a BatchNorm2d with affine=True and track_running_stats=True")
         # plain attributes, not submodules: the model keeps them under their own names
         object.__setattr__(self, "conv", conv)
         object.__setattr__(self, "bn", bn)
@@ -166,6 +168,8 @@ class FusedConvBN(torch.nn.Module):
 
     def _folded(self):
         c, bn = self.conv, self.bn
+        if bn is None:  # nothing to fold: the kernel form is built from the conv's own tensors
+            return Folded(c.weight, c.bias)
         return self._prepared.get((c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var),
                                   (bn.eps,), lambda: fold_batch_norm(c.weight, c.bias, bn.weight, bn.bias,
                                                                      bn.running_mean, bn.running_var, bn.eps))
@@ -182,18 +186,19 @@ class FusedConvBN(torch.nn.Module):
 
     def forward(self, input, identity=None):
         if (identity is None) == self.residual:
-            raise TypeError(f"FusedConvBN(residual={self.residual}) called with"
+            raise TypeError(f"FusedConv(residual={self.residual}) called with"
                             f"{'out' if identity is None else ''} an identity input")
         c, bn = self.conv, self.bn
-        if not (self.training or bn.training) and not _needs_grad(input, identity, c.weight, c.bias, bn.weight,
-                                                                 bn.bias):
+        training = c.training if bn is None else bn.training
+        if not (self.training or training) and not _needs_grad(input, identity, c.weight, c.bias,
+                                                              *(() if bn is None else (bn.weight, bn.bias))):
             f = self._folded()
             return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
                                         c.groups, self.activation, algo=c.algo, backend=c.backend,
                                         prepared_cache=self._kernel_form)
-        if self.activation == "relu" and identity is None:
+        if self.activation == "relu" and identity is None and bn is not None:
             return _conv_bn_relu(c, bn, input)
-        y = bn(c(input))
+        y = c(input) if bn is None else bn(c(input))
         if identity is not None:
             y = y + identity
         return F.relu(y) if self.activation == "relu" else F.relu6(y) if self.activation == "relu6" else y

@@ -233,9 +233,9 @@ def test_breakdown_alignment_by_parameters_not_names():
           _call("conv2", "Conv2d", ["conv2"]), _call("bn2", "BatchNorm2d", ["bn2"]),
           _call("down.0", "Conv2d", ["down.0"]), _call("down.1", "BatchNorm2d", ["down.1"]), _call("relu", "ReLU"),
           _call("pool", "MaxPool2d"), _call("fc", "Linear", ["fc"])]
-    pc = [_call("conv1_fused", "FusedConvBN", ["conv1", "bn1"]), _call("down_0_fused", "FusedConvBN",
+    pc = [_call("conv1_fused", "FusedConv", ["conv1", "bn1"]), _call("down_0_fused", "FusedConv",
                                                                       ["down.0", "down.1"]),
-          _call("conv2_fused", "FusedConvBN", ["conv2", "bn2"]), _call("pool", "MaxPool2d"),
+          _call("conv2_fused", "FusedConv", ["conv2", "bn2"]), _call("pool", "MaxPool2d"),
           _call("extra", "Identity"), _call("fc", "Linear", ["fc"])]
     groups = {tuple(p): sorted(t) for p, t in breakdown._align(pc, tc)}
     assert groups == {(0,): [0, 1, 2], (1,): [5, 6], (2,): [3, 4, 7], (3,): [8], (4,): [], (5,): [9]}

@@ -1,5 +1,5 @@
 """Inference with prepared weights: pyconv.convert fuses Conv2d -> BatchNorm2d -> {ReLU, ReLU6,
-nothing} and the residual tails into FusedConvBN, whose folded weights are built once and must never
+nothing} and the residual tails into FusedConv, whose folded weights are built once and must never
 serve a stale result. Every way a user changes a model is followed by two eval calls against torch,
 for each algorithm; state dicts move both ways; threads; deepcopy; memory reported and freed."""
 import copy
@@ -73,7 +73,7 @@ def _check(model, ref, x=X, what=""):
 
 def test_every_pattern_is_fused_and_keys_are_the_originals():
     ref, model = _pair()
-    fused = [m for m in model.modules() if isinstance(m, PN.FusedConvBN)]
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConv)]
     assert sorted((m.activation, m.residual) for m in fused) == [
         ("none", False), ("none", True), ("relu", False), ("relu", True), ("relu6", False)]
     assert any(isinstance(m, PN.AdaptiveAvgPool2d) for m in model.modules())
@@ -152,7 +152,7 @@ def test_load_state_dict_both_ways():
 def test_train_eval_round_trip_and_memory_freed():
     ref, model = _pair()
     _check(model, ref)
-    fused = [m for m in model.modules() if isinstance(m, PN.FusedConvBN)]
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConv)]
     model.train(), ref.train()
     assert all(m.prepared_bytes() == 0 for m in fused)  # train() frees the prepared weights
     x = torch.randn(4, 16, 12, 12)
@@ -172,7 +172,7 @@ def test_to_dtype_and_deepcopy():
         twin.conv1.weight.zero_()
     _check(model, ref, what="original after the copy changed")
     for a, b in zip(twin.modules(), model.modules()):
-        if isinstance(a, PN.FusedConvBN):
+        if isinstance(a, PN.FusedConv):
             assert a.conv is not b.conv and a._prepared is not b._prepared
 
 
@@ -251,7 +251,7 @@ def test_models_that_do_not_trace_convert_unfused():
             return self.conv(x)
     ref = Branchy().eval()
     model = pyconv.convert(copy.deepcopy(ref)).eval()
-    assert not any(isinstance(m, PN.FusedConvBN) for m in model.modules())
+    assert not any(isinstance(m, PN.FusedConv) for m in model.modules())
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert_close(model(x), ref(x), torch.float32, "unfused", kind="conv")
@@ -349,3 +349,26 @@ def test_planned_calls_follow_every_argument():
     with torch.no_grad():
         assert_close(PF_act(xr, w, b, None, padding=1, prepared_cache=cache),
                      F.relu(F.conv2d(x, w, b, padding=1)), torch.float32, "no_grad")
+
+
+def test_conv_activation_chains_without_batch_norm():
+    """VGG's Conv2d -> ReLU (and -> ReLU6) fuse too: the kernel form of the conv's own weights."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.ReLU6(), nn.Conv2d(16, 8, 1), nn.Flatten()).eval()
+    model = pyconv.convert(copy.deepcopy(ref)).eval()
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConv)]
+    assert sorted(m.activation for m in fused) == ["relu", "relu6"] and all(m.bn is None for m in fused)
+    assert list(model.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 3, 20, 20)
+    _check(model, ref, x=x, what="conv-act")
+    with torch.no_grad():
+        ref.get_submodule("2").weight.mul_(-1)
+        model.get_submodule("2").weight.mul_(-1)
+    _check(model, ref, x=x, what="after an in-place edit")
+    model.train(), ref.train()
+    for m in (model, ref):
+        m.zero_grad()
+        m(x).square().mean().backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
