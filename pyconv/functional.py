@@ -56,8 +56,9 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
     no gradient: call it where none is needed (pyconv.nn.FusedConv does).
 
     prepared_cache: a pyconv.prepared.PreparedCache owned by the caller for this weight; the weight
-    is then kept in the form the chosen kernel consumes (Winograd's transformed filters), rebuilt
-    when the weight, the algorithm or its tile changes."""
+    is then kept in the form the chosen kernel consumes (Winograd's transformed filters, im2col's
+    packed GEMM panels), rebuilt when the weight, the algorithm or its tile changes, and the checked
+    call is planned once (later calls with the same sizes and arguments skip the checks)."""
     if prepared_cache is not None:
         fast = _planned_activation_call(input, weight, bias, residual, stride, padding, dilation, groups, activation,
                                         algo, backend, prepared_cache)
@@ -72,11 +73,7 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
     be = backends.load(c.backend)
 
     def planned():
-        prepared = None
-        if prepared_cache is not None:
-            tile = winograd_tile(c.algo, c.shape, prepared=True) if c.algo in WINOGRAD_ALGOS else 0
-            prepared = prepared_cache.get((c.w,), (c.backend, c.algo, tile),
-                                          lambda: be.prepare_conv_weight(c.w, c.shape, c.algo))
+        prepared = None if prepared_cache is None else _kernel_form(prepared_cache, c.w, c.shape, c.algo, c.backend)
         return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, c.algo, be, prepared)
     if prepared_cache is not None and c.batched and c.kind == "torch":
         prepared_cache.plan = (_plan_key(input, weight, bias, stride, padding, dilation, groups, activation, algo,
@@ -113,11 +110,16 @@ def _planned_activation_call(input, weight, bias, residual, stride, padding, dil
         return None
     if _dispatcher_needed((input, weight, bias, residual)):
         return None
-    be = backends.load(be_name)
-    tile = winograd_tile(algo_run, shape, prepared=True) if algo_run in WINOGRAD_ALGOS else 0
-    prepared = cache.get((weight,), (be_name, algo_run, tile), lambda: be.prepare_conv_weight(weight, shape, algo_run))
-    return run_conv2d_activation(contiguous_nchw(input), weight, bias, residual, shape, activation, algo_run, be,
-                                 prepared)
+    return run_conv2d_activation(contiguous_nchw(input), weight, bias, residual, shape, activation, algo_run,
+                                 backends.load(be_name), _kernel_form(cache, weight, shape, algo_run, be_name))
+
+
+def _kernel_form(cache, weight, shape, algo: str, backend: str):
+    """The weight as the backend's kernel for algo consumes it, from the cache (rebuilt when the
+    weight, the algorithm or its Winograd tile changes)."""
+    tile = winograd_tile(algo, shape, prepared=True) if algo in WINOGRAD_ALGOS else 0
+    be = backends.load(backend)
+    return cache.get((weight,), (backend, algo, tile), lambda: be.prepare_conv_weight(weight, shape, algo))
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---
