@@ -13,7 +13,7 @@ from pyconv.bench import runner, suites
 
 SUITE = suites.get_suite(os.environ.get("PYCONV_BENCH_SUITE", "quick"))
 BATCH = int(os.environ.get("PYCONV_BENCH_BATCH", "0")) or SUITE.batch
-ALGOS = [a for a in problem.conv_algos if a not in ("auto", "winograd")]
+ALGOS = [a for a in problem.CONV_ALGOS if a not in ("auto", "winograd")]
 
 
 def impls(op):

@@ -141,7 +141,8 @@ def test_python_dash_m_entry_point(monkeypatch, capsys):
 
 
 def test_every_op_has_a_layer_kind():
-    assert set(OPS) == {"conv2d", "conv2d_train", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu"}
+    assert set(OPS) == {"conv2d", "conv2d_train", "conv2d_infer", "max_pool2d", "avg_pool2d", "batch_norm",
+                        "conv_bn_relu"}
 
 
 def test_every_op_runs_once_its_function_exists(monkeypatch):

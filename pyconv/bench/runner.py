@@ -27,15 +27,19 @@ import pyconv
 import pyconv.functional as PF
 from pyconv import _args, autotune, backends
 from pyconv._errors import PyConvError
+from pyconv.prepared import PreparedCache
 
 from . import peers as peer_engines
 from .suites import ConvLayer, Layer, PoolLayer
 
-OPS = ("conv2d", "conv2d_train", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu")
-CONV_OPS = ("conv2d", "conv2d_train", "conv_bn_relu")
+OPS = ("conv2d", "conv2d_train", "conv2d_infer", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu")
+# conv2d_infer: the inference epilogue of a fused layer, relu(conv2d + bias + residual), with the
+# weights prepared once (PF.conv2d_activation with a PreparedCache, as pyconv.nn.FusedConv runs it)
+CONV_OPS = ("conv2d", "conv2d_train", "conv2d_infer", "conv_bn_relu")
 # the pyconv.functional function each op needs
-FUNCTIONAL = {"conv2d": "conv2d", "conv2d_train": "conv2d", "max_pool2d": "max_pool2d",
-              "avg_pool2d": "avg_pool2d", "batch_norm": "batch_norm", "conv_bn_relu": "conv_bn_relu"}
+FUNCTIONAL = {"conv2d": "conv2d", "conv2d_train": "conv2d", "conv2d_infer": "conv2d_activation",
+              "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "batch_norm": "batch_norm",
+              "conv_bn_relu": "conv_bn_relu"}
 EPS, MOMENTUM = 1e-5, 0.1
 
 
@@ -176,7 +180,7 @@ def bind(case: Case) -> _Bound:
     dev = torch.device(backends.REGISTRY[be].device)
     gen = torch.Generator().manual_seed(1234)
     op = case.op
-    if op in ("conv2d", "conv2d_train", "conv_bn_relu", "batch_norm"):
+    if op in ("conv2d", "conv2d_train", "conv2d_infer", "conv_bn_relu", "batch_norm"):
         x, w, b = _conv_tensors(layer, n, dt, dev, gen)
         st, pad, g = layer.stride, layer.padding, layer.groups
         flops = conv_shape(layer, n).flops
@@ -190,6 +194,21 @@ def bind(case: Case) -> _Bound:
 
         return _Bound(desc, "GFLOP/s", flops, pc, tc, pc, tc,
                       lambda: (F.conv2d(_d(x), _d(w), _d(b), st, pad, 1, g),), (x, w, b, st, pad, g))
+    if op == "conv2d_infer":
+        r = torch.randn((n, layer.K) + layer.out_hw(), generator=gen, dtype=dt).to(dev)
+        cache = PreparedCache()
+
+        def pc():
+            with torch.no_grad():
+                return (PF.conv2d_activation(x, w, b, r, st, pad, 1, g, "relu", algo=algo, backend=be,
+                                             prepared_cache=cache),)
+
+        def tc():
+            with torch.no_grad():
+                return (F.relu(F.conv2d(x, w, b, st, pad, 1, g) + r),)
+
+        return _Bound(desc, "GFLOP/s", flops, pc, tc, pc, tc,
+                      lambda: (F.relu(F.conv2d(_d(x), _d(w), _d(b), st, pad, 1, g) + _d(r)),))
     if op == "conv2d_train":
         gy = torch.randn((n, layer.K) + layer.out_hw(), generator=gen, dtype=dt).to(dev)
         xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
