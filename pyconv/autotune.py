@@ -71,10 +71,9 @@ def _first_winograd(have) -> Optional[str]:
     return next((a for a in ("winograd", "winograd_4x4", "winograd_2x2") if a in have), None)
 
 
-def _heuristic(shape: ConvShape, have, grad: bool = False, prepared: bool = False) -> AlgoChoice:
+def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
-    grad: gradients will be taken (the backward runs the same algorithm); prepared: the weights are
-    kept transformed between calls (inference), so a call does not pay the filter transform."""
+    grad: gradients will be taken (the backward runs the same algorithm)."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -355,18 +354,18 @@ def _compiling() -> bool:
 
 
 def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                grad: bool = False, prepared: bool = False) -> AlgoChoice:
+                grad: bool = False) -> AlgoChoice:
     """algo='auto' for this shape: measured when autotuning is on (and not while torch.compile
     traces, which must not run kernels), the heuristic otherwise. grad: gradients will be taken."""
     if _state["enabled"] and not _compiling() and shape.N * shape.K * shape.P * shape.Q > 0:
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
-    return _heuristic(shape, backends.load(backend).conv_algos, grad, prepared)
+    return _heuristic(shape, backends.load(backend).conv_algos, grad)
 
 
 def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                      grad: bool = False, prepared: bool = False) -> str:
+                      grad: bool = False) -> str:
     """The concrete algorithm to run: 'auto' resolved, a named one checked with the backend's
     can_run (PyConvError naming the algorithm and the reason)."""
     if not isinstance(algo, str):
@@ -374,7 +373,7 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dt
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
     if algo == "auto":
-        return choose_auto(shape, backend, dtype, grad, prepared).algo
+        return choose_auto(shape, backend, dtype, grad).algo
     why = backends.load(backend).can_run("conv2d_forward", algo, shape)
     if why:
         raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")

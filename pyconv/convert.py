@@ -141,17 +141,14 @@ def _chains(gm, modules):
     return out
 
 
-class _Tracer:
-    """fx tracing that keeps pyconv's layers as leaves (they are not in torch.nn's namespace)."""
+def _tracer():
+    """An fx tracer that keeps pyconv's layers as leaves (they are not in torch.nn's namespace)."""
+    import torch.fx
 
-    @staticmethod
-    def make():
-        import torch.fx
-
-        class Tracer(torch.fx.Tracer):
-            def is_leaf_module(self, m, qualname):
-                return isinstance(m, _PYCONV_LAYERS) or super().is_leaf_module(m, qualname)
-        return Tracer()
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, _PYCONV_LAYERS) or super().is_leaf_module(m, qualname)
+    return Tracer()
 
 
 def _fuse(model: torch.nn.Module) -> torch.nn.Module:
@@ -160,7 +157,7 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
     import torch.fx
 
     try:
-        graph = _Tracer.make().trace(model)
+        graph = _tracer().trace(model)
     except Exception:
         return model
     gm = torch.fx.GraphModule(model, graph, model.__class__.__name__)

@@ -16,8 +16,7 @@ __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_poo
 class _ConvCall:
     """The normalized arguments of one convolution call (conv2d, conv_bn_relu)."""
 
-    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=(),
-                 prepare=False):
+    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=()):
         x, kx = to_torch(input, "input")
         self.w, kw = to_torch(weight, "weight")
         self.b, kb = to_torch(bias, "bias")
@@ -30,8 +29,7 @@ class _ConvCall:
         self.backend = backends.resolve(backend, x.device)
         grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                                 for t in (x, self.w, self.b) + tuple(more_params))
-        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad,
-                                               prepared=prepare)
+        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad)
         self.x = contiguous_nchw(x)
         self.kind = result_kind(kx, kw, kb)
 
@@ -64,7 +62,7 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
                                         algo, backend, prepared_cache)
         if fast is not None:
             return fast
-    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend, prepare=True)
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
     r, _ = to_torch(residual, "residual")
     if r is not None:
         _args.check_float_tensor(r, "residual", (4,) if c.batched else (3,))

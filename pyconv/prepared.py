@@ -35,16 +35,12 @@ class Folded(NamedTuple):
 
 def fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps) -> Folded:
     """Eval-mode BN as a per-output-channel scale and shift of the conv (computed in float64 for
-    float32 weights, so the folded filters carry one rounding)."""
+    float32 weights, so the folded filters carry one rounding). The BN is affine (FusedConv checks)."""
     dt = torch.float64 if weight.dtype == torch.float32 else weight.dtype
-    scale = torch.rsqrt(running_var.to(dt) + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(dt)
+    scale = torch.rsqrt(running_var.to(dt) + eps) * bn_weight.to(dt)
     w = weight.to(dt) * scale.reshape(-1, 1, 1, 1)
     b = -running_mean.to(dt) if bias is None else bias.to(dt) - running_mean.to(dt)
-    b = b * scale
-    if bn_bias is not None:
-        b = b + bn_bias.to(dt)
+    b = b * scale + bn_bias.to(dt)
     return Folded(w.to(weight.dtype).contiguous(), b.to(weight.dtype).contiguous())
 
 
