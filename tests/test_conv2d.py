@@ -144,13 +144,14 @@ def test_hypothesis(backend, algo, problem, dtype):
 
 
 @pytest.mark.parametrize("backend,algo", IMPLS)
-@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=(1, 0), dilation=(1, 2), groups=2)])
-def test_gradcheck(backend, algo, kw):
-    skip_unsupported(algo, 2, 4, 6, 7, 6, 3, 3, **kw)
+@pytest.mark.parametrize("K,kw", [(6, dict(padding=1)), (6, dict(stride=2, padding=(1, 0), dilation=(1, 2), groups=2)),
+                                  (4, dict(stride=2, padding=1, groups=4))])  # the last: depthwise
+def test_gradcheck(backend, algo, K, kw):
+    skip_unsupported(algo, 2, 4, 6, 7, K, 3, 3, **kw)
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(6, 4 // kw.get("groups", 1), 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, 4 // kw.get("groups", 1), 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(K, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: PF.conv2d(x, w, b, algo=algo, backend=backend, **kw), (x, w, b))
 
 

@@ -64,7 +64,24 @@ GPU_EDGES = [
     (2, 3, 12, 12, 4, 3, 3, dict(padding=1)),
 ]
 
-CASES = GRID + TINY + GPU_EDGES
+# Depthwise (groups = C = K): the plane kernels' phase planes (strides 1-3, per axis), taps that
+# miss a grad-input phase (1x1 and 2x2 at stride 2-3), more taps than one pass holds (5x5, 7x7),
+# dilation, asymmetric and oversized padding, widths around the vector and step sizes.
+DEPTHWISE = [
+    (2, 5, 9, 9, 5, 3, 3, dict(groups=5, padding=1, stride=2)),
+    (1, 3, 11, 16, 3, 3, 3, dict(groups=3, padding=(0, 1), stride=(1, 2))),
+    (1, 3, 10, 13, 3, 3, 3, dict(groups=3, padding=(2, 1), stride=(3, 2), dilation=(1, 2))),
+    (2, 4, 12, 9, 4, 5, 5, dict(groups=4, padding=2)),
+    (1, 2, 15, 17, 2, 7, 7, dict(groups=2, padding=3, stride=2)),
+    (1, 3, 8, 7, 3, 1, 1, dict(groups=3, stride=2)),
+    (1, 3, 9, 9, 3, 2, 2, dict(groups=3, stride=3, padding=1)),
+    (1, 2, 6, 33, 2, 3, 3, dict(groups=2, padding=4, dilation=2)),
+    (3, 4, 1, 1, 4, 3, 3, dict(groups=4, padding=1)),
+    (1, 2, 5, 8, 2, 3, 3, dict(groups=2, padding="same")),
+    (1, 2, 7, 9, 2, 5, 3, dict(groups=2, padding="valid")),
+]
+
+CASES = GRID + TINY + GPU_EDGES + DEPTHWISE
 
 
 def edge_cases():

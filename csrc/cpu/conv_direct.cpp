@@ -10,10 +10,12 @@
 // inner loops do contiguous vector loads with no bounds tests whatever the stride, padding or
 // dilation. The forward micro-kernel holds a KB (output channels) x QV*W (output columns) tile of
 // accumulators in registers; the weight-gradient kernel a KB x SB (filter columns) tile of vectors
-// reduced along the output row.
+// reduced along the output row. Depthwise problems (one channel per group) go to
+// conv_depthwise.cpp, whose kernels vectorize over the plane instead of over channels.
 #include "cpu/conv_direct.h"
 
 #include "common/runtime.h"
+#include "cpu/conv_depthwise.h"
 #include "cpu/simd.h"
 #include "cpu/sums.h"
 
@@ -272,6 +274,7 @@ void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, co
 
 template <typename T>
 void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
+  if (conv_depthwise_applies(s)) return conv_depthwise_forward(s, x, w, b, y, stats);
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
@@ -292,6 +295,7 @@ void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b,
 
 template <typename T>
 void conv_direct_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  if (conv_depthwise_applies(s)) return conv_depthwise_backward_input(s, gy, w, gx);
   if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return;
   const Tile tile = choose_tile<T>(s.Cg(), s.W);
   const int64_t qt = tile.QV * Simd<T>::W;
@@ -361,6 +365,7 @@ void weight_columns(const ConvShape& s, const RowPack& pk, const int64_t* soff, 
 
 template <typename T>
 void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw, T* gb) {
+  if (conv_depthwise_applies(s)) return conv_depthwise_backward_weight(s, x, gy, gw, gb);
   const int64_t Kg = s.Kg(), Cg = s.Cg(), RS = s.R * s.S, PQ = s.P * s.Q;
   const int nthr = num_threads();
   if (gw) {
