@@ -123,6 +123,46 @@ PYCONV_INLINE V vevens(V a, V b) {
   return r;
 }
 #endif
+// Transposes a W x W block held in W vectors: r[i][j] <-> r[j][i] (channels <-> pixels).
+#if defined(__AVX2__)
+PYCONV_INLINE void vtranspose(vec_t<float> (&r)[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(__m256(r[i]), __m256(r[i + 1]));
+    t[i + 1] = _mm256_unpackhi_ps(__m256(r[i]), __m256(r[i + 1]));
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = vec_t<float>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    r[i + 4] = vec_t<float>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+PYCONV_INLINE void vtranspose(vec_t<double> (&r)[4]) {
+  const __m256d t0 = _mm256_unpacklo_pd(__m256d(r[0]), __m256d(r[1]));
+  const __m256d t1 = _mm256_unpackhi_pd(__m256d(r[0]), __m256d(r[1]));
+  const __m256d t2 = _mm256_unpacklo_pd(__m256d(r[2]), __m256d(r[3]));
+  const __m256d t3 = _mm256_unpackhi_pd(__m256d(r[2]), __m256d(r[3]));
+  r[0] = vec_t<double>(_mm256_permute2f128_pd(t0, t2, 0x20));
+  r[1] = vec_t<double>(_mm256_permute2f128_pd(t1, t3, 0x20));
+  r[2] = vec_t<double>(_mm256_permute2f128_pd(t0, t2, 0x31));
+  r[3] = vec_t<double>(_mm256_permute2f128_pd(t1, t3, 0x31));
+}
+#else
+template <typename V, int N>
+PYCONV_INLINE void vtranspose(V (&r)[N]) {
+  for (int i = 0; i < N; ++i)
+    for (int j = i + 1; j < N; ++j) {
+      const auto a = r[i][j];
+      r[i][j] = r[j][i];
+      r[j][i] = a;
+    }
+}
+#endif
 template <typename T>
 PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
   typedef int64_t I __attribute__((vector_size(32)));
