@@ -19,9 +19,13 @@ def _key_of(t: Optional[torch.Tensor]):
     if t is None:
         return None
     # inference tensors (made under torch.inference_mode) keep no version counter; they cannot be
-    # changed in place outside inference mode
-    version = -1 if t.is_inference() else t._version
-    return (id(t), t.data_ptr(), version, t.dtype, t.device, tuple(t.shape))
+    # changed in place outside inference mode. (Asking for it and catching the refusal is the cheap
+    # way: this runs for every source tensor on every inference call.)
+    try:
+        version = t._version
+    except RuntimeError:
+        version = -1
+    return (id(t), t.data_ptr(), version, t.dtype, t.device, t.shape)
 
 
 class Folded(NamedTuple):

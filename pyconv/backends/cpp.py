@@ -10,7 +10,9 @@ from .base import Backend
 
 
 def _np(t: torch.Tensor):
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()  # detach costs ~0.4 us a tensor
 
 
 def _pool(shape):

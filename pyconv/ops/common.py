@@ -43,7 +43,7 @@ def _dispatcher_needed(args) -> bool:
     grad = torch.is_grad_enabled()
     for a in args:
         if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or (grad and a.requires_grad)
-                                            or a.device.type not in ("cpu", "cuda")):
+                                            or not (a.is_cpu or a.is_cuda)):
             return True
     return False
 
