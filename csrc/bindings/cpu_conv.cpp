@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "bindings/buffers.h"
+#include "bindings/epilogue.h"
 #include "cpu/conv_direct.h"
 #include "cpu/conv_im2col.h"
 
@@ -26,7 +27,8 @@ enum class Algo { direct, im2col };
 
 template <typename T>
 void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
-                 py::array& y, const py::object& stats, const py::object& prepared) {
+                 py::array& y, const py::object& stats, const py::object& prepared, const py::object& residual,
+                 int act) {
   const ConvBuffers n = conv_sizes(s);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
@@ -35,9 +37,10 @@ void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::ar
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   PYCONV_CHECK(algo == Algo::im2col || prepared.is_none(), "prepared weights exist for im2col only");
   const T* pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+  const ConvEpilogue<T> ep = conv_epilogue<T>(residual, act, n.y, yp, sp != nullptr);
   py::gil_scoped_release nogil;
-  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp);
-  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp, pp);
+  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp, ep);
+  PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp, pp, ep);
 }
 
 template <typename T>
@@ -101,11 +104,15 @@ void bind_conv(py::module_& m) {
     const Algo algo = entry.second;
     m.def((name + "_forward").c_str(), [algo](const ConvShape& s, const py::array& x, const py::array& w,
                                               const py::object& b, py::array& y, const py::object& stats,
-                                              const py::object& prepared) {
-      if (dtype_of(x, "input") == DType::f32) return run_forward<float>(algo, s, x, w, b, y, stats, prepared);
-      return run_forward<double>(algo, s, x, w, b, y, stats, prepared);
+                                              const py::object& prepared, const py::object& residual, int act) {
+      if (dtype_of(x, "input") == DType::f32)
+        return run_forward<float>(algo, s, x, w, b, y, stats, prepared, residual, act);
+      return run_forward<double>(algo, s, x, w, b, y, stats, prepared, residual, act);
     }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
-       py::arg("stats") = py::none(), py::arg("prepared") = py::none());
+       py::arg("stats") = py::none(), py::arg("prepared") = py::none(), py::arg("residual") = py::none(),
+       py::arg("activation") = 0,
+       "output <- activation(conv(input, weight) + bias [+ residual]); activation 0 none, 1 relu, 2 relu6, "
+       "applied as the kernel stores its output.");
     m.def((name + "_backward_input").c_str(), [algo](const ConvShape& s, const py::array& gy,
                                                      const py::array& w, py::array& gx) {
       if (dtype_of(gy, "grad_output") == DType::f32) return run_backward_input<float>(algo, s, gy, w, gx);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bindings/buffers.h"
+#include "bindings/epilogue.h"
 #include "cpu/batch_norm.h"
 #include "cpu/winograd.h"
 
@@ -29,7 +30,7 @@ WinogradBuffers winograd_sizes(const ConvShape& s, int m) {
 
 template <typename T>
 void forward(const ConvShape& s, int m, const py::array& x, const py::array& w, const py::object& b,
-             py::array& y, const py::object& stats, const py::object& prepared) {
+             py::array& y, const py::object& stats, const py::object& prepared, const py::object& residual, int act) {
   const WinogradBuffers n = winograd_sizes(s, m);
   const T* xp = in_buffer<T>(x, "input", n.x);
   const T* wp = in_buffer<T>(w, "weight", n.w);
@@ -37,8 +38,9 @@ void forward(const ConvShape& s, int m, const py::array& x, const py::array& w, 
   const T* up = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(winograd_filters_numel<T>)(s, m));
   T* yp = out_buffer<T>(y, "output", n.y);
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
+  const ConvEpilogue<T> ep = conv_epilogue<T>(residual, act, n.y, yp, sp != nullptr);
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(winograd_forward<T>)(s, m, xp, wp, up, bp, yp);
+  PYCONV_ISA_FN(winograd_forward<T>)(s, m, xp, wp, up, bp, yp, ep);
   if (sp) PYCONV_ISA_FN(channel_sums<T>)(BatchNormShape{s.N, s.K, s.P * s.Q}, yp, sp);  // no epilogue hook
 }
 
@@ -78,11 +80,12 @@ void backward_weight(const ConvShape& s, int m, const py::array& x, const py::ar
 void bind_winograd(py::module_& m) {
   m.def("conv_winograd_forward", [](const ConvShape& s, int tile, const py::array& x, const py::array& w,
                                     const py::object& b, py::array& y, const py::object& stats,
-                                    const py::object& prepared) {
-    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y, stats, prepared);
-    return forward<double>(s, tile, x, w, b, y, stats, prepared);
+                                    const py::object& prepared, const py::object& residual, int act) {
+    if (dtype_of(x, "input") == DType::f32) return forward<float>(s, tile, x, w, b, y, stats, prepared, residual, act);
+    return forward<double>(s, tile, x, w, b, y, stats, prepared, residual, act);
   }, py::arg("shape"), py::arg("tile"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
-     py::arg("stats") = py::none(), py::arg("prepared") = py::none());
+     py::arg("stats") = py::none(), py::arg("prepared") = py::none(), py::arg("residual") = py::none(),
+     py::arg("activation") = 0);
   m.def("conv_winograd_filters_numel", [](const ConvShape& s, int tile, const std::string& dtype) {
     winograd_sizes(s, tile);
     PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");

@@ -18,6 +18,7 @@
 #include "cpu/conv_depthwise.h"
 
 #include "common/runtime.h"
+#include "cpu/epilogue.h"
 #include "cpu/simd.h"
 #include "cpu/sums.h"
 
@@ -263,7 +264,8 @@ LanePad forward_lanes(const ConvShape& s) {
 }
 
 template <typename T>
-void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
+void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                   const ConvEpilogue<T>& ep) {
   constexpr int W = Simd<T>::W;
   const int64_t RS = s.R * s.S, nb = ceil_div(s.C, W), HW = s.H * s.W, PQ = s.P * s.Q;
   const LanePad g = forward_lanes(s);
@@ -293,6 +295,7 @@ void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y,
       for (int l = 0; l < nl; ++l)
         sum_pair(yb + l * PQ, yb + l * PQ, static_cast<const T*>(nullptr), 0.0, 0.0, PQ,
                  part.as<double>() + 2 * (n * s.K + c0 + l));
+    for (int l = 0; l < nl; ++l) epilogue_apply(ep, yb + l * PQ, PQ);
   }
   if (stats) {
     const double* pp = part.as<double>();
@@ -382,10 +385,11 @@ void lanes_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw) {
 bool conv_depthwise_applies(const ConvShape& s) { return s.Cg() == 1 && s.Kg() == 1; }
 
 template <typename T>
-void conv_depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
+void conv_depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                            const ConvEpilogue<T>& ep) {
   if (stats) zero(stats, 2 * s.K);
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
-  lanes_forward(s, x, w, b, y, stats);
+  lanes_forward(s, x, w, b, y, stats, ep);
 }
 
 template <typename T>
@@ -404,7 +408,8 @@ void conv_depthwise_backward_weight(const ConvShape& s, const T* x, const T* gy,
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                             \
-  template void conv_depthwise_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*); \
+  template void conv_depthwise_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*,     \
+                                           const ConvEpilogue<T>&);\
   template void conv_depthwise_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
   template void conv_depthwise_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);
 PYCONV_INSTANTIATE(float)

@@ -16,6 +16,7 @@
 
 #include "common/runtime.h"
 #include "cpu/conv_depthwise.h"
+#include "cpu/epilogue.h"
 #include "cpu/simd.h"
 #include "cpu/sums.h"
 
@@ -106,7 +107,7 @@ void pack_filters(const T* w, int64_t G, int64_t Kout, int64_t Cin, int64_t R, i
 // Output row p of output channels [kb*KB, kb*KB+KB) of group g, from the group's packed rows xg.
 template <typename T, int KB, int QV>
 PYCONV_INLINE void conv_tile_row(const Core& cc, const T* xg, const T* wp, const T* bias, T* y, int64_t g,
-                                 int64_t p, int64_t kb, double* part) {
+                                 int64_t p, int64_t kb, double* part, const ConvEpilogue<T>& ep) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int QT = QV * W;
@@ -159,6 +160,7 @@ PYCONV_INLINE void conv_tile_row(const Core& cc, const T* xg, const T* wp, const
     for (int k = 0; k < kvalid; ++k)
       sum_pair(yk + k * cc.P * cc.Q, yk + k * cc.P * cc.Q, static_cast<const T*>(nullptr), 0.0, 0.0, cc.Q,
                part + 2 * ((g * cc.Kout + k0 + k) * cc.P + p));
+  for (int k = 0; k < kvalid; ++k) epilogue_apply(ep, yk + k * cc.P * cc.Q, cc.Q);
 }
 
 // Packed rows of one group small enough to stay in a core's L2: each thread packs one
@@ -169,7 +171,7 @@ constexpr int64_t kGroupLocalBytes = 256 * 1024;
 // The whole batch: pack, then run the register tile over every (group, row, channel block).
 template <typename T, int KB, int QV>
 void conv_packed(const Core& cc, int64_t N, const T* src, int64_t in_image, int64_t out_image, const T* wp,
-                 const T* bias, T* dst, double* part) {
+                 const T* bias, T* dst, double* part, const ConvEpilogue<T>& ep) {
   const int64_t part_image = 2 * cc.G * cc.Kout * cc.P;
   auto image_part = [&](int64_t n) { return part ? part + n * part_image : nullptr; };
   const int64_t nkb = ceil_div(cc.Kout, KB);
@@ -186,7 +188,7 @@ void conv_packed(const Core& cc, int64_t N, const T* src, int64_t in_image, int6
       for (int64_t cr = 0; cr < cc.Cin * cc.pk.Hb; ++cr) pack_row(cc.pk, src_g, cr, buf + cr * cc.pk.row());
       for (int64_t p = 0; p < cc.P; ++p)
         for (int64_t kb = 0; kb < nkb; ++kb)
-          conv_tile_row<T, KB, QV>(cc, buf, wp, bias, dst + n * out_image, g, p, kb, image_part(n));
+          conv_tile_row<T, KB, QV>(cc, buf, wp, bias, dst + n * out_image, g, p, kb, image_part(n), ep);
     }
     return;
   }
@@ -197,7 +199,7 @@ void conv_packed(const Core& cc, int64_t N, const T* src, int64_t in_image, int6
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
     for (int64_t t = 0; t < tasks; ++t)
       conv_tile_row<T, KB, QV>(cc, xpack.as<T>() + (t / (cc.P * nkb)) * group_elems, wp, bias, dst + n * out_image,
-                               t / (cc.P * nkb), (t / nkb) % cc.P, t % nkb, image_part(n));
+                               t / (cc.P * nkb), (t / nkb) % cc.P, t % nkb, image_part(n), ep);
   }
 }
 
@@ -226,10 +228,11 @@ Tile choose_tile(int64_t Kout, int64_t Q) {
 
 template <typename T>
 void run_conv_packed(const Tile& tile, const Core& cc, int64_t N, const T* src, int64_t in_image,
-                     int64_t out_image, const T* wp, const T* b, T* dst, double* part) {
+                     int64_t out_image, const T* wp, const T* b, T* dst, double* part,
+                     const ConvEpilogue<T>& ep) {
 #define PYCONV_TILE_CASE(kb, qv) \
   if (tile.KB == kb && tile.QV == qv)  \
-    return conv_packed<T, kb, qv>(cc, N, src, in_image, out_image, wp, b, dst, part);
+    return conv_packed<T, kb, qv>(cc, N, src, in_image, out_image, wp, b, dst, part, ep);
   PYCONV_TILE_CASE(1, 1)
   PYCONV_TILE_CASE(1, 2)
   PYCONV_TILE_CASE(1, 4)
@@ -260,21 +263,23 @@ RowPack forward_pack(const ConvShape& s, int64_t Qcols) {
 // Runs a convolution: pack the filters, then the input rows and the register-tiled kernel.
 template <typename T>
 void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, const T* w, bool transposed,
-                const T* b, T* dst, Core cc, const Tile& tile, int64_t dw, double* part = nullptr) {
+                const T* b, T* dst, Core cc, const Tile& tile, int64_t dw, double* part = nullptr,
+                const ConvEpilogue<T>& ep = {}) {
   Workspace soff_ws(checked_bytes(cc.S, sizeof(int64_t)));
   column_offsets(cc.S, dw, cc.pk.phases, cc.pk.Wl, soff_ws.as<int64_t>());
   cc.soff = soff_ws.as<int64_t>();
   const int64_t nkb = ceil_div(cc.Kout, tile.KB);
   Workspace wpack(checked_bytes(cc.G * nkb * cc.Cin * cc.R * cc.S * tile.KB, sizeof(T)));
   pack_filters(w, cc.G, cc.Kout, cc.Cin, cc.R, cc.S, tile.KB, transposed, wpack.as<T>());
-  run_conv_packed(tile, cc, N, src, in_image, out_image, wpack.as<T>(), b, dst, part);
+  run_conv_packed(tile, cc, N, src, in_image, out_image, wpack.as<T>(), b, dst, part, ep);
 }
 
 }  // namespace
 
 template <typename T>
-void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats) {
-  if (conv_depthwise_applies(s)) return conv_depthwise_forward(s, x, w, b, y, stats);
+void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
+                         const ConvEpilogue<T>& ep) {
+  if (conv_depthwise_applies(s)) return conv_depthwise_forward(s, x, w, b, y, stats, ep);
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
@@ -282,11 +287,11 @@ void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b,
   const int64_t qt = tile.QV * Simd<T>::W;
   Core cc{s.G, s.Cg(), s.Kg(), s.R, s.S, s.P, s.Q, s.stride_h, s.dil_h,
           forward_pack(s, ceil_div(s.Q, qt) * qt), nullptr};
-  if (!stats) return conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w);
+  if (!stats) return conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w, nullptr, ep);
   // One partial per (image, channel, row), each written by the task that wrote the row, summed
   // here in a fixed order: the statistics do not depend on the thread count.
   Workspace part(checked_bytes(2 * s.N * s.K * s.P, sizeof(double)));
-  conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w, part.as<double>());
+  conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w, part.as<double>(), ep);
   const double* pp = part.as<double>();
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t k = 0; k < s.K; ++k)
@@ -401,7 +406,8 @@ void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T*
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                        \
-  template void conv_direct_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*);       \
+  template void conv_direct_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, \
+                                        const ConvEpilogue<T>&);       \
   template void conv_direct_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
   template void conv_direct_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);
 PYCONV_INSTANTIATE(float)

@@ -395,7 +395,7 @@ void conv_im2col_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
 
 template <typename T>
 void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
-                         const T* prepared) {
+                         const T* prepared, const ConvEpilogue<T>& ep) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
@@ -408,6 +408,7 @@ void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b,
     const StridedPackA<T> pa{w + g * Kg * CRS, CRS, 1};
     MatrixOut<T, BatchedOutColumns> out{y + g * Kg * PQ, PQ, BatchedOutColumns{s.K * PQ, PQ}, T(1), T(0),
                                         b ? b + g * Kg : nullptr};
+    out.ep = ep;
     if (stats) {
       out.row_sums = sums_ws.as<double>(), out.sums_rows = Kg;
       for (int64_t e = 0; e < chunks * 2 * Kg * 4; ++e) out.row_sums[e] = 0;
@@ -512,7 +513,8 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                                  \
-  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, const T*); \
+  template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, const T*,  \
+                                       const ConvEpilogue<T>&);                                               \
   template int64_t conv_im2col_prepared_numel<T>(const ConvShape&);                                           \
   template void conv_im2col_prepare_weight<T>(const ConvShape&, const T*, T*);                                \
   template void conv_im2col_backward_input<T>(const ConvShape&, const T*, const T*, T*);                      \

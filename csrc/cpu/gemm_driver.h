@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include "common/runtime.h"
+#include "cpu/epilogue.h"
 #include "cpu/simd.h"
 #include "cpu/sums.h"
 
@@ -284,7 +285,7 @@ struct BatchedOutColumns {
 // beta == 0); later K blocks: C += alpha*AB. With row_sums, each finished tile's rows are summed
 // (float64 sum and sum of squares, read back while the tile is in L1) into four lanes per row in the
 // slots of its N chunk: row_sums[((chunk * 2 + {0, 1}) * sums_rows + i) * 4 + lane], tiles in column
-// order within a chunk.
+// order within a chunk. Then ep (the inference activation and residual) runs on the tile.
 template <typename T, class Cols>
 struct MatrixOut {
   T* c;
@@ -294,6 +295,7 @@ struct MatrixOut {
   const T* row_bias;
   double* row_sums = nullptr;
   int64_t sums_rows = 0;
+  ConvEpilogue<T> ep = {};  // applied to each finished tile, after its sums
   // Issued before the tile's micro-kernel runs, so C's lines (rows a page or more apart) arrive
   // while it computes.
   void prefetch(int64_t i0, int64_t mr, int64_t j0) const {
@@ -345,7 +347,22 @@ struct MatrixOut {
     }
   }
   void finished(int64_t i0, int64_t mr, int64_t j0, int64_t nr, int64_t chunk) const {
-    if (!row_sums) return;
+    if (row_sums) sum_rows(i0, mr, j0, nr, chunk);
+    if (!ep.active()) return;
+    const int64_t st = cols.step();
+    for (int64_t jj = 0; jj < nr;) {
+      const int64_t off = cols(j0 + jj), len = imin(cols.run(j0 + jj), nr - jj);
+      for (int64_t i = 0; i < mr; ++i) {
+        T* out = c + (i0 + i) * ldc + off;
+        if (st == 1)
+          epilogue_apply(ep, out, len);
+        else
+          for (int64_t x = 0; x < len; ++x) out[x * st] = epilogue_one(ep, out[x * st], out + x * st);
+      }
+      jj += len;
+    }
+  }
+  void sum_rows(int64_t i0, int64_t mr, int64_t j0, int64_t nr, int64_t chunk) const {
     constexpr int NR = GemmBlocking<T>::NR;
     double* sums = row_sums + chunk * 2 * sums_rows * 4;
     const int64_t st = cols.step();

@@ -1,10 +1,10 @@
-// The activations of the fused ops.
-//   forward   x = act(x + r)   r: an optional residual input; act: none, ReLU (max(v, 0)) or ReLU6
-//             (min(max(v, 0), 6)); comparisons are false for NaN, so NaN propagates as in torch
+// The activations of the fused ops, each as a sweep of its own.
+//   forward   x = act(x + r)   (the rule is written once, in cpu/epilogue.h)
 //   backward  gx = z <= 0 ? 0 : gz     (ReLU; the mask is recomputed from the output, nothing stored)
 #include "cpu/relu.h"
 
 #include "common/runtime.h"
+#include "cpu/epilogue.h"
 #include "cpu/simd.h"
 
 namespace pyconv {
@@ -22,43 +22,9 @@ void for_blocks(int64_t n, Body body) {
 }
 }  // namespace
 
-template <int Act, typename V>
-PYCONV_INLINE V activate(V v, V zero, V six) {
-  if (Act >= kActRelu) v = v < zero ? zero : v;
-  if (Act == kActRelu6) v = v > six ? six : v;
-  return v;
-}
-
-template <typename T, int Act, bool Residual>
-void activation_forward_impl(T* x, const T* r, int64_t n) {
-  using V = vec_t<T>;
-  constexpr int W = Simd<T>::W;
-  for_blocks(n, [&](int64_t lo, int64_t hi) {
-    int64_t i = lo;
-    const V zero = V{}, six = vbroadcast(T(6));
-    for (; i + W <= hi; i += W) {
-      V v = vload(x + i);
-      if (Residual) v += vload(r + i);
-      vstore(x + i, activate<Act>(v, zero, six));
-    }
-    for (; i < hi; ++i) x[i] = activate<Act>(Residual ? x[i] + r[i] : x[i], T(0), T(6));
-  });
-}
-
 template <typename T>
 void activation_forward(T* x, const T* residual, int act, int64_t n) {
-  const bool res = residual != nullptr;
-  switch (act) {
-    case kActNone:
-      return res ? activation_forward_impl<T, kActNone, true>(x, residual, n)
-                 : activation_forward_impl<T, kActNone, false>(x, residual, n);
-    case kActRelu:
-      return res ? activation_forward_impl<T, kActRelu, true>(x, residual, n)
-                 : activation_forward_impl<T, kActRelu, false>(x, residual, n);
-    default:
-      return res ? activation_forward_impl<T, kActRelu6, true>(x, residual, n)
-                 : activation_forward_impl<T, kActRelu6, false>(x, residual, n);
-  }
+  for_blocks(n, [&](int64_t lo, int64_t hi) { activate_any(x + lo, residual ? residual + lo : nullptr, act, hi - lo); });
 }
 
 template <typename T>

@@ -6,6 +6,16 @@
 namespace pyconv {
 // The activation indices: the order of pyconv.problem.ACTIVATIONS.
 enum Activation : int { kActNone = 0, kActRelu = 1, kActRelu6 = 2 };
+
+// A forward kernel's inference epilogue, y = act(y + residual) on what it has just written
+// (cpu/epilogue.h applies it). y: the output tensor's base; the residual has y's layout.
+template <typename T>
+struct ConvEpilogue {
+  int act = kActNone;
+  const T* residual = nullptr;
+  const T* y = nullptr;
+  bool active() const { return act != kActNone || residual != nullptr; }
+};
 }  // namespace pyconv
 
 PYCONV_FOR_EACH_ISA(

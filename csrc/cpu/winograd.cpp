@@ -24,6 +24,7 @@
 
 #include "common/runtime.h"
 #include "common/winograd_matrices.h"
+#include "cpu/epilogue.h"
 #include "cpu/gemm_driver.h"
 #include "cpu/simd.h"
 #include "cpu/sums.h"
@@ -234,7 +235,7 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
 // MR x NR tiles as written by the micro-kernel: [xi][k / MR][t / NR][k % MR][t % NR].
 template <typename T, int M>
 void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t Kpad, const T* bias,
-                            int64_t g, int64_t t0, int64_t NB, T* y) {
+                            int64_t g, int64_t t0, int64_t NB, T* y, const ConvEpilogue<T>& ep) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
@@ -255,7 +256,11 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
         T* yk = y + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
         const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
         for (int64_t i = 0; i < pn; ++i)
-          for (int64_t j = 0; j < qn; ++j) yk[(lt.p0[l] + i) * c.Q + lt.q0[l] + j] = ob[(i * M + j) * W + l];
+          for (int64_t j = 0; j < qn; ++j) {
+            T* at = yk + (lt.p0[l] + i) * c.Q + lt.q0[l] + j;
+            const T v = ob[(i * M + j) * W + l];
+            *at = ep.active() ? epilogue_one(ep, v, at) : v;
+          }
       }
     }
   }
@@ -281,7 +286,7 @@ int64_t filters_numel(const Conv& c) {
 // prepared: the filters already transformed by transform_filters (inference), or null.
 template <typename T, int M>
 void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, bool transposed_w, const T* bias,
-                   T* y) {
+                   T* y, const ConvEpilogue<T>& ep = {}) {
   constexpr int A = WinogradTile<M>::alpha;
   constexpr int64_t NR = kNR<T>;
   const Tiling<M> tl(c);
@@ -315,7 +320,7 @@ void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, boo
           for (int64_t jp = 0; jp < NB / NR; ++jp)
             gemm_micro_kernel<T>(c.Cin, Ug + (xi * nkb + kb) * c.Cin * kMR<T>, V + (xi * NB + jp * NR) * c.Cin,
                                  Mb + xi * Kpad * NB + kb * kMR<T> * NB + jp * kMR<T> * NR);
-      transform_output_block<T, M>(c, tl, Mb, Kpad, bias, g, t0, NB, y);
+      transform_output_block<T, M>(c, tl, Mb, Kpad, bias, g, t0, NB, y, ep);
     }
   }
 }
@@ -483,11 +488,12 @@ void winograd_prepare_filters(const ConvShape& s, int m, const T* w, T* U) {
 }
 
 template <typename T>
-void winograd_forward(const ConvShape& s, int m, const T* x, const T* w, const T* prepared, const T* b, T* y) {
+void winograd_forward(const ConvShape& s, int m, const T* x, const T* w, const T* prepared, const T* b, T* y,
+                      const ConvEpilogue<T>& ep) {
   if (m == 2)
-    conv_winograd<T, 2>(forward_conv(s), x, w, prepared, false, b, y);
+    conv_winograd<T, 2>(forward_conv(s), x, w, prepared, false, b, y, ep);
   else
-    conv_winograd<T, 4>(forward_conv(s), x, w, prepared, false, b, y);
+    conv_winograd<T, 4>(forward_conv(s), x, w, prepared, false, b, y, ep);
 }
 
 template <typename T>
@@ -514,9 +520,9 @@ template int64_t winograd_filters_numel<double>(const ConvShape&, int);
 template void winograd_prepare_filters<float>(const ConvShape&, int, const float*, float*);
 template void winograd_prepare_filters<double>(const ConvShape&, int, const double*, double*);
 template void winograd_forward<float>(const ConvShape&, int, const float*, const float*, const float*, const float*,
-                                      float*);
+                                      float*, const ConvEpilogue<float>&);
 template void winograd_forward<double>(const ConvShape&, int, const double*, const double*, const double*,
-                                       const double*, double*);
+                                       const double*, double*, const ConvEpilogue<double>&);
 template void winograd_backward_input<float>(const ConvShape&, int, const float*, const float*, float*);
 template void winograd_backward_input<double>(const ConvShape&, int, const double*, const double*, double*);
 template void winograd_backward_weight<float>(const ConvShape&, int, const float*, const float*, float*, float*);

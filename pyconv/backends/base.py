@@ -57,6 +57,14 @@ class Backend(abc.ABC):
         squares of y (for the fused conv-BN-ReLU). prepared: what prepare_conv_weight returned for
         w, shape and algo (then the kernels take the weights from it)."""
 
+    def conv2d_activation_forward(self, x, w, b, residual, y, shape, algo, activation: str, prepared=None):
+        """y <- activation(conv2d(x, w) + b [+ residual]), the inference epilogue of a fused layer.
+        Here: the convolution, then activation_forward as a sweep over y. A backend whose kernels
+        apply it as they store their output overrides this."""
+        self.conv2d_forward(x, w, b, y, shape, algo, prepared=prepared)
+        if residual is not None or activation != "none":
+            self.activation_forward(y, residual, activation)
+
     def prepare_conv_weight(self, w, shape, algo):
         """The weights in the form this algorithm's forward kernel consumes, built once for
         inference (a tensor), or None where there is nothing to prepare."""

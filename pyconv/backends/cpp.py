@@ -40,6 +40,14 @@ class CppBackend(Backend):
             return _C.conv_winograd_forward(s, m, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared))
         return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared))
 
+    def conv2d_activation_forward(self, x, w, b, residual, y, shape, algo, activation, prepared=None):
+        """Every algorithm applies the activation and residual in its forward kernel's epilogue."""
+        s, act, r = _C.ConvShape(*shape), ACTIVATIONS.index(activation), _np(residual)
+        if algo in WINOGRAD_ALGOS:
+            m = winograd_tile(algo, shape, prepared is not None)
+            return _C.conv_winograd_forward(s, m, _np(x), _np(w), _np(b), _np(y), None, _np(prepared), r, act)
+        return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), None, _np(prepared), r, act)
+
     def prepare_conv_weight(self, w, shape, algo):
         """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
         call would otherwise rebuild; they cost more than the products on small batch-1 layers.

@@ -133,9 +133,10 @@ def run_conv2d_activation(x, weight, bias, residual, shape, activation: str, alg
     """The kernel step of conv2d_activation, for arguments already checked and planned."""
     if activation not in ACTIVATIONS:
         raise _args.PyConvError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
-    y = run_conv2d(x, weight, bias, shape, algo, backend, prepared)
-    if residual is not None or activation != "none":
-        backend.activation_forward(y, None if residual is None else residual.contiguous(), activation)
+    y = new_output((shape.N, shape.K, shape.P, shape.Q), x)
+    backend.conv2d_activation_forward(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+                                      None if residual is None else residual.contiguous(), y, shape, algo, activation,
+                                      prepared=prepared)
     return y
 
 
