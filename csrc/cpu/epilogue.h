@@ -54,6 +54,15 @@ PYCONV_INLINE void epilogue_apply(const ConvEpilogue<T>& ep, T* p, int64_t n) {
   if (ep.active()) activate_any(p, ep.residual ? ep.residual + (p - ep.y) : nullptr, ep.act, n);
 }
 
+// act(v) on a vector (no residual).
+template <typename T>
+PYCONV_INLINE vec_t<T> activate_vec(int act, vec_t<T> v) {
+  const vec_t<T> zero{}, six = vbroadcast(T(6));
+  if (act == kActRelu) return activate<kActRelu>(v, zero, six);
+  if (act == kActRelu6) return activate<kActRelu6>(v, zero, six);
+  return v;
+}
+
 // The epilogue of one value v bound for *at (at inside ep.y).
 template <typename T>
 PYCONV_INLINE T epilogue_one(const ConvEpilogue<T>& ep, T v, const T* at) {

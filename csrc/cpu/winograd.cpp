@@ -249,18 +249,31 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
       const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
+      // Epilogue on the tile's vectors: the residual gathered into the tile's layout first (lanes
+      // are tiles, scattered over the output), then bias, residual and activation as vectors.
+      alignas(32) T rb[M * M * W];
+      if (ep.residual) {
+        for (int e = 0; e < M * M * W; ++e) rb[e] = T(0);
+        for (int l = 0; l < W; ++l) {
+          if (lt.n[l] < 0) break;
+          const T* rk = ep.residual + (((lt.n[l] * c.G + g) * c.Kout + k) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
+          const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
+          for (int64_t i = 0; i < pn; ++i)
+            for (int64_t j = 0; j < qn; ++j) rb[(i * M + j) * W + l] = rk[i * c.Q + j];
+        }
+      }
       alignas(32) T ob[M * M * W];
-      for (int e = 0; e < M * M; ++e) vstore(ob + e * W, o[e] + bv);
+      for (int e = 0; e < M * M; ++e) {
+        Vec v = o[e] + bv;
+        if (ep.residual) v += vload(rb + e * W);
+        vstore(ob + e * W, activate_vec<T>(ep.act, v));
+      }
       for (int l = 0; l < W; ++l) {
         if (lt.n[l] < 0) break;
         T* yk = y + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
         const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
         for (int64_t i = 0; i < pn; ++i)
-          for (int64_t j = 0; j < qn; ++j) {
-            T* at = yk + (lt.p0[l] + i) * c.Q + lt.q0[l] + j;
-            const T v = ob[(i * M + j) * W + l];
-            *at = ep.active() ? epilogue_one(ep, v, at) : v;
-          }
+          for (int64_t j = 0; j < qn; ++j) yk[(lt.p0[l] + i) * c.Q + lt.q0[l] + j] = ob[(i * M + j) * W + l];
       }
     }
   }
