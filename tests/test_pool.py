@@ -83,6 +83,10 @@ AVG_GRID = [
     ((1, 2, 5, 5), dict(kernel_size=5)),
     ((1, 1, 2, 2), dict(kernel_size=3, stride=2, ceil_mode=True)),
     ((1, 2, 6, 40), dict(kernel_size=(1, 3), stride=(1, 4), padding=(0, 1))),
+    # global pooling (the window is the whole plane: one sum per plane in the kernels)
+    ((3, 37, 7, 7), dict(kernel_size=7)),
+    ((2, 3, 4, 9), dict(kernel_size=(4, 9), divisor_override=-3)),
+    ((2, 3, 1, 1), dict(kernel_size=1)),
 ]
 
 

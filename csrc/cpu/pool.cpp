@@ -22,6 +22,8 @@
 //   - avg backward: the same layout in reverse, scatter-add of the scaled gradient rows into a
 //     phase-split accumulator, then copied back un-split into gx.
 // Work is split into (plane, block of rows) tasks, so small batches still use every thread.
+// Global average pooling (the window is the whole unpadded plane: AdaptiveAvgPool2d(1)) is one sum
+// per contiguous plane, in float64, and its backward a broadcast: no row buffers.
 #include "cpu/pool.h"
 
 #include <omp.h>
@@ -31,6 +33,7 @@
 
 #include "common/runtime.h"
 #include "cpu/simd.h"
+#include "cpu/sums.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -470,13 +473,37 @@ int64_t max_pool2d_backward(const PoolShape& s, const T* gy, const int64_t* indi
   return bad;
 }
 
+namespace {
+bool is_global(const PoolShape& s) {
+  return s.P == 1 && s.Q == 1 && s.kernel_h == s.H && s.kernel_w == s.W && s.pad_h == 0 && s.pad_w == 0 &&
+         s.dil_h == 1 && s.dil_w == 1;
+}
+}  // namespace
+
 template <typename T>
 void avg_pool2d_forward(const PoolShape& s, const T* x, T* y, bool count_include_pad, int64_t divisor_override) {
+  if (is_global(s)) {
+    const int64_t HW = s.H * s.W;
+    const double div = divisor_override ? double(divisor_override) : double(HW);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < s.N * s.C; ++nc) y[nc] = T(sum_row(x + nc * HW, HW) / div);
+    return;
+  }
   avg_forward_impl<T>(s, x, y, count_include_pad, divisor_override);
 }
 
 template <typename T>
 void avg_pool2d_backward(const PoolShape& s, const T* gy, T* gx, bool count_include_pad, int64_t divisor_override) {
+  if (is_global(s)) {
+    const int64_t HW = s.H * s.W;
+    const T div = divisor_override ? T(divisor_override) : T(HW);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
+      const T g = gy[nc] / div;
+      for (int64_t i = 0; i < HW; ++i) gx[nc * HW + i] = g;
+    }
+    return;
+  }
   avg_backward_impl<T>(s, gy, gx, count_include_pad, divisor_override);
 }
 
