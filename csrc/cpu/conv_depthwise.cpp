@@ -139,28 +139,42 @@ void pack_lanes(const LanePad& g, const T* src, int nl, T* dst) {
   to_lanes(src + i0 * g.Ws + j0, g.Hs * g.Ws, g.Ws, nl, i1 - i0, j1 - j0, dst + (top * g.Wp + left) * W, g.Wp);
 }
 
+// U output pixels from pixel j: U independent accumulators, so the NT-long FMA chains of
+// neighbouring pixels overlap.
+template <typename T, int NT, bool ACC, int U>
+PYCONV_INLINE void lane_pixels(const T* src, int64_t col_step, const int64_t* off, const vec_t<T>* wt, int64_t j,
+                               T* out, int64_t out_step) {
+  using V = vec_t<T>;
+  V acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = ACC ? vload(out + (j + u) * out_step) : V{};
+  for (int t = 0; t < NT; ++t)
+    for (int u = 0; u < U; ++u) acc[u] += wt[t] * vload(src + (j + u) * col_step + off[t]);
+  for (int u = 0; u < U; ++u) vstore(out + (j + u) * out_step, acc[u]);
+}
+
 // out[j*out_step] (+)= sum_{t < NT} wv[t] * src[j*col_step + off[t]] for j < n; each term a
-// vector of W channels.
+// vector of W channels. Eight pixels a step, the rest (a 7-wide row: all of it) in one step.
 template <typename T, int NT, bool ACC>
 void lane_taps(const T* src, int64_t col_step, const int64_t* off, const T* wv, int64_t n, T* out,
                int64_t out_step) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
-  constexpr int U = 4;
   V wt[NT];
   for (int t = 0; t < NT; ++t) wt[t] = vload(wv + t * W);
   int64_t j = 0;
-  for (; j + U <= n; j += U) {
-    V acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = ACC ? vload(out + (j + u) * out_step) : V{};
-    for (int t = 0; t < NT; ++t)
-      for (int u = 0; u < U; ++u) acc[u] += wt[t] * vload(src + (j + u) * col_step + off[t]);
-    for (int u = 0; u < U; ++u) vstore(out + (j + u) * out_step, acc[u]);
-  }
-  for (; j < n; ++j) {
-    V acc = ACC ? vload(out + j * out_step) : V{};
-    for (int t = 0; t < NT; ++t) acc += wt[t] * vload(src + j * col_step + off[t]);
-    vstore(out + j * out_step, acc);
+  for (; j + 8 <= n; j += 8) lane_pixels<T, NT, ACC, 8>(src, col_step, off, wt, j, out, out_step);
+  switch (n - j) {
+#define PYCONV_REST_CASE(U) \
+  case U:                   \
+    return lane_pixels<T, NT, ACC, U>(src, col_step, off, wt, j, out, out_step);
+    PYCONV_REST_CASE(1)
+    PYCONV_REST_CASE(2)
+    PYCONV_REST_CASE(3)
+    PYCONV_REST_CASE(4)
+    PYCONV_REST_CASE(5)
+    PYCONV_REST_CASE(6)
+    PYCONV_REST_CASE(7)
+#undef PYCONV_REST_CASE
   }
 }
 
@@ -244,16 +258,16 @@ void lane_dots_any(const T* g, int64_t P, int64_t Q, const T* src, int64_t row_s
   }
 }
 
-// Filters as [channel block][tap][lane], zero beyond C.
+// Filters as [channel block][tap][lane], zero beyond C; tap t is filter tap order[t] (or t).
 template <typename T>
-void pack_lane_filters(const T* w, int64_t C, int64_t RS, T* dst) {
+void pack_lane_filters(const T* w, int64_t C, int64_t RS, const int64_t* order, T* dst) {
   constexpr int W = Simd<T>::W;
   const int64_t nb = ceil_div(C, W);
   for (int64_t cb = 0; cb < nb; ++cb)
     for (int64_t t = 0; t < RS; ++t)
       for (int l = 0; l < W; ++l) {
         const int64_t c = cb * W + l;
-        dst[(cb * RS + t) * W + l] = c < C ? w[c * RS + t] : T(0);
+        dst[(cb * RS + t) * W + l] = c < C ? w[c * RS + (order ? order[t] : t)] : T(0);
       }
 }
 
@@ -270,7 +284,7 @@ void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y,
   const int64_t RS = s.R * s.S, nb = ceil_div(s.C, W), HW = s.H * s.W, PQ = s.P * s.Q;
   const LanePad g = forward_lanes(s);
   Workspace wp(checked_bytes(nb * RS * W, sizeof(T)));
-  pack_lane_filters(w, s.C, RS, wp.as<T>());
+  pack_lane_filters(w, s.C, RS, static_cast<const int64_t*>(nullptr), wp.as<T>());
   Workspace off_ws(checked_bytes(RS, sizeof(int64_t)));
   int64_t* off = off_ws.as<int64_t>();
   for (int64_t r = 0; r < s.R; ++r)
@@ -311,37 +325,45 @@ void lanes_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
   const PhaseTaps pt = phase_taps(s);
   LanePad g{s.P, s.Q, pt.top, pt.left, pt.Hg, pt.Wg};
+  // The taps grouped by the output phase they reach (phase a*sw + b owns taps [first[ph], first[ph+1])),
+  // with their gy offsets; the filters are packed in that order.
+  Workspace taps_ws(checked_bytes(2 * RS + sh * sw + 1, sizeof(int64_t)));
+  int64_t* off = taps_ws.as<int64_t>();
+  int64_t* order = off + RS;
+  int64_t* first = order + RS;
+  int64_t nt = 0;
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t bb = 0; bb < sw; ++bb) {
+      first[a * sw + bb] = nt;
+      for (int64_t r = 0; r < s.R; ++r)
+        for (int64_t q = 0; q < s.S; ++q) {
+          int64_t dy, dx;
+          if (!pt.reaches(s, a, bb, r, q, dy, dx)) continue;
+          off[nt] = ((dy + pt.top) * pt.Wg + dx + pt.left) * W;
+          order[nt++] = r * s.S + q;
+        }
+    }
+  first[sh * sw] = nt;
   Workspace wp(checked_bytes(nb * RS * W, sizeof(T)));
-  pack_lane_filters(w, s.C, RS, wp.as<T>());
-  const int64_t per_thread = g.elems(W) + HW * W + RS * W;
+  pack_lane_filters(w, s.C, RS, order, wp.as<T>());
+  const int64_t per_thread = g.elems(W) + HW * W;
   const int nthr = num_threads();
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
-  Workspace off_ws(checked_bytes(nthr * RS, sizeof(int64_t)));
 #pragma omp parallel for num_threads(nthr) schedule(static)
   for (int64_t nb_i = 0; nb_i < s.N * nb; ++nb_i) {
     const int64_t n = nb_i / nb, c0 = nb_i % nb * W;
     const int nl = static_cast<int>(imin(W, s.C - c0));
-    const int tid = omp_get_thread_num();
-    T* gb = ws.as<T>() + tid * per_thread;
+    T* gb = ws.as<T>() + omp_get_thread_num() * per_thread;
     T* ob = gb + g.elems(W);
-    T* wt = ob + HW * W;
-    int64_t* off = off_ws.as<int64_t>() + tid * RS;
     pack_lanes(g, gy + (n * s.K + c0) * PQ, nl, gb);
     const T* wv = wp.as<T>() + (c0 / W) * RS * W;
     for (int64_t a = 0; a < sh && a < s.H; ++a)
       for (int64_t bb = 0; bb < sw && bb < s.W; ++bb) {
-        int64_t nt = 0;
-        for (int64_t r = 0; r < s.R; ++r)
-          for (int64_t q = 0; q < s.S; ++q) {
-            int64_t dy, dx;
-            if (!pt.reaches(s, a, bb, r, q, dy, dx)) continue;
-            off[nt] = ((dy + pt.top) * pt.Wg + dx + pt.left) * W;
-            std::memcpy(wt + nt * W, wv + (r * s.S + q) * W, W * sizeof(T));
-            ++nt;
-          }
+        const int64_t t0 = first[a * sw + bb], k = first[a * sw + bb + 1] - t0;
         const int64_t Ha = ceil_div(s.H - a, sh), Wb = ceil_div(s.W - bb, sw);
         for (int64_t i = 0; i < Ha; ++i)
-          lane_taps_any(gb + i * pt.Wg * W, W, off, wt, nt, Wb, ob + ((a + sh * i) * s.W + bb) * W, sw * W);
+          lane_taps_any(gb + i * pt.Wg * W, W, off + t0, wv + t0 * W, k, Wb, ob + ((a + sh * i) * s.W + bb) * W,
+                        sw * W);
       }
     from_lanes(ob, s.H, s.W, nl, static_cast<const T*>(nullptr), gx + (n * s.C + c0) * HW, HW);
   }
