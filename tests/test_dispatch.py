@@ -1,6 +1,7 @@
 """pyconv.ops.common.call: the ops' implementations are called directly where torch's dispatcher adds
-nothing (eager, no autograd), and through torch.ops.pyconv.* whenever autograd, a dispatch mode, a
-function mode, a functorch transform or a tensor subclass is involved; both give torch's result."""
+nothing (eager, no autograd), through the op's autograd formula as a torch.autograd.Function where
+only autograd is involved, and through torch.ops.pyconv.* whenever a dispatch mode, a function mode,
+a functorch transform or a tensor subclass is; all give torch's result."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,17 +61,25 @@ def test_eager_without_autograd_calls_the_implementation_directly(direct_calls, 
         assert direct_calls.get(name, 0) == before + 1, name
 
 
-def test_autograd_goes_through_the_dispatcher(direct_calls):
+def test_eager_autograd_uses_the_ops_autograd_function(direct_calls):
+    """Eager calls that need autograd and nothing else get the op's own formula as one
+    torch.autograd.Function node (common.register_autograd), without the dispatcher; under a
+    dispatch mode the same call goes through torch.ops.pyconv.* with the same gradients."""
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     y = PF.conv2d(x, w, padding=1, backend="cpp")
-    assert "conv2d" not in direct_calls and y.grad_fn is not None
+    assert type(y.grad_fn).__name__.startswith("conv2d_autograd"), type(y.grad_fn).__name__
+    assert "conv2d" not in direct_calls  # the planned kernel step runs inside the Function
     gx, gw = torch.autograd.grad(y.sum(), (x, w))
     # the backward op runs with grad mode off: direct
     assert direct_calls.get("conv2d_backward") == 1
     rx, rw = torch.autograd.grad(F.conv2d(x, w, padding=1).sum(), (x, w))
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
+    with DispatchLog() as log:
+        yd = PF.conv2d(x, w, padding=1, backend="cpp")
+    assert "pyconv.conv2d.default" in log.ops and not type(yd.grad_fn).__name__.startswith("conv2d_autograd")
+    torch.testing.assert_close(torch.autograd.grad(yd.sum(), (x, w)), (gx, gw))
     with torch.no_grad():
         PF.conv2d(x, w, padding=1, backend="cpp")
     assert direct_calls.get("conv2d") == 1

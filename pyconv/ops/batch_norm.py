@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _args, backends
 from ..problem import BatchNormShape
-from .common import call, custom_op, new_output
+from .common import call, custom_op, new_output, register_autograd
 
 
 def _shape(x: Tensor) -> BatchNormShape:
@@ -108,4 +108,4 @@ def _backward(ctx, grad_output, *grad_stats):
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + (None,) * 6
 
 
-batch_norm.register_autograd(_backward, setup_context=_setup_context)
+register_autograd("batch_norm", batch_norm, _backward, _setup_context)

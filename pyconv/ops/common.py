@@ -9,6 +9,8 @@ from .. import _config
 
 # name -> the plain Python implementation registered as torch.ops.pyconv.<name>
 _IMPLS: Dict[str, Callable] = {}
+# name -> the op's autograd formula as a torch.autograd.Function, for eager calls (see call())
+_EAGER_AUTOGRAD: Dict[str, type] = {}
 
 
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
@@ -27,11 +29,35 @@ def custom_op(name: str):
     return register
 
 
-def _dispatcher_needed(args) -> bool:
+def register_autograd(name: str, op, backward: Callable, setup_context: Callable) -> None:
+    """op.register_autograd(backward, setup_context) for the dispatcher path (torch.compile, modes,
+    transforms), and the same two functions as a torch.autograd.Function for eager calls that need
+    the dispatcher only for autograd: one autograd node either way, without the dispatcher's and
+    custom_op's Python autograd layer (~75 us a call). The Function takes the call's planned
+    kernel step as one extra, last argument."""
+    op.register_autograd(backward, setup_context=setup_context)
+    impl = _IMPLS[name]
+
+    def forward(*args):
+        planned = args[-1]
+        return planned() if planned is not None else impl(*args[:-1])
+
+    def setup(ctx, inputs, output):
+        setup_context(ctx, inputs[:-1], output)
+
+    def eager_backward(ctx, *grads):
+        return tuple(backward(ctx, *grads)) + (None,)
+
+    _EAGER_AUTOGRAD[name] = type(f"{name}_autograd", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup),
+        "backward": staticmethod(eager_backward)})
+
+
+def _dispatcher_needed(args, autograd: bool = True) -> bool:
     """Whether anything on this call needs torch's dispatcher: autograd (a tensor that requires grad,
     grad mode on), torch.compile tracing, a dispatch or function mode (FakeTensorMode, a device
     context, a user's mode), a functorch transform (vmap, grad), forward-mode AD, tensor subclasses,
-    meta tensors."""
+    meta tensors. autograd=False: everything but autograd."""
     try:
         C = torch._C
         if (torch.compiler.is_compiling() or C._len_torch_dispatch_stack() > 0
@@ -40,7 +66,7 @@ def _dispatcher_needed(args) -> bool:
             return True
     except AttributeError:  # a torch without these hooks: always dispatch
         return True
-    grad = torch.is_grad_enabled()
+    grad = autograd and torch.is_grad_enabled()
     for a in args:
         if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or (grad and a.requires_grad)
                                             or not (a.is_cpu or a.is_cuda)):
@@ -76,9 +102,14 @@ def call(name: str, *args, planned: Optional[Callable] = None):
     planned: the implementation's kernel step for arguments the caller already validated and
     planned (shape, algorithm, backend), run instead of the whole implementation on that path, so
     one call checks its arguments once.
+    Where autograd is the only reason for the dispatcher, the op's autograd formula runs as a
+    torch.autograd.Function (register_autograd), which skips the dispatcher too.
     Forward-mode AD raises NotImplementedError rather than returning a wrong (zero) tangent."""
     if not _dispatcher_needed(args):
         return _direct(name, args, planned)
+    eager = _EAGER_AUTOGRAD.get(name)
+    if eager is not None and not _dispatcher_needed(args, autograd=False):
+        return eager.apply(*args, planned)
     if not torch.compiler.is_compiling() and _tangents_flow_in(args):
         raise NotImplementedError(f"pyconv.{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) "
                                   f"is not implemented; reverse mode (backward, torch.autograd.grad) is")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _args, autotune, backends
 from ..problem import ACTIVATIONS
-from .common import call, custom_op, new_output
+from .common import call, custom_op, new_output, register_autograd
 
 
 def _params(stride, padding, dilation, groups) -> _args.ConvParams:
@@ -101,7 +101,7 @@ def _conv2d_backward(ctx, grad_output):
             None, None, None, None, None, None)
 
 
-conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+register_autograd("conv2d", conv2d, _conv2d_backward, _conv2d_setup_context)
 
 
 # -------------------------------------------------------------------------- conv2d_activation ---

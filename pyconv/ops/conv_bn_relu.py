@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import _args
 from ..problem import BatchNormShape
-from .common import call, custom_op, new_output
+from .common import call, custom_op, new_output, register_autograd
 from .conv import _conv_plan, _params
 
 
@@ -151,4 +151,4 @@ def _backward(ctx, grad_z, *unused):
     return tuple(grads)
 
 
-conv_bn_relu.register_autograd(_backward, setup_context=_setup_context)
+register_autograd("conv_bn_relu", conv_bn_relu, _backward, _setup_context)

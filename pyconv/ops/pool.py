@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _args, _config, backends
-from .common import call, custom_op, new_output
+from .common import call, custom_op, new_output, register_autograd
 
 
 def _plan(x: Tensor, kernel, stride, padding, dilation, ceil_mode, backend, op):
@@ -112,7 +112,7 @@ def _max_backward(ctx, grad_output, grad_indices):
     return gx, None, None, None, None, None, None
 
 
-max_pool2d.register_autograd(_max_backward, setup_context=_max_setup_context)
+register_autograd("max_pool2d", max_pool2d, _max_backward, _max_setup_context)
 
 
 # -------------------------------------------------------------------------------- avg_pool2d ---
@@ -159,4 +159,4 @@ def _avg_backward(ctx, grad_output):
     return gx, None, None, None, None, None, None, None
 
 
-avg_pool2d.register_autograd(_avg_backward, setup_context=_avg_setup_context)
+register_autograd("avg_pool2d", avg_pool2d, _avg_backward, _avg_setup_context)
