@@ -14,7 +14,10 @@ algo='auto' has two modes:
        reduction: few tiles share each transformed filter, and the transformed filters and their
        gradient (16 x C x K each) outweigh the activations. cpp, 7x7x512, batch 8, fused training
        step: Winograd is faster (31-33 ms vs im2col 37, torch 38) but peaks at 33 MiB vs im2col 15
-       and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward). im2col;
+       and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward) -- and except
+       when fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values
+       > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.5 ms, im2col 1.9 ms).
+       Both exceptions: im2col;
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions;
@@ -48,6 +51,11 @@ from .problem import ALGOS, ConvShape, winograd_unsupported
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_TRAIN_MIN_OUTPUT = 8
+# Below this many F(2x2) output tiles per call, transformed filters larger than a core's L2 are
+# streamed from memory for a handful of tiles each (ResNet-18's 512x512 7x7 layer at batch 1: 16
+# tiles, 16 MiB of transformed filters; F(2x2) 2.5 ms, im2col 1.9 ms).
+WINOGRAD_MIN_TILES2 = 32
+WINOGRAD_MAX_STREAMED_FILTER_ELEMS = 256 * 1024
 IM2COL_MIN_REDUCTION = 64
 
 
@@ -90,6 +98,12 @@ def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
                 and "im2col" in have:
             return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
                                   f"{WINOGRAD_TRAIN_MIN_OUTPUT}): few tiles per transformed filter, GEMM")
+        tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
+        if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS \
+                and "im2col" in have:
+            return pick("im2col", f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
+                                  f"{16 * cg * kg * shape.G} transformed filter values: the filters would "
+                                  f"stream from memory for a few tiles each, GEMM")
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")

@@ -53,6 +53,10 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert wide.algo == "im2col" and "wide" in wide.rule
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule
+    # few tiles for large transformed filters: GEMM at batch 1, Winograd again at batch 8
+    few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
+    assert few.algo == "im2col" and "tiles" in few.rule
+    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
 
 
 def test_heuristic_falls_through_missing_algorithms(monkeypatch):
