@@ -40,8 +40,10 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYCONV_HYPOTHESIS_PROFILE=default
 "$PY" -c "import pyconv, sys; assert pyconv._C.__file__.startswith('$PKG'), pyconv._C.__file__; print('sanitized', pyconv._C.__file__)"
 "$PY" -m pytest -q -x -p no:cacheprovider \
-  "tests/test_conv2d.py" -k "grid and cpp" \
+  "tests/test_conv2d.py" -k "(grid or table) and cpp" \
   "$@"
+# every forward kernel's inference epilogue (residual reads beside the output), depthwise included
+"$PY" -m pytest -q -x -p no:cacheprovider tests/test_activation.py -k "cpp"
 # the im2col packer's masked vector loads at the edges of x (rows, images, the whole buffer)
 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_conv_im2col.py -k "panel or agrees"
 "$PY" -m pytest -q -x -p no:cacheprovider \
