@@ -119,3 +119,18 @@ def test_vmap_matches_torch():
     xs = torch.randn(4, 2, 5, 5, dtype=torch.float64)
     got = torch.func.vmap(lambda a: PF.conv2d(a, w, padding=1, backend="cpp"))(xs)
     torch.testing.assert_close(got, torch.func.vmap(lambda a: F.conv2d(a, w, padding=1))(xs))
+
+
+def test_parameters_take_the_eager_paths(direct_calls):
+    """A layer's weights are nn.Parameters (a Tensor subclass without __torch_function__): they do
+    not send a call through the dispatcher, with or without autograd."""
+    x, w = torch.randn(2, 4, 6, 6), torch.nn.Parameter(torch.randn(4, 4, 3, 3))
+    with torch.no_grad():
+        PF.conv2d(x, w, padding=1, backend="cpp")
+    assert direct_calls.get("conv2d") == 1
+    y = PF.conv2d(x, w, padding=1, backend="cpp")
+    assert type(y.grad_fn).__name__.startswith("conv2d_autograd"), type(y.grad_fn).__name__
+    y.sum().backward()
+    wr = w.detach().clone().requires_grad_()
+    F.conv2d(x, wr, padding=1).sum().backward()
+    torch.testing.assert_close(w.grad, wr.grad)

@@ -68,10 +68,15 @@ def _dispatcher_needed(args, autograd: bool = True) -> bool:
         return True
     grad = autograd and torch.is_grad_enabled()
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or (grad and a.requires_grad)
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or (grad and a.requires_grad)
                                             or not (a.is_cpu or a.is_cuda)):
             return True
     return False
+
+
+# Tensor types the kernels take as they are: nn.Parameter is a subclass that disables
+# __torch_function__, so nothing about it needs the dispatcher (a layer's weights are Parameters).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _tangents_flow_in(args) -> bool:
