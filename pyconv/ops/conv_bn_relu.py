@@ -14,7 +14,7 @@ Conv2d + BatchNorm2d + ReLU (z is the next layer's input, which it keeps anyway;
 the BN backward uses every xhat, masked or not). What the fusion saves is transient memory: no BN
 output before the ReLU, no separate gradient of it (benchmarks/bench_conv_bn_relu.py measures it).
 Eval: BN is folded into the conv's weights and bias (w' = w * gamma * invstd, b' = (b - mean) *
-gamma * invstd + beta), one conv and the ReLU in place; the backward recomputes the conv output
+gamma * invstd + beta, in float64: prepared.fold_batch_norm), one conv with the ReLU in its epilogue; the backward recomputes the conv output
 only when the BN parameters need gradients.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _args
+from ..prepared import fold_batch_norm
 from ..problem import BatchNormShape
 from .common import call, custom_op, new_output, register_autograd
 from .conv import _conv_plan, _params
@@ -33,14 +34,6 @@ from .conv import _conv_plan, _params
 
 def _bn_shape(y) -> BatchNormShape:
     return BatchNormShape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
-
-
-def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
-    """Eval-mode BN as a per-output-channel scale and shift of the conv."""
-    scale = bn_weight * torch.rsqrt(running_var + eps)
-    w = weight * scale.reshape(-1, 1, 1, 1)
-    b = (0 if bias is None else bias) - running_mean
-    return w.contiguous(), (b * scale + bn_bias).contiguous()
 
 
 @custom_op("conv_bn_relu")
@@ -69,9 +62,8 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                                _bn_shape(y), True, float(momentum), float(eps), relu=True, stats=stats)
     else:
         y = x.new_empty(0)
-        w, b = _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-        mod.conv2d_forward(x, w, b, z, shape, algo)
-        mod.activation_forward(z, None, "relu")
+        w, b = fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, "relu")
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv
