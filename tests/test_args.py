@@ -108,3 +108,25 @@ def test_package_surface():
     assert "cpp" in pyconv.available_backends()
     with pytest.raises(pyconv.PyConvError):
         pyconv.set_num_threads(0)
+
+
+def test_conv_plans_are_reused_and_bad_calls_still_fail():
+    """pyconv.functional keeps each checked convolution call's plan (keyed by sizes, dtypes, devices,
+    arguments, gradient mode): identical later calls skip the checks, anything else is checked."""
+    from pyconv import functional
+
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(PF.conv2d(x, w, padding=1), torch.nn.functional.conv2d(x, w, padding=1))
+    n = len(functional._PLANS)
+    x2, w2 = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(PF.conv2d(x2, w2, padding=1), torch.nn.functional.conv2d(x2, w2, padding=1))
+    assert len(functional._PLANS) == n
+    with pytest.raises(pyconv.PyConvError):
+        PF.conv2d(x.double(), w, padding=1)
+    with pytest.raises(pyconv.PyConvError):
+        PF.conv2d(torch.randn(2, 5, 8, 8), w, padding=1)
+    x3 = x[:, :, :7]  # another size, a strided view: a new plan, a contiguous copy for the kernel
+    torch.testing.assert_close(PF.conv2d(x3, w, padding=1), torch.nn.functional.conv2d(x3, w, padding=1))
+    xs = torch.randn(3, 8, 8)  # unbatched
+    torch.testing.assert_close(PF.conv2d(xs, w, padding=1), torch.nn.functional.conv2d(xs, w, padding=1))
+    torch.testing.assert_close(PF.conv2d(xs, w, padding=1), torch.nn.functional.conv2d(xs, w, padding=1))
