@@ -214,10 +214,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=1, padding=0,
-                 dilation=1, groups=1, training=True, momentum=0.1, eps=1e-5, *, algo="auto", backend="auto"):
+                 dilation=1, groups=1, training=True, momentum=0.1, eps=1e-5, *, relu=True, algo="auto",
+                 backend="auto"):
     """relu(batch_norm(conv2d(input, weight, bias), running_mean, running_var, bn_weight, bn_bias,
-    training, momentum, eps)) as one fused op; in training the running statistics are updated in
-    place as torch does. momentum=None (cumulative average) needs the batch count: use
+    training, momentum, eps)) as one fused op (relu=False: without the ReLU); in training the running
+    statistics are updated in place as torch does. momentum=None (cumulative average) needs the batch count: use
     pyconv.nn.ConvBNReLU2d, which keeps num_batches_tracked as torch's BatchNorm2d does."""
     if momentum is None:
         raise TypeError("conv_bn_relu(): argument 'momentum' must be float, not NoneType "
@@ -232,7 +233,7 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
     rm, rv = bn["running_mean"], bn["running_var"]
     z, _, _, _, new_rm, new_rv = call(
         "conv_bn_relu", c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
-        float(eps), c.algo, c.backend)
+        float(eps), bool(relu), c.algo, c.backend)
     if training and c.shape.N > 0:  # running statistics are updated in place, as torch does
         with torch.no_grad():
             rm.copy_(new_rm)

@@ -146,8 +146,8 @@ class FusedConv(torch.nn.Module):
     Inference (no gradient needed): batch norm is folded into the filters once and the filters are
     kept in the form the chosen kernel consumes (prepared weights, rebuilt whenever a source tensor
     changes); bias, activation and the residual add run in the convolution's epilogue op. Training,
-    or eval with gradients: conv -> BN -> ReLU is the fused conv_bn_relu op; other chains run layer
-    by layer."""
+    or eval with gradients: conv -> BN -> {ReLU, nothing} is the fused conv_bn_relu op; other chains
+    (ReLU6, residual tails) run layer by layer."""
 
     def __init__(self, conv: Conv2d, bn, activation: str = "relu", residual: bool = False):
         super().__init__()
@@ -196,8 +196,8 @@ class FusedConv(torch.nn.Module):
             return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
                                         c.groups, self.activation, algo=c.algo, backend=c.backend,
                                         prepared_cache=self._kernel_form)
-        if self.activation == "relu" and identity is None and bn is not None:
-            return _conv_bn_relu(c, bn, input)
+        if self.activation in ("relu", "none") and identity is None and bn is not None:
+            return _conv_bn_relu(c, bn, input, relu=self.activation == "relu")
         y = c(input) if bn is None else bn(c(input))
         if identity is not None:
             y = y + identity
@@ -211,15 +211,16 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input):
-    """The fused conv_bn_relu op on a Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules."""
+def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True):
+    """The fused conv_bn_relu op (relu=False: conv -> BN) on a Conv2d and BatchNorm2d, with
+    BatchNorm2d's momentum rules."""
     factor = bn.momentum if bn.momentum is not None else 0.0
     if bn.training:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
             factor = 1.0 / float(bn.num_batches_tracked)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                           c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps,
+                           c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
                            algo=c.algo, backend=c.backend)
 
 

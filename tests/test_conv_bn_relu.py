@@ -28,7 +28,8 @@ def _rel(a, e):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("conv", [dict(stride=1, padding=1, groups=1), dict(stride=2, padding=1, groups=2)])
-def test_matches_torch(backend, algo, training, dtype, conv):
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_matches_torch(backend, algo, training, dtype, conv, relu):
     if algo == "winograd" and conv["stride"] != 1:
         pytest.skip("winograd needs stride 1")
     d = _data(dtype, groups=conv["groups"])
@@ -37,9 +38,10 @@ def test_matches_torch(backend, algo, training, dtype, conv):
     rm, rv, rm_ref, rv_ref = d["rm"].clone(), d["rv"].clone(), d["rm"].clone(), d["rv"].clone()
     st, pad, gr = conv["stride"], conv["padding"], conv["groups"]
     z = PF.conv_bn_relu(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], rm, rv, st, pad, 1, gr, training,
-                        0.1, 1e-5, algo=algo, backend=backend)
-    zr = F.relu(F.batch_norm(F.conv2d(refs[0], refs[1], refs[2], st, pad, 1, gr), rm_ref, rv_ref, refs[3], refs[4],
-                             training, 0.1, 1e-5))
+                        0.1, 1e-5, relu=relu, algo=algo, backend=backend)
+    zr = F.batch_norm(F.conv2d(refs[0], refs[1], refs[2], st, pad, 1, gr), rm_ref, rv_ref, refs[3], refs[4],
+                      training, 0.1, 1e-5)
+    zr = F.relu(zr) if relu else zr
     tol = 1e-9 if dtype == torch.float64 else (2e-4 if algo == "winograd" else 5e-5)
     assert _rel(z, zr) < tol
     torch.testing.assert_close(rm, rm_ref, rtol=tol, atol=tol)
@@ -64,21 +66,23 @@ def test_nan_propagates_through_relu():
     assert torch.equal(torch.isnan(z), torch.isnan(zr))
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_gradcheck_float64(relu):
     d = _data(torch.float64)
     args = [d[k][:1, :, :6, :6].clone().requires_grad_() if k == "x" else d[k].clone().requires_grad_()
             for k in ("x", "w", "b", "g", "be")]
 
     def f(x, w, b, g, be):
-        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2, True)
+        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2, True, relu=relu)
     assert torch.autograd.gradcheck(f, args, atol=1e-6)
 
 
 def test_opcheck():
     d = _data(torch.float32)
     args = (d["x"].requires_grad_(), d["w"].requires_grad_(), d["b"], d["g"].requires_grad_(), d["be"], d["rm"],
-            d["rv"], [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.1, 1e-5, "direct", "cpp")
+            d["rv"], [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.1, 1e-5, True, "direct", "cpp")
     torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args)
+    torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args[:14] + (False,) + args[15:])
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

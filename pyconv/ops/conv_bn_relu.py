@@ -1,5 +1,6 @@
 """Fused conv-BN-ReLU custom ops (torch.ops.pyconv.conv_bn_relu, conv_bn_relu_backward):
-z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward.
+z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward; with relu=False,
+z = batch_norm(conv2d(x, w, b)) fused the same way (a block's last conv, a downsample branch).
 
 Training: the conv kernel writes y and, in the same call, its per-channel sum and sum of squares
 (float64; direct and im2col take them in their epilogues, while each output row or GEMM tile is in
@@ -39,8 +40,8 @@ def _bn_shape(y) -> BatchNormShape:
 @custom_op("conv_bn_relu")
 def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
-                 dilation: List[int], groups: int, training: bool, momentum: float, eps: float, algo: str,
-                 backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 dilation: List[int], groups: int, training: bool, momentum: float, eps: float, relu: bool,
+                 algo: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
     empty in eval mode."""
     shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
@@ -59,11 +60,11 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
         mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo,
                            stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
-                               _bn_shape(y), True, float(momentum), float(eps), relu=True, stats=stats)
+                               _bn_shape(y), True, float(momentum), float(eps), relu=bool(relu), stats=stats)
     else:
         y = x.new_empty(0)
         w, b = fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, "relu")
+        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, "relu" if relu else "none")
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv
@@ -71,7 +72,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
 
 @conv_bn_relu.register_fake
 def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-      momentum, eps, algo, backend):
+      momentum, eps, relu, algo, backend):
     s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
     out = (s.N, s.K, s.P, s.Q)
     return (x.new_empty(out), x.new_empty(out) if training else x.new_empty(0), x.new_empty((s.K,)),
@@ -81,7 +82,7 @@ def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, pa
 @custom_op("conv_bn_relu_backward")
 def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                           bn_weight: Tensor, save_mean: Tensor, save_invstd: Tensor, stride: List[int],
-                          padding: List[int], dilation: List[int], groups: int, training: bool, algo: str,
+                          padding: List[int], dilation: List[int], groups: int, training: bool, relu: bool, algo: str,
                           backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
     output_mask are empty."""
@@ -100,7 +101,8 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     y_for_bn = y.contiguous() if y.numel() else z  # eval without BN grads: the kernel ignores x
     mod.batch_norm_backward(grad_z.contiguous(), y_for_bn, bn_weight.contiguous(), save_mean.contiguous(),
                             save_invstd.contiguous(), gy, g_bnw if output_mask[3] else None,
-                            g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training), relu_output=z)
+                            g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training),
+                            relu_output=z if relu else None)
     gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
     gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()
@@ -114,7 +116,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
 
 @conv_bn_relu_backward.register_fake
 def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, padding, dilation, groups,
-      training, algo, backend, output_mask):
+      training, relu, algo, backend, output_mask):
     K = weight.shape[0]
     shapes = (x.shape, weight.shape, (K,), (K,), (K,))
     return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, output_mask))
@@ -122,19 +124,19 @@ def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, 
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-     momentum, eps, algo, backend) = inputs
+     momentum, eps, relu, algo, backend) = inputs
     z, y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
     ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of y
     ctx.save_for_backward(z, y, x, weight, bias, bn_weight, save_mean, save_invstd)
-    ctx.conf = (stride, padding, dilation, groups, training, algo, backend)
+    ctx.conf = (stride, padding, dilation, groups, training, relu, algo, backend)
 
 
 def _backward(ctx, grad_z, *unused):
     z, y, x, weight, bias, bn_weight, save_mean, save_invstd = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[0], need[1], bias is not None and need[2], need[3], need[4]]
-    grads = [None] * 16
+    grads = [None] * 17
     if grad_z is not None and any(mask):
         out = call("conv_bn_relu_backward", grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd,
                    *ctx.conf, mask)
