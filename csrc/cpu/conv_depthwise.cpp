@@ -24,11 +24,41 @@
 
 #include <omp.h>
 
+#include <type_traits>
+
 namespace pyconv {
 namespace PYCONV_ISA {
 namespace {
 
 constexpr int kMaxChunkTaps = 9;  // taps unrolled per pass; more taps take several passes
+
+// f(std::integral_constant<int, K>{}) for a run-time count k in [1, kMaxChunkTaps]: the kernels
+// below unroll their tap and pixel loops over compile-time counts.
+template <typename F>
+PYCONV_INLINE void with_count(int k, F&& f) {
+  switch (k) {
+#define PYCONV_COUNT_CASE(K) \
+  case K:                    \
+    return f(std::integral_constant<int, K>{});
+    PYCONV_COUNT_CASE(1)
+    PYCONV_COUNT_CASE(2)
+    PYCONV_COUNT_CASE(3)
+    PYCONV_COUNT_CASE(4)
+    PYCONV_COUNT_CASE(5)
+    PYCONV_COUNT_CASE(6)
+    PYCONV_COUNT_CASE(7)
+    PYCONV_COUNT_CASE(8)
+    PYCONV_COUNT_CASE(9)
+#undef PYCONV_COUNT_CASE
+  }
+}
+
+// f(t0, K) for the taps [t0, t0 + K) of nt, in chunks of at most kMaxChunkTaps.
+template <typename F>
+void for_tap_chunks(int64_t nt, F&& f) {
+  for (int64_t t0 = 0; t0 < nt; t0 += kMaxChunkTaps)
+    with_count(static_cast<int>(imin(kMaxChunkTaps, nt - t0)), [&](auto K) { f(t0, K); });
+}
 
 template <typename T>
 void zero(T* p, int64_t n) {
@@ -163,19 +193,10 @@ void lane_taps(const T* src, int64_t col_step, const int64_t* off, const T* wv, 
   for (int t = 0; t < NT; ++t) wt[t] = vload(wv + t * W);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) lane_pixels<T, NT, ACC, 8>(src, col_step, off, wt, j, out, out_step);
-  switch (n - j) {
-#define PYCONV_REST_CASE(U) \
-  case U:                   \
-    return lane_pixels<T, NT, ACC, U>(src, col_step, off, wt, j, out, out_step);
-    PYCONV_REST_CASE(1)
-    PYCONV_REST_CASE(2)
-    PYCONV_REST_CASE(3)
-    PYCONV_REST_CASE(4)
-    PYCONV_REST_CASE(5)
-    PYCONV_REST_CASE(6)
-    PYCONV_REST_CASE(7)
-#undef PYCONV_REST_CASE
-  }
+  if (j < n)
+    with_count(static_cast<int>(n - j), [&](auto U) {
+      lane_pixels<T, NT, ACC, decltype(U)::value>(src, col_step, off, wt, j, out, out_step);
+    });
 }
 
 template <typename T>
@@ -186,30 +207,13 @@ void lane_taps_any(const T* src, int64_t col_step, const int64_t* off, const T* 
     for (int64_t j = 0; j < n; ++j) zero(out + j * out_step, W);
     return;
   }
-  for (int64_t t0 = 0; t0 < nt; t0 += kMaxChunkTaps) {
-    const int k = static_cast<int>(imin(kMaxChunkTaps, nt - t0));
-    const int64_t* o = off + t0;
-    const T* v = wv + t0 * W;
-    switch (k) {
-#define PYCONV_TAPS_CASE(K)                                              \
-  case K:                                                                \
-    if (t0 == 0)                                                         \
-      lane_taps<T, K, false>(src, col_step, o, v, n, out, out_step);     \
-    else                                                                 \
-      lane_taps<T, K, true>(src, col_step, o, v, n, out, out_step);      \
-    break;
-      PYCONV_TAPS_CASE(1)
-      PYCONV_TAPS_CASE(2)
-      PYCONV_TAPS_CASE(3)
-      PYCONV_TAPS_CASE(4)
-      PYCONV_TAPS_CASE(5)
-      PYCONV_TAPS_CASE(6)
-      PYCONV_TAPS_CASE(7)
-      PYCONV_TAPS_CASE(8)
-      PYCONV_TAPS_CASE(9)
-#undef PYCONV_TAPS_CASE
-    }
-  }
+  for_tap_chunks(nt, [&](int64_t t0, auto K) {
+    constexpr int k = decltype(K)::value;
+    if (t0 == 0)
+      lane_taps<T, k, false>(src, col_step, off + t0, wv + t0 * W, n, out, out_step);
+    else
+      lane_taps<T, k, true>(src, col_step, off + t0, wv + t0 * W, n, out, out_step);
+  });
 }
 
 // sums[t*W + lane] += sum_{p,q} g[p*Q + q] * src[p*row_step + q*col_step + off[t]] for t < NT.
@@ -237,25 +241,9 @@ template <typename T>
 void lane_dots_any(const T* g, int64_t P, int64_t Q, const T* src, int64_t row_step, int64_t col_step,
                    const int64_t* off, int64_t nt, double* sums) {
   constexpr int W = Simd<T>::W;
-  for (int64_t t0 = 0; t0 < nt; t0 += kMaxChunkTaps) {
-    const int k = static_cast<int>(imin(kMaxChunkTaps, nt - t0));
-    switch (k) {
-#define PYCONV_TAPS_CASE(K)                                                                   \
-  case K:                                                                                     \
-    lane_dots<T, K>(g, P, Q, src, row_step, col_step, off + t0, sums + t0 * W);               \
-    break;
-      PYCONV_TAPS_CASE(1)
-      PYCONV_TAPS_CASE(2)
-      PYCONV_TAPS_CASE(3)
-      PYCONV_TAPS_CASE(4)
-      PYCONV_TAPS_CASE(5)
-      PYCONV_TAPS_CASE(6)
-      PYCONV_TAPS_CASE(7)
-      PYCONV_TAPS_CASE(8)
-      PYCONV_TAPS_CASE(9)
-#undef PYCONV_TAPS_CASE
-    }
-  }
+  for_tap_chunks(nt, [&](int64_t t0, auto K) {
+    lane_dots<T, decltype(K)::value>(g, P, Q, src, row_step, col_step, off + t0, sums + t0 * W);
+  });
 }
 
 // Filters as [channel block][tap][lane], zero beyond C; tap t is filter tap order[t] (or t).
@@ -271,10 +259,18 @@ void pack_lane_filters(const T* w, int64_t C, int64_t RS, const int64_t* order, 
       }
 }
 
-// The forward's blocked input: output (p, q) reads pixel (p*sh + r*dh, q*sw + s*dw).
+// The forward's blocked input: output (p, q) reads pixel (p*sh + r*dh, q*sw + s*dw), tap (r, s)
+// at offset forward_lane_taps(...)[r*S + s] from the output's first pixel.
 LanePad forward_lanes(const ConvShape& s) {
   return LanePad{s.H, s.W, s.pad_h, s.pad_w, (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1,
                  (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1};
+}
+
+template <typename T>
+void forward_lane_taps(const ConvShape& s, const LanePad& g, int64_t* off) {
+  constexpr int W = Simd<T>::W;
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t c = 0; c < s.S; ++c) off[r * s.S + c] = (r * s.dil_h * g.Wp + c * s.dil_w) * W;
 }
 
 template <typename T>
@@ -287,8 +283,7 @@ void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y,
   pack_lane_filters(w, s.C, RS, static_cast<const int64_t*>(nullptr), wp.as<T>());
   Workspace off_ws(checked_bytes(RS, sizeof(int64_t)));
   int64_t* off = off_ws.as<int64_t>();
-  for (int64_t r = 0; r < s.R; ++r)
-    for (int64_t c = 0; c < s.S; ++c) off[r * s.S + c] = (r * s.dil_h * g.Wp + c * s.dil_w) * W;
+  forward_lane_taps<T>(s, g, off);
   const int64_t per_thread = g.elems(W) + PQ * W;
   const int nthr = num_threads();
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
@@ -376,8 +371,7 @@ void lanes_backward_weight(const ConvShape& s, const T* x, const T* gy, T* gw) {
   const LanePad g = forward_lanes(s);
   Workspace off_ws(checked_bytes(RS, sizeof(int64_t)));
   int64_t* off = off_ws.as<int64_t>();
-  for (int64_t r = 0; r < s.R; ++r)
-    for (int64_t c = 0; c < s.S; ++c) off[r * s.S + c] = (r * s.dil_h * g.Wp + c * s.dil_w) * W;
+  forward_lane_taps<T>(s, g, off);
   const int64_t per_thread = g.elems(W) + PQ * W;
   const int nthr = num_threads();
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
