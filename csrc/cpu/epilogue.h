@@ -54,22 +54,24 @@ PYCONV_INLINE void epilogue_apply(const ConvEpilogue<T>& ep, T* p, int64_t n) {
   if (ep.active()) activate_any(p, ep.residual ? ep.residual + (p - ep.y) : nullptr, ep.act, n);
 }
 
-// act(v) on a vector (no residual).
-template <typename T>
-PYCONV_INLINE vec_t<T> activate_vec(int act, vec_t<T> v) {
-  const vec_t<T> zero{}, six = vbroadcast(T(6));
+// act(v) for a run-time act index, on a vector or a scalar (zero and six of v's type).
+template <typename V>
+PYCONV_INLINE V activate_dyn(int act, V v, V zero, V six) {
   if (act == kActRelu) return activate<kActRelu>(v, zero, six);
   if (act == kActRelu6) return activate<kActRelu6>(v, zero, six);
   return v;
+}
+
+template <typename T>
+PYCONV_INLINE vec_t<T> activate_vec(int act, vec_t<T> v) {
+  return activate_dyn(act, v, vec_t<T>{}, vbroadcast(T(6)));
 }
 
 // The epilogue of one value v bound for *at (at inside ep.y).
 template <typename T>
 PYCONV_INLINE T epilogue_one(const ConvEpilogue<T>& ep, T v, const T* at) {
   if (ep.residual) v += ep.residual[at - ep.y];
-  if (ep.act >= kActRelu) v = v < T(0) ? T(0) : v;
-  if (ep.act == kActRelu6) v = v > T(6) ? T(6) : v;
-  return v;
+  return activate_dyn(ep.act, v, T(0), T(6));
 }
 
 }  // namespace PYCONV_ISA
