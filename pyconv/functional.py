@@ -7,7 +7,7 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 from .problem import WINOGRAD_ALGOS, winograd_tile
-from .ops.common import _dispatcher_needed, call
+from .ops.common import _PLAIN, _dispatcher_needed, call
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
 __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm"]
@@ -19,7 +19,6 @@ __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_poo
 # values never enter the key, so weights that change every step keep their plan.
 _PLANS: dict = {}
 _PLANS_MAX = 1024
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plan_of(t):
