@@ -22,8 +22,10 @@ def gemm_ws_elems(M, N, K, nthr, dtype):
     """gemm_workspace_elems: packed A, and one B chunk per thread."""
     k = max(K, 1)
     kc = cdiv(k, cdiv(k, KC))  # gemm_kc: K in equal blocks of at most KC
-    panels = max(1, cdiv(N, NR[dtype]))  # gemm_nc: equal N chunks, a multiple of nthr of them
+    panels = max(1, cdiv(N, NR[dtype]))  # gemm_nc: equal N chunks, a multiple of nthr of them,
     chunks = cdiv(cdiv(panels * NR[dtype], NC[dtype]), nthr) * nthr
+    if panels >= 2 * nthr * 4:  # and two per thread where each keeps 4 panels
+        chunks = max(chunks, 2 * nthr)
     nc = cdiv(panels, min(panels, chunks)) * NR[dtype]
     assert nc <= NC[dtype]
     return cdiv(M, MR) * MR * kc + nthr * nc * kc

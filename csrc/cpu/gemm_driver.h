@@ -285,7 +285,9 @@ struct BatchedOutColumns {
 // beta == 0); later K blocks: C += alpha*AB. With row_sums, each finished tile's rows are summed
 // (float64 sum and sum of squares, read back while the tile is in L1) into four lanes per row in the
 // slots of its N chunk: row_sums[((chunk * 2 + {0, 1}) * sums_rows + i) * 4 + lane], tiles in column
-// order within a chunk. Then ep (the inference activation and residual) runs on the tile.
+// order within a chunk. The inference epilogue ep (activation and residual) is applied as the last K
+// block's tile is stored (one pass over C, which matters when K is one short block: MobileNetV2's
+// expansions), or after the sums, in finished(), when there are row sums.
 template <typename T, class Cols>
 struct MatrixOut {
   T* c;
@@ -306,10 +308,11 @@ struct MatrixOut {
       __builtin_prefetch(p + GemmBlocking<T>::NR - 1, 1);
     }
   }
-  void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first) const {
+  void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first, bool last) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
     using V = vec_t<T>;
     const int64_t st = cols.step();
+    const bool fuse_ep = last && !row_sums && ep.active();
     if (st == 1 && nr == NR && cols.run(j0) >= NR) {  // full-width contiguous tile: vector epilogue
       const int64_t off = cols(j0);
       const V va = gemm_splat(alpha), vb = gemm_splat(beta);
@@ -324,6 +327,13 @@ struct MatrixOut {
           r0 = va * t0 + bias, r1 = va * t1 + bias;
           if (beta != T(0)) r0 += vb * vload(out), r1 += vb * vload(out + W);
         }
+        if (fuse_ep) {
+          if (ep.residual) {
+            const T* res = ep.residual + (out - ep.y);
+            r0 += vload(res), r1 += vload(res + W);
+          }
+          r0 = activate_vec<T>(ep.act, r0), r1 = activate_vec<T>(ep.act, r1);
+        }
         vstore(out, r0), vstore(out + W, r1);
       }
       return;
@@ -335,19 +345,22 @@ struct MatrixOut {
         const T* t = tile + i * NR + jj;
         if (!first) {
           for (int64_t x = 0; x < len; ++x) out[x * st] += alpha * t[x];
-          continue;
+        } else {
+          const T bias = row_bias ? row_bias[i0 + i] : T(0);
+          if (beta == T(0))
+            for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + bias;
+          else
+            for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + beta * out[x * st] + bias;
         }
-        const T bias = row_bias ? row_bias[i0 + i] : T(0);
-        if (beta == T(0))
-          for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + bias;
-        else
-          for (int64_t x = 0; x < len; ++x) out[x * st] = alpha * t[x] + beta * out[x * st] + bias;
+        if (fuse_ep)
+          for (int64_t x = 0; x < len; ++x) out[x * st] = epilogue_one(ep, out[x * st], out + x * st);
       }
       jj += len;
     }
   }
   void finished(int64_t i0, int64_t mr, int64_t j0, int64_t nr, int64_t chunk) const {
-    if (row_sums) sum_rows(i0, mr, j0, nr, chunk);
+    if (!row_sums) return;  // the epilogue, if any, was applied as the tile was stored
+    sum_rows(i0, mr, j0, nr, chunk);
     if (!ep.active()) return;
     const int64_t st = cols.step();
     for (int64_t jj = 0; jj < nr;) {
@@ -401,13 +414,17 @@ int64_t gemm_kc(int64_t K) {
 }
 
 // Columns per N chunk (one work item): equal chunks, as many as a multiple of the thread count (13
-// chunks of at most NC on 2 threads would leave one thread 7/6 of the other's work). gemm_run
-// splits M too when N has fewer panels than threads.
+// chunks of at most NC on 2 threads would leave one thread 7/6 of the other's work), and at least
+// two per thread while each keeps kMinChunkPanels panels, so the dynamic schedule has slack without
+// splitting M (an M split packs each B panel once per M part: a 3x3 layer's implicit im2col twice,
+// ~15% of 8x256x28x28 stride 2). gemm_run splits M only when N is narrower than that.
+constexpr int64_t kMinChunkPanels = 4;
 template <typename T>
 int64_t gemm_nc(int64_t N, int nthr) {
   using B = GemmBlocking<T>;
   const int64_t n_panels = imax(1, ceil_div(N, B::NR));
-  const int64_t chunks = ceil_div(ceil_div(n_panels * B::NR, B::NC), nthr) * nthr;
+  int64_t chunks = ceil_div(ceil_div(n_panels * B::NR, B::NC), nthr) * nthr;
+  if (n_panels >= 2 * nthr * kMinChunkPanels) chunks = imax(chunks, 2 * int64_t(nthr));
   return ceil_div(n_panels, imin(n_panels, chunks)) * B::NR;
 }
 
@@ -503,7 +520,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
             for (int64_t ip = ic; ip < ic_end; ++ip) {
               out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
-              out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0);
+              out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0, kb == k_blocks - 1);
               if (kb == k_blocks - 1) out.finished(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, jc);
             }
           }
