@@ -9,6 +9,7 @@ Layering (each floor imports only what is below it):
                 is generated from it by scripts/gen_winograd_header.py, and a test keeps them equal).
     kernels     csrc/ (pyconv._C, _C_cuda) and kernels/ (pyconv.kernels: numba CPU and numba.cuda with
                 their host-side orchestration): raw buffers + a shape from here; no argument checks.
+    memory      pyconv.memory: the host cache that large CPU kernel outputs come from (over pyconv._C).
     backends    pyconv.backends: the Backend contract (kernel table, name, device, algorithms,
                 can_run) and one registry of instances. Capability lives there.
     autotune    policy: algo='auto' from a rule or a measurement; asks backends' can_run.

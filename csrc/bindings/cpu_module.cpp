@@ -1,9 +1,11 @@
 // pyconv._C: the C++ CPU kernels. Each op family binds itself in its own cpu_*.cpp file.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <new>
 
 #include "common/error.h"
+#include "common/host_cache.h"
 #include "common/runtime.h"
 #include "cpu/isa.h"
 
@@ -35,6 +37,27 @@ PYBIND11_MODULE(_C, m) {
         "Fill every workspace with 0xA5 bytes before use (tests).");
   m.def("isa", [] { return pyconv::cpu_has_avx2_fma() ? "avx2" : "generic"; },
         "Instruction set of the kernels chosen at run time.");
+  // pyconv.memory: kernel outputs from the host cache (common/host_cache.h), as uint8 arrays whose
+  // owner returns the block to the cache when the last view of it (a torch tensor) is gone.
+  m.def("host_cache_buffer", [](int64_t nbytes) {
+    PYCONV_CHECK(nbytes > 0, "host_cache_buffer: nbytes=", nbytes, " but expected a positive size");
+    void* p = pyconv::host_cache_alloc(static_cast<size_t>(nbytes));
+    py::capsule owner(p, [](void* q) { pyconv::host_cache_free(q); });
+    return py::array_t<uint8_t>({nbytes}, {int64_t(1)}, static_cast<uint8_t*>(p), owner);
+  });
+  m.def("host_cache_stats", [] {
+    const pyconv::HostCacheStats s = pyconv::host_cache_stats();
+    py::dict d;
+    d["in_use_bytes"] = s.in_use_bytes, d["cached_bytes"] = s.cached_bytes, d["limit_bytes"] = s.limit_bytes;
+    d["hits"] = s.hits, d["misses"] = s.misses;
+    return d;
+  });
+  m.def("host_cache_set_limit", [](int64_t bytes) {
+    PYCONV_CHECK(bytes >= 0, "set_cache_limit: bytes=", bytes, " but expected a size >= 0");
+    pyconv::host_cache_set_limit(static_cast<size_t>(bytes));
+  });
+  m.def("host_cache_empty", &pyconv::host_cache_empty);
+  m.def("host_cache_min_bytes", [] { return pyconv::kHostCacheMinBytes; });
   pyconv::bind_conv(m);
   pyconv::bind_pool(m);
   pyconv::bind_batch_norm(m);

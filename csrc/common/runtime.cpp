@@ -9,6 +9,7 @@
 #include <new>
 
 #include "common/error.h"
+#include "common/host_cache.h"
 
 namespace pyconv {
 
@@ -40,11 +41,20 @@ size_t checked_bytes(int64_t count, size_t elem_size) {
 Workspace::Workspace(size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
   size_t rounded = (bytes + 63) / 64 * 64;
-  ptr_ = std::aligned_alloc(64, rounded);
-  if (!ptr_) throw std::bad_alloc();
+  if (rounded >= kHostCacheMinBytes) {  // large scratch (Winograd's transformed tiles): reused pages
+    ptr_ = host_cache_alloc(rounded);
+  } else {
+    ptr_ = std::aligned_alloc(64, rounded);
+    if (!ptr_) throw std::bad_alloc();
+  }
   if (debug_fill()) std::memset(ptr_, 0xA5, rounded);
 }
 
-Workspace::~Workspace() { std::free(ptr_); }
+Workspace::~Workspace() {
+  if ((bytes_ + 63) / 64 * 64 >= kHostCacheMinBytes)
+    host_cache_free(ptr_);
+  else
+    std::free(ptr_);
+}
 
 }  // namespace pyconv

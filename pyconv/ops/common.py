@@ -5,7 +5,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .. import _config
+from .. import _config, memory
 
 # name -> the plain Python implementation registered as torch.ops.pyconv.<name>
 _IMPLS: Dict[str, Callable] = {}
@@ -14,8 +14,12 @@ _EAGER_AUTOGRAD: Dict[str, type] = {}
 
 
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
-    """Kernel outputs; NaN-filled under PYCONV_DEBUG_FILL so unwritten elements fail the tests."""
-    t = torch.empty(shape, dtype=like.dtype, device=like.device)
+    """Kernel outputs (large CPU ones from pyconv.memory's cache); NaN-filled under PYCONV_DEBUG_FILL
+    so unwritten elements fail the tests."""
+    if like.device.type == "cpu":
+        t = memory.cached_empty(shape, like.dtype)
+    else:
+        t = torch.empty(shape, dtype=like.dtype, device=like.device)
     if _config.DEBUG_FILL:
         t.fill_(float("nan"))
     return t

@@ -1,0 +1,50 @@
+"""Host memory of pyconv's CPU kernels: a cache of large buffers, reused instead of freed.
+
+Kernel outputs of at least 1 MiB on the CPU (and the kernels' large scratch buffers) come from a
+cache of 2 MiB-aligned blocks advised as transparent huge pages. A tensor's block returns to the cache
+when the tensor is freed, and the next output of about its size reuses it: a network run in a loop
+touches the same pages every step instead of page-faulting fresh memory (glibc gives blocks past
+32 MB back to the system on every free). Freed blocks kept in the cache stay under a limit
+(default 1 GiB; ``set_cache_limit``), and ``empty_cache()`` hands them all back.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Dict
+
+import torch
+
+from . import _C
+from ._errors import PyConvError
+
+_MIN_BYTES = _C.host_cache_min_bytes()
+
+
+def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized CPU tensor from the cache (a plain torch.empty below 1 MiB)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * dtype.itemsize
+    if nbytes < _MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(_C.host_cache_buffer(nbytes)).view(dtype).view(shape)
+
+
+def stats() -> Dict[str, int]:
+    """in_use_bytes (blocks held by live tensors and running kernels), cached_bytes (freed blocks
+    kept for reuse), limit_bytes, hits and misses (requests served from the cache or not)."""
+    return dict(_C.host_cache_stats())
+
+
+def set_cache_limit(nbytes: int) -> None:
+    """Keep at most nbytes of freed blocks (0: keep none, every block goes back to the system)."""
+    nbytes = operator.index(nbytes)
+    if nbytes < 0:
+        raise PyConvError(f"set_cache_limit: nbytes={nbytes} but expected a size >= 0")
+    _C.host_cache_set_limit(nbytes)
+
+
+def empty_cache() -> None:
+    """Give every cached (freed) block back to the system; blocks in use are unaffected."""
+    _C.host_cache_empty()

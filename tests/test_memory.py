@@ -1,0 +1,108 @@
+"""pyconv.memory: large CPU kernel outputs come from a cache of reused blocks. A block is never handed
+out while any tensor (or view) of it lives, results are torch's whichever block a call gets, the
+limit and empty_cache() bound what is kept, and the public calls check their arguments."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyconv.functional as PF
+from pyconv import PyConvError, memory
+
+BIG = (2, 8, 160, 160)  # 1.6 MiB in float32: above the cache's 1 MiB floor
+
+
+@pytest.fixture(autouse=True)
+def restore_limit():
+    limit = memory.stats()["limit_bytes"]
+    yield
+    memory.set_cache_limit(limit)
+
+
+def test_large_outputs_reuse_freed_blocks_and_match_torch():
+    x, w = torch.randn(BIG), torch.randn(8, 8, 3, 3)
+    ref = F.conv2d(x, w, padding=1)
+    first = PF.conv2d(x, w, padding=1, backend="cpp")
+    ptr = first.data_ptr()
+    torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-4)
+    del first
+    hits = memory.stats()["hits"]
+    for _ in range(3):
+        y = PF.conv2d(x, w, padding=1, backend="cpp")
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+        del y
+    assert memory.stats()["hits"] >= hits + 3
+    again = PF.conv2d(x, w, padding=1, backend="cpp")
+    assert again.data_ptr() == ptr  # the freed block came back
+    torch.testing.assert_close(again, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_live_tensors_and_views_keep_their_blocks():
+    a = memory.cached_empty(BIG, torch.float32).fill_(1.0)
+    b = memory.cached_empty(BIG, torch.float32).fill_(2.0)
+    assert a.data_ptr() != b.data_ptr()
+    a_ptr, view = a.data_ptr(), a[1]
+    del a
+    c = memory.cached_empty(BIG, torch.float32).fill_(3.0)
+    assert c.data_ptr() not in (a_ptr, b.data_ptr())  # a's block is still held by its view
+    assert torch.all(view == 1.0) and torch.all(b == 2.0) and torch.all(c == 3.0)
+
+
+def test_shapes_dtypes_and_small_requests():
+    for dtype in (torch.float32, torch.float64):
+        t = memory.cached_empty((3, 5, 129, 257), dtype)
+        assert t.shape == (3, 5, 129, 257) and t.dtype == dtype and t.is_contiguous()
+        assert t.data_ptr() % 64 == 0
+    small = memory.cached_empty((4, 4), torch.float32)  # below the floor: plain torch.empty
+    assert small.shape == (4, 4)
+    empty = memory.cached_empty((0, 8, 160, 160), torch.float32)
+    assert empty.numel() == 0
+
+
+def test_limit_and_empty_cache():
+    memory.set_cache_limit(0)
+    t = memory.cached_empty(BIG, torch.float32)
+    del t
+    assert memory.stats()["cached_bytes"] == 0
+    memory.set_cache_limit(1 << 30)
+    t = memory.cached_empty(BIG, torch.float32)
+    in_use = memory.stats()["in_use_bytes"]
+    assert in_use >= t.numel() * 4
+    del t
+    assert memory.stats()["cached_bytes"] > 0
+    memory.empty_cache()
+    assert memory.stats()["cached_bytes"] == 0
+    with pytest.raises(PyConvError, match="set_cache_limit"):
+        memory.set_cache_limit(-1)
+    with pytest.raises(TypeError):
+        memory.set_cache_limit(1.5)
+
+
+def test_threads_never_share_a_block():
+    errors = []
+
+    def work(value):
+        try:
+            for _ in range(20):
+                t = memory.cached_empty(BIG, torch.float32).fill_(value)
+                u = memory.cached_empty(BIG, torch.float32).fill_(-value)
+                if not (torch.all(t == value) and torch.all(u == -value)):
+                    errors.append(value)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(float(i + 1),)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+def test_training_through_cached_outputs_matches_torch():
+    x = torch.randn(BIG, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    gx, gw = torch.autograd.grad(PF.conv2d(x, w, padding=1, backend="cpp").square().sum(), (x, w))
+    rx, rw = torch.autograd.grad(F.conv2d(x, w, padding=1).square().sum(), (x, w))
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
