@@ -196,11 +196,16 @@ class FusedConv(torch.nn.Module):
             return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
                                         c.groups, self.activation, algo=c.algo, backend=c.backend,
                                         prepared_cache=self._kernel_form)
-        if self.activation in ("relu", "none") and identity is None and bn is not None:
+        if bn is None:
+            y = c(input)
+        elif self.activation in ("relu", "none") and identity is None:
             return _conv_bn_relu(c, bn, input, relu=self.activation == "relu")
-        y = c(input) if bn is None else bn(c(input))
+        else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
+            y = _conv_bn_relu(c, bn, input, relu=False)
         if identity is not None:
-            y = y + identity
+            y = y + identity  # not in place: the fused op saves its output for the backward
+            return F.relu_(y) if self.activation == "relu" else F.relu6(y, inplace=True) \
+                if self.activation == "relu6" else y
         return F.relu(y) if self.activation == "relu" else F.relu6(y) if self.activation == "relu6" else y
 
     def extra_repr(self):
