@@ -1,7 +1,9 @@
 """Host memory of pyconv's CPU kernels: a cache of large buffers, reused instead of freed.
 
 Kernel outputs of at least 1 MiB on the CPU (and the kernels' large scratch buffers) come from a
-cache of 2 MiB-aligned blocks advised as transparent huge pages. A tensor's block returns to the cache
+cache of 2 MiB-aligned blocks advised as transparent huge pages (each tensor starts at its own
+offset below 4 KiB into its block, so tensors a kernel streams together do not alias in the L1
+sets). A tensor's block returns to the cache
 when the tensor is freed, and the next output of about its size reuses it: a network run in a loop
 touches the same pages every step instead of page-faulting fresh memory (glibc gives blocks past
 32 MB back to the system on every free). Freed blocks kept in the cache stay under a limit

@@ -14,13 +14,32 @@ namespace pyconv {
 namespace {
 
 constexpr size_t kGranule = size_t(2) << 20;
+// Each handed-out pointer starts at a different offset (a multiple of 128 bytes below 4 KiB) into
+// its 2 MiB block: tensors all at offset 0 would have equal addresses modulo 4 KiB, element for
+// element, and a kernel streaming several of them (batch-norm backward reads three and writes one)
+// would alias in the L1 sets and in store-to-load forwarding.
+constexpr size_t kColorStep = 128, kColors = 32;
+
+struct Block {
+  void* base;
+  size_t size;
+};
 
 struct HostCache {
   std::mutex mu;
-  std::unordered_map<void*, size_t> live;  // block -> its size
-  std::multimap<size_t, void*> cached;     // size -> free block
+  std::unordered_map<void*, Block> live;   // handed-out pointer -> its block
+  std::multimap<size_t, void*> cached;     // size -> free block, most recently freed first
   size_t in_use = 0, cached_bytes = 0, limit = size_t(1) << 30;
   int64_t hits = 0, misses = 0;
+  size_t next_color = 0;
+
+  // The pointer handed out for block b (mu held).
+  void* hand_out(void* base, size_t size) {
+    void* p = static_cast<char*>(base) + (next_color++ % kColors) * kColorStep;
+    live.emplace(p, Block{base, size});
+    in_use += size;
+    return p;
+  }
 
   // Frees cached blocks, largest first, until at most `keep` bytes stay cached (mu held).
   void trim(size_t keep) {
@@ -41,37 +60,33 @@ HostCache& cache() {
 }  // namespace
 
 void* host_cache_alloc(size_t bytes) {
-  if (bytes > SIZE_MAX - kGranule) throw std::bad_alloc();
-  const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+  if (bytes > SIZE_MAX - 2 * kGranule) throw std::bad_alloc();
+  const size_t size = (bytes + kColors * kColorStep + kGranule - 1) / kGranule * kGranule;
   HostCache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mu);
     auto it = c.cached.lower_bound(size);
     if (it != c.cached.end() && it->first <= size + size / 4) {
-      void* p = it->second;
+      void* base = it->second;
       const size_t got = it->first;
       c.cached.erase(it);
       c.cached_bytes -= got;
-      c.live.emplace(p, got);
-      c.in_use += got;
       ++c.hits;
-      return p;
+      return c.hand_out(base, got);
     }
     ++c.misses;
   }
-  void* p = std::aligned_alloc(kGranule, size);
-  if (!p) {
+  void* base = std::aligned_alloc(kGranule, size);
+  if (!base) {
     host_cache_empty();  // memory held by the cache may be what is missing
-    p = std::aligned_alloc(kGranule, size);
-    if (!p) throw std::bad_alloc();
+    base = std::aligned_alloc(kGranule, size);
+    if (!base) throw std::bad_alloc();
   }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(p, size, MADV_HUGEPAGE);  // advisory: fewer faults and TLB misses where THP is on
+  madvise(base, size, MADV_HUGEPAGE);  // advisory: fewer faults and TLB misses where THP is on
 #endif
   std::lock_guard<std::mutex> lock(c.mu);
-  c.live.emplace(p, size);
-  c.in_use += size;
-  return p;
+  return c.hand_out(base, size);
 }
 
 void host_cache_free(void* p) {
@@ -80,15 +95,17 @@ void host_cache_free(void* p) {
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.live.find(p);
   if (it == c.live.end()) std::abort();  // not ours: a bug, never silently leaked or double-freed
-  const size_t size = it->second;
+  const Block b = it->second;
   c.live.erase(it);
-  c.in_use -= size;
-  if (size > c.limit) {
-    std::free(p);
+  c.in_use -= b.size;
+  if (b.size > c.limit) {
+    std::free(b.base);
     return;
   }
-  c.cached.emplace(size, p);
-  c.cached_bytes += size;
+  // first among blocks of its size: lower_bound hands out the most recently freed one, whose lines
+  // may still be in cache (the oldest costs a trip to memory per line it writes)
+  c.cached.emplace_hint(c.cached.lower_bound(b.size), b.size, b.base);
+  c.cached_bytes += b.size;
   c.trim(c.limit);
 }
 

@@ -15,7 +15,7 @@ namespace pyconv {
 // Requests of at least this many bytes go through the cache; smaller ones are better served by malloc.
 constexpr size_t kHostCacheMinBytes = size_t(1) << 20;
 
-// A block of at least `bytes` (2 MiB aligned); throws std::bad_alloc.
+// At least `bytes`, 128-byte aligned, inside a 2 MiB-aligned block; throws std::bad_alloc.
 void* host_cache_alloc(size_t bytes);
 // Returns a block from host_cache_alloc to the cache.
 void host_cache_free(void* p);
