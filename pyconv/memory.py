@@ -1,7 +1,7 @@
 """Host memory of pyconv's CPU kernels: a cache of large buffers, reused instead of freed.
 
 Kernel outputs of at least 1 MiB on the CPU (and the kernels' large scratch buffers) come from a
-cache of 2 MiB-aligned blocks advised as transparent huge pages (each tensor starts at its own
+cache of blocks advised as transparent huge pages (from 16 MiB on, 2 MiB-aligned whole huge pages) (each tensor starts at its own
 offset below 4 KiB into its block, so tensors a kernel streams together do not alias in the L1
 sets). A tensor's block returns to the cache
 when the tensor is freed, and the next output of about its size reuses it: a network run in a loop

@@ -2,10 +2,11 @@
 // kernel workspaces. A fresh buffer of tens of MB costs a page fault per 4 KiB page on first touch
 // (a 38 MB MobileNetV2 activation: 9.6 ms to fill fresh against 0.5 ms reused, more than the layer's
 // kernel), and glibc returns blocks past 32 MB to the system on every free. Freed blocks are kept
-// here and handed out again to requests of about their size (best fit within +25%), so a network
-// run in a loop touches the same pages every step. Blocks are 2 MiB-aligned multiples of 2 MiB,
-// advised as transparent huge pages. Cached (freed, unused) bytes stay under a limit; past it the
-// largest cached blocks go back to the system.
+// here and handed out again to requests of about their size (best fit within +1/8), so a network
+// run in a loop touches the same pages every step. Blocks of 16 MiB and more are 2 MiB-aligned
+// multiples of 2 MiB, smaller ones multiples of 64 KiB; all are advised as transparent huge pages.
+// Cached (freed, unused) bytes stay under a limit; past it the largest cached blocks go back to the
+// system.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -15,7 +16,7 @@ namespace pyconv {
 // Requests of at least this many bytes go through the cache; smaller ones are better served by malloc.
 constexpr size_t kHostCacheMinBytes = size_t(1) << 20;
 
-// At least `bytes`, 128-byte aligned, inside a 2 MiB-aligned block; throws std::bad_alloc.
+// At least `bytes`, 128-byte aligned; throws std::bad_alloc.
 void* host_cache_alloc(size_t bytes);
 // Returns a block from host_cache_alloc to the cache.
 void host_cache_free(void* p);

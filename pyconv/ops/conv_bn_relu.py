@@ -128,7 +128,9 @@ def _setup_context(ctx, inputs, output):
     z, y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
     ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of y
-    ctx.save_for_backward(z, y, x, weight, bias, bn_weight, save_mean, save_invstd)
+    # z is read back only for the ReLU mask (and as eval's stand-in for y): without a ReLU, training
+    # saves y in its place, so a residual tail keeps no extra activation alive (as torch's in-place add)
+    ctx.save_for_backward(z if relu or not training else y, y, x, weight, bias, bn_weight, save_mean, save_invstd)
     ctx.conf = (stride, padding, dilation, groups, training, relu, algo, backend)
 
 
