@@ -477,7 +477,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   const int64_t kc_max = gemm_kc<T>(K);
   const int64_t nc = gemm_nc<T>(N, nthr);
   const int64_t n_chunks = gemm_chunks<T>(N, nthr);  // the row_sums slots are sized by the same count
-  const int64_t m_panels = ceil_div(M, MR);
+  const int64_t m_panels = ceil_div(M, MR), n_panels = ceil_div(N, NR);
   // Few N chunks (batch-1 layers with small outputs): M is split too, into at least two items per
   // thread, so the dynamic schedule can even out chunks of unequal width (49 columns: 32 + 17).
   const int64_t m_splits = imin(m_panels, imax(1, ceil_div(n_chunks < 2 * nthr ? 2 * nthr : nthr, n_chunks)));
@@ -500,7 +500,10 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         const int64_t jc = item / m_splits, ms = item % m_splits;
-        const int64_t j0 = jc * nc, ncur = imin(nc, N - j0);
+        // chunk jc: panels [jc * n_panels / n_chunks, ...), widths within one panel of each other (25
+        // panels in 4 chunks: 6, 6, 6, 7, not 7, 7, 7, 4, which left one of 2 threads 14 panels, the other 11)
+        const int64_t pb0 = jc * n_panels / n_chunks, pb1 = (jc + 1) * n_panels / n_chunks;
+        const int64_t j0 = pb0 * NR, ncur = imin(pb1 * NR, N) - j0;
         const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
         const int64_t mc_panels = B::MC / MR;
         // With one M block, every B panel is used right after it is packed; with several, the
