@@ -7,7 +7,7 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 from .problem import WINOGRAD_ALGOS, winograd_tile
-from .ops.common import _PLAIN, _dispatcher_needed, call
+from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
 __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm"]
@@ -135,8 +135,17 @@ def _planned_activation_call(input, weight, bias, residual, stride, padding, dil
         return None
     if _dispatcher_needed((input, weight, bias, residual)):
         return None
-    return run_conv2d_activation(contiguous_nchw(input), weight, bias, residual, shape, activation, algo_run,
-                                 backends.load(be_name), _kernel_form(cache, weight, shape, algo_run, be_name))
+    prepared = _kernel_form(cache, weight, shape, algo_run, be_name)
+    bound = cache.bound
+    # The kernel bound to this plan, weight, bias and prepared form (each compared by identity: the
+    # binding holds them, so none of their ids can be reused while it lives).
+    if bound is None or bound[0] is not plan or bound[1] is not weight or bound[2] is not bias \
+            or bound[3] is not prepared:
+        fn = backends.load(be_name).bind_conv2d_activation(weight, bias, shape, algo_run, activation, prepared)
+        cache.bound = bound = (plan, weight, bias, prepared, fn)
+    y = new_output(out, input)
+    bound[4](contiguous_nchw(input), None if residual is None else residual.contiguous(), y)
+    return y
 
 
 def _kernel_form(cache, weight, shape, algo: str, backend: str):

@@ -57,6 +57,7 @@ class PreparedCache:
         self._entry: Optional[Tuple[tuple, object]] = None
         self._lock = threading.Lock()
         self.plan = None  # a caller's record of the checked call this value serves (functional.py)
+        self.bound = None  # the caller's kernel bound to that plan and this value (functional.py)
 
     def get(self, sources: tuple, extra: tuple, build):
         key = tuple(_key_of(t) for t in sources) + tuple(extra)
@@ -76,6 +77,7 @@ class PreparedCache:
         with self._lock:
             self._entry = None
             self.plan = None
+            self.bound = None
 
     @property
     def nbytes(self) -> int:

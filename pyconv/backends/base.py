@@ -65,6 +65,18 @@ class Backend(abc.ABC):
         if residual is not None or activation != "none":
             self.activation_forward(y, residual, activation)
 
+    def bind_conv2d_activation(self, w, b, shape, algo, activation: str, prepared=None):
+        """conv2d_activation_forward with everything but the input, residual and output fixed:
+        fn(x, residual, y), for a planned call repeated many times (a converted model's layer in
+        inference). Here a closure over conv2d_activation_forward; a backend may convert the fixed
+        operands once (the cpp backend does)."""
+        w = w.contiguous()
+        b = None if b is None else b.contiguous()
+
+        def run(x, residual, y):
+            self.conv2d_activation_forward(x, w, b, residual, y, shape, algo, activation, prepared=prepared)
+        return run
+
     def prepare_conv_weight(self, w, shape, algo):
         """The weights in the form this algorithm's forward kernel consumes, built once for
         inference (a tensor), or None where there is nothing to prepare."""

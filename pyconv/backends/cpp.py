@@ -51,6 +51,24 @@ class CppBackend(Backend):
         """Every algorithm applies the activation and residual in its forward kernel's epilogue."""
         return _forward(x, w, b, y, shape, algo, None, prepared, residual, ACTIVATIONS.index(activation))
 
+    def bind_conv2d_activation(self, w, b, shape, algo, activation, prepared=None):
+        """The kernel and its fixed operands (shape, numpy views of the weight, bias and prepared
+        form, the Winograd tile, the activation index) resolved once: a call converts x, the
+        residual and y only (about 10 us less per call of a converted model's layer)."""
+        s, act = _C.ConvShape(*shape), ACTIVATIONS.index(activation)
+        w_np, b_np, u_np = _np(w.contiguous()), _np(None if b is None else b.contiguous()), _np(prepared)
+        if algo in WINOGRAD_ALGOS:
+            m, kernel = winograd_tile(algo, shape, prepared is not None), _C.conv_winograd_forward
+
+            def run(x, residual, y):
+                kernel(s, m, _np(x), w_np, b_np, _np(y), None, u_np, _np(residual), act)
+        else:
+            kernel = getattr(_C, f"conv_{algo}_forward")
+
+            def run(x, residual, y):
+                kernel(s, _np(x), w_np, b_np, _np(y), None, u_np, _np(residual), act)
+        return run
+
     def prepare_conv_weight(self, w, shape, algo):
         """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
         call would otherwise rebuild; they cost more than the products on small batch-1 layers.
