@@ -7,12 +7,13 @@ from ._version import __version__
 from . import _C, ops  # noqa: F401  (ops registers torch.ops.pyconv.*)
 from . import functional, nn
 from .convert import convert
+from .functional import PreparedConv, prepare
 from . import backends
 from .backends import available_backends
 from . import autotune  # noqa: E402  (callable: pyconv.autotune(True) turns on measured algo='auto')
 from .autotune import explain_algo  # noqa: E402
 
-__all__ = ["PyConvError", "convert", "__version__", "available_backends", "set_num_threads", "get_num_threads",
+__all__ = ["PyConvError", "convert", "prepare", "PreparedConv", "__version__", "available_backends", "set_num_threads", "get_num_threads",
            "functional", "nn", "autotune", "explain_algo"]
 
 

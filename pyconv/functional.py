@@ -10,7 +10,8 @@ from .problem import WINOGRAD_ALGOS, winograd_tile
 from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
-__all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm"]
+__all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm", "prepare",
+           "PreparedConv"]
 
 
 # Checked plans of plain-tensor convolution calls: everything _ConvCall derives from the arguments
@@ -69,6 +70,13 @@ class _ConvCall:
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
+    """torch.nn.functional.conv2d. weight may be a PreparedConv (pyconv.prepare), which carries its
+    own bias, stride, padding, dilation, groups, algo and backend: leave those at their defaults."""
+    if isinstance(weight, PreparedConv):
+        if bias is not None or (stride, padding, dilation, groups, algo, backend) != (1, 0, 1, 1, "auto", "auto"):
+            raise _args.PyConvError("conv2d: weight is a PreparedConv, which carries its own bias, stride, padding, "
+                                    "dilation, groups, algo and backend; pass none of them")
+        return weight(input)
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
     return c.result(call("conv2d", c.x, c.w, c.b, *c.op_args(), c.algo, c.backend,
                          planned=lambda: run_conv2d(c.x, c.w, c.b, c.shape, c.algo, backends.load(c.backend))))
@@ -105,6 +113,65 @@ def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilati
                                          backend), c.shape, c.algo, c.backend)
     return c.result(call("conv2d_activation", c.x, c.w, c.b, r, *c.op_args(), activation, c.algo, c.backend,
                          planned=planned))
+
+
+class PreparedConv:
+    """A convolution's weight and bias kept, for repeated inference calls, in the form the chosen
+    kernel consumes (Winograd's transformed filters, im2col's packed GEMM panels), with the call's
+    checks and algorithm choice planned once per input size. Made by pyconv.prepare(weight, bias,
+    stride, padding, dilation, groups, *, algo, backend); call it, or pass it to PF.conv2d as the
+    weight.
+
+    The prepared form is built on the first call that needs no gradient and rebuilt whenever the
+    weight changes (in place: its version counter; replaced: assign .weight); calls that need
+    gradients (input or weight requiring grad under grad mode) run the ordinary differentiable
+    conv2d on .weight and .bias. nbytes is the memory the prepared form holds; clear() frees it."""
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto",
+                 backend="auto"):
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"prepare: {name} must be a torch.Tensor, got {type(t).__name__}")
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.algo, self.backend = algo, backend
+        from .prepared import PreparedCache
+
+        self._cache = PreparedCache()
+
+    def __call__(self, input, residual=None, activation: str = "none"):
+        """activation(conv2d(input, weight, bias) [+ residual]), activation "none", "relu" or "relu6"."""
+        args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in (input, self.weight, self.bias, residual)):
+            y = conv2d(input, *args, algo=self.algo, backend=self.backend)
+            if residual is not None:
+                y = y + residual
+            if activation not in ("none", "relu", "relu6"):
+                raise _args.PyConvError(f"activation={activation!r}: expected 'none', 'relu' or 'relu6'")
+            return y if activation == "none" else torch.relu(y) if activation == "relu" else \
+                torch.nn.functional.relu6(y)
+        return conv2d_activation(input, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
+                                 self.groups, activation, algo=self.algo, backend=self.backend,
+                                 prepared_cache=self._cache)
+
+    @property
+    def nbytes(self) -> int:
+        return self._cache.nbytes
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __repr__(self) -> str:
+        return (f"PreparedConv(weight={tuple(self.weight.shape)}, bias={self.bias is not None}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, algo={self.algo!r}, "
+                f"backend={self.backend!r}, nbytes={self.nbytes})")
+
+
+def prepare(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):
+    """A PreparedConv: conv2d's weight, bias and arguments bound once, the weight kept in its kernel's
+    form for inference calls (see PreparedConv)."""
+    return PreparedConv(weight, bias, stride, padding, dilation, groups, algo=algo, backend=backend)
 
 
 def _freeze(v):

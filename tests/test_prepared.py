@@ -372,3 +372,49 @@ def test_conv_activation_chains_without_batch_norm():
         m(x).square().mean().backward()
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("algo", ["auto", "direct", "im2col", "winograd_2x2", "winograd_4x4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_prepare_matches_torch_and_follows_the_weight(algo, dtype):
+    """pyconv.prepare binds a conv's weight, bias and arguments; the PreparedConv is called directly
+    (with an activation and a residual) or passed to PF.conv2d as the weight, and an in-place edit
+    of the weight or bias is never served stale."""
+    torch.manual_seed(0)
+    w, b = torch.randn(24, 16, 3, 3, dtype=dtype), torch.randn(24, dtype=dtype)
+    p = pyconv.prepare(w, b, padding=1, algo=algo)
+    x, r = torch.randn(2, 16, 12, 12, dtype=dtype), torch.randn(2, 24, 12, 12, dtype=dtype)
+    with torch.no_grad():
+        for step in range(3):
+            ref = F.conv2d(x, w, b, padding=1)
+            assert_close(p(x), ref, dtype, f"{algo} step {step}", kind="conv")
+            assert_close(pyconv.functional.conv2d(x, p), ref, dtype, f"{algo} via conv2d", kind="conv")
+            assert_close(p(x, r, "relu6"), F.relu6(ref + r), dtype, f"{algo} relu6 + residual", kind="conv")
+            assert_close(p(x[0]), ref[0], dtype, f"{algo} unbatched", kind="conv")
+            w.mul_(-0.5)
+            b.add_(1.0)
+    if algo in ("im2col", "winograd_2x2", "winograd_4x4"):
+        assert p.nbytes > 0  # the kernel's form of the weight is kept
+    p.clear()
+    assert p.nbytes == 0
+    assert "PreparedConv" in repr(p)
+
+
+def test_prepare_with_gradients_and_misuse():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    p = pyconv.prepare(w, b, stride=2, padding=1)
+    got = torch.autograd.grad(p(x, activation="relu").square().sum(), (x, w, b))
+    ref = torch.autograd.grad(F.relu(F.conv2d(x, w, b, stride=2, padding=1)).square().sum(), (x, w, b))
+    for g, r in zip(got, ref):
+        assert_close(g, r, torch.float64, "prepare grad", kind="conv")
+    with pytest.raises(pyconv.PyConvError, match="PreparedConv"):
+        pyconv.functional.conv2d(x, p, stride=2)
+    with pytest.raises(pyconv.PyConvError, match="PreparedConv"):
+        pyconv.functional.conv2d(x, p, b)
+    with pytest.raises(TypeError, match="weight"):
+        pyconv.prepare([[1.0]])
+    with torch.no_grad(), pytest.raises(pyconv.PyConvError, match="activation"):
+        p(x.detach(), activation="gelu")
