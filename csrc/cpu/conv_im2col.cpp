@@ -478,11 +478,12 @@ void conv_im2col_backward_weight(const ConvShape& s, const T* x, const T* gy, T*
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   if (gb) channel_sums(gy, s.N, s.K, PQ, gb);
   if (!gw || s.K == 0 || CRS == 0) return;
+  const int nthr = num_threads();  // one count for the schedule and its workspace
   for (int64_t g = 0; g < s.G; ++g) {
     const BatchedPackA<T> pa{BatchedColumns<T>{gy + g * Kg * PQ, s.K * PQ, PQ, PQ}};
     const Im2colTransposedPackB<T> pb{s, x + g * Cg * HW};
     const MatrixOut<T, DenseColumns> out{gw + g * Kg * CRS, CRS, DenseColumns{}, T(1), T(0), nullptr};
-    gemm_run<T>(Kg, CRS, s.N * PQ, pa, pb, out);
+    gemm_run<T>(Kg, CRS, s.N * PQ, pa, pb, out, nthr, nullptr, true);
   }
 }
 
@@ -506,6 +507,8 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
                                                     Kg * rows.taps * cols.taps, nthr));
       });
     }
+  } else if (gemm_splits_k<T>(Kg, CRS, s.N * PQ, nthr)) {
+    elems = gemm_split_k_workspace_elems<T>(Kg, CRS, s.N * PQ, nthr);
   } else {
     elems = gemm_workspace_elems<T>(Kg, CRS, s.N * PQ, nthr);
   }

@@ -443,6 +443,31 @@ int64_t gemm_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
   return ceil_div(M, B::MR) * B::MR * kc + int64_t(nthr) * nc * kc;
 }
 
+// Splitting K over the threads (gemm_run_split_k) instead of M and N: for a reduction much longer
+// than the output is large (a grad-weight: C[K', C'RS] summed over every pixel of the batch; 64 x 147
+// for a stem, 96 x 16 for a MobileNetV2 expansion, over 100352 pixels), where the M/N schedule pays
+// two barriers per K block for a few microseconds of products, and packs each B panel once per M
+// part. Each thread sums its own range of K blocks into a private C; the copies are added in thread
+// order at the end (the result is bitwise the same at a fixed thread count).
+constexpr int64_t kSplitKMaxOutputElems = int64_t(256) << 10;  // a private C in L2
+constexpr int64_t kSplitKMaxPanelBytes = int64_t(768) << 10;   // the thread's A and B panels of one K block
+template <typename T>
+bool gemm_splits_k(int64_t M, int64_t N, int64_t K, int nthr) {
+  using B = GemmBlocking<T>;
+  const int64_t kc = gemm_kc<T>(K), k_blocks = imax(1, ceil_div(K, kc));
+  const int64_t m_pad = ceil_div(M, B::MR) * B::MR, n_pad = ceil_div(N, B::NR) * B::NR;
+  return nthr > 1 && k_blocks >= 4 * nthr && m_pad * n_pad <= kSplitKMaxOutputElems &&
+         (m_pad + n_pad) * kc * int64_t(sizeof(T)) <= kSplitKMaxPanelBytes;
+}
+
+// Scratch of gemm_run_split_k: per thread a private C and one K block of A and B panels.
+template <typename T>
+int64_t gemm_split_k_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) {
+  using B = GemmBlocking<T>;
+  const int64_t m_pad = ceil_div(M, B::MR) * B::MR, n_pad = ceil_div(N, B::NR) * B::NR;
+  return int64_t(nthr) * (m_pad * n_pad + (m_pad + n_pad) * gemm_kc<T>(K));
+}
+
 // Elements of A packed whole (every K block's MR-row panels, block after block): what gemm_run
 // takes as a_packed, so a matrix used by many calls (inference weights) is packed once.
 template <typename T>
@@ -465,15 +490,71 @@ void gemm_pack_a(int64_t M, int64_t K, const PackA& pack_a, T* dst) {
     }
 }
 
+// The K-split schedule (see gemm_splits_k): thread t takes K blocks [t*kb/nthr, (t+1)*kb/nthr),
+// packs their A and B panels itself and accumulates every tile into its private C; then the tiles
+// of the copies are summed in thread order and stored once (alpha, beta, bias, epilogue).
+template <typename T, class PackA, class PackB, class Out>
+void gemm_run_split_k(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out,
+                      int nthr) {
+  using B = GemmBlocking<T>;
+  using V = vec_t<T>;
+  constexpr int MR = B::MR, NR = B::NR, W = Simd<T>::W;
+  const int64_t kc_max = gemm_kc<T>(K), k_blocks = imax(1, ceil_div(K, kc_max));
+  const int64_t m_panels = ceil_div(M, MR), n_panels = ceil_div(N, NR);
+  const int64_t m_pad = m_panels * MR, n_pad = n_panels * NR;
+  const int64_t per_thread = m_pad * n_pad + (m_pad + n_pad) * kc_max;
+  Workspace ws(checked_bytes(int64_t(nthr) * per_thread, sizeof(T)));
+#pragma omp parallel num_threads(nthr)
+  {
+    const int t = omp_get_thread_num();
+    T* const c = ws.as<T>() + t * per_thread;
+    T* const ap = c + m_pad * n_pad;
+    T* const bp = ap + m_pad * kc_max;
+    for (int64_t e = 0; e < m_pad * n_pad; ++e) c[e] = T(0);
+    alignas(64) T tile[MR * NR];
+    for (int64_t kb = k_blocks * t / nthr; kb < k_blocks * (t + 1) / nthr; ++kb) {
+      const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
+      for (int64_t ip = 0; ip < m_panels; ++ip) pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, ap + ip * MR * kc);
+      for (int64_t jp = 0; jp < n_panels; ++jp) pack_b(k0, kc, jp * NR, imin(NR, N - jp * NR), bp + jp * NR * kc);
+      for (int64_t jp = 0; jp < n_panels; ++jp)
+        for (int64_t ip = 0; ip < m_panels; ++ip) {
+          gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bp + jp * NR * kc, tile);
+          T* ct = c + ip * MR * n_pad + jp * NR;
+          for (int i = 0; i < MR; ++i)
+            for (int v = 0; v < NR; v += W) vstore(ct + i * n_pad + v, vload(ct + i * n_pad + v) + vload(tile + i * NR + v));
+        }
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t tix = 0; tix < m_panels * n_panels; ++tix) {
+      const int64_t ip = tix / n_panels, jp = tix % n_panels;
+      for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NR; v += W) {
+          const int64_t off = (ip * MR + i) * n_pad + jp * NR + v;
+          V sum = vload(ws.as<T>() + off);
+          for (int u = 1; u < nthr; ++u) sum += vload(ws.as<T>() + u * per_thread + off);
+          vstore(tile + i * NR + v, sum);
+        }
+      const int64_t mr = imin(MR, M - ip * MR), nr = imin(NR, N - jp * NR);
+      out(ip * MR, mr, jp * NR, nr, tile, true, true);
+      out.finished(ip * MR, mr, jp * NR, nr, 0);
+    }
+  }
+}
+
 // nthr: the caller's thread count when it sized per-chunk state (gemm_chunks); another Python
 // thread may change num_threads() meanwhile. a_packed: A as gemm_pack_a wrote it (then pack_a is
 // not called), or null.
+// may_split_k: the caller allows the K-split schedule (no row sums; it sized its workspace report
+// with gemm_splits_k), taken where gemm_splits_k says so.
 template <typename T, class PackA, class PackB, class Out>
 void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out,
-              int nthr = num_threads(), const T* a_packed = nullptr) {
+              int nthr = num_threads(), const T* a_packed = nullptr, bool may_split_k = false) {
   using B = GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR;
   if (M <= 0 || N <= 0) return;
+  if (may_split_k && !a_packed && !out.row_sums && gemm_splits_k<T>(M, N, K, nthr))
+    return gemm_run_split_k<T>(M, N, K, pack_a, pack_b, out, nthr);
   const int64_t kc_max = gemm_kc<T>(K);
   const int64_t nc = gemm_nc<T>(N, nthr);
   const int64_t n_chunks = gemm_chunks<T>(N, nthr);  // the row_sums slots are sized by the same count
