@@ -42,19 +42,20 @@ def register_autograd(name: str, op, backward: Callable, setup_context: Callable
     op.register_autograd(backward, setup_context=setup_context)
     impl = _IMPLS[name]
 
-    def forward(*args):
+    # forward takes ctx itself (no separate setup_context): Function.apply then skips binding its
+    # arguments with inspect.signature on every call (a few us an op); functorch transforms, which
+    # need setup_context, never take this path (they need the dispatcher).
+    def forward(ctx, *args):
         planned = args[-1]
-        return planned() if planned is not None else impl(*args[:-1])
-
-    def setup(ctx, inputs, output):
-        setup_context(ctx, inputs[:-1], output)
+        output = planned() if planned is not None else impl(*args[:-1])
+        setup_context(ctx, args[:-1], output)
+        return output
 
     def eager_backward(ctx, *grads):
         return tuple(backward(ctx, *grads)) + (None,)
 
     _EAGER_AUTOGRAD[name] = type(f"{name}_autograd", (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "setup_context": staticmethod(setup),
-        "backward": staticmethod(eager_backward)})
+        "forward": staticmethod(forward), "backward": staticmethod(eager_backward)})
 
 
 def _dispatcher_needed(args, autograd: bool = True) -> bool:
