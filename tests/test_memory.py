@@ -107,3 +107,39 @@ def test_training_through_cached_outputs_matches_torch():
     rx, rw = torch.autograd.grad(F.conv2d(x, w, padding=1).square().sum(), (x, w))
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
+
+
+def test_forked_children_allocate_while_the_parent_is_busy():
+    """A child forked while another thread allocates and frees in a loop can use the cache (the fork
+    handlers take the lock across fork() so a child never starts with it held; the race itself is too
+    narrow to hit on demand, so this checks the handlers leave parent and child working). The child
+    runs no kernel: OpenMP's thread pool does not survive a fork."""
+    import multiprocessing as mp
+
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            memory.cached_empty(BIG, torch.float32)
+    th = threading.Thread(target=churn)
+    th.start()
+    try:
+        ctx = mp.get_context("fork")
+        for _ in range(5):
+            p = ctx.Process(target=_child_allocates)
+            p.start()
+            p.join(60)
+            if p.exitcode is None:
+                p.kill()
+            assert p.exitcode == 0, f"child exit code {p.exitcode} (None: it hung)"
+    finally:
+        stop.set()
+        th.join()
+
+
+def _child_allocates():
+    blocks = [memory.cached_empty(BIG, torch.float32) for _ in range(3)]
+    assert len({b.data_ptr() for b in blocks}) == 3
+    del blocks
+    memory.empty_cache()
+    assert memory.stats()["cached_bytes"] == 0

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -56,8 +57,20 @@ struct HostCache {
   }
 };
 
+HostCache* g_cache = nullptr;  // set once, before the fork handlers can run
+
+HostCache* make_cache() {
+  g_cache = new HostCache;  // never destroyed: tensors may be freed during interpreter exit
+#if defined(__linux__)
+  // fork() while another thread holds the lock (a DataLoader worker started mid-call) would leave the
+  // child's copy locked forever: the forking thread takes it first and both sides release it.
+  pthread_atfork([] { g_cache->mu.lock(); }, [] { g_cache->mu.unlock(); }, [] { g_cache->mu.unlock(); });
+#endif
+  return g_cache;
+}
+
 HostCache& cache() {
-  static HostCache* c = new HostCache;  // never destroyed: tensors may be freed during interpreter exit
+  static HostCache* c = make_cache();
   return *c;
 }
 
