@@ -142,3 +142,32 @@ def test_numba_threading_layer_keeps_torch_thread_count():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "1", out.stdout
+
+
+def _child_runs_kernels():
+    # torch's own parallel ops would hang here for the same reason; a DataLoader worker sets this too
+    torch.set_num_threads(1)
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    y = PF.conv2d(x, w, padding=1, algo="im2col", backend="cpp")
+    assert pyconv.get_num_threads() == 1
+    ref = PF.conv2d(x, w, padding=1, algo="direct", backend="cpp")
+    assert float(np.abs(y - ref).max()) < 1e-3
+
+
+def test_forked_child_runs_kernels_on_one_thread():
+    """OpenMP's thread pool does not survive fork(): a forked child of a process that ran kernels
+    would hang in its first parallel region. The child runs them on one thread instead."""
+    import multiprocessing as mp
+
+    x, w = torch.randn(2, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    PF.conv2d(x, w, padding=1, backend="cpp")  # the parent's thread pool exists
+    p = mp.get_context("fork").Process(target=_child_runs_kernels)
+    p.start()
+    p.join(30)
+    if p.exitcode is None:
+        p.kill()
+    assert p.exitcode == 0, f"child exit code {p.exitcode} (None: it hung)"
+    assert pyconv.get_num_threads() >= 1  # the parent keeps its own count

@@ -1,6 +1,9 @@
 #include "common/runtime.h"
 
 #include <omp.h>
+#if defined(__linux__)
+#include <pthread.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -16,6 +19,12 @@ namespace pyconv {
 namespace {
 std::atomic<int> g_threads{0};
 std::atomic<bool> g_debug_fill{false};
+
+#if defined(__linux__)
+// OpenMP's thread pool does not survive fork(): a parallel region in a forked child of a process
+// that ran one hangs. The child runs the kernels on one thread, as torch's DataLoader workers do.
+const int g_fork_rule = pthread_atfork(nullptr, nullptr, [] { g_threads.store(1, std::memory_order_relaxed); });
+#endif
 }  // namespace
 
 int num_threads() {
