@@ -6,7 +6,7 @@ import torch
 
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
-from .problem import WINOGRAD_ALGOS, winograd_tile
+from .problem import ACTIVATIONS, WINOGRAD_ALGOS, winograd_tile
 from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 
@@ -141,16 +141,13 @@ class PreparedConv:
 
     def __call__(self, input, residual=None, activation: str = "none"):
         """activation(conv2d(input, weight, bias) [+ residual]), activation "none", "relu" or "relu6"."""
-        args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                            for t in (input, self.weight, self.bias, residual)):
-            y = conv2d(input, *args, algo=self.algo, backend=self.backend)
-            if residual is not None:
-                y = y + residual
-            if activation not in ("none", "relu", "relu6"):
-                raise _args.PyConvError(f"activation={activation!r}: expected 'none', 'relu' or 'relu6'")
-            return y if activation == "none" else torch.relu(y) if activation == "relu" else \
-                torch.nn.functional.relu6(y)
+            if activation not in ACTIVATIONS:
+                raise _args.PyConvError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
+            y = conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                       algo=self.algo, backend=self.backend)
+            return unfused_tail(y, residual, activation)
         return conv2d_activation(input, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
                                  self.groups, activation, algo=self.algo, backend=self.backend,
                                  prepared_cache=self._cache)
@@ -166,6 +163,19 @@ class PreparedConv:
         return (f"PreparedConv(weight={tuple(self.weight.shape)}, bias={self.bias is not None}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, algo={self.algo!r}, "
                 f"backend={self.backend!r}, nbytes={self.nbytes})")
+
+
+def unfused_tail(y, residual, activation: str):
+    """activation(y [+ residual]) with torch's differentiable ops: the tail of a fused layer where
+    gradients are taken. In place only on the sum, a new tensor (y may be saved for a backward)."""
+    fresh = residual is not None
+    if fresh:
+        y = y + residual
+    if activation == "relu":
+        return torch.relu_(y) if fresh else torch.relu(y)
+    if activation == "relu6":
+        return torch.nn.functional.relu6(y, inplace=fresh)
+    return y
 
 
 def prepare(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto", backend="auto"):

@@ -1,16 +1,17 @@
 """Host memory of pyconv's CPU kernels: a cache of large buffers, reused instead of freed.
 
 Kernel outputs of at least 1 MiB on the CPU (and the kernels' large scratch buffers) come from a
-cache of blocks advised as transparent huge pages (from 16 MiB on, 2 MiB-aligned whole huge pages) (each tensor starts at its own
-offset below 4 KiB into its block, so tensors a kernel streams together do not alias in the L1
-sets). A tensor's block returns to the cache
-when the tensor is freed, and the next output of about its size reuses it: a network run in a loop
-touches the same pages every step instead of page-faulting fresh memory (glibc gives blocks past
-32 MB back to the system on every free). Freed blocks kept in the cache stay under a limit
-(default 1 GiB; ``set_cache_limit``), and ``empty_cache()`` hands them all back.
+cache of blocks advised as transparent huge pages (from 16 MiB on, whole 2 MiB huge pages); each
+tensor starts at its own offset below 4 KiB into its block, so tensors a kernel streams together do
+not alias in the L1 sets. A tensor's block returns to the cache when the tensor is freed, and the
+next output of about its size reuses it: a network run in a loop touches the same pages every step
+instead of page-faulting fresh memory (glibc gives blocks past 32 MB back to the system on every
+free). Freed blocks kept in the cache stay under a limit (default 1 GiB; ``set_cache_limit``), and
+``empty_cache()`` hands them all back.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Dict
 
@@ -24,10 +25,7 @@ _MIN_BYTES = _C.host_cache_min_bytes()
 
 def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized CPU tensor from the cache (a plain torch.empty below 1 MiB)."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    nbytes = numel * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
     return torch.from_numpy(_C.host_cache_buffer(nbytes)).view(dtype).view(shape)

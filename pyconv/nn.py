@@ -202,11 +202,7 @@ class FusedConv(torch.nn.Module):
             return _conv_bn_relu(c, bn, input, relu=self.activation == "relu")
         else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
             y = _conv_bn_relu(c, bn, input, relu=False)
-        if identity is not None:
-            y = y + identity  # not in place: the fused op saves its output for the backward
-            return F.relu_(y) if self.activation == "relu" else F.relu6(y, inplace=True) \
-                if self.activation == "relu6" else y
-        return F.relu(y) if self.activation == "relu" else F.relu6(y) if self.activation == "relu6" else y
+        return PF.unfused_tail(y, identity, self.activation)
 
     def extra_repr(self):
         return f"activation={self.activation!r}, residual={self.residual}"

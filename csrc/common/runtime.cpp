@@ -47,10 +47,17 @@ size_t checked_bytes(int64_t count, size_t elem_size) {
   return static_cast<size_t>(count) * elem_size;
 }
 
+namespace {
+size_t workspace_rounded(size_t bytes) { return (bytes + 63) / 64 * 64; }
+// Large scratch (Winograd's transformed tiles, GEMM panels of wide layers) comes from the host cache:
+// reused pages instead of fresh ones every call.
+bool workspace_cached(size_t bytes) { return workspace_rounded(bytes) >= kHostCacheMinBytes; }
+}  // namespace
+
 Workspace::Workspace(size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded >= kHostCacheMinBytes) {  // large scratch (Winograd's transformed tiles): reused pages
+  const size_t rounded = workspace_rounded(bytes);
+  if (workspace_cached(bytes)) {
     ptr_ = host_cache_alloc(rounded);
   } else {
     ptr_ = std::aligned_alloc(64, rounded);
@@ -60,7 +67,7 @@ Workspace::Workspace(size_t bytes) : bytes_(bytes) {
 }
 
 Workspace::~Workspace() {
-  if ((bytes_ + 63) / 64 * 64 >= kHostCacheMinBytes)
+  if (workspace_cached(bytes_))
     host_cache_free(ptr_);
   else
     std::free(ptr_);

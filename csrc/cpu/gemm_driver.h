@@ -502,7 +502,7 @@ void gemm_run_split_k(int64_t M, int64_t N, int64_t K, const PackA& pack_a, cons
   const int64_t kc_max = gemm_kc<T>(K), k_blocks = imax(1, ceil_div(K, kc_max));
   const int64_t m_panels = ceil_div(M, MR), n_panels = ceil_div(N, NR);
   const int64_t m_pad = m_panels * MR, n_pad = n_panels * NR;
-  const int64_t per_thread = m_pad * n_pad + (m_pad + n_pad) * kc_max;
+  const int64_t per_thread = gemm_split_k_workspace_elems<T>(M, N, K, 1);  // C, then A and B panels
   Workspace ws(checked_bytes(int64_t(nthr) * per_thread, sizeof(T)));
 #pragma omp parallel num_threads(nthr)
   {

@@ -15,15 +15,18 @@ def _np(t: torch.Tensor):
     return t.detach().numpy() if t.requires_grad else t.numpy()  # detach costs ~0.4 us a tensor
 
 
-def _forward(x, w, b, y, shape, algo, stats, prepared, residual, act: int):
-    """The forward kernel of algo (Winograd named by its tile m), epilogue (residual, act) included."""
+def _forward_kernel(algo, shape, prepared):
+    """(the forward kernel of algo, its leading arguments): the shape, and for Winograd the tile m."""
     s = _C.ConvShape(*shape)
     if algo in WINOGRAD_ALGOS:
-        m = winograd_tile(algo, shape, prepared is not None)
-        return _C.conv_winograd_forward(s, m, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared),
-                                        _np(residual), act)
-    return getattr(_C, f"conv_{algo}_forward")(s, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared),
-                                               _np(residual), act)
+        return _C.conv_winograd_forward, (s, winograd_tile(algo, shape, prepared is not None))
+    return getattr(_C, f"conv_{algo}_forward"), (s,)
+
+
+def _forward(x, w, b, y, shape, algo, stats, prepared, residual, act: int):
+    """The forward kernel of algo, epilogue (residual, act) included."""
+    kernel, lead = _forward_kernel(algo, shape, prepared)
+    return kernel(*lead, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared), _np(residual), act)
 
 
 def _pool(shape):
@@ -55,18 +58,12 @@ class CppBackend(Backend):
         """The kernel and its fixed operands (shape, numpy views of the weight, bias and prepared
         form, the Winograd tile, the activation index) resolved once: a call converts x, the
         residual and y only (about 10 us less per call of a converted model's layer)."""
-        s, act = _C.ConvShape(*shape), ACTIVATIONS.index(activation)
+        kernel, lead = _forward_kernel(algo, shape, prepared)
+        act = ACTIVATIONS.index(activation)
         w_np, b_np, u_np = _np(w.contiguous()), _np(None if b is None else b.contiguous()), _np(prepared)
-        if algo in WINOGRAD_ALGOS:
-            m, kernel = winograd_tile(algo, shape, prepared is not None), _C.conv_winograd_forward
 
-            def run(x, residual, y):
-                kernel(s, m, _np(x), w_np, b_np, _np(y), None, u_np, _np(residual), act)
-        else:
-            kernel = getattr(_C, f"conv_{algo}_forward")
-
-            def run(x, residual, y):
-                kernel(s, _np(x), w_np, b_np, _np(y), None, u_np, _np(residual), act)
+        def run(x, residual, y):
+            kernel(*lead, _np(x), w_np, b_np, _np(y), None, u_np, _np(residual), act)
         return run
 
     def prepare_conv_weight(self, w, shape, algo):
