@@ -9,15 +9,49 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as PF
-from .prepared import Folded, PreparedCache, fold_batch_norm
+from .autotune import autotune_enabled
+from .prepared import Folded, PreparedCache, fold_batch_norm, versions_of
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d", "AdaptiveAvgPool2d", "FusedConv"]
 
 
 class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d on pyconv's kernels. In inference (eval mode, no gradient needed) the weight
+    is kept in the form the chosen kernel consumes, rebuilt whenever it changes, and later calls of
+    the same input size run bound to the kernel (see FusedConv)."""
+
     def __init__(self, *args, algo: str = "auto", backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.algo, self.backend = algo, backend
+
+    def forward(self, input):
+        if not self.training and self.padding_mode == "zeros" and type(input) is torch.Tensor:
+            p = self._parameters
+            sources = (p.get("weight"), p.get("bias"))
+            if sources[0] is not None and not (torch.is_grad_enabled() and (
+                    input.requires_grad or any(t is not None and t.requires_grad for t in sources))):
+                cache = self.__dict__.get("_kernel_form")
+                if cache is None:  # (convert makes these layers without __init__)
+                    cache = self.__dict__["_kernel_form"] = PreparedCache()
+                conf = (self.stride, self.padding, self.dilation, self.groups, self.algo, self.backend, "none",
+                        autotune_enabled())
+                y = PF.run_bound_call(cache, sources, conf, input, None)
+                if y is not None:
+                    return y
+                return PF._conv2d_activation(input, sources[0], sources[1], None, self.stride, self.padding,
+                                             self.dilation, self.groups, "none", self.algo, self.backend, cache,
+                                             (sources, versions_of(sources), conf))
+        return super().forward(input)
+
+    def train(self, mode: bool = True):
+        if mode and "_kernel_form" in self.__dict__:
+            self._kernel_form.clear()
+        return super().train(mode)
+
+    def prepared_bytes(self) -> int:
+        """Memory held by the weight's prepared form (freed by train())."""
+        cache = self.__dict__.get("_kernel_form")
+        return 0 if cache is None else cache.nbytes
 
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
@@ -174,6 +208,20 @@ class FusedConv(torch.nn.Module):
                                   (bn.eps,), lambda: fold_batch_norm(c.weight, c.bias, bn.weight, bn.bias,
                                                                      bn.running_mean, bn.running_var, bn.eps))
 
+    def _sources(self):
+        """The tensors the prepared weights come from, read from the layers' parameter and buffer
+        dicts (Module.__getattr__ costs ~0.3 us a name, on every call); None where a layer keeps
+        them otherwise (a parametrized weight): then every call takes the keyed path."""
+        c, bn = self.conv, self.bn
+        try:
+            cp = c._parameters
+            if bn is None:
+                return cp["weight"], cp["bias"]
+            bp, bb = bn._parameters, bn._buffers
+            return cp["weight"], cp["bias"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"]
+        except KeyError:
+            return None
+
     def prepared_bytes(self) -> int:
         """Memory held by the prepared weights (folded, and transformed for the kernel)."""
         return self._prepared.nbytes + self._kernel_form.nbytes
@@ -190,12 +238,20 @@ class FusedConv(torch.nn.Module):
                             f"{'out' if identity is None else ''} an identity input")
         c, bn = self.conv, self.bn
         training = c.training if bn is None else bn.training
-        if not (self.training or training) and not _needs_grad(input, identity, c.weight, c.bias,
-                                                              *(() if bn is None else (bn.weight, bn.bias))):
-            f = self._folded()
-            return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
-                                        c.groups, self.activation, algo=c.algo, backend=c.backend,
-                                        prepared_cache=self._kernel_form)
+        if not (self.training or training):
+            sources = self._sources()
+            conf = (c.stride, c.padding, c.dilation, c.groups, c.algo, c.backend, self.activation,
+                    None if bn is None else bn.eps, autotune_enabled())
+            if sources is not None and not (torch.is_grad_enabled() and any(
+                    t is not None and t.requires_grad for t in sources)):
+                y = PF.run_bound_call(self._kernel_form, sources, conf, input, identity)
+                if y is not None:
+                    return y
+            if not _needs_grad(input, identity, c.weight, c.bias, *(() if bn is None else (bn.weight, bn.bias))):
+                bind_as = None if sources is None else (sources, versions_of(sources), conf)  # before folding
+                f = self._folded()
+                return PF._conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
+                                             c.groups, self.activation, c.algo, c.backend, self._kernel_form, bind_as)
         if bn is None:
             y = c(input)
         elif self.activation in ("relu", "none") and identity is None:

@@ -28,6 +28,17 @@ def _key_of(t: Optional[torch.Tensor]):
     return (id(t), t.data_ptr(), version, t.dtype, t.device, t.shape)
 
 
+def versions_of(sources: tuple) -> Optional[tuple]:
+    """(version counter, data pointer) of each source tensor: what a bound call compares on every
+    call, beside the sources' identities (an in-place edit bumps the counter; .to(), a new dtype or
+    device, comes with a new storage). None where a source keeps no version counter (an inference
+    tensor): those callers take the keyed path (_key_of)."""
+    try:
+        return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
+    except RuntimeError:
+        return None
+
+
 class Folded(NamedTuple):
     weight: torch.Tensor  # conv weight * bn scale, contiguous
     bias: torch.Tensor  # (conv bias - running mean) * bn scale + bn bias
@@ -58,6 +69,7 @@ class PreparedCache:
         self._lock = threading.Lock()
         self.plan = None  # a caller's record of the checked call this value serves (functional.py)
         self.bound = None  # the caller's kernel bound to that plan and this value (functional.py)
+        self.fast = None  # a layer's whole call bound to that kernel (functional.BoundCall)
 
     def get(self, sources: tuple, extra: tuple, build):
         key = tuple(_key_of(t) for t in sources) + tuple(extra)
@@ -78,6 +90,7 @@ class PreparedCache:
             self._entry = None
             self.plan = None
             self.bound = None
+            self.fast = None
 
     @property
     def nbytes(self) -> int:

@@ -66,7 +66,7 @@ X = torch.randn(2, 16, 12, 12)
 
 
 def _check(model, ref, x=X, what=""):
-    for i in range(2):  # the first call may rebuild; the second must serve the cache
+    for i in range(3):  # the first call may rebuild, the second binds its kernel, the third runs it bound
         with torch.no_grad():
             assert_close(model(x), ref(x), x.dtype, f"{what} call {i}", kind="conv")
 
@@ -418,3 +418,64 @@ def test_prepare_with_gradients_and_misuse():
         pyconv.prepare([[1.0]])
     with torch.no_grad(), pytest.raises(pyconv.PyConvError, match="activation"):
         p(x.detach(), activation="gelu")
+
+
+def test_bound_calls_are_taken_and_follow_their_sources():
+    """A layer's later eval calls run bound to its kernel (cache.fast); a source kept outside the
+    parameter dict (here a plain tensor attribute) takes the keyed path and is still followed."""
+    ref, model = _pair("im2col")
+    _check(model, ref, what="bound")
+    fused = [m for m in model.modules() if isinstance(m, PN.FusedConv)]
+    assert all(m._kernel_form.fast is not None for m in fused)
+    for m in (ref, model):
+        w = m.conv1.weight.detach().clone()
+        del m.conv1.weight
+        m.conv1.weight = w  # no longer a Parameter
+    _check(model, ref, what="plain attribute")
+    with torch.no_grad():
+        ref.conv1.weight.mul_(-1.0)
+        model.conv1.weight.mul_(-1.0)
+    _check(model, ref, what="plain attribute edited")
+    x = X[:1].clone()  # another input size: the full path, then bound again
+    _check(model, ref, x=x, what="batch 1")
+    with torch.no_grad():
+        assert_close(model(X.to(memory_format=torch.channels_last)), ref(X), torch.float32, "channels_last",
+                     kind="conv")
+    model.train()
+    assert all(m._kernel_form.fast is None for m in fused)  # train() frees it with the prepared weights
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2, bias=False),
+                                dict(stride=2, groups=4), dict(kernel_size=1, padding=0)])
+def test_conv2d_layer_inference_keeps_its_weight_prepared(kw):
+    """pyconv.nn.Conv2d in eval mode without gradients: prepared weight, bound calls, and every
+    change followed (in-place edit, a new Parameter, another input size, unbatched, train())."""
+    torch.manual_seed(0)
+    kw = dict(kernel_size=3) | kw
+    ref = nn.Conv2d(8, 16, **kw).eval()
+    layer = PN.Conv2d(8, 16, **kw).eval()
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 8, 11, 11)
+
+    def check(what, x=x):
+        for i in range(3):
+            with torch.no_grad():
+                assert_close(layer(x), ref(x), x.dtype, f"{what} call {i}", kind="conv")
+    check("first")
+    assert layer._kernel_form.fast is not None
+    with torch.no_grad():
+        for m in (ref, layer):
+            m.weight.mul_(-2.0)
+    check("in place")
+    for m in (ref, layer):
+        m.weight = nn.Parameter(m.weight.detach() + 0.5)
+    check("new parameter")
+    check("batch 1", x[:1].clone())
+    check("unbatched", x[0].clone())
+    with torch.inference_mode():
+        assert_close(layer(x), ref(x), x.dtype, "inference_mode", kind="conv")
+    out = layer(x)  # gradients wanted: the autograd path
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    layer.train()
+    assert layer.prepared_bytes() == 0

@@ -27,14 +27,13 @@ import pyconv
 import pyconv.functional as PF
 from pyconv import _args, autotune, backends
 from pyconv._errors import PyConvError
-from pyconv.prepared import PreparedCache
 
 from . import peers as peer_engines
 from .suites import ConvLayer, Layer, PoolLayer
 
 OPS = ("conv2d", "conv2d_train", "conv2d_infer", "max_pool2d", "avg_pool2d", "batch_norm", "conv_bn_relu")
 # conv2d_infer: the inference epilogue of a fused layer, relu(conv2d + bias + residual), with the
-# weights prepared once (PF.conv2d_activation with a PreparedCache, as pyconv.nn.FusedConv runs it)
+# weights prepared once and the call bound to its kernel (pyconv.prepare, as pyconv.nn.FusedConv runs it)
 CONV_OPS = ("conv2d", "conv2d_train", "conv2d_infer", "conv_bn_relu")
 # the pyconv.functional function each op needs
 FUNCTIONAL = {"conv2d": "conv2d", "conv2d_train": "conv2d", "conv2d_infer": "conv2d_activation",
@@ -196,12 +195,11 @@ def bind(case: Case) -> _Bound:
                       lambda: (F.conv2d(_d(x), _d(w), _d(b), st, pad, 1, g),), (x, w, b, st, pad, g))
     if op == "conv2d_infer":
         r = torch.randn((n, layer.K) + layer.out_hw(), generator=gen, dtype=dt).to(dev)
-        cache = PreparedCache()
+        prepared = PF.prepare(w, b, st, pad, 1, g, algo=algo, backend=be)
 
         def pc():
             with torch.no_grad():
-                return (PF.conv2d_activation(x, w, b, r, st, pad, 1, g, "relu", algo=algo, backend=be,
-                                             prepared_cache=cache),)
+                return (prepared(x, r, "relu"),)
 
         def tc():
             with torch.no_grad():

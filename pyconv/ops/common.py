@@ -16,7 +16,7 @@ _EAGER_AUTOGRAD: Dict[str, type] = {}
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
     """Kernel outputs (large CPU ones from pyconv.memory's cache); NaN-filled under PYCONV_DEBUG_FILL
     so unwritten elements fail the tests."""
-    if like.device.type == "cpu":
+    if like.is_cpu:
         t = memory.cached_empty(shape, like.dtype)
     else:
         t = torch.empty(shape, dtype=like.dtype, device=like.device)
