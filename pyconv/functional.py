@@ -8,7 +8,7 @@ import torch
 
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
-from .problem import ACTIVATIONS, WINOGRAD_ALGOS, winograd_tile
+from .problem import ACTIVATIONS
 from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 from .prepared import PreparedCache, versions_of
@@ -285,9 +285,9 @@ def run_bound_call(cache, sources: tuple, conf: tuple, input, residual):
 def _kernel_form(cache, weight, shape, algo: str, backend: str):
     """The weight as the backend's kernel for algo consumes it, from the cache (rebuilt when the
     weight, the algorithm or its Winograd tile changes)."""
-    tile = winograd_tile(algo, shape, prepared=True) if algo in WINOGRAD_ALGOS else 0
     be = backends.load(backend)
-    return cache.get((weight,), (backend, algo, tile), lambda: be.prepare_conv_weight(weight, shape, algo))
+    form = be.prepared_form(shape, algo, weight.dtype)
+    return cache.get((weight,), (backend, algo, form), lambda: be.prepare_conv_weight(weight, shape, algo))
 
 
 # ------------------------------------------------------------------- pooling and batch norm ---

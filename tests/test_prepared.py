@@ -308,6 +308,60 @@ def test_prepared_im2col_weights_are_checked_at_the_binding():
     with pytest.raises(pyconv.PyConvError, match="im2col only"):
         n = _C.conv_im2col_prepared_numel(s, "float32")
         _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(n).numpy())
+    with pytest.raises(pyconv.PyConvError, match="another shape or layout"):  # right size, never packed
+        _C.conv_im2col_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.zeros(n).numpy())
+
+
+def test_prepared_im2col_layouts_are_checked_at_the_binding():
+    """Weights packed in one layout (or for one shape) never run another's call: the header says."""
+    from pyconv import _C, _args
+    w = torch.randn(512, 512, 3, 3)
+
+    def shape_of(x):
+        return _C.ConvShape(*_args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, 1)))
+    small, large = torch.randn(1, 512, 7, 7), torch.randn(4, 512, 7, 7)
+    s_small, s_large = shape_of(small), shape_of(large)
+    assert (_C.conv_im2col_prepared_layout(s_small, "float32"), _C.conv_im2col_prepared_layout(s_large, "float32")) \
+        == (1, 0)
+    packed = torch.empty(_C.conv_im2col_prepared_numel(s_small, "float32"))
+    _C.conv_im2col_prepare_weight(s_small, w.numpy(), packed.numpy())
+    y = torch.empty(4, 512, 7, 7)
+    if packed.numel() == _C.conv_im2col_prepared_numel(s_large, "float32"):
+        with pytest.raises(pyconv.PyConvError, match="another shape or layout"):
+            _C.conv_im2col_forward(s_large, large.numpy(), w.numpy(), None, y.numpy(), None, packed.numpy())
+    stats = torch.empty(2, 512, dtype=torch.float64)
+    with pytest.raises(pyconv.PyConvError, match="stats"):
+        _C.conv_im2col_forward(s_small, small.numpy(), w.numpy(), None, y[:1].numpy(), stats.numpy(),
+                               packed.numpy())
+
+
+@pytest.mark.parametrize("shape", [(1, 512, 7, 7, 512, 3, 3, 1, 1), (1, 2048, 3, 3, 160, 1, 1, 1, 1),
+                                   (2, 256, 3, 3, 1024, 3, 3, 1, 1), (1, 512, 6, 5, 240, 3, 3, 2, 2),
+                                   (1, 1024, 3, 3, 264, 1, 1, 1, 1)],
+                         ids=["7x7", "1x1", "batch-2", "stride-2-groups", "odd-channels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_prepared_im2col_pixel_rows_match_torch(shape, dtype):
+    """The transposed forward (pixels as the GEMM's rows) of few-pixel layers with prepared weights:
+    every activation, with and without a residual, images spanning a tile, groups, strides, channel
+    counts off the panel width; outputs NaN-filled first (PYCONV_DEBUG_FILL in the tests)."""
+    from pyconv import _C, _args
+    torch.manual_seed(0)
+    N, C, H, W, K, R, S, stride, groups = shape
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype) / (C * R * S) ** 0.5
+    b = torch.randn(K, dtype=dtype)
+    s = _C.ConvShape(*_args.conv2d_shape(x, w, b, _args.conv2d_params((R, S), stride, R // 2, 1, groups)))
+    # (float64's panels are 8 wide: 49 pixels fill 56 columns, so 7x7 keeps the usual layout there)
+    assert _C.conv_im2col_prepared_layout(s, str(dtype)[6:]) == (0 if H == 7 and dtype == torch.float64 else 1)
+    p = pyconv.prepare(w, b, stride, R // 2, 1, groups, algo="im2col")
+    ref = F.conv2d(x, w, b, stride, R // 2, 1, groups)
+    r = torch.randn_like(ref)
+    with torch.no_grad():
+        for act, f in (("none", lambda v: v), ("relu", F.relu), ("relu6", F.relu6)):
+            for res in (None, r):
+                for _ in range(2):
+                    assert_close(p(x, res, act), f(ref if res is None else ref + res), dtype, f"{act} {res is None}",
+                                 kind="conv")
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 7, 7, 96, 3, 3, 1, 1), (2, 24, 9, 9, 40, 1, 1, 1, 2),

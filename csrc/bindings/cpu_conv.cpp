@@ -37,6 +37,12 @@ void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::ar
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   PYCONV_CHECK(algo == Algo::im2col || prepared.is_none(), "prepared weights exist for im2col only");
   const T* pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+  if (pp) {
+    PYCONV_CHECK(PYCONV_ISA_FN(conv_im2col_prepared_fits<T>)(s, pp),
+                 "prepared: packed for another shape or layout (conv_im2col_prepare_weight with this shape)");
+    PYCONV_CHECK(!sp || PYCONV_ISA_FN(conv_im2col_prepared_layout<T>)(s) == 0,
+                 "stats: not taken with weights prepared in the pixel-rows layout");
+  }
   const ConvEpilogue<T> ep = conv_epilogue<T>(residual, act, n.y, yp, sp != nullptr);
   py::gil_scoped_release nogil;
   if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp, ep);
@@ -132,6 +138,13 @@ void bind_conv(py::module_& m) {
     return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_numel<float>)(s)
                               : PYCONV_ISA_FN(conv_im2col_prepared_numel<double>)(s);
   }, py::arg("shape"), py::arg("dtype"), "Elements of the weights packed for inference (layout: dtype and ISA).");
+  m.def("conv_im2col_prepared_layout", [](const ConvShape& s, const std::string& dtype) {
+    conv_sizes(s);
+    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
+    return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_layout<float>)(s)
+                              : PYCONV_ISA_FN(conv_im2col_prepared_layout<double>)(s);
+  }, py::arg("shape"), py::arg("dtype"),
+     "Layout of the prepared weights for this shape: 0 (W's A panels) or 1 (W^T's B panels, pixels as rows).");
   m.def("conv_im2col_prepare_weight", [](const ConvShape& s, const py::array& w, py::array& prepared) {
     if (dtype_of(w, "weight") == DType::f32) return prepare_im2col<float>(s, w, prepared);
     return prepare_im2col<double>(s, w, prepared);

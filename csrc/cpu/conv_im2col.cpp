@@ -14,6 +14,11 @@
 // panels; a stride-1 grad-input runs the same packer over gy (no dcol, no col2im); strided layers
 // and layers with few input channels buffer dcol = W^T dY a few images at a time. A 1x1,
 // stride-1, unpadded convolution needs no im2col at all: col is x itself (and W^T . dY is gx).
+//
+// Inference on few output pixels (batch 1, 7x7 planes) runs the forward transposed, pixels as the
+// GEMM's rows: Y_g^T[N*P*Q, Kg] = col^T . W_g^T. The micro-tile is MR = 6 rows by NR = 16 columns, so
+// 49 pixels fill 54 rows (91% useful) where as columns they filled 64 (77%); the prepared weights
+// are then W_g^T's B panels, and each finished tile is stored transposed into NCHW.
 #include "cpu/conv_im2col.h"
 
 #include "cpu/gemm_driver.h"
@@ -218,6 +223,111 @@ struct Im2colTransposedPackB {
   }
 };
 
+// A = col^T[N*P*Q, C'*R*S] (the transposed forward): element ((n, p, q), (c, r, s)) =
+// x[n, c, p*sh + row_off[r], q*sw + col_off[s]] (0 outside the plane); MR pixels per panel. Each
+// pixel's tap offsets are tabled once per panel (up to kTabledTaps taps), so a panel row costs a
+// table read and a load per pixel, not two range checks (a per-element check made the pack ~20% of
+// a 960 -> 160 1x1 layer).
+constexpr int64_t kTabledTaps = 64;
+template <typename T>
+struct Im2colPixelPackA {
+  TapGrid t;
+  const T* x;
+  void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
+    constexpr int MR = GemmBlocking<T>::MR;
+    const int64_t PQ = t.P * t.Q, HW = t.H * t.W, img = t.C * HW, RS = t.R * t.S;
+    const T* base[MR];
+    int64_t ih0[MR], iw0[MR];
+    for (int64_t i = 0; i < mr; ++i) {
+      const int64_t pix = i0 + i, n = pix / PQ, pq = pix % PQ;
+      base[i] = x + n * img, ih0[i] = (pq / t.Q) * t.sh, iw0[i] = (pq % t.Q) * t.sw;
+    }
+    const auto tap_offset = [&](int64_t i, int64_t r, int64_t sc) -> int64_t {  // -1: in the padding
+      const int64_t ih = ih0[i] + t.row_off[r], iw = iw0[i] + t.col_off[sc];
+      return ih >= 0 && ih < t.H && iw >= 0 && iw < t.W ? ih * t.W + iw : -1;
+    };
+    int64_t c = k0 / RS, rs = k0 % RS;
+    if (RS <= kTabledTaps) {
+      int64_t off[kTabledTaps][MR];
+      for (int64_t u = 0; u < RS; ++u)
+        for (int64_t i = 0; i < mr; ++i) off[u][i] = tap_offset(i, u / t.S, u % t.S);
+      for (int64_t k = 0; k < kc; ++k) {
+        T* d = dst + k * MR;
+        const int64_t* o = off[rs];
+        for (int64_t i = 0; i < mr; ++i) d[i] = o[i] >= 0 ? base[i][c * HW + o[i]] : T(0);
+        for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
+        if (++rs == RS) rs = 0, ++c;
+      }
+      return;
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      T* d = dst + k * MR;
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t o = tap_offset(i, rs / t.S, rs % t.S);
+        d[i] = o >= 0 ? base[i][c * HW + o] : T(0);
+      }
+      for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
+      if (++rs == RS) rs = 0, ++c;
+    }
+  }
+};
+
+// C = Y_g^T (pixels x channels) of the transposed forward. A tile's K blocks are summed in scratch,
+// tile by tile (vector adds); after its last one the tile is stored transposed into y (NCHW) with
+// the channel bias, once (the epilogue follows in one vector pass over y: per element here, its
+// activation switch cost more than the pixel-row layout saved on 160-channel layers).
+template <typename T>
+struct PixelRowsOut {
+  T* y;                // the group's first output channel in image 0
+  int64_t PQ, img;     // pixels per image; image stride of y
+  const T* bias;       // per channel (column), or null
+  T* acc;              // scratch: m_panels x n_panels tiles of MR x NR
+  int64_t n_panels;
+  double* row_sums = nullptr;  // (none: gemm_run asks)
+  void prefetch(int64_t, int64_t, int64_t) const {}
+  // (the tile's pixels may span images: each row finds its own)
+  void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first, bool last) const {
+    constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = Simd<T>::W;
+    T* a = acc + ((i0 / MR) * n_panels + j0 / NR) * (MR * NR);
+    if (!first)
+      for (int e = 0; e < MR * NR; e += W) vstore(a + e, vload(a + e) + vload(tile + e));
+    else if (!last)
+      for (int e = 0; e < MR * NR; e += W) vstore(a + e, vload(tile + e));
+    if (!last) return;
+    const T* v = first ? tile : a;
+    for (int64_t i = 0; i < mr; ++i) {
+      const int64_t pix = i0 + i, n = pix / PQ;
+      T* col = y + n * img + (pix - n * PQ) + j0 * PQ;
+      for (int64_t j = 0; j < nr; ++j) col[j * PQ] = v[i * NR + j] + (bias ? bias[j0 + j] : T(0));
+    }
+  }
+  void finished(int64_t, int64_t, int64_t, int64_t, int64_t) const {}
+};
+
+// The transposed forward pays where NR-wide pixel panels are mostly padding (see the top): its
+// useful share of the padded GEMM beats the usual one by 10% (at 5%, 14x14 layers lost), and the scratch of tiles stays small.
+constexpr double kPixelRowsMinGain = 1.1;
+constexpr int64_t kPixelRowsMaxScratch = int64_t(256) << 10;  // elements
+// Below this many weights per group the call's fixed costs (pixel panels packed per K block, the
+// scratch, the epilogue pass) eat the gain (MobileNetV2's 960 -> 160 1x1 at 7x7 lost 3-25%).
+constexpr int64_t kPixelRowsMinWeights = int64_t(256) << 10;
+template <typename T>
+bool im2col_pixel_rows(const ConvShape& s) {
+  constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
+  const int64_t M = s.N * s.P * s.Q, Kg = s.Kg();
+  if (M <= 0 || Kg <= 0 || Kg * s.Cg() * s.R * s.S < kPixelRowsMinWeights) return false;
+  const int64_t m6 = ceil_div(M, MR) * MR, m16 = ceil_div(M, NR) * NR;
+  const int64_t k6 = ceil_div(Kg, MR) * MR, k16 = ceil_div(Kg, NR) * NR;
+  const double usual = double(M) / double(m16) * double(Kg) / double(k6);
+  const double rows = double(M) / double(m6) * double(Kg) / double(k16);
+  return rows > kPixelRowsMinGain * usual && m6 * k16 <= kPixelRowsMaxScratch;
+}
+
+// Prepared weights: a header of kPreparedHeader elements (layout, Kg, Cg*R*S, G), then per group
+// the A panels of W_g (layout 0) or the B panels of W_g^T (layout 1, pixel rows). The forward checks
+// the header against the call, so weights packed for another shape or layout never run.
+constexpr int64_t kPreparedHeader = 16;
+
 // The forward convolution's tap offsets: row_off[r] = r*dil_h - pad_h, col_off[s] = s*dil_w - pad_w.
 struct ForwardTaps {
   Workspace tables;
@@ -382,15 +492,42 @@ void col2im(const ConvShape& s, int64_t g, int64_t n0, int64_t nb, const T* dcol
 }  // namespace
 
 template <typename T>
+int conv_im2col_prepared_layout(const ConvShape& s) {
+  return im2col_pixel_rows<T>(s) ? 1 : 0;
+}
+
+namespace {
+template <typename T>
+int64_t prepared_group_elems(const ConvShape& s, int layout) {
+  const int64_t CRS = s.Cg() * s.R * s.S;
+  return layout ? gemm_packed_b_elems<T>(CRS, s.Kg()) : gemm_packed_a_elems<T>(s.Kg(), CRS);
+}
+}  // namespace
+
+template <typename T>
 int64_t conv_im2col_prepared_numel(const ConvShape& s) {
-  return s.G * gemm_packed_a_elems<T>(s.Kg(), s.Cg() * s.R * s.S);
+  return kPreparedHeader + s.G * prepared_group_elems<T>(s, conv_im2col_prepared_layout<T>(s));
 }
 
 template <typename T>
 void conv_im2col_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
-  const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, per_group = gemm_packed_a_elems<T>(Kg, CRS);
-  for (int64_t g = 0; g < s.G; ++g)
-    gemm_pack_a<T>(Kg, CRS, StridedPackA<T>{w + g * Kg * CRS, CRS, 1}, prepared + g * per_group);
+  const int layout = conv_im2col_prepared_layout<T>(s);
+  const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, per_group = prepared_group_elems<T>(s, layout);
+  for (int64_t e = 0; e < kPreparedHeader; ++e) prepared[e] = T(0);
+  prepared[0] = T(layout), prepared[1] = T(Kg), prepared[2] = T(CRS), prepared[3] = T(s.G);
+  T* panels = prepared + kPreparedHeader;
+  for (int64_t g = 0; g < s.G; ++g) {
+    if (layout)  // W_g^T: element (k, j) = w[j, k]
+      gemm_pack_b<T>(CRS, Kg, StridedPackB<T>{w + g * Kg * CRS, 1, CRS}, panels + g * per_group);
+    else
+      gemm_pack_a<T>(Kg, CRS, StridedPackA<T>{w + g * Kg * CRS, CRS, 1}, panels + g * per_group);
+  }
+}
+
+template <typename T>
+bool conv_im2col_prepared_fits(const ConvShape& s, const T* prepared) {
+  return prepared[0] == T(conv_im2col_prepared_layout<T>(s)) && prepared[1] == T(s.Kg()) &&
+         prepared[2] == T(s.Cg() * s.R * s.S) && prepared[3] == T(s.G);
 }
 
 template <typename T>
@@ -402,6 +539,24 @@ void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b,
   if (s.N == 0 || s.K == 0 || PQ == 0) return;
   const ForwardTaps taps(s);
   const int nthr = num_threads();
+  const int layout = prepared ? int(prepared[0]) : 0;
+  if (prepared) prepared += kPreparedHeader;
+  if (layout == 1) {  // pixels as rows (see the top); prepared inference only, so no statistics
+    const int64_t M = s.N * PQ, m_panels = ceil_div(M, GemmBlocking<T>::MR);
+    const int64_t n_panels = ceil_div(Kg, GemmBlocking<T>::NR), per_group = prepared_group_elems<T>(s, 1);
+    Workspace acc(checked_bytes(m_panels * n_panels * GemmBlocking<T>::MR * GemmBlocking<T>::NR, sizeof(T)));
+    for (int64_t g = 0; g < s.G; ++g) {
+      const Im2colPixelPackA<T> pa{taps.grid(s), x + g * Cg * HW};
+      const PixelRowsOut<T> out{y + g * Kg * PQ, PQ, s.K * PQ, b ? b + g * Kg : nullptr, acc.as<T>(), n_panels};
+      const StridedPackB<T> unused{nullptr, 0, 0};
+      gemm_run<T>(M, Kg, CRS, pa, unused, out, nthr, nullptr, false, prepared + g * per_group);
+    }
+    if (ep.active()) {
+#pragma omp parallel for num_threads(nthr) schedule(static)
+      for (int64_t row = 0; row < s.N * s.K; ++row) epilogue_apply(ep, y + row * PQ, PQ);
+    }
+    return;
+  }
   const int64_t chunks = gemm_chunks<T>(s.N * PQ, nthr);
   Workspace sums_ws(stats ? checked_bytes(chunks * 2 * Kg * 4, sizeof(double)) : 0);
   for (int64_t g = 0; g < s.G; ++g) {
@@ -413,7 +568,7 @@ void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b,
       out.row_sums = sums_ws.as<double>(), out.sums_rows = Kg;
       for (int64_t e = 0; e < chunks * 2 * Kg * 4; ++e) out.row_sums[e] = 0;
     }
-    const T* ag = prepared ? prepared + g * gemm_packed_a_elems<T>(Kg, CRS) : nullptr;
+    const T* ag = prepared ? prepared + g * prepared_group_elems<T>(s, 0) : nullptr;
     if (is_pointwise(s)) {
       const BatchedPackB<T> pb{BatchedColumns<T>{x + g * Cg * HW, s.C * HW, HW, HW}};
       gemm_run<T>(Kg, s.N * PQ, CRS, pa, pb, out, nthr, ag);
@@ -519,6 +674,8 @@ int64_t conv_im2col_workspace_bytes(const ConvShape& s, int pass) {
   template void conv_im2col_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, const T*,  \
                                        const ConvEpilogue<T>&);                                               \
   template int64_t conv_im2col_prepared_numel<T>(const ConvShape&);                                           \
+  template int conv_im2col_prepared_layout<T>(const ConvShape&);                                              \
+  template bool conv_im2col_prepared_fits<T>(const ConvShape&, const T*);                                     \
   template void conv_im2col_prepare_weight<T>(const ConvShape&, const T*, T*);                                \
   template void conv_im2col_backward_input<T>(const ConvShape&, const T*, const T*, T*);                      \
   template void conv_im2col_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);                 \

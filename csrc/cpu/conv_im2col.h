@@ -12,10 +12,16 @@ PYCONV_FOR_EACH_ISA(
   // ep: the inference activation and residual, on each finished GEMM tile (after its stats).
   void conv_im2col_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
                            const T* prepared, const ConvEpilogue<T>& ep);
-  // The weights packed once into the GEMM's A panels, for inference: conv_im2col_prepared_numel
-  // elements (the layout depends on T and the ISA).
+  // The weights packed once for inference: conv_im2col_prepared_numel elements, a header then the
+  // GEMM's panels in layout conv_im2col_prepared_layout (0: W's A panels; 1: W^T's B panels, for
+  // the pixels-as-rows forward of small outputs). Layout and sizes depend on the shape, T and the
+  // ISA; conv_im2col_prepared_fits checks a prepared buffer's header against a call.
   template <typename T>
   int64_t conv_im2col_prepared_numel(const ConvShape& s);
+  template <typename T>
+  int conv_im2col_prepared_layout(const ConvShape& s);
+  template <typename T>
+  bool conv_im2col_prepared_fits(const ConvShape& s, const T* prepared);
   template <typename T>
   void conv_im2col_prepare_weight(const ConvShape& s, const T* w, T* prepared);
   template <typename T>

@@ -490,6 +490,26 @@ void gemm_pack_a(int64_t M, int64_t K, const PackA& pack_a, T* dst) {
     }
 }
 
+// B packed whole, the layout gemm_run's b_packed reads: block kb (rows [k0, k0+kc)) at
+// dst + k0 * n_panels * NR, panel jp of it at + jp * NR * kc.
+template <typename T>
+int64_t gemm_packed_b_elems(int64_t K, int64_t N) {
+  constexpr int NR = GemmBlocking<T>::NR;
+  return ceil_div(N, NR) * NR * imax(K, 1);
+}
+
+template <typename T, class PackB>
+void gemm_pack_b(int64_t K, int64_t N, const PackB& pack_b, T* dst) {
+  constexpr int NR = GemmBlocking<T>::NR;
+  const int64_t kc_max = gemm_kc<T>(K), n_panels = ceil_div(N, NR), k_blocks = imax(1, ceil_div(K, kc_max));
+#pragma omp parallel for num_threads(num_threads()) schedule(static) collapse(2)
+  for (int64_t kb = 0; kb < k_blocks; ++kb)
+    for (int64_t jp = 0; jp < n_panels; ++jp) {
+      const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
+      pack_b(k0, kc, jp * NR, imin(NR, N - jp * NR), dst + k0 * n_panels * NR + jp * NR * kc);
+    }
+}
+
 // The K-split schedule (see gemm_splits_k): thread t takes K blocks [t*kb/nthr, (t+1)*kb/nthr),
 // packs their A and B panels itself and accumulates every tile into its private C; then the tiles
 // of the copies are summed in thread order and stored once (alpha, beta, bias, epilogue).
@@ -544,16 +564,17 @@ void gemm_run_split_k(int64_t M, int64_t N, int64_t K, const PackA& pack_a, cons
 
 // nthr: the caller's thread count when it sized per-chunk state (gemm_chunks); another Python
 // thread may change num_threads() meanwhile. a_packed: A as gemm_pack_a wrote it (then pack_a is
-// not called), or null.
+// not called), or null; b_packed: B as gemm_pack_b wrote it (then pack_b is not called), or null.
 // may_split_k: the caller allows the K-split schedule (no row sums; it sized its workspace report
 // with gemm_splits_k), taken where gemm_splits_k says so.
 template <typename T, class PackA, class PackB, class Out>
 void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, const Out& out,
-              int nthr = num_threads(), const T* a_packed = nullptr, bool may_split_k = false) {
+              int nthr = num_threads(), const T* a_packed = nullptr, bool may_split_k = false,
+              const T* b_packed = nullptr) {
   using B = GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR;
   if (M <= 0 || N <= 0) return;
-  if (may_split_k && !a_packed && !out.row_sums && gemm_splits_k<T>(M, N, K, nthr))
+  if (may_split_k && !a_packed && !b_packed && !out.row_sums && gemm_splits_k<T>(M, N, K, nthr))
     return gemm_run_split_k<T>(M, N, K, pack_a, pack_b, out, nthr);
   const int64_t kc_max = gemm_kc<T>(K);
   const int64_t nc = gemm_nc<T>(N, nthr);
@@ -565,10 +586,10 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   const int64_t items = n_chunks * m_splits;
   const int64_t k_blocks = imax(1, ceil_div(K, kc_max));
   Workspace apack(a_packed ? 0 : checked_bytes(m_panels * MR * kc_max, sizeof(T)));
-  Workspace bpack(checked_bytes(int64_t(nthr) * nc * kc_max, sizeof(T)));
+  Workspace bpack(b_packed ? 0 : checked_bytes(int64_t(nthr) * nc * kc_max, sizeof(T)));
 #pragma omp parallel num_threads(nthr)
   {
-    T* const bp = bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
+    T* const bp = b_packed ? nullptr : bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
     alignas(64) T tile[MR * NR];
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
@@ -589,7 +610,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
         const int64_t mc_panels = B::MC / MR;
         // With one M block, every B panel is used right after it is packed; with several, the
         // chunk is packed once and reused by each.
-        const bool pack_ahead = ip_end - ip_begin > mc_panels;
+        const bool pack_ahead = !b_packed && ip_end - ip_begin > mc_panels;
         if (pack_ahead)
           for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp)
             pack_b(k0, kc, j0 + jp * NR, imin(NR, ncur - jp * NR), bp + jp * NR * kc);
@@ -598,9 +619,10 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
           for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
             // packed just in time into one slot, which stays in L1 (a fresh slot per panel costs a
             // write miss per line: 8-17% on 64-channel layers)
-            T* const bpanel = pack_ahead ? bp + jp * NR * kc : bp;
             const int64_t nr = imin(NR, ncur - jp * NR);
-            if (!pack_ahead) pack_b(k0, kc, j0 + jp * NR, nr, bpanel);
+            const T* bpanel = b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc
+                                       : pack_ahead ? bp + jp * NR * kc : bp;
+            if (!pack_ahead && !b_packed) pack_b(k0, kc, j0 + jp * NR, nr, bp);
             for (int64_t ip = ic; ip < ic_end; ++ip) {
               out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
               gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);

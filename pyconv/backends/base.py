@@ -82,6 +82,11 @@ class Backend(abc.ABC):
         inference (a tensor), or None where there is nothing to prepare."""
         return None
 
+    def prepared_form(self, shape, algo, dtype):
+        """What, beside the weight itself, the form prepare_conv_weight builds depends on (a cache
+        of it is rebuilt when this changes): the Winograd tile, or 0."""
+        return problem.winograd_tile(algo, shape, prepared=True) if algo in problem.WINOGRAD_ALGOS else 0
+
     @abc.abstractmethod
     def conv2d_backward_input(self, gy, w, gx, shape, algo):
         """gx <- the gradient of conv2d with respect to its input."""

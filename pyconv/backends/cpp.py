@@ -82,6 +82,12 @@ class CppBackend(Backend):
             return a
         return None
 
+    def prepared_form(self, shape, algo, dtype):
+        """im2col: the panel layout, which depends on the output size (few pixels: W^T's panels)."""
+        if algo == "im2col":
+            return _C.conv_im2col_prepared_layout(_C.ConvShape(*shape), str(dtype).replace("torch.", ""))
+        return super().prepared_form(shape, algo, dtype)
+
     def conv2d_backward_input(self, gy, w, gx, shape, algo):
         s = _C.ConvShape(*shape)
         if algo in WINOGRAD_ALGOS:
