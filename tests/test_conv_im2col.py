@@ -48,6 +48,27 @@ def test_pointwise_batches_across_images(N, H, W):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,H,W", [(70, 1, 1), (3, 7, 7), (2, 5, 3), (1, 40, 40)],
+                         ids=["runs-past-the-limit", "7x7", "odd-plane", "one-image"])
+def test_pointwise_chunks_packed_row_by_row(N, H, W, dtype):
+    """Wide enough (>= 16 M panels) that gemm_run packs each N chunk ahead, row by row
+    (BatchedPackB.chunk): runs crossing images, a last panel with lanes past the matrix, more runs
+    than it tables (one pixel per image: panel by panel), forward and both gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(N, 104, H, W, dtype=dtype)
+    w = torch.randn(100, 104, 1, 1, dtype=dtype)
+    b = torch.randn(100, dtype=dtype)
+    gy = torch.randn(N, 100, H, W, dtype=dtype)
+    got = _run("im2col", x, w, b, gy)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = torch.nn.functional.conv2d(*leaves)
+    want = (y, *torch.autograd.grad(y, leaves, gy))
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol * float(e.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("W,S,pad,dil", [
     (1, 1, 0, 1), (3, 5, 2, 1), (7, 3, 1, 1), (13, 7, 3, 1), (17, 3, 1, 2), (16, 1, 0, 1),
