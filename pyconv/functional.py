@@ -157,6 +157,9 @@ class PreparedConv:
             y = conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                        algo=self.algo, backend=self.backend)
             return unfused_tail(y, residual, activation)
+        if torch.compiler.is_compiling():  # traced: the op goes into the graph, no host-side state
+            return conv2d_activation(input, self.weight, self.bias, residual, self.stride, self.padding,
+                                     self.dilation, self.groups, activation, algo=self.algo, backend=self.backend)
         sources = (self.weight, self.bias)
         conf = (self.stride, self.padding, self.dilation, self.groups, self.algo, self.backend, activation,
                 autotune.autotune_enabled())

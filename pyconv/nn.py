@@ -25,7 +25,8 @@ class Conv2d(torch.nn.Conv2d):
         self.algo, self.backend = algo, backend
 
     def forward(self, input):
-        if not self.training and self.padding_mode == "zeros" and type(input) is torch.Tensor:
+        if (not self.training and self.padding_mode == "zeros" and type(input) is torch.Tensor
+                and not torch.compiler.is_compiling()):  # (a traced call keeps no host-side state)
             p = self._parameters
             sources = (p.get("weight"), p.get("bias"))
             if sources[0] is not None and not (torch.is_grad_enabled() and (
@@ -238,7 +239,15 @@ class FusedConv(torch.nn.Module):
                             f"{'out' if identity is None else ''} an identity input")
         c, bn = self.conv, self.bn
         training = c.training if bn is None else bn.training
-        if not (self.training or training):
+        if not (self.training or training) and torch.compiler.is_compiling():
+            # traced (torch.compile): no prepared state or version checks on the host, the fold and
+            # the fused op go into the graph
+            if not _needs_grad(input, identity, c.weight, c.bias, *(() if bn is None else (bn.weight, bn.bias))):
+                f = Folded(c.weight, c.bias) if bn is None else fold_batch_norm(
+                    c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+                return PF.conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
+                                            c.groups, self.activation, algo=c.algo, backend=c.backend)
+        elif not (self.training or training):
             sources = self._sources()
             conf = (c.stride, c.padding, c.dilation, c.groups, c.algo, c.backend, self.activation,
                     None if bn is None else bn.eps, autotune_enabled())

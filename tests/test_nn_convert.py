@@ -72,6 +72,20 @@ def test_convert_rejects_non_modules():
         pyconv.convert(lambda x: x)
 
 
+def test_torch_compile_fullgraph_in_inference():
+    """Eval without gradients (prepared weights and bound calls in eager) traced by torch.compile:
+    the fold and the fused op go into the graph; a converted model, a Conv2d layer and pyconv.prepare."""
+    torch.manual_seed(0)
+    model = pyconv.convert(TinyResNet(), fuse=True).eval()
+    layer = pyconv.nn.Conv2d(1, 4, 3, padding=1).eval()
+    p = pyconv.prepare(torch.randn(4, 1, 3, 3), torch.randn(4), padding=1)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        for fn in (model, layer, lambda v: p(v, None, "relu")):
+            want = [fn(x) for _ in range(3)][-1]  # eager first: the bound calls exist when tracing starts
+            torch.testing.assert_close(torch.compile(fn, fullgraph=True)(x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = pyconv.convert(TinyResNet(), fuse=True)
