@@ -235,6 +235,7 @@ struct BatchedPackB {
   // apart: that read was ~19% of a 1024 -> 256 1x1 layer at batch 8). false: too many runs (tiny
   // planes), pack panel by panel.
   static constexpr int kMaxRuns = 64;
+  static constexpr int64_t kPrefetchRows = 16;
   bool chunk(int64_t k0, int64_t kc, int64_t j0, int64_t ncur, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR;
     struct Run {
@@ -270,8 +271,10 @@ struct BatchedPackB {
       const int64_t n = j / m.L, l = j % m.L, len = imin(m.L - l, j0 + nr - j);
       const T* src = m.base + n * m.img + k0 * m.ld + l;
       T* d = dst + (j - j0);
-      for (int64_t k = 0; k < kc; ++k)
+      for (int64_t k = 0; k < kc; ++k) {
+        __builtin_prefetch(src + (k + kPrefetchRows) * m.ld);
         for (int64_t t = 0; t < len; ++t) d[k * NR + t] = src[k * m.ld + t];
+      }
       j += len;
     }
     if (nr < NR)
