@@ -185,9 +185,22 @@ struct StridedPackA {
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
     if (cs == 1) {
+      int64_t k = 0;
+      if constexpr (MR <= Simd<T>::W) {
+        // W columns of the MR rows at a time, transposed in registers (element by element, this
+        // pack was ~9% of a training forward's GEMM on 512-channel layers)
+        constexpr int W = Simd<T>::W;
+        if (mr == MR)
+          for (; k + W <= kc; k += W) {
+            vec_t<T> r[W];
+            for (int i = 0; i < W; ++i) r[i] = i < MR ? vload(a + (i0 + i) * rs + k0 + k) : vec_t<T>{};
+            vtranspose(r);
+            for (int u = 0; u < W; ++u) vstore_first<MR, T>(dst + (k + u) * MR, r[u]);
+          }
+      }
       for (int64_t i = 0; i < mr; ++i) {
         const T* row = a + (i0 + i) * rs + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = row[k];
+        for (int64_t kk = k; kk < kc; ++kk) dst[kk * MR + i] = row[kk];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k) {

@@ -42,6 +42,12 @@ template <typename T>
 PYCONV_INLINE void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// The first N lanes of v to p (a fixed-size copy: narrower stores, none past the N elements).
+template <int N, typename T>
+PYCONV_INLINE void vstore_first(T* p, vec_t<T> v) {
+  static_assert(N <= Simd<T>::W, "at most one vector");
+  std::memcpy(p, &v, N * sizeof(T));
+}
 // An initializer list compiles to one vbroadcastss/sd (not `V{} + x`: adding +0.0 turns -0.0 into
 // +0.0, so the compiler must keep the add).
 template <typename T>
