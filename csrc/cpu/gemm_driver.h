@@ -174,6 +174,24 @@ PYCONV_INLINE void gemm_micro_kernel(int64_t kc, const T* a, const T* b, T* tile
 
 // ---------------------------------------------------------------------------------- packers ---
 
+// dst[k][MR] <- the MR rows src + i*rs, k in [0, len): W columns at a time, transposed in registers
+// (element by element, this pack was ~9% of a training forward's GEMM on 512-channel layers; on a
+// 1x1 grad-weight's A, gy, it measured no faster). Returns the columns done (a multiple of W); the
+// caller packs the rest.
+template <typename T>
+PYCONV_INLINE int64_t gemm_pack_full_rows(const T* src, int64_t rs, int64_t len, T* dst) {
+  constexpr int MR = GemmBlocking<T>::MR, W = Simd<T>::W;
+  int64_t k = 0;
+  if constexpr (MR <= W)
+    for (; k + W <= len; k += W) {
+      vec_t<T> r[W];
+      for (int i = 0; i < W; ++i) r[i] = i < MR ? vload(src + i * rs + k) : vec_t<T>{};
+      vtranspose(r);
+      for (int u = 0; u < W; ++u) vstore_first<MR, T>(dst + (k + u) * MR, r[u]);
+    }
+  return k;
+}
+
 // Element (i, k) of A at a[i*rs + k*cs]: packs rows [i0, i0+mr) x cols [k0, k0+kc) as dst[k][MR].
 template <typename T>
 struct StridedPackA {
@@ -185,19 +203,7 @@ struct StridedPackA {
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
     if (cs == 1) {
-      int64_t k = 0;
-      if constexpr (MR <= Simd<T>::W) {
-        // W columns of the MR rows at a time, transposed in registers (element by element, this
-        // pack was ~9% of a training forward's GEMM on 512-channel layers)
-        constexpr int W = Simd<T>::W;
-        if (mr == MR)
-          for (; k + W <= kc; k += W) {
-            vec_t<T> r[W];
-            for (int i = 0; i < W; ++i) r[i] = i < MR ? vload(a + (i0 + i) * rs + k0 + k) : vec_t<T>{};
-            vtranspose(r);
-            for (int u = 0; u < W; ++u) vstore_first<MR, T>(dst + (k + u) * MR, r[u]);
-          }
-      }
+      const int64_t k = mr == MR ? gemm_pack_full_rows<T>(a + i0 * rs + k0, rs, kc, dst) : 0;
       for (int64_t i = 0; i < mr; ++i) {
         const T* row = a + (i0 + i) * rs + k0;
         for (int64_t kk = k; kk < kc; ++kk) dst[kk * MR + i] = row[kk];
