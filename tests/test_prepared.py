@@ -337,8 +337,8 @@ def test_prepared_im2col_layouts_are_checked_at_the_binding():
 
 @pytest.mark.parametrize("shape", [(1, 512, 7, 7, 512, 3, 3, 1, 1), (1, 2048, 3, 3, 160, 1, 1, 1, 1),
                                    (2, 256, 3, 3, 1024, 3, 3, 1, 1), (1, 512, 6, 5, 240, 3, 3, 2, 2),
-                                   (1, 1024, 3, 3, 264, 1, 1, 1, 1)],
-                         ids=["7x7", "1x1", "batch-2", "stride-2-groups", "odd-channels"])
+                                   (1, 1024, 3, 3, 264, 1, 1, 1, 1), (1, 64, 3, 3, 64, 9, 9, 1, 1)],
+                         ids=["7x7", "1x1", "batch-2", "stride-2-groups", "odd-channels", "81-taps"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_prepared_im2col_pixel_rows_match_torch(shape, dtype):
     """The transposed forward (pixels as the GEMM's rows) of few-pixel layers with prepared weights:

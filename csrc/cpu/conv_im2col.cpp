@@ -247,26 +247,18 @@ struct Im2colPixelPackA {
       const int64_t ih = ih0[i] + t.row_off[r], iw = iw0[i] + t.col_off[sc];
       return ih >= 0 && ih < t.H && iw >= 0 && iw < t.W ? ih * t.W + iw : -1;
     };
-    int64_t c = k0 / RS, rs = k0 % RS;
-    if (RS <= kTabledTaps) {
-      int64_t off[kTabledTaps][MR];
+    const bool tabled = RS <= kTabledTaps;
+    int64_t off[kTabledTaps][MR], cur[MR];
+    if (tabled)
       for (int64_t u = 0; u < RS; ++u)
         for (int64_t i = 0; i < mr; ++i) off[u][i] = tap_offset(i, u / t.S, u % t.S);
-      for (int64_t k = 0; k < kc; ++k) {
-        T* d = dst + k * MR;
-        const int64_t* o = off[rs];
-        for (int64_t i = 0; i < mr; ++i) d[i] = o[i] >= 0 ? base[i][c * HW + o[i]] : T(0);
-        for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
-        if (++rs == RS) rs = 0, ++c;
-      }
-      return;
-    }
+    int64_t c = k0 / RS, rs = k0 % RS;
     for (int64_t k = 0; k < kc; ++k) {
+      if (!tabled)
+        for (int64_t i = 0; i < mr; ++i) cur[i] = tap_offset(i, rs / t.S, rs % t.S);
+      const int64_t* o = tabled ? off[rs] : cur;
       T* d = dst + k * MR;
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t o = tap_offset(i, rs / t.S, rs % t.S);
-        d[i] = o >= 0 ? base[i][c * HW + o] : T(0);
-      }
+      for (int64_t i = 0; i < mr; ++i) d[i] = o[i] >= 0 ? base[i][c * HW + o[i]] : T(0);
       for (int64_t i = mr; i < MR; ++i) d[i] = T(0);
       if (++rs == RS) rs = 0, ++c;
     }
@@ -306,7 +298,8 @@ struct PixelRowsOut {
 };
 
 // The transposed forward pays where NR-wide pixel panels are mostly padding (see the top): its
-// useful share of the padded GEMM beats the usual one by 10% (at 5%, 14x14 layers lost), and the scratch of tiles stays small.
+// useful share of the padded GEMM beats the usual one by 10% (at 5%, 14x14 layers lost), and the
+// scratch of tiles stays small.
 constexpr double kPixelRowsMinGain = 1.1;
 constexpr int64_t kPixelRowsMaxScratch = int64_t(256) << 10;  // elements
 // Below this many weights per group the call's fixed costs (pixel panels packed per K block, the

@@ -544,46 +544,45 @@ int64_t gemm_split_k_workspace_elems(int64_t M, int64_t N, int64_t K, int nthr) 
   return int64_t(nthr) * (m_pad * n_pad + (m_pad + n_pad) * gemm_kc<T>(K));
 }
 
-// Elements of A packed whole (every K block's MR-row panels, block after block): what gemm_run
-// takes as a_packed, so a matrix used by many calls (inference weights) is packed once.
-template <typename T>
-int64_t gemm_packed_a_elems(int64_t M, int64_t K) {
-  constexpr int MR = GemmBlocking<T>::MR;
-  return ceil_div(M, MR) * MR * imax(K, 1);
+// A matrix packed whole, for gemm_run's a_packed (P = MR rows per panel) or b_packed (P = NR
+// columns per panel), so a matrix used by many calls (inference weights) is packed once: every K
+// block's panels, block after block; block kb (k in [k0, k0+kc)) at dst + k0 * panels * P, panel p
+// of it at + p * P * kc. pack_panel(e0, width, k0, kc, dst) packs one panel.
+template <int P>
+int64_t gemm_packed_elems(int64_t n, int64_t K) {
+  return ceil_div(n, P) * P * imax(K, 1);
 }
 
-// dst <- A packed whole, the layout gemm_run's a_packed reads: block kb (columns [k0, k0+kc)) at
-// dst + k0 * m_panels * MR, panel ip of it at + ip * MR * kc.
-template <typename T, class PackA>
-void gemm_pack_a(int64_t M, int64_t K, const PackA& pack_a, T* dst) {
-  constexpr int MR = GemmBlocking<T>::MR;
-  const int64_t kc_max = gemm_kc<T>(K), m_panels = ceil_div(M, MR), k_blocks = imax(1, ceil_div(K, kc_max));
+template <typename T, int P, class PackPanel>
+void gemm_pack_whole(int64_t n, int64_t K, const PackPanel& pack_panel, T* dst) {
+  const int64_t kc_max = gemm_kc<T>(K), panels = ceil_div(n, P), k_blocks = imax(1, ceil_div(K, kc_max));
 #pragma omp parallel for num_threads(num_threads()) schedule(static) collapse(2)
   for (int64_t kb = 0; kb < k_blocks; ++kb)
-    for (int64_t ip = 0; ip < m_panels; ++ip) {
+    for (int64_t p = 0; p < panels; ++p) {
       const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
-      pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, dst + k0 * m_panels * MR + ip * MR * kc);
+      pack_panel(p * P, imin(int64_t(P), n - p * P), k0, kc, dst + k0 * panels * P + p * P * kc);
     }
 }
 
-// B packed whole, the layout gemm_run's b_packed reads: block kb (rows [k0, k0+kc)) at
-// dst + k0 * n_panels * NR, panel jp of it at + jp * NR * kc.
+template <typename T>
+int64_t gemm_packed_a_elems(int64_t M, int64_t K) {
+  return gemm_packed_elems<GemmBlocking<T>::MR>(M, K);
+}
+
+template <typename T, class PackA>
+void gemm_pack_a(int64_t M, int64_t K, const PackA& pack_a, T* dst) {
+  gemm_pack_whole<T, GemmBlocking<T>::MR>(M, K, pack_a, dst);  // pack_a(i0, mr, k0, kc, dst)
+}
+
 template <typename T>
 int64_t gemm_packed_b_elems(int64_t K, int64_t N) {
-  constexpr int NR = GemmBlocking<T>::NR;
-  return ceil_div(N, NR) * NR * imax(K, 1);
+  return gemm_packed_elems<GemmBlocking<T>::NR>(N, K);
 }
 
 template <typename T, class PackB>
 void gemm_pack_b(int64_t K, int64_t N, const PackB& pack_b, T* dst) {
-  constexpr int NR = GemmBlocking<T>::NR;
-  const int64_t kc_max = gemm_kc<T>(K), n_panels = ceil_div(N, NR), k_blocks = imax(1, ceil_div(K, kc_max));
-#pragma omp parallel for num_threads(num_threads()) schedule(static) collapse(2)
-  for (int64_t kb = 0; kb < k_blocks; ++kb)
-    for (int64_t jp = 0; jp < n_panels; ++jp) {
-      const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
-      pack_b(k0, kc, jp * NR, imin(NR, N - jp * NR), dst + k0 * n_panels * NR + jp * NR * kc);
-    }
+  gemm_pack_whole<T, GemmBlocking<T>::NR>(
+      N, K, [&](int64_t j0, int64_t nr, int64_t k0, int64_t kc, T* d) { pack_b(k0, kc, j0, nr, d); }, dst);
 }
 
 // The K-split schedule (see gemm_splits_k): thread t takes K blocks [t*kb/nthr, (t+1)*kb/nthr),
