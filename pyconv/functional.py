@@ -163,12 +163,8 @@ class PreparedConv:
         sources = (self.weight, self.bias)
         conf = (self.stride, self.padding, self.dilation, self.groups, self.algo, self.backend, activation,
                 autotune.autotune_enabled())
-        y = run_bound_call(self._cache, sources, conf, input, residual)
-        if y is not None:
-            return y
-        return _conv2d_activation(input, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
-                                  self.groups, activation, self.algo, self.backend, self._cache,
-                                  bind_as=(sources, versions_of(sources), conf))
+        return bound_conv2d_activation(self._cache, sources, conf, input, residual, lambda: sources, self.stride,
+                                       self.padding, self.dilation, self.groups, activation, self.algo, self.backend)
 
     @property
     def nbytes(self) -> int:
@@ -263,7 +259,24 @@ class BoundCall(NamedTuple):
     run: object  # run(x, residual, y): the backend's bound kernel
 
 
-def run_bound_call(cache, sources: tuple, conf: tuple, input, residual):
+def bound_conv2d_activation(cache, sources, conf: tuple, input, residual, weights, stride, padding, dilation, groups,
+                            activation, algo, backend):
+    """A layer's inference call (FusedConv, Conv2d, PreparedConv: no gradient needed, not traced):
+    through its bound kernel (cache.fast) where nothing it was bound to has changed, else
+    conv2d_activation on weights() -> (weight, bias), the form prepared from sources, bound for the
+    next call. sources None (a layer that keeps them outside its parameter dicts): the full call,
+    never bound."""
+    if sources is not None:
+        y = _run_bound_call(cache, sources, conf, input, residual)
+        if y is not None:
+            return y
+    bind_as = None if sources is None else (sources, versions_of(sources), conf)  # before weights() reads them
+    weight, bias = weights()
+    return _conv2d_activation(input, weight, bias, residual, stride, padding, dilation, groups, activation, algo,
+                              backend, cache, bind_as)
+
+
+def _run_bound_call(cache, sources: tuple, conf: tuple, input, residual):
     """The call through cache.fast where nothing it was bound to has changed, else None (the caller
     takes the full path). The caller has checked that no gradient is needed from its sources."""
     rec = cache.fast

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import functional as PF
 from .autotune import autotune_enabled
-from .prepared import Folded, PreparedCache, fold_batch_norm, versions_of
+from .prepared import Folded, PreparedCache, fold_batch_norm
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "ConvBNReLU2d", "AdaptiveAvgPool2d", "FusedConv"]
 
@@ -29,19 +29,15 @@ class Conv2d(torch.nn.Conv2d):
                 and not torch.compiler.is_compiling()):  # (a traced call keeps no host-side state)
             p = self._parameters
             sources = (p.get("weight"), p.get("bias"))
-            if sources[0] is not None and not (torch.is_grad_enabled() and (
-                    input.requires_grad or any(t is not None and t.requires_grad for t in sources))):
+            if sources[0] is not None and not _needs_grad(input, *sources):
                 cache = self.__dict__.get("_kernel_form")
                 if cache is None:  # (convert makes these layers without __init__)
                     cache = self.__dict__["_kernel_form"] = PreparedCache()
                 conf = (self.stride, self.padding, self.dilation, self.groups, self.algo, self.backend, "none",
                         autotune_enabled())
-                y = PF.run_bound_call(cache, sources, conf, input, None)
-                if y is not None:
-                    return y
-                return PF._conv2d_activation(input, sources[0], sources[1], None, self.stride, self.padding,
-                                             self.dilation, self.groups, "none", self.algo, self.backend, cache,
-                                             (sources, versions_of(sources), conf))
+                return PF.bound_conv2d_activation(cache, sources, conf, input, None, lambda: sources, self.stride,
+                                                  self.padding, self.dilation, self.groups, "none", self.algo,
+                                                  self.backend)
         return super().forward(input)
 
     def train(self, mode: bool = True):
@@ -249,18 +245,14 @@ class FusedConv(torch.nn.Module):
                                             c.groups, self.activation, algo=c.algo, backend=c.backend)
         elif not (self.training or training):
             sources = self._sources()
-            conf = (c.stride, c.padding, c.dilation, c.groups, c.algo, c.backend, self.activation,
-                    None if bn is None else bn.eps, autotune_enabled())
-            if sources is not None and not (torch.is_grad_enabled() and any(
-                    t is not None and t.requires_grad for t in sources)):
-                y = PF.run_bound_call(self._kernel_form, sources, conf, input, identity)
-                if y is not None:
-                    return y
-            if not _needs_grad(input, identity, c.weight, c.bias, *(() if bn is None else (bn.weight, bn.bias))):
-                bind_as = None if sources is None else (sources, versions_of(sources), conf)  # before folding
-                f = self._folded()
-                return PF._conv2d_activation(input, f.weight, f.bias, identity, c.stride, c.padding, c.dilation,
-                                             c.groups, self.activation, c.algo, c.backend, self._kernel_form, bind_as)
+            params = sources[:2 if bn is None else 4] if sources is not None else \
+                (c.weight, c.bias, *(() if bn is None else (bn.weight, bn.bias)))
+            if not _needs_grad(input, identity, *params):
+                conf = (c.stride, c.padding, c.dilation, c.groups, c.algo, c.backend, self.activation,
+                        None if bn is None else bn.eps, autotune_enabled())
+                return PF.bound_conv2d_activation(self._kernel_form, sources, conf, input, identity, self._folded,
+                                                  c.stride, c.padding, c.dilation, c.groups, self.activation, c.algo,
+                                                  c.backend)
         if bn is None:
             y = c(input)
         elif self.activation in ("relu", "none") and identity is None:
