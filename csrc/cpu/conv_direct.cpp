@@ -1,4 +1,6 @@
 // Direct convolution, NCHW, float32 / float64, any stride, padding, dilation and group count.
+// The forward of groups with at least a SIMD vector of channels on each side runs the channel-blocked
+// kernel of conv_blocked.cpp; the loops here serve narrower groups and both gradients.
 //
 //   forward      y[n,k,p,q]  = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]
 //   grad-input   gx = conv_stride1( zero_insert(gy, sh, sw), rot180(w) with k and c swapped )
@@ -15,6 +17,7 @@
 #include "cpu/conv_direct.h"
 
 #include "common/runtime.h"
+#include "cpu/conv_blocked.h"
 #include "cpu/conv_depthwise.h"
 #include "cpu/epilogue.h"
 #include "cpu/simd.h"
@@ -280,6 +283,7 @@ template <typename T>
 void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
                          const ConvEpilogue<T>& ep) {
   if (conv_depthwise_applies(s)) return conv_depthwise_forward(s, x, w, b, y, stats, ep);
+  if (conv_blocked_applies<T>(s)) return conv_blocked_forward(s, x, w, b, y, stats, ep);
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;

@@ -1,0 +1,361 @@
+// Channel-blocked direct convolution, forward, NCHW in and out, float32 / float64, any stride, padding
+// and dilation, groups with at least W (the SIMD width) channels per group on each side:
+//
+//   y[n, gK+k, p, q] = b[k] + sum_{c,r,s} w[gK+k, c, r, s] * x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+//
+// Layouts (W = 8 floats or 4 doubles, NR = 2W output channels, channels past Cg or Kg are zero):
+//   xb[n][g][cb][Hp][Wp][W]      the input in blocks of W channels, zero padded on every side, so the
+//                                kernel reads any (p, q, r, s) without a bounds test
+//   wb[g][kp][cb][r][s][ci][NR]  the filters in panels of NR output channels
+// Register tile: MR = 6 output pixels x NR output channels (12 accumulators). One step of the
+// reduction over (cb, r, s, ci) is 2 filter-vector loads, 6 broadcasts of input pixels and 12 FMAs:
+// the GEMM micro-kernel's shape, without im2col and without packing the input per tile. The 6
+// pixels are any 6 consecutive output pixels of the image (rows wrap), each read through its own
+// pointer, so a 7x7 output fills 49 of 54 lanes instead of 7 of every 12 with row-bound tiles.
+//
+// Loop order per task (image, group, panel, block of pixels): input channels in chunks whose filters
+// (R*S*W*NR values a block) stay in L1 while the block's pixels stream past; between chunks the
+// partial sums wait in a per-thread [pixel][NR] tile (L2). After the last chunk the tile is
+// transposed into y's channel planes (a pixel block is contiguous in each plane), with the bias,
+// the batch-norm statistics and the inference epilogue applied while it is in cache.
+#include "cpu/conv_blocked.h"
+
+#include "common/runtime.h"
+#include "cpu/epilogue.h"
+#include "cpu/gemm_driver.h"
+#include "cpu/simd.h"
+#include "cpu/sums.h"
+
+#include <omp.h>
+
+namespace pyconv {
+namespace PYCONV_ISA {
+namespace {
+
+constexpr int kMR = 6;                  // output pixels per register tile
+constexpr int64_t kBlockPixels = 960;   // pixels per task: a [960][NR] float tile is 60 KiB
+constexpr int64_t kChunkBytes = 16384;  // filters of one input-channel chunk, kept in L1
+
+struct Blocked {
+  ConvShape s;
+  int64_t Cb, Kp, Hp, Wp;  // input channel blocks, output panels, padded input rows and columns
+  int64_t PQ, nblk;        // output pixels per image, pixel blocks of the batch
+  int64_t image() const { return s.G * Cb * Hp * Wp; }  // xb elements per image, over W
+};
+
+template <typename T>
+Blocked plan(const ConvShape& s) {
+  constexpr int W = Simd<T>::W;
+  Blocked b{s, ceil_div(s.Cg(), W), ceil_div(s.Kg(), 2 * W), 0, 0, s.P * s.Q, 0};
+  b.Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
+  b.Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
+  b.nblk = ceil_div(s.N * b.PQ, kBlockPixels);
+  return b;
+}
+
+// x -> xb. Rows of W channels are transposed W columns at a time in registers; the padding and the
+// columns near the edges are written element by element.
+template <typename T>
+void block_input(const Blocked& b, const T* x, T* xb) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  const ConvShape& s = b.s;
+  const int64_t Cg = s.Cg(), rows = s.N * s.G * b.Cb * b.Hp;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t i = row % b.Hp, cbi = row / b.Hp % b.Cb, ng = row / (b.Hp * b.Cb);
+    const int64_t n = ng / s.G, g = ng % s.G;
+    T* out = xb + row * b.Wp * W;
+    const int64_t si = i - s.pad_h;
+    const int64_t c0 = cbi * W, nc = imin(W, Cg - c0);
+    if (si < 0 || si >= s.H) {
+      for (int64_t e = 0; e < b.Wp * W; ++e) out[e] = T(0);
+      continue;
+    }
+    const T* src[W];
+    for (int l = 0; l < W; ++l) src[l] = x + ((n * s.C + g * Cg + c0 + imin(l, nc - 1)) * s.H + si) * s.W;
+    // column j of xb is x's column j - pad_w: whole vectors where W of them lie inside the row
+    int64_t j = 0;
+    for (; j < imin(s.pad_w, b.Wp); ++j)
+      for (int l = 0; l < W; ++l) out[j * W + l] = T(0);
+    for (; j + W <= b.Wp && j - s.pad_w + W <= s.W; j += W) {
+      V r[W];
+      for (int l = 0; l < W; ++l) r[l] = l < nc ? vload(src[l] + (j - s.pad_w)) : V{};
+      vtranspose(r);
+      for (int m = 0; m < W; ++m) vstore(out + (j + m) * W, r[m]);
+    }
+    for (; j < b.Wp; ++j) {
+      const int64_t sj = j - s.pad_w;
+      for (int l = 0; l < W; ++l) out[j * W + l] = (l < nc && sj >= 0 && sj < s.W) ? src[l][sj] : T(0);
+    }
+  }
+}
+
+// w -> wb, zero past Kg and Cg. Rows of w (one output channel: Cg*R*S contiguous values) are read
+// W at a time from W channels and transposed in registers: each result is one (c, r, s) for W
+// output channels, a vector of the panel (element by element, this was 10% of a training forward).
+template <typename T>
+void block_filters(const Blocked& b, const T* w, T* wb) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  const ConvShape& s = b.s;
+  const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, row = Cg * RS, panel = b.Cb * RS * W * NR;
+  auto at = [&](int64_t e) { return ((e / RS / W * RS + e % RS) * W + e / RS % W) * NR; };
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t gk = 0; gk < s.G * b.Kp; ++gk) {
+    const int64_t g = gk / b.Kp, kp = gk % b.Kp;
+    T* out = wb + gk * panel;
+    if (Cg % W || (kp + 1) * NR > Kg)
+      for (int64_t e = 0; e < panel; ++e) out[e] = T(0);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k0 = kp * NR + h * W, kn = imin(W, Kg - k0);
+      if (kn <= 0) break;
+      const T* wk = w + (g * Kg + k0) * row;
+      int64_t e0 = 0;
+      for (; e0 + W <= row; e0 += W) {
+        V r[W];
+        for (int l = 0; l < W; ++l) r[l] = l < kn ? vload(wk + l * row + e0) : V{};
+        vtranspose(r);
+        for (int m = 0; m < W; ++m) vstore(out + at(e0 + m) + h * W, r[m]);
+      }
+      for (; e0 < row; ++e0)
+        for (int l = 0; l < kn; ++l) out[at(e0) + h * W + l] = wk[l * row + e0];
+    }
+  }
+}
+
+// acc[MR][NR] += sum over `steps` (channel block, tap) pairs and their W lanes of the MR pixels'
+// inputs times the filter panel w. px[u]: pixel u's input at the chunk's origin; offs[j]: byte
+// offset of pair j from there. Portable version (vector extensions).
+template <typename T>
+PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  V c[kMR][2];
+  for (int u = 0; u < kMR; ++u) c[u][0] = vload(acc + u * NR), c[u][1] = vload(acc + u * NR + W);
+  for (int64_t j = 0; j < steps; ++j) {
+    const int64_t o = offs[j] / int64_t(sizeof(T));
+    for (int ci = 0; ci < W; ++ci, w += NR) {
+      const V b0 = vload(w), b1 = vload(w + W);
+      for (int u = 0; u < kMR; ++u) {
+        const V a = gemm_splat(px[u][o + ci]);
+        c[u][0] += a * b0, c[u][1] += a * b1;
+      }
+    }
+  }
+  for (int u = 0; u < kMR; ++u) vstore(acc + u * NR, c[u][0]), vstore(acc + u * NR + W, c[u][1]);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2 + FMA: the same kernel in assembly (GCC's allocation of the version above copied and spilled
+// accumulators). ymm0-11 accumulate, ymm12-13 hold the filter row, ymm14 the broadcast input; one
+// lane step: 2 loads, 6 broadcasts (pixel pointer + pair offset + lane), 12 FMAs.
+#define PYCONV_BLK_ROW(X, disp, acc0, acc1)                         \
+  "vbroadcast" PYCONV_SFX " " disp "(%[" X "],%[o]), %%ymm14\n\t"  \
+  "vfmadd231p" PYCONV_P " %%ymm12, %%ymm14, %%ymm" acc0 "\n\t"     \
+  "vfmadd231p" PYCONV_P " %%ymm13, %%ymm14, %%ymm" acc1 "\n\t"
+#define PYCONV_BLK_STEP(disp, woff)                                                            \
+  "vmovups " woff "(%[w]), %%ymm12\n\t"                                                       \
+  "vmovups " woff "+32(%[w]), %%ymm13\n\t"                                                    \
+  PYCONV_BLK_ROW("x0", disp, "0", "1") PYCONV_BLK_ROW("x1", disp, "2", "3")                   \
+  PYCONV_BLK_ROW("x2", disp, "4", "5") PYCONV_BLK_ROW("x3", disp, "6", "7")                   \
+  PYCONV_BLK_ROW("x4", disp, "8", "9") PYCONV_BLK_ROW("x5", disp, "10", "11")
+#define PYCONV_BLK_KERNEL(T, LANES, WBYTES)                                                               \
+  PYCONV_INLINE void tile_kernel(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) { \
+    int64_t o;                                                                                            \
+    __asm__ volatile(                                                                                     \
+        "vmovups (%[t]), %%ymm0\n\t vmovups 32(%[t]), %%ymm1\n\t"                                       \
+        "vmovups 64(%[t]), %%ymm2\n\t vmovups 96(%[t]), %%ymm3\n\t"                                     \
+        "vmovups 128(%[t]), %%ymm4\n\t vmovups 160(%[t]), %%ymm5\n\t"                                   \
+        "vmovups 192(%[t]), %%ymm6\n\t vmovups 224(%[t]), %%ymm7\n\t"                                   \
+        "vmovups 256(%[t]), %%ymm8\n\t vmovups 288(%[t]), %%ymm9\n\t"                                   \
+        "vmovups 320(%[t]), %%ymm10\n\t vmovups 352(%[t]), %%ymm11\n\t"                                 \
+        ".p2align 4\n"                                                                                    \
+        "1:\n\t"                                                                                          \
+        "mov (%[offs]), %[o]\n\t"                                                                         \
+        "add $8, %[offs]\n\t"                                                                             \
+        LANES                                                                                             \
+        "add $" WBYTES ", %[w]\n\t"                                                                       \
+        "dec %[n]\n\t"                                                                                    \
+        "jnz 1b\n\t"                                                                                      \
+        "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                                       \
+        "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                                     \
+        "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"                                   \
+        "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"                                   \
+        "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"                                   \
+        "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"                                 \
+        : [w] "+r"(w), [offs] "+r"(offs), [n] "+r"(steps), [o] "=&r"(o)                                  \
+        : [x0] "r"(px[0]), [x1] "r"(px[1]), [x2] "r"(px[2]), [x3] "r"(px[3]), [x4] "r"(px[4]),           \
+          [x5] "r"(px[5]), [t] "r"(acc)                                                                   \
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",       \
+          "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                           \
+  }
+#define PYCONV_SFX "ss"
+#define PYCONV_P "s"
+PYCONV_BLK_KERNEL(float,
+                  PYCONV_BLK_STEP("0", "0") PYCONV_BLK_STEP("4", "64") PYCONV_BLK_STEP("8", "128")
+                  PYCONV_BLK_STEP("12", "192") PYCONV_BLK_STEP("16", "256") PYCONV_BLK_STEP("20", "320")
+                  PYCONV_BLK_STEP("24", "384") PYCONV_BLK_STEP("28", "448"),
+                  "512")
+#undef PYCONV_SFX
+#undef PYCONV_P
+#define PYCONV_SFX "sd"
+#define PYCONV_P "d"
+PYCONV_BLK_KERNEL(double,
+                  PYCONV_BLK_STEP("0", "0") PYCONV_BLK_STEP("8", "64") PYCONV_BLK_STEP("16", "128")
+                  PYCONV_BLK_STEP("24", "192"),
+                  "256")
+#undef PYCONV_SFX
+#undef PYCONV_P
+#undef PYCONV_BLK_KERNEL
+#undef PYCONV_BLK_STEP
+#undef PYCONV_BLK_ROW
+#else
+template <typename T>
+PYCONV_INLINE void tile_kernel(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
+  tile_kernel_portable(px, w, offs, steps, acc);
+}
+#endif
+
+// Tile rows [i0, i0 + len) -> y[n, gK + k0 + l, pq0 + (0..len)] for the kn channels of the panel:
+// W pixels x W channels at a time through a register transpose; then the bias, the statistics
+// (before the epilogue, one partial per channel and pixel block) and the epilogue, while in cache.
+template <typename T>
+void store_segment(const Blocked& b, const T* tile, int64_t i0, int64_t len, int64_t n, int64_t pq0, int64_t g,
+                   int64_t k0, int64_t kn, const T* bias, T* y, double* part, const ConvEpilogue<T>& ep) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  const int64_t Kg = b.s.Kg();
+  T* yk = y + ((n * b.s.G + g) * Kg + k0) * b.PQ + pq0;
+  const T* tl = tile + i0 * NR;
+  for (int h = 0; h * W < kn; ++h) {
+    const int64_t kh = imin(W, kn - h * W);
+    int64_t i = 0;
+    for (; i + W <= len; i += W) {
+      V r[W];
+      for (int m = 0; m < W; ++m) r[m] = vload(tl + (i + m) * NR + h * W);
+      vtranspose(r);
+      for (int l = 0; l < kh; ++l) vstore(yk + (h * W + l) * b.PQ + i, r[l]);
+    }
+    for (; i < len; ++i)
+      for (int l = 0; l < kh; ++l) yk[(h * W + l) * b.PQ + i] = tl[i * NR + h * W + l];
+  }
+  for (int64_t l = 0; l < kn; ++l) {
+    T* yl = yk + l * b.PQ;
+    if (bias) {
+      const T bk = bias[g * Kg + k0 + l];
+      const V bv = vbroadcast(bk);
+      int64_t i = 0;
+      for (; i + W <= len; i += W) vstore(yl + i, vload(yl + i) + bv);
+      for (; i < len; ++i) yl[i] += bk;
+    }
+    if (part) {
+      double sums[2];
+      sum_pair(yl, yl, static_cast<const T*>(nullptr), 0.0, 0.0, len, sums);
+      part[2 * (g * Kg + k0 + l)] += sums[0], part[2 * (g * Kg + k0 + l) + 1] += sums[1];
+    }
+    epilogue_apply(ep, yl, len);
+  }
+}
+
+// One task: output pixels [pix0, pix0 + npix) of the batch (images follow each other), output
+// channels [kp*NR, kp*NR + NR) of group g. The filter chunk in L1 serves every image of the block.
+template <typename T>
+void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, double* part, const ConvEpilogue<T>& ep,
+              const int64_t* offs, int64_t chunk, int64_t g, int64_t kp, int64_t blk, T* tile) {
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  const ConvShape& s = b.s;
+  const int64_t RS = s.R * s.S, cb_stride = b.Hp * b.Wp * W;
+  const int64_t pix0 = blk * kBlockPixels, npix = imin(kBlockPixels, s.N * b.PQ - pix0);
+  for (int64_t e = 0; e < ceil_div(npix, kMR) * kMR * NR; ++e) tile[e] = T(0);
+  // each pixel's input origin in xb, counted forward (no divisions per register tile)
+  int64_t* pixel_at = reinterpret_cast<int64_t*>(tile + kBlockPixels * NR);
+  for (int64_t i = 0, n = pix0 / b.PQ, p = pix0 % b.PQ / s.Q, q = pix0 % s.Q; i < npix; ++i) {
+    pixel_at[i] = n * b.image() * W + (p * s.stride_h * b.Wp + q * s.stride_w) * W;
+    if (++q == s.Q) {
+      q = 0;
+      if (++p == s.P) p = 0, ++n;
+    }
+  }
+  const T* xg = xb + g * b.Cb * cb_stride;
+  const T* wk = wb + (g * b.Kp + kp) * b.Cb * RS * W * NR;
+  for (int64_t cb0 = 0; cb0 < b.Cb; cb0 += chunk) {
+    const int64_t ncb = imin(chunk, b.Cb - cb0);
+    const T* wc = wk + cb0 * RS * W * NR;
+    const T* xc = xg + cb0 * cb_stride;
+    for (int64_t u0 = 0; u0 < npix; u0 += kMR) {
+      const T* px[kMR];
+      for (int u = 0; u < kMR; ++u) px[u] = xc + pixel_at[imin(u0 + u, npix - 1)];  // a short last tile repeats a pixel
+      tile_kernel(px, wc, offs, ncb * RS, tile + u0 * NR);
+    }
+  }
+  const int64_t k0 = kp * NR, kn = imin(NR, s.Kg() - k0);
+  double* pb = part ? part + 2 * s.K * blk : nullptr;
+  for (int64_t i0 = 0; i0 < npix;) {
+    const int64_t pix = pix0 + i0, pq0 = pix % b.PQ, len = imin(npix - i0, b.PQ - pq0);
+    store_segment(b, tile, i0, len, pix / b.PQ, pq0, g, k0, kn, bias, y, pb, ep);
+    i0 += len;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+bool conv_blocked_applies(const ConvShape& s) {
+  constexpr int W = Simd<T>::W;
+  return s.Cg() >= W && s.Kg() >= W;
+}
+
+template <typename T>
+void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, double* stats,
+                          const ConvEpilogue<T>& ep) {
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  if (stats)
+    for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
+  if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
+  const Blocked b = plan<T>(s);
+  const int64_t RS = s.R * s.S;
+  Workspace xbw(checked_bytes(s.N * b.image() * W, sizeof(T)));
+  Workspace wbw(checked_bytes(s.G * b.Kp * b.Cb * RS * W * NR, sizeof(T)));
+  block_input(b, x, xbw.as<T>());
+  block_filters(b, w, wbw.as<T>());
+  // byte offsets of a chunk's (channel block, tap) pairs from its origin, in the filters' order
+  const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * W * NR * int64_t(sizeof(T)))));
+  Workspace offw(checked_bytes(chunk * RS, sizeof(int64_t)));
+  int64_t* offs = offw.as<int64_t>();
+  for (int64_t cbi = 0; cbi < chunk; ++cbi)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t c = 0; c < s.S; ++c)
+        offs[(cbi * s.R + r) * s.S + c] =
+            ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * W * int64_t(sizeof(T));
+  Workspace partw(stats ? checked_bytes(2 * s.K * b.nblk, sizeof(double)) : 0);
+  double* part = stats ? partw.as<double>() : nullptr;
+  const int nthr = num_threads();
+  // a thread's [pixel][NR] tile, then its pixels' input offsets (int64)
+  const int64_t tile_elems = kBlockPixels * NR + kBlockPixels * int64_t(sizeof(int64_t) / sizeof(T));
+  Workspace tiles(checked_bytes(nthr * tile_elems, sizeof(T)));
+  if (part)  // a block may hold several segments of a channel: they add up in its partial
+    for (int64_t i = 0; i < 2 * s.K * b.nblk; ++i) part[i] = 0;
+  const int64_t tasks = s.G * b.Kp * b.nblk;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t blk = t % b.nblk, kp = t / b.nblk % b.Kp, g = t / (b.nblk * b.Kp);
+    run_task(b, xbw.as<T>(), wbw.as<T>(), bias, y, part, ep, offs, chunk, g, kp, blk,
+             tiles.as<T>() + omp_get_thread_num() * tile_elems);
+  }
+  if (!stats) return;
+  for (int64_t i = 0; i < b.nblk; ++i)
+    for (int64_t k = 0; k < s.K; ++k)
+      stats[k] += part[2 * (i * s.K + k)], stats[s.K + k] += part[2 * (i * s.K + k) + 1];
+}
+
+#define PYCONV_INSTANTIATE(T)                                                                       \
+  template bool conv_blocked_applies<T>(const ConvShape&);                                         \
+  template void conv_blocked_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, \
+                                        const ConvEpilogue<T>&);
+PYCONV_INSTANTIATE(float)
+PYCONV_INSTANTIATE(double)
+#undef PYCONV_INSTANTIATE
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,132 @@
+"""The channel-blocked direct forward (csrc/cpu/conv_blocked.cpp), which the cpp backend's `direct`
+algorithm runs for groups of at least one SIMD vector of channels (8 float, 4 double) on each side:
+its edges against torch. Channel counts that are not a multiple of the block (zero lanes), output
+channels that fill part of a 2-vector panel, short rows (a 6-pixel register tile wraps to the next
+row and the next image), pixel blocks of 960 spanning images, strides, dilations, asymmetric
+padding, groups; the statistics of a fused training forward and the inference epilogue. Outputs
+start as NaN (conftest), so a pixel or channel the kernel skips fails."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyconv.functional as PF
+from checks import assert_close
+
+DTYPES = [torch.float32, torch.float64]
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CASES = [
+    (1, 8, 7, 7, 8, 3, 3, 1, 1, 1, 1),           # one block, one panel half-used
+    (2, 9, 5, 6, 17, 3, 3, 1, 1, 1, 1),          # a lane past Cg in the second block; 17 = panel + 1
+    (3, 20, 13, 10, 40, 3, 3, 2, 1, 1, 1),       # stride 2, odd sizes
+    (2, 32, 10, 10, 32, 5, 5, 1, 2, 1, 1),       # 5x5
+    (2, 16, 12, 12, 16, 3, 3, 1, 2, 2, 1),       # dilation 2
+    (2, 32, 9, 9, 64, 1, 1, 2, 0, 1, 1),         # 1x1 stride 2
+    (2, 32, 9, 9, 48, 3, 3, 1, 1, 1, 2),         # groups of 16 -> 24
+    (2, 24, 6, 5, 8, 3, 2, 1, (1, 0), 1, 1),     # 3x2 kernel, asymmetric padding
+    (1, 16, 1, 3, 16, 1, 3, 1, (0, 1), 1, 1),    # a 3-pixel image: every tile wraps
+    (5, 8, 3, 2, 8, 3, 3, 1, 1, 1, 1),           # 6-pixel images: tiles line up with images
+    (3, 8, 20, 23, 8, 3, 3, 1, 1, 1, 1),         # 460 pixels an image: 960-pixel blocks span images
+    (1, 16, 40, 33, 24, 3, 3, 1, 1, 1, 1),       # one image over two blocks
+    (2, 12, 9, 9, 12, 7, 7, 2, 3, 1, 1),         # a stem-like 7x7 stride 2
+]
+
+
+def _id(case):
+    return "x".join(str(v) for v in case[:7]) + f"-s{case[7]}-p{case[8]}-d{case[9]}-g{case[10]}"
+
+
+def _data(case, dtype, bias=True):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype)
+    b = torch.randn(K, dtype=dtype) if bias else None
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_forward_against_torch(case, dtype):
+    x, w, b, kw = _data(case, dtype)
+    got = PF.conv2d(x, w, b, algo="direct", backend="cpp", **kw)
+    assert_close(got, F.conv2d(x, w, b, **kw), dtype, "output")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[10]], ids=_id)
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+def test_epilogue_with_residual(case, dtype, activation):
+    x, w, b, kw = _data(case, dtype)
+    ref = F.conv2d(x, w, b, **kw)
+    residual = torch.randn_like(ref)
+    want = ref + residual
+    want = {"none": want, "relu": F.relu(want), "relu6": F.relu6(want)}[activation]
+    got = PF.conv2d_activation(x, w, b, residual, activation=activation, algo="direct", backend="cpp", **kw)
+    assert_close(got, want, dtype, "output")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[10], CASES[11]], ids=_id)
+def test_training_statistics(case, dtype):
+    """The fused conv-BN-ReLU forward takes its batch statistics from the kernel's epilogue
+    (per-block partials summed in a fixed order): normalized output and running statistics."""
+    x, w, b, kw = _data(case, dtype)
+    K = w.shape[0]
+    gamma, beta = torch.rand(K, dtype=dtype) + 0.5, torch.randn(K, dtype=dtype)
+    rm, rv = torch.zeros(K, dtype=dtype), torch.ones(K, dtype=dtype)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    got = PF.conv_bn_relu(x, w, b, gamma, beta, rm, rv, training=True, algo="direct", backend="cpp", **kw)
+    want = F.relu(F.batch_norm(F.conv2d(x, w, b, **kw), rm_ref, rv_ref, gamma, beta, training=True))
+    assert_close(got, want, dtype, "output", kind="batch_norm")
+    assert_close(rm, rm_ref, dtype, "running_mean", kind="batch_norm")
+    assert_close(rv, rv_ref, dtype, "running_var", kind="batch_norm")
+
+
+def test_statistics_do_not_depend_on_threads():
+    from pyconv import _C
+    x, w, b, kw = _data(CASES[11], torch.float32)
+    K = w.shape[0]
+    outs = []
+    prev = _C.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            _C.set_num_threads(n)
+            rm, rv = torch.zeros(K), torch.ones(K)
+            PF.conv_bn_relu(x, w, b, torch.ones(K), torch.zeros(K), rm, rv, training=True, algo="direct",
+                            backend="cpp", **kw)
+            outs.append(torch.cat([rm, rv]))
+    finally:
+        _C.set_num_threads(prev)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]], ids=_id)
+def test_gradients_unchanged(case):
+    """Only the forward is blocked; the backward passes of `direct` still match torch."""
+    x, w, b, kw = _data(case, torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = PF.conv2d(*leaves, algo="direct", backend="cpp", **kw)
+    ref = F.conv2d(*ref_leaves, **kw)
+    gy = torch.randn_like(ref)
+    for g, e, what in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, ref_leaves, gy),
+                          ("grad_input", "grad_weight", "grad_bias")):
+        assert_close(g, e, torch.float64, what)
+
+
+def test_generic_isa_matches_torch():
+    """The portable tile kernel (CPUs without AVX2; vector extensions instead of assembly)."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import torch, pyconv, pyconv.functional as PF, torch.nn.functional as F\n"
+        "assert pyconv._C.isa() == 'generic'\n"
+        "for dt in (torch.float32, torch.float64):\n"
+        "  x, w, b = torch.randn(3, 20, 13, 10, dtype=dt), torch.randn(40, 10, 3, 3, dtype=dt), torch.randn(40, dtype=dt)\n"
+        "  y = PF.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2, algo='direct', backend='cpp')\n"
+        "  r = F.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2)\n"
+        "  assert (y - r).norm() <= 1e-5 * r.norm(), (y - r).norm()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYCONV_FORCE_GENERIC="1"))
