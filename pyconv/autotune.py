@@ -17,10 +17,14 @@ algo='auto' has two modes:
        and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward) -- and except
        when fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values
        > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.5 ms, im2col 1.9 ms).
-       Both exceptions: im2col;
+       Both exceptions: im2col; the second, without gradients, channel-blocked direct where the
+       backend has it (Backend.blocked_direct: cpp with >= 8 channels per group; prepared, 1.35-1.5 ms
+       against im2col's 1.5 and torch's 1.9-2.2);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
-       reductions;
+       reductions. Without gradients, channel-blocked direct where the backend has it: the same
+       micro-kernel with no im2col panels (stride-2 3x3 layers: 1.0-1.18x im2col, both with prepared
+       weights); with gradients not, as the direct backward passes are slower than im2col's;
     5. everything else -> direct.
   A rule whose algorithm the backend does not implement falls through to the next one.
 - measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
@@ -79,9 +83,11 @@ def _first_winograd(have) -> Optional[str]:
     return next((a for a in ("winograd", "winograd_4x4", "winograd_2x2") if a in have), None)
 
 
-def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
+def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda: False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
-    grad: gradients will be taken (the backward runs the same algorithm)."""
+    grad: gradients will be taken (the backward runs the same algorithm). blocked_direct(): whether
+    the backend's direct forward for this shape is channel-blocked (Backend.blocked_direct; asked
+    only where a rule depends on it)."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -99,11 +105,14 @@ def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
             return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
                                   f"{WINOGRAD_TRAIN_MIN_OUTPUT}): few tiles per transformed filter, GEMM")
         tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
-        if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS \
-                and "im2col" in have:
-            return pick("im2col", f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
-                                  f"{16 * cg * kg * shape.G} transformed filter values: the filters would "
-                                  f"stream from memory for a few tiles each, GEMM")
+        if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
+            few = (f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
+                   f"{16 * cg * kg * shape.G} transformed filter values: the filters would stream from memory "
+                   f"for a few tiles each")
+            if not grad and "direct" in have and blocked_direct():
+                return pick("direct", few + "; no gradients: channel-blocked direct")
+            if "im2col" in have:
+                return pick("im2col", few + ", GEMM")
         w = _first_winograd(have)
         if w:
             return pick(w, f"3x3 stride-1 with {cg}->{kg} channels per group (>= {WINOGRAD_MIN_CHANNELS}): Winograd")
@@ -113,6 +122,9 @@ def _heuristic(shape: ConvShape, have, grad: bool = False) -> AlgoChoice:
             return pick("im2col", "1x1 kernel: the convolution is a GEMM")
         missing.append("1x1 rule wants im2col, not implemented by this backend")
     elif reduction >= IM2COL_MIN_REDUCTION:
+        if not grad and "direct" in have and blocked_direct():
+            return pick("direct", f"wide layer without gradients, {cg}->{kg} channels per group: channel-blocked "
+                                  f"direct (no im2col panels)")
         if "im2col" in have:
             return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM")
         missing.append("wide-layer rule wants im2col, not implemented by this backend")
@@ -375,7 +387,8 @@ def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
-    return _heuristic(shape, backends.load(backend).conv_algos, grad)
+    be = backends.load(backend)
+    return _heuristic(shape, be.conv_algos, grad, lambda: be.blocked_direct(shape, dtype))
 
 
 def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,

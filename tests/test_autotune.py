@@ -49,13 +49,22 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
     one = autotune.choose_auto(shape_of(1, 24, 8, 8, 144, 1, 1), "cpp")
     assert one.algo == "im2col" and "1x1" in one.rule
-    wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp")
+    # wide layers: GEMM with gradients; without, the channel-blocked direct kernel where the backend
+    # has it (cpp from 8 channels per group), else GEMM
+    wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
     assert wide.algo == "im2col" and "wide" in wide.rule
+    blocked = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp")
+    assert blocked.algo == "direct" and "channel-blocked" in blocked.rule
+    assert autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp").algo == "im2col"  # 7 channels
+    assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule
     # few tiles for large transformed filters: GEMM at batch 1, Winograd again at batch 8
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
-    assert few.algo == "im2col" and "tiles" in few.rule
+    assert few.algo == "direct" and "tiles" in few.rule and "channel-blocked" in few.rule
+    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
+    monkeypatch.setattr(mod, "blocked_direct", lambda shape, dtype: False)
+    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "im2col"
     assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
 
 

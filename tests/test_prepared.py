@@ -124,7 +124,7 @@ CHANGES = {"optimizer_step": _optimizer_step, "new_parameter": _new_parameter, "
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
-@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+@pytest.mark.parametrize("algo", ["direct", "im2col", "winograd"])
 def test_changes_are_never_served_stale(change, algo):
     ref, model = _pair(algo)
     _check(model, ref, what="before")
@@ -257,7 +257,7 @@ def test_models_that_do_not_trace_convert_unfused():
         assert_close(model(x), ref(x), torch.float32, "unfused", kind="conv")
 
 
-@pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4", "im2col"])
+@pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4", "im2col", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_functional_prepared_cache_follows_the_weight(algo, dtype):
     from pyconv.prepared import PreparedCache
@@ -267,7 +267,7 @@ def test_functional_prepared_cache_follows_the_weight(algo, dtype):
         got = pyconv.functional.conv2d_activation(x, w, b, None, padding=1, activation="relu", algo=algo,
                                                   prepared_cache=cache)
         assert_close(got, F.relu(F.conv2d(x, w, b, padding=1)), dtype, f"{algo} step {step}", algo=algo)
-        assert cache.nbytes > 0  # Winograd keeps its transformed filters, im2col its packed GEMM panels
+        assert cache.nbytes > 0  # Winograd: its transformed filters, im2col: GEMM panels, direct: blocked panels
         with torch.no_grad():
             w.mul_(-0.5)  # in place: the transformed filters must be rebuilt
     # a different spatial size switches the 'winograd' alias's tile: the cache follows
@@ -305,11 +305,43 @@ def test_prepared_im2col_weights_are_checked_at_the_binding():
     y = torch.empty(1, 8, 6, 6)
     with pytest.raises(pyconv.PyConvError, match="prepared"):
         _C.conv_im2col_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(7).numpy())
-    with pytest.raises(pyconv.PyConvError, match="im2col only"):
-        n = _C.conv_im2col_prepared_numel(s, "float32")
-        _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(n).numpy())
+    n = _C.conv_im2col_prepared_numel(s, "float32")
     with pytest.raises(pyconv.PyConvError, match="another shape or layout"):  # right size, never packed
         _C.conv_im2col_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.zeros(n).numpy())
+
+
+def test_prepared_direct_weights_are_checked_at_the_binding():
+    from pyconv import _C, _args
+
+    def shape(x, w, groups=1):
+        return _C.ConvShape(*_args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, groups)))
+    x, w, y = torch.randn(1, 8, 6, 6), torch.randn(16, 8, 3, 3), torch.empty(1, 16, 6, 6)
+    s = shape(x, w)
+    n = _C.conv_direct_prepared_numel(s, "float32")
+    assert n > 0
+    with pytest.raises(pyconv.PyConvError, match="prepared"):  # wrong size
+        _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(n - 1).numpy())
+    with pytest.raises(pyconv.PyConvError, match="another shape"):  # right size, never blocked
+        _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.zeros(n).numpy())
+    # blocked for 8 -> 10 channels (one panel, as 8 -> 16), then called with 8 -> 16: another header
+    w2 = torch.randn(10, 8, 3, 3)
+    s2 = shape(x, w2)
+    other = torch.empty(_C.conv_direct_prepared_numel(s2, "float32"))
+    assert other.numel() == n
+    _C.conv_direct_prepare_weight(s2, w2.numpy(), other.numpy())
+    with pytest.raises(pyconv.PyConvError, match="another shape"):
+        _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, other.numpy())
+    # narrow groups (4 channels each) run the row kernel, which takes nothing prepared
+    xn, wn = torch.randn(1, 8, 6, 6), torch.randn(8, 4, 3, 3)
+    sn = shape(xn, wn, groups=2)
+    assert _C.conv_direct_prepared_numel(sn, "float32") == 0
+    with pytest.raises(pyconv.PyConvError, match="takes none"):
+        _C.conv_direct_forward(sn, xn.numpy(), wn.numpy(), None, torch.empty(1, 8, 6, 6).numpy(), None,
+                               torch.zeros(16).numpy())
+    with pytest.raises(pyconv.PyConvError, match="takes none"):
+        _C.conv_direct_prepare_weight(sn, wn.numpy(), torch.zeros(16).numpy())
+    assert pyconv.backends.load("cpp").prepare_conv_weight(wn, tuple(_args.conv2d_shape(
+        xn, wn, None, _args.conv2d_params((3, 3), 1, 1, 1, 2))), "direct") is None
 
 
 def test_prepared_im2col_layouts_are_checked_at_the_binding():

@@ -35,26 +35,38 @@ void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::ar
   const T* bp = opt_in_buffer<T>(b, "bias", s.K);
   T* yp = out_buffer<T>(y, "output", n.y);
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
-  PYCONV_CHECK(algo == Algo::im2col || prepared.is_none(), "prepared weights exist for im2col only");
-  const T* pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
-  if (pp) {
-    PYCONV_CHECK(PYCONV_ISA_FN(conv_im2col_prepared_fits<T>)(s, pp),
-                 "prepared: packed for another shape or layout (conv_im2col_prepare_weight with this shape)");
-    PYCONV_CHECK(!sp || PYCONV_ISA_FN(conv_im2col_prepared_layout<T>)(s) == 0,
-                 "stats: not taken with weights prepared in the pixel-rows layout");
+  const T* pp = nullptr;
+  if (algo == Algo::direct) {
+    const int64_t np = PYCONV_ISA_FN(conv_direct_prepared_numel<T>)(s);
+    PYCONV_CHECK(np > 0 || prepared.is_none(), "prepared: the direct kernel for this shape takes none");
+    pp = opt_in_buffer<T>(prepared, "prepared", np);
+    PYCONV_CHECK(!pp || PYCONV_ISA_FN(conv_direct_prepared_fits<T>)(s, pp),
+                 "prepared: blocked for another shape (conv_direct_prepare_weight with this shape)");
+  } else {
+    pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+    if (pp) {
+      PYCONV_CHECK(PYCONV_ISA_FN(conv_im2col_prepared_fits<T>)(s, pp),
+                   "prepared: packed for another shape or layout (conv_im2col_prepare_weight with this shape)");
+      PYCONV_CHECK(!sp || PYCONV_ISA_FN(conv_im2col_prepared_layout<T>)(s) == 0,
+                   "stats: not taken with weights prepared in the pixel-rows layout");
+    }
   }
   const ConvEpilogue<T> ep = conv_epilogue<T>(residual, act, n.y, yp, sp != nullptr);
   py::gil_scoped_release nogil;
-  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp, ep);
+  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_forward<T>)(s, xp, wp, bp, yp, sp, pp, ep);
   PYCONV_ISA_FN(conv_im2col_forward<T>)(s, xp, wp, bp, yp, sp, pp, ep);
 }
 
 template <typename T>
-void prepare_im2col(const ConvShape& s, const py::array& w, py::array& prepared) {
+void prepare_weight(Algo algo, const ConvShape& s, const py::array& w, py::array& prepared) {
   const ConvBuffers n = conv_sizes(s);
   const T* wp = in_buffer<T>(w, "weight", n.w);
-  T* pp = out_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+  const int64_t np = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_prepared_numel<T>)(s)
+                                          : PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s);
+  PYCONV_CHECK(np > 0, "prepared: this algorithm's kernel for this shape takes none");
+  T* pp = out_buffer<T>(prepared, "prepared", np);
   py::gil_scoped_release nogil;
+  if (algo == Algo::direct) return PYCONV_ISA_FN(conv_direct_prepare_weight<T>)(s, wp, pp);
   PYCONV_ISA_FN(conv_im2col_prepare_weight<T>)(s, wp, pp);
 }
 
@@ -132,12 +144,28 @@ void bind_conv(py::module_& m) {
     }, py::arg("shape"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
        py::arg("grad_bias"));
   }
-  m.def("conv_im2col_prepared_numel", [](const ConvShape& s, const std::string& dtype) {
-    conv_sizes(s);
-    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
-    return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_numel<float>)(s)
-                              : PYCONV_ISA_FN(conv_im2col_prepared_numel<double>)(s);
-  }, py::arg("shape"), py::arg("dtype"), "Elements of the weights packed for inference (layout: dtype and ISA).");
+  for (const auto& entry : {std::make_pair(std::string("direct"), Algo::direct),
+                            std::make_pair(std::string("im2col"), Algo::im2col)}) {
+    const std::string name = "conv_" + entry.first;
+    const Algo algo = entry.second;
+    m.def((name + "_prepared_numel").c_str(), [algo](const ConvShape& s, const std::string& dtype) {
+      conv_sizes(s);
+      PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
+      if (algo == Algo::direct)
+        return dtype == "float32" ? PYCONV_ISA_FN(conv_direct_prepared_numel<float>)(s)
+                                  : PYCONV_ISA_FN(conv_direct_prepared_numel<double>)(s);
+      return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_numel<float>)(s)
+                                : PYCONV_ISA_FN(conv_im2col_prepared_numel<double>)(s);
+    }, py::arg("shape"), py::arg("dtype"),
+       "Elements of the weights prepared for inference (layout: dtype and ISA); direct: 0 where its kernel "
+       "for this shape takes none.");
+    m.def((name + "_prepare_weight").c_str(), [algo](const ConvShape& s, const py::array& w, py::array& prepared) {
+      if (dtype_of(w, "weight") == DType::f32) return prepare_weight<float>(algo, s, w, prepared);
+      return prepare_weight<double>(algo, s, w, prepared);
+    }, py::arg("shape"), py::arg("weight"), py::arg("prepared"),
+       "prepared <- the weights in the forward kernel's layout (im2col: the GEMM's panels; direct: the "
+       "channel-blocked filter panels), for the forward's prepared=.");
+  }
   m.def("conv_im2col_prepared_layout", [](const ConvShape& s, const std::string& dtype) {
     conv_sizes(s);
     PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
@@ -145,11 +173,6 @@ void bind_conv(py::module_& m) {
                               : PYCONV_ISA_FN(conv_im2col_prepared_layout<double>)(s);
   }, py::arg("shape"), py::arg("dtype"),
      "Layout of the prepared weights for this shape: 0 (W's A panels) or 1 (W^T's B panels, pixels as rows).");
-  m.def("conv_im2col_prepare_weight", [](const ConvShape& s, const py::array& w, py::array& prepared) {
-    if (dtype_of(w, "weight") == DType::f32) return prepare_im2col<float>(s, w, prepared);
-    return prepare_im2col<double>(s, w, prepared);
-  }, py::arg("shape"), py::arg("weight"), py::arg("prepared"),
-     "prepared <- the weights packed into the GEMM's panels, for conv_im2col_forward(prepared=...).");
   m.def("conv_im2col_workspace_bytes", [](const ConvShape& s, const std::string& dtype, int pass) {
     check_conv_shape(s);
     PYCONV_CHECK(pass >= 0 && pass <= 2, "pass must be 0 (forward), 1 (grad-input) or 2 (grad-weight)");

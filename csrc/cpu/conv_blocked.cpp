@@ -35,6 +35,8 @@ namespace {
 constexpr int kMR = 6;                  // output pixels per register tile
 constexpr int64_t kBlockPixels = 960;   // pixels per task: a [960][NR] float tile is 60 KiB
 constexpr int64_t kChunkBytes = 16384;  // filters of one input-channel chunk, kept in L1
+// Prepared filters (inference): a header (Kg, Cg, R, S, G, W) checked against each call, then wb.
+constexpr int64_t kPreparedHeader = 16;
 
 struct Blocked {
   ConvShape s;
@@ -283,9 +285,16 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
     const int64_t ncb = imin(chunk, b.Cb - cb0);
     const T* wc = wk + cb0 * RS * W * NR;
     const T* xc = xg + cb0 * cb_stride;
+    // the next chunk's filters, a slice per register tile: with few pixels (a 7x7 image: 9 tiles)
+    // the first tile of a chunk would otherwise wait on them from L3
+    const char* next = reinterpret_cast<const char*>(wc + ncb * RS * W * NR);
+    const int64_t next_lines = cb0 + ncb < b.Cb ? imin(chunk, b.Cb - cb0 - ncb) * RS * W * NR * int64_t(sizeof(T)) / 64 : 0;
+    const int64_t per_tile = ceil_div(next_lines, ceil_div(npix, kMR));
     for (int64_t u0 = 0; u0 < npix; u0 += kMR) {
       const T* px[kMR];
       for (int u = 0; u < kMR; ++u) px[u] = xc + pixel_at[imin(u0 + u, npix - 1)];  // a short last tile repeats a pixel
+      for (int64_t l = u0 / kMR * per_tile; l < imin(next_lines, (u0 / kMR + 1) * per_tile); ++l)
+        __builtin_prefetch(next + l * 64);
       tile_kernel(px, wc, offs, ncb * RS, tile + u0 * NR);
     }
   }
@@ -307,8 +316,29 @@ bool conv_blocked_applies(const ConvShape& s) {
 }
 
 template <typename T>
+int64_t conv_blocked_prepared_numel(const ConvShape& s) {
+  constexpr int W = Simd<T>::W;
+  const Blocked b = plan<T>(s);
+  return kPreparedHeader + s.G * b.Kp * b.Cb * s.R * s.S * W * 2 * W;
+}
+
+template <typename T>
+void conv_blocked_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
+  for (int64_t e = 0; e < kPreparedHeader; ++e) prepared[e] = T(0);
+  prepared[0] = T(s.Kg()), prepared[1] = T(s.Cg()), prepared[2] = T(s.R), prepared[3] = T(s.S);
+  prepared[4] = T(s.G), prepared[5] = T(Simd<T>::W);
+  block_filters(plan<T>(s), w, prepared + kPreparedHeader);
+}
+
+template <typename T>
+bool conv_blocked_prepared_fits(const ConvShape& s, const T* prepared) {
+  return prepared[0] == T(s.Kg()) && prepared[1] == T(s.Cg()) && prepared[2] == T(s.R) && prepared[3] == T(s.S) &&
+         prepared[4] == T(s.G) && prepared[5] == T(Simd<T>::W);
+}
+
+template <typename T>
 void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, double* stats,
-                          const ConvEpilogue<T>& ep) {
+                          const T* prepared, const ConvEpilogue<T>& ep) {
   constexpr int W = Simd<T>::W, NR = 2 * W;
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
@@ -316,9 +346,10 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   const Blocked b = plan<T>(s);
   const int64_t RS = s.R * s.S;
   Workspace xbw(checked_bytes(s.N * b.image() * W, sizeof(T)));
-  Workspace wbw(checked_bytes(s.G * b.Kp * b.Cb * RS * W * NR, sizeof(T)));
   block_input(b, x, xbw.as<T>());
-  block_filters(b, w, wbw.as<T>());
+  Workspace wbw(prepared ? 0 : checked_bytes(s.G * b.Kp * b.Cb * RS * W * NR, sizeof(T)));
+  const T* wb = prepared ? prepared + kPreparedHeader : wbw.as<T>();
+  if (!prepared) block_filters(b, w, wbw.as<T>());
   // byte offsets of a chunk's (channel block, tap) pairs from its origin, in the filters' order
   const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * W * NR * int64_t(sizeof(T)))));
   Workspace offw(checked_bytes(chunk * RS, sizeof(int64_t)));
@@ -340,7 +371,7 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 #pragma omp parallel for num_threads(nthr) schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t blk = t % b.nblk, kp = t / b.nblk % b.Kp, g = t / (b.nblk * b.Kp);
-    run_task(b, xbw.as<T>(), wbw.as<T>(), bias, y, part, ep, offs, chunk, g, kp, blk,
+    run_task(b, xbw.as<T>(), wb, bias, y, part, ep, offs, chunk, g, kp, blk,
              tiles.as<T>() + omp_get_thread_num() * tile_elems);
   }
   if (!stats) return;
@@ -351,8 +382,11 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 
 #define PYCONV_INSTANTIATE(T)                                                                       \
   template bool conv_blocked_applies<T>(const ConvShape&);                                         \
+  template int64_t conv_blocked_prepared_numel<T>(const ConvShape&);                                 \
+  template void conv_blocked_prepare_weight<T>(const ConvShape&, const T*, T*);                      \
+  template bool conv_blocked_prepared_fits<T>(const ConvShape&, const T*);                           \
   template void conv_blocked_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, \
-                                        const ConvEpilogue<T>&);
+                                        const T*, const ConvEpilogue<T>&);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

@@ -8,8 +8,17 @@ PYCONV_FOR_EACH_ISA(
   // per group on each side (narrower groups would mostly multiply padding).
   template <typename T>
   bool conv_blocked_applies(const ConvShape& s);
+  // The filters blocked once for inference: conv_blocked_prepared_numel elements, a header then the
+  // panels; conv_blocked_prepared_fits checks a buffer's header against a call.
+  template <typename T>
+  int64_t conv_blocked_prepared_numel(const ConvShape& s);
+  template <typename T>
+  void conv_blocked_prepare_weight(const ConvShape& s, const T* w, T* prepared);
+  template <typename T>
+  bool conv_blocked_prepared_fits(const ConvShape& s, const T* prepared);
   // stats (may be null): [sum y per channel, sum y^2 per channel] in float64, taken before ep.
+  // prepared (may be null): conv_blocked_prepare_weight's buffer for w and s.
   template <typename T>
   void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
-                            const ConvEpilogue<T>& ep);
+                            const T* prepared, const ConvEpilogue<T>& ep);
 )

@@ -280,10 +280,25 @@ void conv_batch(int64_t N, int64_t in_image, int64_t out_image, const T* src, co
 }  // namespace
 
 template <typename T>
+int64_t conv_direct_prepared_numel(const ConvShape& s) {
+  return !conv_depthwise_applies(s) && conv_blocked_applies<T>(s) ? conv_blocked_prepared_numel<T>(s) : 0;
+}
+
+template <typename T>
+void conv_direct_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
+  if (conv_direct_prepared_numel<T>(s)) conv_blocked_prepare_weight(s, w, prepared);
+}
+
+template <typename T>
+bool conv_direct_prepared_fits(const ConvShape& s, const T* prepared) {
+  return conv_direct_prepared_numel<T>(s) && conv_blocked_prepared_fits(s, prepared);
+}
+
+template <typename T>
 void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, double* stats,
-                         const ConvEpilogue<T>& ep) {
+                         const T* prepared, const ConvEpilogue<T>& ep) {
   if (conv_depthwise_applies(s)) return conv_depthwise_forward(s, x, w, b, y, stats, ep);
-  if (conv_blocked_applies<T>(s)) return conv_blocked_forward(s, x, w, b, y, stats, ep);
+  if (conv_blocked_applies<T>(s)) return conv_blocked_forward(s, x, w, b, y, stats, prepared, ep);
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
@@ -411,7 +426,10 @@ void conv_direct_backward_weight(const ConvShape& s, const T* x, const T* gy, T*
 
 #define PYCONV_INSTANTIATE(T)                                                                        \
   template void conv_direct_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, double*, \
-                                        const ConvEpilogue<T>&);       \
+                                        const T*, const ConvEpilogue<T>&);                           \
+  template int64_t conv_direct_prepared_numel<T>(const ConvShape&);                                 \
+  template void conv_direct_prepare_weight<T>(const ConvShape&, const T*, T*);                      \
+  template bool conv_direct_prepared_fits<T>(const ConvShape&, const T*);                           \
   template void conv_direct_backward_input<T>(const ConvShape&, const T*, const T*, T*);            \
   template void conv_direct_backward_weight<T>(const ConvShape&, const T*, const T*, T*, T*);
 PYCONV_INSTANTIATE(float)

@@ -47,6 +47,11 @@ class Backend(abc.ABC):
     def set_num_threads(self, n: int) -> None:
         """Threads for the CPU backends' kernels (GPU backends ignore it)."""
 
+    def blocked_direct(self, shape, dtype) -> bool:
+        """Whether this backend's direct forward for shape is channel-blocked, running at its GEMM's
+        rate without building im2col panels ('auto' then prefers it to im2col for inference)."""
+        return False
+
     def __repr__(self) -> str:
         return f"<pyconv backend {self.name!r} on {self.device}>"
 

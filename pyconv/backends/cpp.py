@@ -45,6 +45,10 @@ class CppBackend(Backend):
     def set_num_threads(self, n: int) -> None:
         _C.set_num_threads(n)
 
+    def blocked_direct(self, shape, dtype) -> bool:
+        """csrc/cpu/conv_blocked.cpp takes the shape: exactly where direct has prepared panels."""
+        return _C.conv_direct_prepared_numel(_C.ConvShape(*shape), str(dtype).replace("torch.", "")) > 0
+
     # ---- convolution: the Winograd entry points take the tile m, the others are named by algo
     def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
         """stats: direct and im2col take them in their epilogues, winograd in a pass over y."""
@@ -69,16 +73,20 @@ class CppBackend(Backend):
     def prepare_conv_weight(self, w, shape, algo):
         """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
         call would otherwise rebuild; they cost more than the products on small batch-1 layers.
-        im2col: the weights packed into the GEMM's A panels (a pass over all of them per call)."""
+        im2col: the weights packed into the GEMM's A panels (a pass over all of them per call).
+        direct: the channel-blocked kernel's filter panels (None for depthwise and narrow groups)."""
         s, dt, w = _C.ConvShape(*shape), str(w.dtype).replace("torch.", ""), w.contiguous()
         if algo in WINOGRAD_ALGOS:
             m = winograd_tile(algo, shape, prepared=True)
             u = torch.empty(_C.conv_winograd_filters_numel(s, m, dt), dtype=w.dtype)
             _C.conv_winograd_prepare_filters(s, m, _np(w), _np(u))
             return u
-        if algo == "im2col":
-            a = torch.empty(_C.conv_im2col_prepared_numel(s, dt), dtype=w.dtype)
-            _C.conv_im2col_prepare_weight(s, _np(w), _np(a))
+        if algo in ("im2col", "direct"):
+            n = getattr(_C, f"conv_{algo}_prepared_numel")(s, dt)
+            if not n:  # direct: depthwise and narrow groups run kernels that take the weight as it is
+                return None
+            a = torch.empty(n, dtype=w.dtype)
+            getattr(_C, f"conv_{algo}_prepare_weight")(s, _np(w), _np(a))
             return a
         return None
 
