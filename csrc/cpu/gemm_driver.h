@@ -666,47 +666,55 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
   {
     T* const bp = b_packed ? nullptr : bpack.as<T>() + int64_t(omp_get_thread_num()) * nc * kc_max;
     alignas(64) T tile[MR * NR];
-    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+    // One work item (N chunk jc, M part ms) over K block kb, A's panels for that block at ap.
+    auto run_item = [&](int64_t item, int64_t kb, const T* ap) {
       const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
-      const T* const ap = a_packed ? a_packed + k0 * m_panels * MR : apack.as<T>();
-      if (!a_packed) {
+      const int64_t jc = item / m_splits, ms = item % m_splits;
+      // chunk jc: panels [jc * n_panels / n_chunks, ...), widths within one panel of each other (25
+      // panels in 4 chunks: 6, 6, 6, 7, not 7, 7, 7, 4, which left one of 2 threads 14 panels, the other 11)
+      const int64_t pb0 = jc * n_panels / n_chunks, pb1 = (jc + 1) * n_panels / n_chunks;
+      const int64_t j0 = pb0 * NR, ncur = imin(pb1 * NR, N) - j0;
+      const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
+      const int64_t mc_panels = B::MC / MR;
+      // With one M block, every B panel is used right after it is packed; with several, the
+      // chunk is packed once and reused by each. A packer with a row-by-row chunk() packs ahead
+      // from 16 M panels on too (1x1 512 -> 128 at 28x28: 5% faster; at 64 rows slower).
+      const int64_t m_panels_here = ip_end - ip_begin;
+      const bool pack_ahead = !b_packed && (m_panels_here > mc_panels ||
+                                            (HasChunkPacker<PackB>::value && m_panels_here >= kChunkAheadMinPanels));
+      if (pack_ahead) gemm_pack_b_chunk<T>(pack_b, k0, kc, j0, ncur, bp);
+      for (int64_t ic = ip_begin; ic < ip_end; ic += mc_panels) {
+        const int64_t ic_end = imin(ip_end, ic + mc_panels);
+        for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
+          // packed just in time into one slot, which stays in L1 (a fresh slot per panel costs a
+          // write miss per line: 8-17% on 64-channel layers)
+          const int64_t nr = imin(NR, ncur - jp * NR);
+          const T* bpanel = b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc
+                                     : pack_ahead ? bp + jp * NR * kc : bp;
+          if (!pack_ahead && !b_packed) pack_b(k0, kc, j0 + jp * NR, nr, bp);
+          for (int64_t ip = ic; ip < ic_end; ++ip) {
+            out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
+            gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
+            out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0, kb == k_blocks - 1);
+            if (kb == k_blocks - 1) out.finished(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, jc);
+          }
+        }
+      }
+    };
+    if (a_packed) {
+      // A packed ahead (prepared weights): an item runs all its K blocks, so its part of C stays in
+      // cache between them and the threads never wait for each other between blocks.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item)
+        for (int64_t kb = 0; kb < k_blocks; ++kb) run_item(item, kb, a_packed + kb * kc_max * m_panels * MR);
+    } else {
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const int64_t k0 = kb * kc_max, kc = imin(kc_max, K - k0);
 #pragma omp for schedule(static)
         for (int64_t ip = 0; ip < m_panels; ++ip)
           pack_a(ip * MR, imin(MR, M - ip * MR), k0, kc, apack.as<T>() + ip * MR * kc);
-      }
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < items; ++item) {
-        const int64_t jc = item / m_splits, ms = item % m_splits;
-        // chunk jc: panels [jc * n_panels / n_chunks, ...), widths within one panel of each other (25
-        // panels in 4 chunks: 6, 6, 6, 7, not 7, 7, 7, 4, which left one of 2 threads 14 panels, the other 11)
-        const int64_t pb0 = jc * n_panels / n_chunks, pb1 = (jc + 1) * n_panels / n_chunks;
-        const int64_t j0 = pb0 * NR, ncur = imin(pb1 * NR, N) - j0;
-        const int64_t ip_begin = m_panels * ms / m_splits, ip_end = m_panels * (ms + 1) / m_splits;
-        const int64_t mc_panels = B::MC / MR;
-        // With one M block, every B panel is used right after it is packed; with several, the
-        // chunk is packed once and reused by each. A packer with a row-by-row chunk() packs ahead
-        // from 16 M panels on too (1x1 512 -> 128 at 28x28: 5% faster; at 64 rows slower).
-        const int64_t m_panels_here = ip_end - ip_begin;
-        const bool pack_ahead = !b_packed && (m_panels_here > mc_panels ||
-                                              (HasChunkPacker<PackB>::value && m_panels_here >= kChunkAheadMinPanels));
-        if (pack_ahead) gemm_pack_b_chunk<T>(pack_b, k0, kc, j0, ncur, bp);
-        for (int64_t ic = ip_begin; ic < ip_end; ic += mc_panels) {
-          const int64_t ic_end = imin(ip_end, ic + mc_panels);
-          for (int64_t jp = 0; jp < ceil_div(ncur, NR); ++jp) {
-            // packed just in time into one slot, which stays in L1 (a fresh slot per panel costs a
-            // write miss per line: 8-17% on 64-channel layers)
-            const int64_t nr = imin(NR, ncur - jp * NR);
-            const T* bpanel = b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc
-                                       : pack_ahead ? bp + jp * NR * kc : bp;
-            if (!pack_ahead && !b_packed) pack_b(k0, kc, j0 + jp * NR, nr, bp);
-            for (int64_t ip = ic; ip < ic_end; ++ip) {
-              out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
-              gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
-              out(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, tile, kb == 0, kb == k_blocks - 1);
-              if (kb == k_blocks - 1) out.finished(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR, nr, jc);
-            }
-          }
-        }
+        for (int64_t item = 0; item < items; ++item) run_item(item, kb, apack.as<T>());
       }
     }
   }
