@@ -115,12 +115,16 @@ def algo_unsupported(algo: str, shape: ConvShape) -> Optional[str]:
 
 
 # Winograd F(m x m, 3 x 3): "winograd" takes m=4 (4x fewer multiplications than direct against 2.25x
-# for m=2) only from 16x16 outputs on: below, 4x4 tiles are partly padding and too few tiles share
-# each transformed filter (36*K*C values), and F(4x4)'s grad-weight (per-thread 36*K*C partial sums)
-# loses. Measured (2-core EPYC, batch 8, 2 threads, torch = 1): 14x14x256 forward F(2x2) 1.59x vs
-# F(4x4) 1.34x, training step 1.30x vs 0.84x; 28x28x128 forward 1.52x vs 1.88x, step 1.37x vs 1.41x;
-# 7x7x512 forward 1.26x vs 0.41x. Every backend takes m from here.
+# for m=2) from 16x16 outputs on; below, where 4x4 tiles are partly padding, from WINOGRAD_MIN_TILES4
+# 4x4 tiles per call on: with fewer, too few tiles share each transformed filter (36*K*C values, built
+# every call) and the transforms of grad-weight's reduction lose. Measured (2-core EPYC, 2 threads,
+# ms, F(4x4) vs F(2x2), forward / grad-input / grad-weight): batch 8 (128 tiles) 14x14x256 4.6 vs
+# 6.0 / 4.6 vs 5.4 / 5.1 vs 7.4, 13x13x256 5.4 vs 6.1 / 5.4 vs 6.9 / 5.8 vs 7.5, 14x14x64 0.49 vs
+# 0.65 / 0.49 vs 0.66 / 0.62 vs 0.95; batch 8 at 12x12 (72 tiles) level, 10x10x64 (72) and 8x8x64
+# (32) F(2x2) ahead; batch 1-2 at 14x14 (16-32 tiles) F(2x2) ahead (256 channels, batch 1: 2.0 vs
+# 1.5 / 1.9 vs 1.6 / 3.1 vs 1.2). Every backend takes m from here.
 WINOGRAD_TILE_SWITCH = 16
+WINOGRAD_MIN_TILES4 = 128
 # With the transformed filters prepared once (inference), the filter transform no longer argues for
 # m=2 on small outputs; what is left is reading U (36 x K x C for m=4 against 16 x K x C) once per
 # call, which needs enough 4x4 tiles to share it. Measured (prepared filters, 2 threads, ms, F(2x2)
@@ -138,7 +142,7 @@ def winograd_tile(algo: str, shape: ConvShape, prepared: bool = False) -> int:
     if min(shape.P, shape.Q) >= WINOGRAD_TILE_SWITCH:
         return 4
     tiles4 = shape.N * -(-shape.P // 4) * -(-shape.Q // 4)
-    return 4 if prepared and tiles4 >= WINOGRAD_PREPARED_MIN_TILES4 else 2
+    return 4 if tiles4 >= (WINOGRAD_PREPARED_MIN_TILES4 if prepared else WINOGRAD_MIN_TILES4) else 2
 
 
 # ------------------------------------------------------------------ Winograd transform matrices ---

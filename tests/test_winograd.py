@@ -116,3 +116,17 @@ def test_grad_weight_bitwise_equal_across_thread_counts(algo):
     ref = torch.autograd.grad(F.conv2d(x.double(), w.double(), padding=1, groups=2), w, gy.double())[0]
     assert rel(grads[0], ref) < 1e-5
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
+def test_alias_tile_follows_outputs_and_tiles():
+    """'winograd' takes F(4x4) from 16x16 outputs, or from WINOGRAD_MIN_TILES4 4x4 tiles a call
+    (WINOGRAD_PREPARED_MIN_TILES4 with prepared filters), else F(2x2); the named variants are fixed."""
+    from pyconv.problem import ConvShape, winograd_tile
+
+    def shape(N, hw):
+        return ConvShape(N, 256, hw, hw, 256, 3, 3, hw, hw, 1, 1, 1, 1, 1, 1, 1)
+    assert winograd_tile("winograd", shape(1, 16)) == 4
+    assert [winograd_tile("winograd", shape(n, 14)) for n in (1, 2, 8)] == [2, 2, 4]  # 16, 32, 128 tiles
+    assert winograd_tile("winograd", shape(8, 10)) == 2  # 72 tiles
+    assert [winograd_tile("winograd", shape(n, 14), prepared=True) for n in (1, 2)] == [2, 4]
+    assert winograd_tile("winograd_2x2", shape(8, 32)) == 2 and winograd_tile("winograd_4x4", shape(1, 4)) == 4
