@@ -373,6 +373,14 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   const int64_t xi_stride = (k1 - k0) * NB;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    LaneMask<T> cols[W];  // a tile's columns inside the output
+    const T* origin[W];   // a tile's first element in channel k0's plane
+    int64_t rows[W];      // and its rows inside the output (0: a lane past the last tile)
+    for (int l = 0; l < W; ++l) {
+      cols[l] = LaneMask<T>(0, imin(M, c.Q - lt.q0[l]));
+      rows[l] = lt.n[l] < 0 ? 0 : imin(M, c.P - lt.p0[l]);
+      origin[l] = lt.n[l] < 0 ? gy : gy + (((lt.n[l] * c.G + g) * c.Kout + k0) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
+    }
     for (int64_t k = k0; k < k1; ++k) {
       Vec z[A * A];
       T* zk = Z + (k - k0) * NB + ch * W;
@@ -380,21 +388,16 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
         for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, Vec{});
         continue;
       }
-      alignas(32) T d[M * M * W];
-      for (int l = 0; l < W; ++l) {
-        if (lt.n[l] < 0) {
-          for (int e = 0; e < M * M; ++e) d[e * W + l] = T(0);
-          continue;
-        }
-        const T* gk = gy + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
-        for (int i = 0; i < M; ++i)
-          for (int j = 0; j < M; ++j) {
-            const int64_t p = lt.p0[l] + i, q = lt.q0[l] + j;
-            d[(i * M + j) * W + l] = (p < c.P && q < c.Q) ? gk[p * c.Q + q] : T(0);
-          }
-      }
+      // each tile's row as one masked load (M columns, fewer at the right edge), W tiles'
+      // rows transposed in registers (an element-by-element gather was ~20% of grad-weight)
       Vec dv[M * M], tmp[A * M];
-      for (int e = 0; e < M * M; ++e) dv[e] = vload(d + e * W);
+      for (int i = 0; i < M; ++i) {
+        Vec r[W];
+        for (int l = 0; l < W; ++l)
+          r[l] = i < rows[l] ? vload_masked(origin[l] + (k - k0) * c.P * c.Q + i * c.Q, cols[l]) : Vec{};
+        vtranspose(r);
+        for (int j = 0; j < M; ++j) dv[i * M + j] = r[j];
+      }
       mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
       mul_right<false, A, T>(WinogradTile<M>::AT, tmp, z);
       for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, z[xi]);
@@ -403,15 +406,24 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
 }
 
 // One block of P rows, src[xi][P][NB] -> dst[xi * dst_xi_stride + t * P + i]: tiles become the
-// reduction dimension of a packed panel.
+// reduction dimension of a packed panel. W rows x W tiles at a time through a register transpose
+// (element by element, this pack took about as long as grad-weight's products); NB is a multiple of W.
+template <typename T, int P, int R0 = 0>
+PYCONV_INLINE void pack_tile_major_rows(const T* s, int64_t NB, T* d) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W, ROWS = P - R0 < W ? P - R0 : W;
+  for (int64_t t = 0; t < NB; t += W) {
+    V r[W];
+    for (int l = 0; l < W; ++l) r[l] = l < ROWS ? vload(s + (R0 + l) * NB + t) : V{};
+    vtranspose(r);
+    for (int m = 0; m < W; ++m) vstore_first<ROWS, T>(d + (t + m) * P + R0, r[m]);
+  }
+  if constexpr (R0 + W < P) pack_tile_major_rows<T, P, R0 + W>(s, NB, d);
+}
+
 template <typename T, int P>
 void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi_stride, T* dst) {
-  for (int64_t xi = 0; xi < positions; ++xi) {
-    const T* s = src + xi * P * NB;
-    T* d = dst + xi * dst_xi_stride;
-    for (int64_t t = 0; t < NB; ++t)
-      for (int i = 0; i < P; ++i) d[t * P + i] = s[i * NB + t];
-  }
+  for (int64_t xi = 0; xi < positions; ++xi) pack_tile_major_rows<T, P>(src + xi * P * NB, NB, dst + xi * dst_xi_stride);
 }
 
 template <typename T, int M>
@@ -469,12 +481,10 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
         for (int64_t kb = 0; kb < nkb; ++kb) {
           gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * MR) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
           T* d = dUg + (xi * Kpad + kb * MR) * Cpad + cb * NR;
-          if (t0 == 0)  // a group's first block initializes its dU
-            for (int i = 0; i < MR; ++i)
-              for (int j = 0; j < NR; ++j) d[i * Cpad + j] = tile[i * NR + j];
-          else
-            for (int i = 0; i < MR; ++i)
-              for (int j = 0; j < NR; ++j) d[i * Cpad + j] += tile[i * NR + j];
+          constexpr int W = Simd<T>::W;
+          for (int i = 0; i < MR; ++i)  // a group's first block initializes its dU
+            for (int j = 0; j < NR; j += W)
+              vstore(d + i * Cpad + j, t0 == 0 ? vload(tile + i * NR + j) : vload(d + i * Cpad + j) + vload(tile + i * NR + j));
         }
       }
     }
