@@ -17,14 +17,18 @@ algo='auto' has two modes:
        and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward) -- and except
        when fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values
        > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.5 ms, im2col 1.9 ms).
-       Both exceptions: im2col; the second, without gradients, channel-blocked direct where the
-       backend has it (Backend.blocked_direct: cpp with >= 8 channels per group; prepared, 1.35-1.5 ms
-       against im2col's 1.5 and torch's 1.9-2.2);
+       Both exceptions: im2col -- or, where the backend's direct forward is channel-blocked
+       (Backend.blocked_direct: cpp with >= 8 channels per group), direct without gradients (batch 1,
+       prepared: 1.35-1.5 ms against im2col's 1.5 and torch's 1.9-2.2) and the plan "direct/im2col"
+       with them (forward direct, 9.7 ms against im2col's 11.6-13 at batch 8; gradients im2col);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
-       reductions. Without gradients, channel-blocked direct where the backend has it: the same
-       micro-kernel with no im2col panels (stride-2 3x3 layers: 1.0-1.18x im2col, both with prepared
-       weights); with gradients not, as the direct backward passes are slower than im2col's;
+       reductions. Where the backend's direct forward is channel-blocked: direct without gradients
+       (the same micro-kernel with no im2col panels; stride-2 3x3 layers 1.0-1.18x im2col, both with
+       prepared weights), "direct/im2col" with them (the direct backward passes are slower than
+       im2col's, so only the forward changes);
+  A plan "<forward>/<backward>" runs the forward with the first algorithm and both gradients with
+  the second (the ops take plans; so does algo= for a user who wants one).
     5. everything else -> direct.
   A rule whose algorithm the backend does not implement falls through to the next one.
 - measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
@@ -50,7 +54,7 @@ import torch
 
 from . import backends
 from ._errors import PyConvError
-from .problem import ALGOS, ConvShape, winograd_unsupported
+from .problem import ALGOS, PASS_SEP, ConvShape, pass_algos, winograd_unsupported
 
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
@@ -102,15 +106,20 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
     if winograd_unsupported(shape) is None and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if grad and min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT and reduction >= IM2COL_MIN_REDUCTION \
                 and "im2col" in have:
-            return pick("im2col", f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< "
-                                  f"{WINOGRAD_TRAIN_MIN_OUTPUT}): few tiles per transformed filter, GEMM")
+            few = (f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< {WINOGRAD_TRAIN_MIN_OUTPUT}): "
+                   f"few tiles per transformed filter")
+            if "direct" in have and blocked_direct():
+                return pick("direct/im2col", few + "; forward channel-blocked direct, gradients GEMM")
+            return pick("im2col", few + ", GEMM")
         tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
         if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
             few = (f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
                    f"{16 * cg * kg * shape.G} transformed filter values: the filters would stream from memory "
                    f"for a few tiles each")
-            if not grad and "direct" in have and blocked_direct():
-                return pick("direct", few + "; no gradients: channel-blocked direct")
+            if "direct" in have and "im2col" in have and blocked_direct():
+                if not grad:
+                    return pick("direct", few + "; channel-blocked direct")
+                return pick("direct/im2col", few + "; forward channel-blocked direct, gradients GEMM")
             if "im2col" in have:
                 return pick("im2col", few + ", GEMM")
         w = _first_winograd(have)
@@ -122,9 +131,12 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             return pick("im2col", "1x1 kernel: the convolution is a GEMM")
         missing.append("1x1 rule wants im2col, not implemented by this backend")
     elif reduction >= IM2COL_MIN_REDUCTION:
-        if not grad and "direct" in have and blocked_direct():
-            return pick("direct", f"wide layer without gradients, {cg}->{kg} channels per group: channel-blocked "
-                                  f"direct (no im2col panels)")
+        if "direct" in have and "im2col" in have and blocked_direct():
+            if not grad:
+                return pick("direct", f"wide layer, {cg}->{kg} channels per group: channel-blocked direct "
+                                      f"(no im2col panels)")
+            return pick("direct/im2col", f"wide layer, {cg}->{kg} channels per group: forward channel-blocked "
+                                         f"direct (no im2col panels), gradients GEMM")
         if "im2col" in have:
             return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM")
         missing.append("wide-layer rule wants im2col, not implemented by this backend")
@@ -397,6 +409,13 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dt
     can_run (PyConvError naming the algorithm and the reason)."""
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
+    if PASS_SEP in algo:  # a forward/backward plan: each part a concrete algorithm this shape can run
+        parts = pass_algos(algo)
+        if "auto" in parts or PASS_SEP in parts[1]:
+            raise PyConvError(f"algo={algo!r}: a plan names two concrete algorithms, '<forward>/<backward>'")
+        for part in parts:
+            resolve_conv_algo(part, shape, backend, dtype)
+        return algo
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
     if algo == "auto":

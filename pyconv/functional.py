@@ -8,7 +8,7 @@ import torch
 
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
-from .problem import ACTIVATIONS
+from .problem import ACTIVATIONS, pass_algos
 from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 from .prepared import PreparedCache, versions_of
@@ -115,13 +115,14 @@ def _conv2d_activation(input, weight, bias, residual, stride, padding, dilation,
         r = r if c.batched else r.unsqueeze(0)
         check_residual(r, c.shape, c.x)
     be = backends.load(c.backend)
+    fwd = pass_algos(c.algo)[0]  # no gradient: only a plan's forward runs
 
     def planned():
-        prepared = None if prepared_cache is None else _kernel_form(prepared_cache, c.w, c.shape, c.algo, c.backend)
-        return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, c.algo, be, prepared)
+        prepared = None if prepared_cache is None else _kernel_form(prepared_cache, c.w, c.shape, fwd, c.backend)
+        return run_conv2d_activation(c.x, c.w, c.b, r, c.shape, activation, fwd, be, prepared)
     if prepared_cache is not None and c.batched and c.kind == "torch":
         prepared_cache.plan = (_plan_key(input, weight, bias, stride, padding, dilation, groups, activation, algo,
-                                         backend), c.shape, c.algo, c.backend)
+                                         backend), c.shape, fwd, c.backend)
     return c.result(call("conv2d_activation", c.x, c.w, c.b, r, *c.op_args(), activation, c.algo, c.backend,
                          planned=planned))
 

@@ -85,6 +85,15 @@ WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
 CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
 # What a user may pass as algo=.
 ALGOS = ("auto",) + CONV_ALGOS
+# A plan may name the forward's algorithm and the gradients' apart, "<forward>/<backward>" (what 'auto'
+# picks where a forward-only kernel wins: "direct/im2col"); a single name runs every pass.
+PASS_SEP = "/"
+
+
+def pass_algos(plan: str) -> Tuple[str, str]:
+    """(forward algorithm, backward algorithm) of a plan: "a/b" -> (a, b), "a" -> (a, a)."""
+    fwd, sep, bwd = plan.partition(PASS_SEP)
+    return (fwd, bwd) if sep else (plan, plan)
 
 # Activations a fused epilogue applies (y = act(conv + bias [+ residual])); the kernels take the index.
 ACTIVATIONS = ("none", "relu", "relu6")

@@ -49,22 +49,24 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
     one = autotune.choose_auto(shape_of(1, 24, 8, 8, 144, 1, 1), "cpp")
     assert one.algo == "im2col" and "1x1" in one.rule
-    # wide layers: GEMM with gradients; without, the channel-blocked direct kernel where the backend
-    # has it (cpp from 8 channels per group), else GEMM
-    wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
-    assert wide.algo == "im2col" and "wide" in wide.rule
+    # wide layers: the channel-blocked direct kernel where the backend has it (cpp from 8 channels per
+    # group), its forward only with gradients ("direct/im2col"); else GEMM
     blocked = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp")
     assert blocked.algo == "direct" and "channel-blocked" in blocked.rule
-    assert autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp").algo == "im2col"  # 7 channels
+    wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
+    assert wide.algo == "direct/im2col" and "wide" in wide.rule
+    narrow = autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp", grad=True)  # 7 channels
+    assert narrow.algo == "im2col" and "wide" in narrow.rule
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule
     # few tiles for large transformed filters: GEMM at batch 1, Winograd again at batch 8
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
     assert few.algo == "direct" and "tiles" in few.rule and "channel-blocked" in few.rule
-    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
+    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "direct/im2col"
     monkeypatch.setattr(mod, "blocked_direct", lambda shape, dtype: False)
     assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "im2col"
+    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
     assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
 
 
@@ -81,6 +83,19 @@ def test_explain_algo_public():
     assert ch.algo == "direct" and "reduction" in ch.rule
     with pytest.raises(pyconv.PyConvError):
         pyconv.explain_algo((2, 3, 9, 9), (4, 2, 5, 5))  # channel mismatch: the same checks as conv2d
+
+
+def test_pass_plans():
+    """'<forward>/<backward>' plans: each part checked like a name; 'auto' and nesting refused."""
+    s = shape_of(1, 16, 8, 8, 16, 3, 3, pad=1)
+    assert autotune.resolve_conv_algo("direct/im2col", s, "cpp") == "direct/im2col"
+    assert autotune.resolve_conv_algo("winograd/direct", s, "cpp") == "winograd/direct"
+    for bad, match in (("auto/im2col", "two concrete"), ("direct/auto", "two concrete"), ("direct/fft", "unknown"),
+                       ("direct/im2col/direct", "two concrete")):
+        with pytest.raises(pyconv.PyConvError, match=match):
+            autotune.resolve_conv_algo(bad, s, "cpp")
+    with pytest.raises(pyconv.PyConvError, match="winograd"):
+        autotune.resolve_conv_algo("im2col/winograd", shape_of(1, 16, 8, 8, 16, 5, 5), "cpp")
 
 
 def test_named_algorithm_errors_unchanged():
@@ -224,14 +239,15 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
 
 
 def test_heuristic_with_gradients_avoids_winograd_on_small_outputs():
-    """With gradients on outputs under 8x8 (few tiles per transformed filter), 'auto' takes im2col;
-    the forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
+    """With gradients on outputs under 8x8 (few tiles per transformed filter), 'auto' takes im2col's
+    gradients (and the channel-blocked direct forward: "direct/im2col"); the forward-only choice stays
+    Winograd; from 8x8 on gradients do not change it."""
     import torch as _t
     import pyconv.functional as PF
 
     small = shape_of(2, 64, 7, 7, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", small, "cpp").startswith("winograd")
-    assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "im2col"
+    assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "direct/im2col"
     large = shape_of(2, 64, 8, 8, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", large, "cpp", grad=True).startswith("winograd")
     x, w = _t.randn(2, 64, 7, 7, requires_grad=True), _t.randn(64, 64, 3, 3, requires_grad=True)

@@ -130,3 +130,35 @@ def test_generic_isa_matches_torch():
         "  assert (y - r).norm() <= 1e-5 * r.norm(), (y - r).norm()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYCONV_FORCE_GENERIC="1"))
+
+
+@pytest.mark.parametrize("plan", ["direct/im2col", "im2col/direct"])
+def test_pass_plans_train_against_torch(plan, monkeypatch):
+    """A '<forward>/<backward>' plan (what 'auto' runs with gradients where only the blocked forward
+    wins): conv2d and the fused conv-BN-ReLU, forward and every gradient, float64; each pass runs
+    its own algorithm."""
+    from pyconv import backends
+    be, ran = backends.load("cpp"), []
+    for name, at in (("conv2d_forward", 5), ("conv2d_backward_input", 4), ("conv2d_backward_weight", 5)):
+        def spy(*args, _fn=getattr(be, name), _name=name, _at=at, **kwargs):
+            ran.append((_name, args[_at]))  # the algorithm argument
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(be, name, spy)
+    x, w, b, kw = _data(CASES[2], torch.float64)
+    K = w.shape[0]
+    gamma, beta = torch.rand(K, dtype=torch.float64) + 0.5, torch.randn(K, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, gamma, beta)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, w, b, gamma, beta)]
+    rm, rv = torch.zeros(K, dtype=torch.float64), torch.ones(K, dtype=torch.float64)
+    y = PF.conv_bn_relu(*leaves, rm.clone(), rv.clone(), training=True, algo=plan, backend="cpp", **kw)
+    y = y + PF.conv2d(*leaves[:3], algo=plan, backend="cpp", **kw)
+    conv = F.conv2d(*ref_leaves[:3], **kw)
+    ref = F.relu(F.batch_norm(conv, rm.clone(), rv.clone(), ref_leaves[3], ref_leaves[4], training=True)) + conv
+    assert_close(y, ref, torch.float64, "output")
+    gy = torch.randn_like(ref)
+    for g, e, what in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, ref_leaves, gy),
+                          ("grad_input", "grad_weight", "grad_bias", "grad_bn_weight", "grad_bn_bias")):
+        assert_close(g, e, torch.float64, what, kind="batch_norm")
+    fwd, bwd = plan.split("/")
+    assert {a for n, a in ran if n == "conv2d_forward"} == {fwd}
+    assert {a for n, a in ran if n != "conv2d_forward"} == {bwd} and len(ran) == 6

@@ -565,3 +565,17 @@ def test_conv2d_layer_inference_keeps_its_weight_prepared(kw):
     assert layer.weight.grad is not None
     layer.train()
     assert layer.prepared_bytes() == 0
+
+
+def test_blocked_direct_rule_matches_the_kernel():
+    """'auto' reads which shapes direct runs channel-blocked from Backend.blocked_direct (Python, for
+    torch.compile); the kernel's own answer is whether it has prepared panels for the shape."""
+    from pyconv import _C, _args, backends
+    be = backends.load("cpp")
+    for dtype in (torch.float32, torch.float64):
+        for C, K, G in ((3, 64, 1), (4, 8, 1), (8, 8, 1), (8, 4, 1), (16, 16, 2), (16, 16, 4), (32, 32, 32),
+                        (64, 64, 8), (24, 40, 1)):
+            x, w = torch.empty(1, C, 6, 6, dtype=dtype), torch.empty(K, C // G, 3, 3, dtype=dtype)
+            shape = _args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, G))
+            kernel = _C.conv_direct_prepared_numel(_C.ConvShape(*shape), str(dtype)[6:]) > 0
+            assert be.blocked_direct(shape, dtype) == kernel, (C, K, G, dtype)

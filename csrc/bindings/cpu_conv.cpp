@@ -6,6 +6,7 @@
 
 #include "bindings/buffers.h"
 #include "bindings/epilogue.h"
+#include "cpu/conv_blocked.h"
 #include "cpu/conv_direct.h"
 #include "cpu/conv_im2col.h"
 
@@ -166,6 +167,12 @@ void bind_conv(py::module_& m) {
        "prepared <- the weights in the forward kernel's layout (im2col: the GEMM's panels; direct: the "
        "channel-blocked filter panels), for the forward's prepared=.");
   }
+  m.def("conv_direct_blocked_min_channels", [](const std::string& dtype) {
+    PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
+    return dtype == "float32" ? PYCONV_ISA_FN(conv_blocked_min_channels<float>)()
+                              : PYCONV_ISA_FN(conv_blocked_min_channels<double>)();
+  }, py::arg("dtype"),
+     "Channels per group, in and out, from which direct's forward is channel-blocked (and takes prepared weights).");
   m.def("conv_im2col_prepared_layout", [](const ConvShape& s, const std::string& dtype) {
     conv_sizes(s);
     PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");

@@ -310,9 +310,13 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
 }  // namespace
 
 template <typename T>
+int conv_blocked_min_channels() {
+  return Simd<T>::W;
+}
+
+template <typename T>
 bool conv_blocked_applies(const ConvShape& s) {
-  constexpr int W = Simd<T>::W;
-  return s.Cg() >= W && s.Kg() >= W;
+  return s.Cg() >= conv_blocked_min_channels<T>() && s.Kg() >= conv_blocked_min_channels<T>();
 }
 
 template <typename T>
@@ -382,6 +386,7 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 
 #define PYCONV_INSTANTIATE(T)                                                                       \
   template bool conv_blocked_applies<T>(const ConvShape&);                                         \
+  template int conv_blocked_min_channels<T>();                                                       \
   template int64_t conv_blocked_prepared_numel<T>(const ConvShape&);                                 \
   template void conv_blocked_prepare_weight<T>(const ConvShape&, const T*, T*);                      \
   template bool conv_blocked_prepared_fits<T>(const ConvShape&, const T*);                           \

@@ -8,6 +8,9 @@ PYCONV_FOR_EACH_ISA(
   // per group on each side (narrower groups would mostly multiply padding).
   template <typename T>
   bool conv_blocked_applies(const ConvShape& s);
+  // The channels per group it needs on each side (the SIMD width: 8 float, 4 double).
+  template <typename T>
+  int conv_blocked_min_channels();
   // The filters blocked once for inference: conv_blocked_prepared_numel elements, a header then the
   // panels; conv_blocked_prepared_fits checks a buffer's header against a call.
   template <typename T>

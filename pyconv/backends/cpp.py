@@ -29,6 +29,10 @@ def _forward(x, w, b, y, shape, algo, stats, prepared, residual, act: int):
     return kernel(*lead, _np(x), _np(w), _np(b), _np(y), _np(stats), _np(prepared), _np(residual), act)
 
 
+_BLOCKED_MIN_CHANNELS = {dt: _C.conv_direct_blocked_min_channels(str(dt).replace("torch.", ""))
+                         for dt in (torch.float32, torch.float64)}
+
+
 def _pool(shape):
     return _C.PoolShape(*shape)
 
@@ -46,8 +50,11 @@ class CppBackend(Backend):
         _C.set_num_threads(n)
 
     def blocked_direct(self, shape, dtype) -> bool:
-        """csrc/cpu/conv_blocked.cpp takes the shape: exactly where direct has prepared panels."""
-        return _C.conv_direct_prepared_numel(_C.ConvShape(*shape), str(dtype).replace("torch.", "")) > 0
+        """csrc/cpu/conv_blocked.cpp takes the shape (exactly where direct has prepared panels): at
+        least its minimum of channels per group on each side. Plain Python (the minimum read once),
+        so 'auto' stays traceable by torch.compile."""
+        need = _BLOCKED_MIN_CHANNELS.get(dtype)
+        return need is not None and min(shape.C // shape.G, shape.K // shape.G) >= need
 
     # ---- convolution: the Winograd entry points take the tile m, the others are named by algo
     def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):

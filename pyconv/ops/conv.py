@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _args, autotune, backends
-from ..problem import ACTIVATIONS
+from ..problem import ACTIVATIONS, pass_algos
 from .common import call, custom_op, new_output, register_autograd
 
 
@@ -23,10 +23,11 @@ def _params(stride, padding, dilation, groups) -> _args.ConvParams:
 
 
 def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
+    """(shape, (forward algorithm, backward algorithm), Backend): the plan's algorithm per pass."""
     shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
     backend = backends.resolve(backend, x.device)
     algo = autotune.resolve_conv_algo(algo, shape, backend, x.dtype)
-    return shape, algo, backends.load(backend)
+    return shape, pass_algos(algo), backends.load(backend)
 
 
 # ------------------------------------------------------------------------------------ conv2d ---
@@ -34,14 +35,15 @@ def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend
 @custom_op("conv2d")
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int, algo: str, backend: str) -> Tensor:
-    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     return run_conv2d(x, weight, bias, shape, algo, mod)
 
 
 def run_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], shape, algo: str, backend,
                prepared=None) -> Tensor:
-    """The kernel step of conv2d, for arguments already checked and planned (shape, concrete algo,
-    Backend instance, and the weights' prepared form if any)."""
+    """The kernel step of conv2d, for arguments already checked and planned (shape, concrete algo or
+    plan (its forward part runs), Backend instance, and the weights' prepared form if any)."""
+    algo = pass_algos(algo)[0]
     y = new_output((shape.N, shape.K, shape.P, shape.Q), x)
     backend.conv2d_forward(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), y,
                            shape, algo, prepared=prepared)
@@ -59,7 +61,7 @@ def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List
                     dilation: List[int], groups: int, algo: str, backend: str,
                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias); an entry not asked for in output_mask is empty."""
-    shape, algo, mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
+    shape, (_, algo), mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
     gy = grad_output.contiguous()
     if tuple(gy.shape) != (shape.N, shape.K, shape.P, shape.Q):
         raise _args.PyConvError(f"grad_output: expected size {(shape.N, shape.K, shape.P, shape.Q)}, "
@@ -113,7 +115,7 @@ def conv2d_activation(x: Tensor, weight: Tensor, bias: Optional[Tensor], residua
     """act(conv2d(x, weight) + bias [+ residual]): the inference epilogue of a fused conv -> BN (folded
     into weight and bias) -> activation chain, optionally with a residual input. No autograd formula:
     the layers use it only where no gradient is needed."""
-    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     check_residual(residual, shape, x)
     return run_conv2d_activation(x, weight, bias, residual, shape, activation, algo, mod)
 
@@ -130,7 +132,9 @@ def check_residual(residual: Optional[Tensor], shape, x: Tensor) -> None:
 
 def run_conv2d_activation(x, weight, bias, residual, shape, activation: str, algo: str, backend,
                           prepared=None) -> Tensor:
-    """The kernel step of conv2d_activation, for arguments already checked and planned."""
+    """The kernel step of conv2d_activation, for arguments already checked and planned (a plan's
+    forward part runs)."""
+    algo = pass_algos(algo)[0]
     if activation not in ACTIVATIONS:
         raise _args.PyConvError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
     y = new_output((shape.N, shape.K, shape.P, shape.Q), x)

@@ -44,7 +44,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                  algo: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
     empty in eval mode."""
-    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
@@ -86,14 +86,14 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
     output_mask are empty."""
-    shape, algo, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (fwd_algo, algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
     x, weight, z = x.contiguous(), weight.contiguous(), z.contiguous()
     if not training and (output_mask[3] or output_mask[4]):
         y = new_output(out, x)  # eval: the unfolded conv output, recomputed for the BN gradients
-        mod.conv2d_forward(x, weight, None if bias is None else bias.contiguous(), y, shape, algo)
+        mod.conv2d_forward(x, weight, None if bias is None else bias.contiguous(), y, shape, fwd_algo)
     empty = x.new_empty(0)
     gy = new_output(out, x)
     g_bnw = new_output((shape.K,), x) if output_mask[3] else empty.clone()
