@@ -17,8 +17,12 @@ Checks, before any timing:
 - training step: loss and parameter gradients (relative L2 error over all gradients, matched by
   parameter identity) against the same step in float64. float32 gradients of a deep, freshly
   initialized net are far from exact even in torch (ResNet-50, batch 8: torch's own are 1.9e-2
-  from float64), so a side fails when its error exceeds 10x torch's own (at least 1e-3): a wrong
-  gradient is off by O(1).
+  from float64), so a side fails when its error exceeds 10x torch's own (at least 1e-2): a wrong
+  gradient is off by O(1). The floor is not lower because one ReLU whose input lies within float32
+  rounding of zero flips its mask, which moves its channel's batch-norm bias gradient by about
+  1/sqrt(N*P*Q) of it and, through batch norm's backward, every gradient below: CIFAR ResNet-20 at
+  batch 8, 2.4e-3 from float64 for a side whose float64 step matches torch's to 2e-14, where torch's
+  own float32 step flipped nothing (9e-7).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from . import models, peers
 
 MODES = ("infer1", "inferN", "train")
 INFER_TOL = 1e-3
-TRAIN_FACTOR, TRAIN_FLOOR = 10.0, 1e-3  # training: error vs float64 <= max(10 x torch's own, 1e-3)
+TRAIN_FACTOR, TRAIN_FLOOR = 10.0, 1e-2  # training: error vs float64 <= max(10 x torch's own, 1e-2)
 LOSS_FLOOR = 1e-5
 LR, MOMENTUM = 1e-3, 0.9
 
