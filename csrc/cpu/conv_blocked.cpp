@@ -56,14 +56,15 @@ Blocked plan(const ConvShape& s) {
 }
 
 // x -> xb. Rows of W channels are transposed W columns at a time in registers; the padding and the
-// columns near the edges are written element by element.
+// columns near the edges are written element by element. A worksharing loop without a barrier: call
+// it from every thread of a parallel region (alone, it runs on the calling thread).
 template <typename T>
 void block_input(const Blocked& b, const T* x, T* xb) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
   const ConvShape& s = b.s;
   const int64_t Cg = s.Cg(), rows = s.N * s.G * b.Cb * b.Hp;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t i = row % b.Hp, cbi = row / b.Hp % b.Cb, ng = row / (b.Hp * b.Cb);
     const int64_t n = ng / s.G, g = ng % s.G;
@@ -93,7 +94,7 @@ void block_input(const Blocked& b, const T* x, T* xb) {
   }
 }
 
-// w -> wb, zero past Kg and Cg. Rows of w (one output channel: Cg*R*S contiguous values) are read
+// w -> wb, zero past Kg and Cg (a worksharing loop without a barrier, as block_input). Rows of w (one output channel: Cg*R*S contiguous values) are read
 // W at a time from W channels and transposed in registers: each result is one (c, r, s) for W
 // output channels, a vector of the panel (element by element, this was 10% of a training forward).
 template <typename T>
@@ -103,7 +104,7 @@ void block_filters(const Blocked& b, const T* w, T* wb) {
   const ConvShape& s = b.s;
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, row = Cg * RS, panel = b.Cb * RS * W * NR;
   auto at = [&](int64_t e) { return ((e / RS / W * RS + e % RS) * W + e / RS % W) * NR; };
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t gk = 0; gk < s.G * b.Kp; ++gk) {
     const int64_t g = gk / b.Kp, kp = gk % b.Kp;
     T* out = wb + gk * panel;
@@ -331,7 +332,9 @@ void conv_blocked_prepare_weight(const ConvShape& s, const T* w, T* prepared) {
   for (int64_t e = 0; e < kPreparedHeader; ++e) prepared[e] = T(0);
   prepared[0] = T(s.Kg()), prepared[1] = T(s.Cg()), prepared[2] = T(s.R), prepared[3] = T(s.S);
   prepared[4] = T(s.G), prepared[5] = T(Simd<T>::W);
-  block_filters(plan<T>(s), w, prepared + kPreparedHeader);
+  const Blocked b = plan<T>(s);
+#pragma omp parallel num_threads(num_threads())
+  block_filters(b, w, prepared + kPreparedHeader);
 }
 
 template <typename T>
@@ -350,10 +353,8 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   const Blocked b = plan<T>(s);
   const int64_t RS = s.R * s.S;
   Workspace xbw(checked_bytes(s.N * b.image() * W, sizeof(T)));
-  block_input(b, x, xbw.as<T>());
   Workspace wbw(prepared ? 0 : checked_bytes(s.G * b.Kp * b.Cb * RS * W * NR, sizeof(T)));
   const T* wb = prepared ? prepared + kPreparedHeader : wbw.as<T>();
-  if (!prepared) block_filters(b, w, wbw.as<T>());
   // byte offsets of a chunk's (channel block, tap) pairs from its origin, in the filters' order
   const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * W * NR * int64_t(sizeof(T)))));
   Workspace offw(checked_bytes(chunk * RS, sizeof(int64_t)));
@@ -372,11 +373,18 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   if (part)  // a block may hold several segments of a channel: they add up in its partial
     for (int64_t i = 0; i < 2 * s.K * b.nblk; ++i) part[i] = 0;
   const int64_t tasks = s.G * b.Kp * b.nblk;
-#pragma omp parallel for num_threads(nthr) schedule(static)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t blk = t % b.nblk, kp = t / b.nblk % b.Kp, g = t / (b.nblk * b.Kp);
-    run_task(b, xbw.as<T>(), wb, bias, y, part, ep, offs, chunk, g, kp, blk,
-             tiles.as<T>() + omp_get_thread_num() * tile_elems);
+  // one parallel region: reorders (the input, and the filters unless prepared), one barrier, tasks
+#pragma omp parallel num_threads(nthr)
+  {
+    block_input(b, x, xbw.as<T>());
+    if (!prepared) block_filters(b, w, wbw.as<T>());
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t blk = t % b.nblk, kp = t / b.nblk % b.Kp, g = t / (b.nblk * b.Kp);
+      run_task(b, xbw.as<T>(), wb, bias, y, part, ep, offs, chunk, g, kp, blk,
+               tiles.as<T>() + omp_get_thread_num() * tile_elems);
+    }
   }
   if (!stats) return;
   for (int64_t i = 0; i < b.nblk; ++i)
