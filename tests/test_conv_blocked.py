@@ -101,10 +101,20 @@ def test_statistics_do_not_depend_on_threads():
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[2]], ids=_id)
-def test_gradients_unchanged(case):
-    """Only the forward is blocked; the backward passes of `direct` still match torch."""
-    x, w, b, kw = _data(case, torch.float64)
+GRAD_CASES = [c for c in CASES if c[7] == 1] + [
+    (2, 16, 6, 7, 24, 1, 1, 1, 1, 1, 1),         # 1x1 with padding: grad-input crops (padding -1)
+    (1, 24, 9, 8, 16, 3, 3, 1, (2, 0), 1, 2),    # more padding than the kernel reaches, groups
+    CASES[2],                                    # stride 2: the row kernels
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_id)
+def test_gradients_against_torch(case, dtype):
+    """Grad-input of a stride-1 layer runs the blocked forward on gy (rotated, channel-transposed
+    filters, padding dil*(R-1) - pad, cropping where that is negative); strided grad-input and
+    grad-weight the row kernels."""
+    x, w, b, kw = _data(case, dtype)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     y = PF.conv2d(*leaves, algo="direct", backend="cpp", **kw)
@@ -112,7 +122,7 @@ def test_gradients_unchanged(case):
     gy = torch.randn_like(ref)
     for g, e, what in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, ref_leaves, gy),
                           ("grad_input", "grad_weight", "grad_bias")):
-        assert_close(g, e, torch.float64, what)
+        assert_close(g, e, dtype, what)
 
 
 def test_generic_isa_matches_torch():

@@ -127,6 +127,30 @@ void block_filters(const Blocked& b, const T* w, T* wb) {
   }
 }
 
+// The filters of grad-input's convolution (input channels: the forward's outputs, output channels:
+// its inputs, taps rotated 180 degrees) as panels: wb'[g][cp][kb][r][s][ki][NR] = w[g][kb*W + ki][cp*NR + j]
+// [R-1-r][S-1-s], zero past the channel counts. Each (forward output channel, NR forward input
+// channels) block of w is NR*R*S contiguous values; it is staged in L1 and written out rotated.
+template <typename T>
+void block_filters_transposed(const Blocked& b, int64_t Kf, int64_t Cf, const T* w, T* wb) {
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  const ConvShape& s = b.s;  // grad-input's problem: Cg() = Kf, Kg() = Cf
+  const int64_t RS = s.R * s.S, panel = b.Cb * RS * W * NR;
+#pragma omp for schedule(static) nowait
+  for (int64_t gc = 0; gc < s.G * b.Kp; ++gc) {
+    const int64_t g = gc / b.Kp, cp = gc % b.Kp, c0 = cp * NR, cn = imin(NR, Cf - c0);
+    T* out = wb + gc * panel;
+    if (cn < NR || Kf % W)
+      for (int64_t e = 0; e < panel; ++e) out[e] = T(0);
+    for (int64_t k = 0; k < Kf; ++k) {
+      const T* src = w + ((g * Kf + k) * Cf + c0) * RS;  // [cn][RS]
+      T* dst = out + (k / W * RS * W + k % W) * NR;     // + rs * W * NR + j
+      for (int64_t rs = 0; rs < RS; ++rs)
+        for (int64_t j = 0; j < cn; ++j) dst[rs * W * NR + j] = src[j * RS + (RS - 1 - rs)];
+    }
+  }
+}
+
 // acc[MR][NR] += sum over `steps` (channel block, tap) pairs and their W lanes of the MR pixels'
 // inputs times the filter panel w. px[u]: pixel u's input at the chunk's origin; offs[j]: byte
 // offset of pair j from there. Portable version (vector extensions).
@@ -392,9 +416,37 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
       stats[k] += part[2 * (i * s.K + k)], stats[s.K + k] += part[2 * (i * s.K + k) + 1];
 }
 
+template <typename T>
+bool conv_blocked_backward_input_applies(const ConvShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && conv_blocked_applies<T>(s);
+}
+
+// grad-input of a stride-1 convolution = a forward convolution of gy (K channels) with the rotated,
+// channel-transposed filters, padding dil*(R-1) - pad (negative: crop), dilation kept.
+template <typename T>
+void conv_blocked_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return;
+  ConvShape t = s;
+  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+  t.pad_h = s.dil_h * (s.R - 1) - s.pad_h, t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
+  if (s.K == 0 || s.P == 0 || s.Q == 0) {
+    for (int64_t e = 0; e < s.N * s.C * s.H * s.W; ++e) gx[e] = T(0);
+    return;
+  }
+  const Blocked b = plan<T>(t);
+  constexpr int W = Simd<T>::W, NR = 2 * W;
+  Workspace wt(checked_bytes(kPreparedHeader + t.G * b.Kp * b.Cb * t.R * t.S * W * NR, sizeof(T)));
+#pragma omp parallel num_threads(num_threads())
+  block_filters_transposed(b, s.Kg(), s.Cg(), w, wt.as<T>() + kPreparedHeader);
+  conv_blocked_forward(t, gy, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), gx, nullptr,
+                       wt.as<T>(), ConvEpilogue<T>{});
+}
+
 #define PYCONV_INSTANTIATE(T)                                                                       \
   template bool conv_blocked_applies<T>(const ConvShape&);                                         \
   template int conv_blocked_min_channels<T>();                                                       \
+  template bool conv_blocked_backward_input_applies<T>(const ConvShape&);                          \
+  template void conv_blocked_backward_input<T>(const ConvShape&, const T*, const T*, T*);           \
   template int64_t conv_blocked_prepared_numel<T>(const ConvShape&);                                 \
   template void conv_blocked_prepare_weight<T>(const ConvShape&, const T*, T*);                      \
   template bool conv_blocked_prepared_fits<T>(const ConvShape&, const T*);                           \

@@ -19,6 +19,11 @@ PYCONV_FOR_EACH_ISA(
   void conv_blocked_prepare_weight(const ConvShape& s, const T* w, T* prepared);
   template <typename T>
   bool conv_blocked_prepared_fits(const ConvShape& s, const T* prepared);
+  // grad-input of a stride-1 convolution it takes, as its forward on gy with rotated, transposed filters.
+  template <typename T>
+  bool conv_blocked_backward_input_applies(const ConvShape& s);
+  template <typename T>
+  void conv_blocked_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
   // stats (may be null): [sum y per channel, sum y^2 per channel] in float64, taken before ep.
   // prepared (may be null): conv_blocked_prepare_weight's buffer for w and s.
   template <typename T>

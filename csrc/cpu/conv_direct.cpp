@@ -320,6 +320,7 @@ void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b,
 template <typename T>
 void conv_direct_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   if (conv_depthwise_applies(s)) return conv_depthwise_backward_input(s, gy, w, gx);
+  if (conv_blocked_backward_input_applies<T>(s)) return conv_blocked_backward_input(s, gy, w, gx);
   if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return;
   const Tile tile = choose_tile<T>(s.Cg(), s.W);
   const int64_t qt = tile.QV * Simd<T>::W;
