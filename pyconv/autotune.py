@@ -19,17 +19,18 @@ algo='auto' has two modes:
        > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.5 ms, im2col 1.9 ms).
        Both exceptions: im2col -- or, where the backend's direct forward is channel-blocked
        (Backend.blocked_direct: cpp with >= 8 channels per group), direct without gradients (batch 1,
-       prepared: 1.35-1.5 ms against im2col's 1.5 and torch's 1.9-2.2) and the plan "direct/im2col"
-       with them (forward direct, 9.7 ms against im2col's 11.6-13 at batch 8; gradients im2col);
+       prepared: 1.35-1.5 ms against im2col's 1.5 and torch's 1.9-2.2) and the plan
+       "direct/direct/im2col" with them (forward 9.7 ms against im2col's 11.6-13 at batch 8,
+       grad-input likewise on the blocked kernel, grad-weight im2col);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions. Where the backend's direct forward is channel-blocked: direct without gradients
        (the same micro-kernel with no im2col panels; stride-2 3x3 layers 1.0-1.18x im2col, both with
-       prepared weights), "direct/im2col" with them (the direct backward passes are slower than
-       im2col's, so only the forward changes);
-  A plan "<forward>/<backward>" runs the forward with the first algorithm and both gradients with
-  the second (the ops take plans; so does algo= for a user who wants one).
+       prepared weights), "direct/im2col" with them ("direct/direct/im2col" at stride 1, where
+       direct's grad-input is the blocked kernel too; direct's grad-weight is slower than im2col's);
     5. everything else -> direct.
+  A plan "<forward>/<gradients>" or "<forward>/<grad-input>/<grad-weight>" runs each pass with its
+  algorithm (the ops take plans; so does algo= for a user who wants one).
   A rule whose algorithm the backend does not implement falls through to the next one.
 - measured: pyconv.autotune(True), or PYCONV_AUTOTUNE=1 in the environment. Each valid algorithm
   is timed once per (shape, dtype, backend, threads) on random data through the backend's forward
@@ -109,7 +110,8 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             few = (f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< {WINOGRAD_TRAIN_MIN_OUTPUT}): "
                    f"few tiles per transformed filter")
             if "direct" in have and blocked_direct():
-                return pick("direct/im2col", few + "; forward channel-blocked direct, gradients GEMM")
+                return pick("direct/direct/im2col", few + "; forward and grad-input channel-blocked direct, "
+                                                          "grad-weight GEMM")
             return pick("im2col", few + ", GEMM")
         tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
         if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
@@ -119,7 +121,8 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             if "direct" in have and "im2col" in have and blocked_direct():
                 if not grad:
                     return pick("direct", few + "; channel-blocked direct")
-                return pick("direct/im2col", few + "; forward channel-blocked direct, gradients GEMM")
+                return pick("direct/direct/im2col", few + "; forward and grad-input channel-blocked direct, "
+                                                          "grad-weight GEMM")
             if "im2col" in have:
                 return pick("im2col", few + ", GEMM")
         w = _first_winograd(have)
@@ -135,6 +138,9 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             if not grad:
                 return pick("direct", f"wide layer, {cg}->{kg} channels per group: channel-blocked direct "
                                       f"(no im2col panels)")
+            if (shape.stride_h, shape.stride_w) == (1, 1):
+                return pick("direct/direct/im2col", f"wide stride-1 layer, {cg}->{kg} channels per group: forward "
+                                                    f"and grad-input channel-blocked direct, grad-weight GEMM")
             return pick("direct/im2col", f"wide layer, {cg}->{kg} channels per group: forward channel-blocked "
                                          f"direct (no im2col panels), gradients GEMM")
         if "im2col" in have:
@@ -409,10 +415,11 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dt
     can_run (PyConvError naming the algorithm and the reason)."""
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
-    if PASS_SEP in algo:  # a forward/backward plan: each part a concrete algorithm this shape can run
+    if PASS_SEP in algo:  # a plan: each part a concrete algorithm this shape can run
         parts = pass_algos(algo)
-        if "auto" in parts or PASS_SEP in parts[1]:
-            raise PyConvError(f"algo={algo!r}: a plan names two concrete algorithms, '<forward>/<backward>'")
+        if "auto" in parts or PASS_SEP in parts[2]:
+            raise PyConvError(f"algo={algo!r}: a plan names two or three concrete algorithms, "
+                              f"'<forward>/<gradients>' or '<forward>/<grad-input>/<grad-weight>'")
         for part in parts:
             resolve_conv_algo(part, shape, backend, dtype)
         return algo

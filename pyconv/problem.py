@@ -85,15 +85,21 @@ WINOGRAD_ALGOS = ("winograd", "winograd_2x2", "winograd_4x4")
 CONV_ALGOS = ("direct", "im2col") + WINOGRAD_ALGOS
 # What a user may pass as algo=.
 ALGOS = ("auto",) + CONV_ALGOS
-# A plan may name the forward's algorithm and the gradients' apart, "<forward>/<backward>" (what 'auto'
-# picks where a forward-only kernel wins: "direct/im2col"); a single name runs every pass.
+# A plan may name the passes' algorithms apart: "<forward>/<gradients>" or "<forward>/<grad-input>/
+# <grad-weight>" (what 'auto' picks where one kernel wins a pass and not the others: "direct/im2col",
+# "direct/direct/im2col"); a single name runs every pass.
 PASS_SEP = "/"
 
 
-def pass_algos(plan: str) -> Tuple[str, str]:
-    """(forward algorithm, backward algorithm) of a plan: "a/b" -> (a, b), "a" -> (a, a)."""
-    fwd, sep, bwd = plan.partition(PASS_SEP)
-    return (fwd, bwd) if sep else (plan, plan)
+def pass_algos(plan: str) -> Tuple[str, str, str]:
+    """(forward, grad-input, grad-weight) algorithms of a plan: "a" -> (a, a, a), "a/b" -> (a, b, b),
+    "a/b/c" -> (a, b, c). More parts stay in the last one (resolve_conv_algo refuses them)."""
+    parts = plan.split(PASS_SEP, 2)
+    if len(parts) == 1:
+        return plan, plan, plan
+    if len(parts) == 2:
+        return parts[0], parts[1], parts[1]
+    return parts[0], parts[1], parts[2]
 
 # Activations a fused epilogue applies (y = act(conv + bias [+ residual])); the kernels take the index.
 ACTIVATIONS = ("none", "relu", "relu6")

@@ -55,6 +55,8 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert blocked.algo == "direct" and "channel-blocked" in blocked.rule
     wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
     assert wide.algo == "direct/im2col" and "wide" in wide.rule
+    wide1 = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 5, 5, pad=2), "cpp", grad=True)  # stride 1: grad-input too
+    assert wide1.algo == "direct/direct/im2col" and "grad-input" in wide1.rule
     narrow = autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp", grad=True)  # 7 channels
     assert narrow.algo == "im2col" and "wide" in narrow.rule
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
@@ -63,7 +65,8 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     # few tiles for large transformed filters: GEMM at batch 1, Winograd again at batch 8
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
     assert few.algo == "direct" and "tiles" in few.rule and "channel-blocked" in few.rule
-    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "direct/im2col"
+    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == \
+        "direct/direct/im2col"
     monkeypatch.setattr(mod, "blocked_direct", lambda shape, dtype: False)
     assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "im2col"
     assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
@@ -86,12 +89,16 @@ def test_explain_algo_public():
 
 
 def test_pass_plans():
-    """'<forward>/<backward>' plans: each part checked like a name; 'auto' and nesting refused."""
+    """'<forward>/<gradients>' and '<forward>/<grad-input>/<grad-weight>' plans: each part checked
+    like a name; 'auto' and a fourth part refused."""
+    from pyconv.problem import pass_algos
     s = shape_of(1, 16, 8, 8, 16, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("direct/im2col", s, "cpp") == "direct/im2col"
-    assert autotune.resolve_conv_algo("winograd/direct", s, "cpp") == "winograd/direct"
-    for bad, match in (("auto/im2col", "two concrete"), ("direct/auto", "two concrete"), ("direct/fft", "unknown"),
-                       ("direct/im2col/direct", "two concrete")):
+    assert autotune.resolve_conv_algo("winograd/direct/im2col", s, "cpp") == "winograd/direct/im2col"
+    assert pass_algos("a") == ("a",) * 3 and pass_algos("a/b") == ("a", "b", "b")
+    assert pass_algos("a/b/c") == ("a", "b", "c")
+    for bad, match in (("auto/im2col", "concrete"), ("direct/auto", "concrete"), ("direct/fft", "unknown"),
+                       ("direct/im2col/direct/im2col", "concrete")):
         with pytest.raises(pyconv.PyConvError, match=match):
             autotune.resolve_conv_algo(bad, s, "cpp")
     with pytest.raises(pyconv.PyConvError, match="winograd"):
@@ -240,14 +247,14 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
 
 def test_heuristic_with_gradients_avoids_winograd_on_small_outputs():
     """With gradients on outputs under 8x8 (few tiles per transformed filter), 'auto' takes im2col's
-    gradients (and the channel-blocked direct forward: "direct/im2col"); the forward-only choice stays
-    Winograd; from 8x8 on gradients do not change it."""
+    grad-weight (and the channel-blocked direct forward and grad-input: "direct/direct/im2col"); the
+    forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
     import torch as _t
     import pyconv.functional as PF
 
     small = shape_of(2, 64, 7, 7, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", small, "cpp").startswith("winograd")
-    assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "direct/im2col"
+    assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "direct/direct/im2col"
     large = shape_of(2, 64, 8, 8, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", large, "cpp", grad=True).startswith("winograd")
     x, w = _t.randn(2, 64, 7, 7, requires_grad=True), _t.randn(64, 64, 3, 3, requires_grad=True)

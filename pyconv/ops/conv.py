@@ -23,7 +23,7 @@ def _params(stride, padding, dilation, groups) -> _args.ConvParams:
 
 
 def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend):
-    """(shape, (forward algorithm, backward algorithm), Backend): the plan's algorithm per pass."""
+    """(shape, (forward, grad-input, grad-weight algorithms), Backend): the plan's algorithm per pass."""
     shape = _args.conv2d_shape(x, weight, bias, _params(stride, padding, dilation, groups))
     backend = backends.resolve(backend, x.device)
     algo = autotune.resolve_conv_algo(algo, shape, backend, x.dtype)
@@ -35,7 +35,7 @@ def _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend
 @custom_op("conv2d")
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int, algo: str, backend: str) -> Tensor:
-    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     return run_conv2d(x, weight, bias, shape, algo, mod)
 
 
@@ -61,7 +61,7 @@ def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List
                     dilation: List[int], groups: int, algo: str, backend: str,
                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias); an entry not asked for in output_mask is empty."""
-    shape, (_, algo), mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
+    shape, (_, gi_algo, gw_algo), mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
     gy = grad_output.contiguous()
     if tuple(gy.shape) != (shape.N, shape.K, shape.P, shape.Q):
         raise _args.PyConvError(f"grad_output: expected size {(shape.N, shape.K, shape.P, shape.Q)}, "
@@ -72,10 +72,10 @@ def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List
     gw = new_output(weight.shape, weight) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), weight) if output_mask[2] else empty.clone()
     if output_mask[0]:
-        mod.conv2d_backward_input(gy, weight, gx, shape, algo)
+        mod.conv2d_backward_input(gy, weight, gx, shape, gi_algo)
     if output_mask[1] or output_mask[2]:
         mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None,
-                                   shape, algo)
+                                   shape, gw_algo)
     return gx, gw, gb
 
 
@@ -115,7 +115,7 @@ def conv2d_activation(x: Tensor, weight: Tensor, bias: Optional[Tensor], residua
     """act(conv2d(x, weight) + bias [+ residual]): the inference epilogue of a fused conv -> BN (folded
     into weight and bias) -> activation chain, optionally with a residual input. No autograd formula:
     the layers use it only where no gradient is needed."""
-    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     check_residual(residual, shape, x)
     return run_conv2d_activation(x, weight, bias, residual, shape, activation, algo, mod)
 

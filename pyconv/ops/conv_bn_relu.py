@@ -44,7 +44,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                  algo: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
     empty in eval mode."""
-    shape, (algo, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
@@ -86,7 +86,8 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
     output_mask are empty."""
-    shape, (fwd_algo, algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    shape, (fwd_algo, gi_algo, gw_algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo,
+                                                          backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
@@ -107,10 +108,10 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()
     if output_mask[0]:
-        mod.conv2d_backward_input(gy, weight, gx, shape, algo)
+        mod.conv2d_backward_input(gy, weight, gx, shape, gi_algo)
     if output_mask[1] or output_mask[2]:
         mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None, shape,
-                                   algo)
+                                   gw_algo)
     return gx, gw, gb, g_bnw, g_bnb
 
 
