@@ -26,6 +26,13 @@ ConvBuffers conv_sizes(const ConvShape& s) {
 
 enum class Algo { direct, im2col };
 
+// Elements of an algorithm's weights prepared for inference (direct: 0 where its kernel takes none).
+template <typename T>
+int64_t prepared_numel(Algo algo, const ConvShape& s) {
+  return algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_prepared_numel<T>)(s)
+                              : PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s);
+}
+
 template <typename T>
 void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::array& w, const py::object& b,
                  py::array& y, const py::object& stats, const py::object& prepared, const py::object& residual,
@@ -38,13 +45,13 @@ void run_forward(Algo algo, const ConvShape& s, const py::array& x, const py::ar
   double* sp = opt_out_buffer<double>(stats, "stats", 2 * s.K);
   const T* pp = nullptr;
   if (algo == Algo::direct) {
-    const int64_t np = PYCONV_ISA_FN(conv_direct_prepared_numel<T>)(s);
+    const int64_t np = prepared_numel<T>(algo, s);
     PYCONV_CHECK(np > 0 || prepared.is_none(), "prepared: the direct kernel for this shape takes none");
     pp = opt_in_buffer<T>(prepared, "prepared", np);
     PYCONV_CHECK(!pp || PYCONV_ISA_FN(conv_direct_prepared_fits<T>)(s, pp),
                  "prepared: blocked for another shape (conv_direct_prepare_weight with this shape)");
   } else {
-    pp = opt_in_buffer<T>(prepared, "prepared", PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s));
+    pp = opt_in_buffer<T>(prepared, "prepared", prepared_numel<T>(algo, s));
     if (pp) {
       PYCONV_CHECK(PYCONV_ISA_FN(conv_im2col_prepared_fits<T>)(s, pp),
                    "prepared: packed for another shape or layout (conv_im2col_prepare_weight with this shape)");
@@ -62,8 +69,7 @@ template <typename T>
 void prepare_weight(Algo algo, const ConvShape& s, const py::array& w, py::array& prepared) {
   const ConvBuffers n = conv_sizes(s);
   const T* wp = in_buffer<T>(w, "weight", n.w);
-  const int64_t np = algo == Algo::direct ? PYCONV_ISA_FN(conv_direct_prepared_numel<T>)(s)
-                                          : PYCONV_ISA_FN(conv_im2col_prepared_numel<T>)(s);
+  const int64_t np = prepared_numel<T>(algo, s);
   PYCONV_CHECK(np > 0, "prepared: this algorithm's kernel for this shape takes none");
   T* pp = out_buffer<T>(prepared, "prepared", np);
   py::gil_scoped_release nogil;
@@ -152,11 +158,7 @@ void bind_conv(py::module_& m) {
     m.def((name + "_prepared_numel").c_str(), [algo](const ConvShape& s, const std::string& dtype) {
       conv_sizes(s);
       PYCONV_CHECK(dtype == "float32" || dtype == "float64", "dtype=", dtype, ": expected float32 or float64");
-      if (algo == Algo::direct)
-        return dtype == "float32" ? PYCONV_ISA_FN(conv_direct_prepared_numel<float>)(s)
-                                  : PYCONV_ISA_FN(conv_direct_prepared_numel<double>)(s);
-      return dtype == "float32" ? PYCONV_ISA_FN(conv_im2col_prepared_numel<float>)(s)
-                                : PYCONV_ISA_FN(conv_im2col_prepared_numel<double>)(s);
+      return dtype == "float32" ? prepared_numel<float>(algo, s) : prepared_numel<double>(algo, s);
     }, py::arg("shape"), py::arg("dtype"),
        "Elements of the weights prepared for inference (layout: dtype and ISA); direct: 0 where its kernel "
        "for this shape takes none.");

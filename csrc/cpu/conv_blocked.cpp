@@ -191,12 +191,7 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
   PYCONV_INLINE void tile_kernel(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) { \
     int64_t o;                                                                                            \
     __asm__ volatile(                                                                                     \
-        "vmovups (%[t]), %%ymm0\n\t vmovups 32(%[t]), %%ymm1\n\t"                                       \
-        "vmovups 64(%[t]), %%ymm2\n\t vmovups 96(%[t]), %%ymm3\n\t"                                     \
-        "vmovups 128(%[t]), %%ymm4\n\t vmovups 160(%[t]), %%ymm5\n\t"                                   \
-        "vmovups 192(%[t]), %%ymm6\n\t vmovups 224(%[t]), %%ymm7\n\t"                                   \
-        "vmovups 256(%[t]), %%ymm8\n\t vmovups 288(%[t]), %%ymm9\n\t"                                   \
-        "vmovups 320(%[t]), %%ymm10\n\t vmovups 352(%[t]), %%ymm11\n\t"                                 \
+        PYCONV_ASM_TILE_LOAD                                                                              \
         ".p2align 4\n"                                                                                    \
         "1:\n\t"                                                                                          \
         "mov (%[offs]), %[o]\n\t"                                                                         \
@@ -205,12 +200,7 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
         "add $" WBYTES ", %[w]\n\t"                                                                       \
         "dec %[n]\n\t"                                                                                    \
         "jnz 1b\n\t"                                                                                      \
-        "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                                       \
-        "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                                     \
-        "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"                                   \
-        "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"                                   \
-        "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"                                   \
-        "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"                                 \
+        PYCONV_ASM_TILE_STORE                                                                             \
         : [w] "+r"(w), [offs] "+r"(offs), [n] "+r"(steps), [o] "=&r"(o)                                  \
         : [x0] "r"(px[0]), [x1] "r"(px[1]), [x2] "r"(px[2]), [x3] "r"(px[3]), [x4] "r"(px[4]),           \
           [x5] "r"(px[5]), [t] "r"(acc)                                                                   \

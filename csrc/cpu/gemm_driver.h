@@ -92,6 +92,22 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 // the vector-extension version (about 20% slower); here ymm0-11 hold the 6x2 accumulators, ymm12-13
 // the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs; the loop runs
 // 4 steps per iteration.
+// The 12 accumulators ymm0-11 (an MR x NR tile, rows NR wide) from / to the tile at %[t]; the GEMM
+// micro-kernel stores them, the blocked direct kernel (conv_blocked.cpp) loads and stores them.
+#define PYCONV_ASM_TILE_LOAD                                                  \
+  "vmovups (%[t]), %%ymm0\n\t vmovups 32(%[t]), %%ymm1\n\t"                  \
+  "vmovups 64(%[t]), %%ymm2\n\t vmovups 96(%[t]), %%ymm3\n\t"                \
+  "vmovups 128(%[t]), %%ymm4\n\t vmovups 160(%[t]), %%ymm5\n\t"              \
+  "vmovups 192(%[t]), %%ymm6\n\t vmovups 224(%[t]), %%ymm7\n\t"              \
+  "vmovups 256(%[t]), %%ymm8\n\t vmovups 288(%[t]), %%ymm9\n\t"              \
+  "vmovups 320(%[t]), %%ymm10\n\t vmovups 352(%[t]), %%ymm11\n\t"
+#define PYCONV_ASM_TILE_STORE                                                 \
+  "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                  \
+  "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                \
+  "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"              \
+  "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"              \
+  "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"              \
+  "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"
 #define PYCONV_GEMM_ROW(aoff, off, acc0, acc1)                               \
   "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%ymm14\n\t"            \
   "vfmadd231p" PYCONV_P " %%ymm12, %%ymm14, %%ymm" acc0 "\n\t"              \
@@ -136,12 +152,7 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
         "dec %[k]\n\t"                                                                              \
         "jnz 4b\n"                                                                                  \
         "2:\n\t"                                                                                    \
-        "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                                  \
-        "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                                \
-        "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"                              \
-        "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"                              \
-        "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"                              \
-        "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"                            \
+        PYCONV_ASM_TILE_STORE                                                                       \
         : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)                                                   \
         : [t] "r"(tile)                                                                             \
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
