@@ -174,3 +174,13 @@ def test_pass_plans_train_against_torch(plan, monkeypatch):
     assert [a for n, a in ran if n == "conv2d_forward"] == [fwd] * 2
     assert [a for n, a in ran if n == "conv2d_backward_input"] == [gi] * 2
     assert [a for n, a in ran if n == "conv2d_backward_weight"] == [gw] * 2
+
+
+def test_gradcheck_float64():
+    """Numerical Jacobians of the blocked forward and stride-1 grad-input (8 channels each side)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: PF.conv2d(x, w, b, padding=1, algo="direct", backend="cpp"),
+                                    (x, w, b))
