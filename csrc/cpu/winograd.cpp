@@ -103,6 +103,18 @@ constexpr int kMR = GemmBlocking<T>::MR;
 template <typename T>
 constexpr int kNR = GemmBlocking<T>::NR;
 
+// The stride between the alpha^2 positions of every transformed buffer: `elems` rounded up to an
+// odd number of cache lines. The transforms touch all 16 or 36 positions at once; at a power-of-two
+// stride (16 channels x 64 tiles = 4 KiB, 128 x 132 transformed filter gradients = 16.5 x 4 KiB)
+// those lines share one or two sets of the 8-way L1 and L2 and evict each other on every vector
+// (grad-weight's final G^T dU G spent 65% of the op there); an odd number of lines walks every set.
+template <typename T>
+int64_t position_stride(int64_t elems) {
+  constexpr int64_t line = 64 / sizeof(T);
+  const int64_t lines = ceil_div(elems, line);
+  return (lines | 1) * line;
+}
+
 // Where element (position xi, row r, tile t) of a block of NB tiles lives in a transformed block:
 // (xi, r, t) -> xi*xi_stride + (t / NR)*panel_stride + r*row_stride + t % NR. Panel layout (the
 // micro-kernel's B operand) has row_stride NR; row layout [xi][rows][NB] has row_stride NB.
@@ -110,11 +122,11 @@ struct BlockLayout {
   int64_t xi_stride, panel_stride, row_stride;
   template <typename T>
   static BlockLayout panels(int64_t rows, int64_t NB) {
-    return {rows * NB, rows * kNR<T>, kNR<T>};
+    return {position_stride<T>(rows * NB), rows * kNR<T>, kNR<T>};
   }
   template <typename T>
   static BlockLayout rows(int64_t rows, int64_t NB) {
-    return {rows * NB, kNR<T>, NB};
+    return {position_stride<T>(rows * NB), kNR<T>, NB};
   }
   template <typename T>
   int64_t at(int64_t xi, int64_t r, int64_t t) const {
@@ -169,7 +181,8 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
   for (int64_t task = 0; task < c.G * nkb * ncb; ++task) {
     const int64_t g = task / (nkb * ncb), kb = task / ncb % nkb, c0 = task % ncb * W;
     const int64_t nc = imin(W, c.Cin - c0);
-    T* Ug = U + g * A * A * nkb * c.Cin * MR;
+    const int64_t us = position_stride<T>(nkb * c.Cin * MR);
+    T* Ug = U + g * A * A * us;
     for (int i = 0; i < MR; ++i) {
       const int64_t k = kb * MR + i;
       alignas(32) T f[9 * W] = {};  // f[rs][lane]; zero past Kout
@@ -185,7 +198,7 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
       for (int xi = 0; xi < A * A; ++xi) {
         alignas(32) T ub[W];
         vstore(ub, u[xi]);
-        T* dst = Ug + ((xi * nkb + kb) * c.Cin + c0) * MR + i;
+        T* dst = Ug + xi * us + (kb * c.Cin + c0) * MR + i;
         for (int64_t l = 0; l < nc; ++l) dst[l * MR] = ub[l];
       }
     }
@@ -249,7 +262,7 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
 // Y = A^T M A (+ bias) for the NB tiles from t0, output channels of group g. M holds the products
 // MR x NR tiles as written by the micro-kernel: [xi][k / MR][t / NR][k % MR][t % NR].
 template <typename T, int M>
-void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t Kpad, const T* bias,
+void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t mb_stride, const T* bias,
                             int64_t g, int64_t t0, int64_t NB, T* y, const ConvEpilogue<T>& ep) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
@@ -260,7 +273,7 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
       Vec mv[A * A], tmp[M * A], o[M * M];
       const int64_t t = ch * W;
       const T* mk = Mb + k / kMR<T> * kMR<T> * NB + t / kNR<T> * kMR<T> * kNR<T> + k % kMR<T> * kNR<T> + t % kNR<T>;
-      for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(mk + xi * Kpad * NB);
+      for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(mk + xi * mb_stride);
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
       const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
@@ -308,7 +321,7 @@ int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) 
 template <typename T, int M>
 int64_t filters_numel(const Conv& c) {
   constexpr int A = WinogradTile<M>::alpha;
-  return c.G * A * A * ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin;
+  return c.G * A * A * position_stride<T>(ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin);
 }
 
 // prepared: the filters already transformed by transform_filters (inference), or null.
@@ -330,25 +343,27 @@ void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, boo
   const int nthr = num_threads();
   const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
   const int64_t nblocks = ceil_div(tl.tiles, NB);
-  const int64_t per_thread = A * A * (c.Cin + Kpad) * NB;
+  const BlockLayout vl = BlockLayout::panels<T>(c.Cin, NB);
+  const int64_t ms = position_stride<T>(Kpad * NB), us = position_stride<T>(Kpad * c.Cin);
+  const int64_t per_thread = A * A * (vl.xi_stride + ms);
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
 #pragma omp parallel num_threads(nthr)
   {
     T* V = ws.as<T>() + omp_get_thread_num() * per_thread;
-    T* Mb = V + A * A * c.Cin * NB;
+    T* Mb = V + A * A * vl.xi_stride;
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < c.G * nblocks; ++task) {
       const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-      transform_input_block<T, M>(c, tl, x, g, t0, NB, 0, c.Cin, BlockLayout::panels<T>(c.Cin, NB), V);
-      const T* Ug = U + g * A * A * Kpad * c.Cin;
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, 0, c.Cin, vl, V);
+      const T* Ug = U + g * A * A * us;
       // U panel outer: it stays in L1 while the block's V panels (sized for L2) stream past; a
       // position's U (Kout x Cin) can be far larger than L2.
       for (int xi = 0; xi < A * A; ++xi)
         for (int64_t kb = 0; kb < nkb; ++kb)
           for (int64_t jp = 0; jp < NB / NR; ++jp)
-            gemm_micro_kernel<T>(c.Cin, Ug + (xi * nkb + kb) * c.Cin * kMR<T>, V + (xi * NB + jp * NR) * c.Cin,
-                                 Mb + xi * Kpad * NB + kb * kMR<T> * NB + jp * kMR<T> * NR);
-      transform_output_block<T, M>(c, tl, Mb, Kpad, bias, g, t0, NB, y, ep);
+            gemm_micro_kernel<T>(c.Cin, Ug + xi * us + kb * c.Cin * kMR<T>, V + xi * vl.xi_stride + jp * NR * c.Cin,
+                                 Mb + xi * ms + kb * kMR<T> * NB + jp * kMR<T> * NR);
+      transform_output_block<T, M>(c, tl, Mb, ms, bias, g, t0, NB, y, ep);
     }
   }
 }
@@ -370,7 +385,7 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
-  const int64_t xi_stride = (k1 - k0) * NB;
+  const int64_t xi_stride = position_stride<T>((k1 - k0) * NB);
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     LaneMask<T> cols[W];  // a tile's columns inside the output
@@ -405,7 +420,8 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   }
 }
 
-// One block of P rows, src[xi][P][NB] -> dst[xi * dst_xi_stride + t * P + i]: tiles become the
+// One block of P rows, src[xi][P][NB] (positions position_stride(P * NB) apart) ->
+// dst[xi * dst_xi_stride + t * P + i]: tiles become the
 // reduction dimension of a packed panel. W rows x W tiles at a time through a register transpose
 // (element by element, this pack took about as long as grad-weight's products); NB is a multiple of W.
 template <typename T, int P, int R0 = 0>
@@ -423,7 +439,9 @@ PYCONV_INLINE void pack_tile_major_rows(const T* s, int64_t NB, T* d) {
 
 template <typename T, int P>
 void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi_stride, T* dst) {
-  for (int64_t xi = 0; xi < positions; ++xi) pack_tile_major_rows<T, P>(src + xi * P * NB, NB, dst + xi * dst_xi_stride);
+  const int64_t src_xi_stride = position_stride<T>(P * NB);
+  for (int64_t xi = 0; xi < positions; ++xi)
+    pack_tile_major_rows<T, P>(src + xi * src_xi_stride, NB, dst + xi * dst_xi_stride);
 }
 
 template <typename T, int M>
@@ -439,16 +457,18 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   }
   const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower)
   const int64_t nblocks = ceil_div(tl.tiles, NB);
-  const int64_t du_elems = c.G * A * A * Kpad * Cpad;
+  const int64_t du_stride = position_stride<T>(Kpad * Cpad), du_elems = c.G * A * A * du_stride;
   // The threads work on one block at a time, in two phases. Transform: each takes row blocks (NR
   // channels of V, MR of Z), transforms them into its small scratch and packs them tile-major into
   // the shared Vt[xi][Cpad][NB], Zt[xi][Kpad][NB]. Multiply: each takes (position, NR channels) pairs
   // and accumulates their MR x NR tiles into the shared dU. One block's buffers in all (not one per
   // thread), no per-thread dU copies, no race, and every dU element sums the blocks in order.
   constexpr int64_t P = NR > MR ? NR : MR;
-  const int64_t vt_elems = A * A * Cpad * NB, zt_elems = A * A * Kpad * NB;
+  const int64_t vt_stride = position_stride<T>(Cpad * NB), zt_stride = position_stride<T>(Kpad * NB);
+  const int64_t vt_elems = A * A * vt_stride, zt_elems = A * A * zt_stride;
   const int nthr = num_threads();
-  const int64_t scratch = A * A * P * NB;
+  const BlockLayout rows_layout = BlockLayout::rows<T>(NR, NB);
+  const int64_t scratch = A * A * position_stride<T>(P * NB);
   Workspace ws(checked_bytes(du_elems + vt_elems + zt_elems + nthr * scratch, sizeof(T)));
   T* const dU = ws.as<T>();
   T* const Vt = dU + du_elems;
@@ -465,22 +485,22 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
           const int64_t c0 = rb * NR, c1 = imin(c0 + NR, c.Cin);
           if (c1 - c0 < NR)  // channels past Cin read 0
             for (int xi = 0; xi < A * A; ++xi)
-              for (int64_t e = (c1 - c0) * NB; e < NR * NB; ++e) rows[xi * NR * NB + e] = T(0);
-          transform_input_block<T, M>(c, tl, x, g, t0, NB, c0, c1, BlockLayout::rows<T>(NR, NB), rows);
-          pack_tile_major<T, NR>(rows, A * A, NB, Cpad * NB, Vt + c0 * NB);
+              for (int64_t e = (c1 - c0) * NB; e < NR * NB; ++e) rows[xi * rows_layout.xi_stride + e] = T(0);
+          transform_input_block<T, M>(c, tl, x, g, t0, NB, c0, c1, rows_layout, rows);
+          pack_tile_major<T, NR>(rows, A * A, NB, vt_stride, Vt + c0 * NB);
         } else {
           const int64_t k0 = (rb - ncb) * MR;
           transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, rows);
-          pack_tile_major<T, MR>(rows, A * A, NB, Kpad * NB, Zt + k0 * NB);
+          pack_tile_major<T, MR>(rows, A * A, NB, zt_stride, Zt + k0 * NB);
         }
       }
-      T* dUg = dU + g * A * A * Kpad * Cpad;
+      T* dUg = dU + g * A * A * du_stride;
 #pragma omp for schedule(static)
       for (int64_t xc = 0; xc < A * A * ncb; ++xc) {
         const int64_t xi = xc / ncb, cb = xc % ncb;
         for (int64_t kb = 0; kb < nkb; ++kb) {
-          gemm_micro_kernel<T>(NB, Zt + (xi * Kpad + kb * MR) * NB, Vt + (xi * Cpad + cb * NR) * NB, tile);
-          T* d = dUg + (xi * Kpad + kb * MR) * Cpad + cb * NR;
+          gemm_micro_kernel<T>(NB, Zt + xi * zt_stride + kb * MR * NB, Vt + xi * vt_stride + cb * NR * NB, tile);
+          T* d = dUg + xi * du_stride + kb * MR * Cpad + cb * NR;
           constexpr int W = Simd<T>::W;
           for (int i = 0; i < MR; ++i)  // a group's first block initializes its dU
             for (int j = 0; j < NR; j += W)
@@ -498,7 +518,7 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
     const int64_t g = gk / c.Kout, k = gk % c.Kout;
     for (int64_t c0 = 0; c0 < c.Cin; c0 += W) {
       Vec du[A * A], tmp[3 * A], f[9];
-      for (int xi = 0; xi < A * A; ++xi) du[xi] = vload(dU + ((g * A * A + xi) * Kpad + k) * Cpad + c0);
+      for (int xi = 0; xi < A * A; ++xi) du[xi] = vload(dU + (g * A * A + xi) * du_stride + k * Cpad + c0);
       mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
       mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
       alignas(32) T fb[9 * W];
