@@ -95,6 +95,34 @@ def test_asymmetric_same_padding_groups_and_tiny_outputs(algo, dtype):
             assert rel(a, e.double()) <= tol
 
 
+# Transformed filters above 2 MiB per group (winograd.cpp's kStreamedFilterBytes) run position by
+# position over spans of tiles (up to 8 MiB of V and M): 208 channels F(2x2) and 136 F(4x4) in float32,
+# 136 and 92 in float64; the 36x36 input has 243 4x4 tiles and 972 2x2 tiles, more than one span.
+@pytest.mark.parametrize("algo,C,dtype", [("winograd_2x2", 208, torch.float32), ("winograd_4x4", 136, torch.float32),
+                                          ("winograd_2x2", 136, torch.float64), ("winograd_4x4", 92, torch.float64)])
+def test_streamed_filters_by_position(algo, C, dtype):
+    import pyconv
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    g = torch.Generator().manual_seed(5)
+    before = pyconv.get_num_threads()
+    try:
+        for threads in (1, 3):
+            pyconv.set_num_threads(threads)
+            for (N, H, W, K, kw) in [(1, 7, 7, C + 3, dict(padding=1)), (3, 9, 5, C, dict(padding=(0, 2))),
+                                     (3, 36, 36, C, dict(padding=1)), (2, 6, 6, 2 * C, dict(padding=1, groups=2))]:
+                groups = kw.get("groups", 1)
+                x = torch.randn(N, groups * C, H, W, generator=g, dtype=dtype).requires_grad_()
+                w = (torch.randn(K, C, 3, 3, generator=g, dtype=dtype) / (3 * C ** 0.5)).requires_grad_()
+                b = torch.randn(K, generator=g, dtype=dtype)
+                y, yr = PF.conv2d(x, w, b, algo=algo, backend="cpp", **kw), F.conv2d(x, w, b, **kw)
+                gy = torch.randn(yr.shape, generator=g, dtype=dtype)
+                got, ref = torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(yr, (x, w), gy)
+                for a, e in zip((y,) + got, (yr,) + ref):
+                    assert rel(a, e.double()) <= tol, (threads, N, H, W, K, kw)
+    finally:
+        pyconv.set_num_threads(before)
+
+
 @pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])
 def test_grad_weight_bitwise_equal_across_thread_counts(algo):
     """The grad-weight reduction over tiles runs block by block in a fixed order whatever the thread

@@ -260,10 +260,11 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
 }
 
 // Y = A^T M A (+ bias) for the NB tiles from t0, output channels of group g. M holds the products
-// MR x NR tiles as written by the micro-kernel: [xi][k / MR][t / NR][k % MR][t % NR].
+// MR x NR tiles as written by the micro-kernel: [xi][k / MR][t / NR][k % MR][t % NR], positions
+// mb_stride apart, k blocks MR * mb_tiles apart (mb_tiles >= NB: M may hold more tiles than these).
 template <typename T, int M>
-void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t mb_stride, const T* bias,
-                            int64_t g, int64_t t0, int64_t NB, T* y, const ConvEpilogue<T>& ep) {
+void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int64_t mb_stride, int64_t mb_tiles,
+                            const T* bias, int64_t g, int64_t t0, int64_t NB, T* y, const ConvEpilogue<T>& ep) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
@@ -272,7 +273,7 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
     for (int64_t k = 0; k < c.Kout; ++k) {
       Vec mv[A * A], tmp[M * A], o[M * M];
       const int64_t t = ch * W;
-      const T* mk = Mb + k / kMR<T> * kMR<T> * NB + t / kNR<T> * kMR<T> * kNR<T> + k % kMR<T> * kNR<T> + t % kNR<T>;
+      const T* mk = Mb + k / kMR<T> * kMR<T> * mb_tiles + t / kNR<T> * kMR<T> * kNR<T> + k % kMR<T> * kNR<T> + t % kNR<T>;
       for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(mk + xi * mb_stride);
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
@@ -324,6 +325,59 @@ int64_t filters_numel(const Conv& c) {
   return c.G * A * A * position_stride<T>(ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin);
 }
 
+// Two schedules for the products. Tile blocks (conv_winograd): each thread transforms a block of NB
+// tiles (V and M of every position sized for its L2) and multiplies it by every U panel, so all of U
+// (alpha^2 x Kpad x Cin per group) is read once per block. Position by position (this function):
+// the threads transform a span of tiles together (V and M of every position, up to kSpanBytes),
+// then multiply position by position, each U panel read once per span against its position's V (in
+// L2), then transform the outputs; V and M leave L2, so this pays only where U would come from
+// memory for every block (above kStreamedFilterBytes: ResNet's 512-channel 7x7 layer at batch 8,
+// F(2x2), U 16 MiB read by 8 blocks of 16 tiles: 9.0 -> 8.0 ms; VGG's 512-channel 28x28 layer,
+// F(4x4), 38 MiB: 80 -> 58 ms; 256 channels at 28x28, F(4x4), 9.5 MiB, stays on blocks: 13.3 against
+// 16.0) or where the blocks are too few to keep the threads busy (batch 1 at 7x7 is one block).
+constexpr int64_t kStreamedFilterBytes = int64_t(12) << 20;
+constexpr int64_t kSpanBytes = int64_t(8) << 20;
+
+template <typename T, int M>
+void conv_winograd_by_position(const Conv& c, const Tiling<M>& tl, const T* x, const T* U, int64_t us,
+                               const T* bias, T* y, const ConvEpilogue<T>& ep) {
+  constexpr int A = WinogradTile<M>::alpha;
+  constexpr int64_t NR = kNR<T>, MR = kMR<T>, W = Simd<T>::W;
+  const int64_t nkb = ceil_div(c.Kout, MR), Kpad = nkb * MR;
+  const int64_t tile_bytes = A * A * (c.Cin + Kpad) * int64_t(sizeof(T));
+  const int64_t span = imin(ceil_div(tl.tiles, NR), imax(1, kSpanBytes / (tile_bytes * NR))) * NR;
+  const BlockLayout vl = BlockLayout::panels<T>(c.Cin, span);
+  const int64_t ms = position_stride<T>(Kpad * span);
+  Workspace ws(checked_bytes(A * A * (vl.xi_stride + ms), sizeof(T)));
+  T* const V = ws.as<T>();
+  T* const Mb = V + A * A * vl.xi_stride;
+#pragma omp parallel num_threads(num_threads())
+  for (int64_t g = 0; g < c.G; ++g) {
+    const T* Ug = U + g * A * A * us;
+    for (int64_t s0 = 0; s0 < tl.tiles; s0 += span) {
+      // units of W tiles (batch 1 at 7x7 has 16 F(2x2) tiles: one panel, two units)
+      const int64_t units = ceil_div(imin(span, tl.tiles - s0), W), panels = ceil_div(units * W, NR);
+#pragma omp for schedule(static)
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t t = u * W;
+        transform_input_block<T, M>(c, tl, x, g, s0 + t, W, 0, c.Cin, vl, V + t / NR * vl.panel_stride + t % NR);
+      }
+#pragma omp for schedule(static)
+      for (int64_t xk = 0; xk < A * A * nkb; ++xk) {
+        const int64_t xi = xk / nkb, kb = xk % nkb;
+        for (int64_t jp = 0; jp < panels; ++jp)
+          gemm_micro_kernel<T>(c.Cin, Ug + xi * us + kb * c.Cin * MR, V + xi * vl.xi_stride + jp * vl.panel_stride,
+                               Mb + xi * ms + kb * MR * span + jp * MR * NR);
+      }
+#pragma omp for schedule(static)
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t t = u * W;
+        transform_output_block<T, M>(c, tl, Mb + t / NR * MR * NR + t % NR, ms, span, bias, g, s0 + t, W, y, ep);
+      }
+    }
+  }
+}
+
 // prepared: the filters already transformed by transform_filters (inference), or null.
 template <typename T, int M>
 void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, bool transposed_w, const T* bias,
@@ -340,11 +394,16 @@ void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, boo
     U = uw.as<T>();
   }
 
+  const int64_t us = position_stride<T>(Kpad * c.Cin);
   const int nthr = num_threads();
   const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
   const int64_t nblocks = ceil_div(tl.tiles, NB);
+  if (A * A * us * int64_t(sizeof(T)) > kStreamedFilterBytes || c.G * nblocks <= 2 * nthr) {
+    conv_winograd_by_position<T, M>(c, tl, x, U, us, bias, y, ep);
+    return;
+  }
   const BlockLayout vl = BlockLayout::panels<T>(c.Cin, NB);
-  const int64_t ms = position_stride<T>(Kpad * NB), us = position_stride<T>(Kpad * c.Cin);
+  const int64_t ms = position_stride<T>(Kpad * NB);
   const int64_t per_thread = A * A * (vl.xi_stride + ms);
   Workspace ws(checked_bytes(nthr * per_thread, sizeof(T)));
 #pragma omp parallel num_threads(nthr)
@@ -363,7 +422,7 @@ void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, boo
           for (int64_t jp = 0; jp < NB / NR; ++jp)
             gemm_micro_kernel<T>(c.Cin, Ug + xi * us + kb * c.Cin * kMR<T>, V + xi * vl.xi_stride + jp * NR * c.Cin,
                                  Mb + xi * ms + kb * kMR<T> * NB + jp * kMR<T> * NR);
-      transform_output_block<T, M>(c, tl, Mb, ms, bias, g, t0, NB, y, ep);
+      transform_output_block<T, M>(c, tl, Mb, ms, NB, bias, g, t0, NB, y, ep);
     }
   }
 }
