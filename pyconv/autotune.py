@@ -10,18 +10,19 @@ algo='auto' has two modes:
     1. depthwise (one input channel per group) -> direct: no reduction dimension worth a GEMM;
     2. 3x3, stride 1, dilation 1, >= 16 channels per group in and out -> Winograd (F(4x4,3x3)
        cuts the multiplies 4x, F(2x2,3x3) 2.25x; small channel counts cannot amortize the
-       transforms) -- except when gradients will be taken and the output is under 8x8 with a wide
-       reduction: few tiles share each transformed filter, and the transformed filters and their
-       gradient (16 x C x K each) outweigh the activations. cpp, 7x7x512, batch 8, fused training
-       step: Winograd is faster (31-33 ms vs im2col 37, torch 38) but peaks at 33 MiB vs im2col 15
-       and torch 21; numba: im2col 65 ms vs Winograd 94 (conv forward + backward) -- and except
-       when fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values
-       > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.5 ms, im2col 1.9 ms).
-       Both exceptions: im2col -- or, where the backend's direct forward is channel-blocked
-       (Backend.blocked_direct: cpp with >= 8 channels per group), direct without gradients (batch 1,
-       prepared: 1.35-1.5 ms against im2col's 1.5 and torch's 1.9-2.2) and the plan
-       "direct/direct/im2col" with them (forward 9.7 ms against im2col's 11.6-13 at batch 8,
-       grad-input likewise on the blocked kernel, grad-weight im2col);
+       transforms) -- except when gradients will be taken on fewer than 64 F(2x2) tiles per call:
+       each pass transforms the filters (or builds their gradient, 16 x C x K) for a few tiles.
+       cpp, ms, forward / grad-input / grad-weight: 512 channels at 7x7, batch 2 (32 tiles), F(2x2)
+       6.5 / 4.1 / 4.8 against direct 2.7 / 3.2 and im2col's grad-weight 2.4; 256 at 14x14,
+       batch 1 (49): 1.8 / 2.0 / 2.1 against 1.6 / 1.5 / 1.2; at 64 tiles level, at 128 (batch 8
+       at 7x7) F(2x2) ahead, 7.7 / 8.5 / 7.1 against 9.0 / 9.6 / 9.2 (torch 8.4 / 8.4 / 16.6) --
+       and except, without gradients and with filters transformed every call (not prepared), when
+       fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values > 256 Ki:
+       ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.4 ms against direct's 1.5; with the
+       filters prepared F(2x2) takes 0.76 ms). Both exceptions: im2col -- or, where the backend's
+       direct forward is channel-blocked (Backend.blocked_direct: cpp with >= 8 channels per
+       group), direct without gradients and the plan "direct/direct/im2col" with them (forward and
+       grad-input on the blocked kernel, grad-weight im2col);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
        reductions. Where the backend's direct forward is channel-blocked: direct without gradients
@@ -59,7 +60,8 @@ from .problem import ALGOS, PASS_SEP, ConvShape, pass_algos, winograd_unsupporte
 
 CACHE_FORMAT = 1
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_TRAIN_MIN_OUTPUT = 8
+# With gradients, Winograd from this many F(2x2) output tiles per call on (rule 2's first exception).
+WINOGRAD_TRAIN_MIN_TILES2 = 64
 # Below this many F(2x2) output tiles per call, transformed filters larger than a core's L2 are
 # streamed from memory for a handful of tiles each (ResNet-18's 512x512 7x7 layer at batch 1: 16
 # tiles, 16 MiB of transformed filters; F(2x2) 2.5 ms, im2col 1.9 ms).
@@ -88,11 +90,13 @@ def _first_winograd(have) -> Optional[str]:
     return next((a for a in ("winograd", "winograd_4x4", "winograd_2x2") if a in have), None)
 
 
-def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda: False) -> AlgoChoice:
+def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda: False,
+               prepared: bool = False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
     grad: gradients will be taken (the backward runs the same algorithm). blocked_direct(): whether
     the backend's direct forward for this shape is channel-blocked (Backend.blocked_direct; asked
-    only where a rule depends on it)."""
+    only where a rule depends on it). prepared: the caller keeps the weights in the kernel's form
+    between calls (an eval-mode layer), so no per-call filter transform is charged."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []
@@ -105,16 +109,16 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
     if cg == 1 and shape.G > 1:
         return pick("direct", f"depthwise/one channel per group (groups={shape.G}): direct")
     if winograd_unsupported(shape) is None and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
-        if grad and min(shape.P, shape.Q) < WINOGRAD_TRAIN_MIN_OUTPUT and reduction >= IM2COL_MIN_REDUCTION \
-                and "im2col" in have:
-            few = (f"3x3 stride-1 with gradients on a {shape.P}x{shape.Q} output (< {WINOGRAD_TRAIN_MIN_OUTPUT}): "
+        tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
+        if grad and tiles2 < WINOGRAD_TRAIN_MIN_TILES2 and reduction >= IM2COL_MIN_REDUCTION and "im2col" in have:
+            few = (f"3x3 stride-1 with gradients on {tiles2} 2x2 output tiles (< {WINOGRAD_TRAIN_MIN_TILES2}): "
                    f"few tiles per transformed filter")
             if "direct" in have and blocked_direct():
                 return pick("direct/direct/im2col", few + "; forward and grad-input channel-blocked direct, "
                                                           "grad-weight GEMM")
             return pick("im2col", few + ", GEMM")
-        tiles2 = shape.N * -(-shape.P // 2) * -(-shape.Q // 2)
-        if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
+        if not prepared and tiles2 < WINOGRAD_MIN_TILES2 \
+                and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
             few = (f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
                    f"{16 * cg * kg * shape.G} transformed filter values: the filters would stream from memory "
                    f"for a few tiles each")
@@ -398,19 +402,20 @@ def _compiling() -> bool:
 
 
 def choose_auto(shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                grad: bool = False) -> AlgoChoice:
+                grad: bool = False, prepared: bool = False) -> AlgoChoice:
     """algo='auto' for this shape: measured when autotuning is on (and not while torch.compile
-    traces, which must not run kernels), the heuristic otherwise. grad: gradients will be taken."""
+    traces, which must not run kernels), the heuristic otherwise. grad: gradients will be taken;
+    prepared: the weights are kept in the kernel's form between calls (see _heuristic)."""
     if _state["enabled"] and not _compiling() and shape.N * shape.K * shape.P * shape.Q > 0:
         choice = _measured_choice(shape, dtype, backend)
         if choice is not None:
             return choice
     be = backends.load(backend)
-    return _heuristic(shape, be.conv_algos, grad, lambda: be.blocked_direct(shape, dtype))
+    return _heuristic(shape, be.conv_algos, grad, lambda: be.blocked_direct(shape, dtype), prepared and not grad)
 
 
 def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dtype = torch.float32,
-                      grad: bool = False) -> str:
+                      grad: bool = False, prepared: bool = False) -> str:
     """The concrete algorithm to run: 'auto' resolved, a named one checked with the backend's
     can_run (PyConvError naming the algorithm and the reason)."""
     if not isinstance(algo, str):
@@ -426,7 +431,7 @@ def resolve_conv_algo(algo: str, shape: ConvShape, backend: str, dtype: torch.dt
     if algo not in ALGOS:
         raise PyConvError(f"algo={algo!r}: unknown algorithm; expected one of {ALGOS}")
     if algo == "auto":
-        return choose_auto(shape, backend, dtype, grad).algo
+        return choose_auto(shape, backend, dtype, grad, prepared).algo
     why = backends.load(backend).can_run("conv2d_forward", algo, shape)
     if why:
         raise PyConvError(f"algo={algo!r} cannot run this convolution: {why}")

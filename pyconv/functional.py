@@ -32,14 +32,15 @@ def _plan_of(t):
 class _ConvCall:
     """The normalized arguments of one convolution call (conv2d, conv_bn_relu)."""
 
-    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=()):
+    def __init__(self, input, weight, bias, stride, padding, dilation, groups, algo, backend, more_params=(),
+                 prepared=False):
         grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                                 for t in (input, weight, bias) + tuple(more_params))
         key = None
         if (type(input) in _PLAIN and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
                 and not autotune.autotune_enabled()):  # measured choices depend on more (threads)
             key = (_plan_of(input), _plan_of(weight), _plan_of(bias), _freeze(stride), _freeze(padding),
-                   _freeze(dilation), groups, algo, backend, grad)
+                   _freeze(dilation), groups, algo, backend, grad, prepared)
             plan = _PLANS.get(key)
             if plan is not None:
                 self.w, self.b, self.kind = weight, bias, "torch"
@@ -56,7 +57,8 @@ class _ConvCall:
         x = x if self.batched else x.unsqueeze(0)
         self.shape = _args.conv2d_shape(x, self.w, self.b, self.params)
         self.backend = backends.resolve(backend, x.device)
-        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad)
+        self.algo = autotune.resolve_conv_algo(algo, self.shape, self.backend, dtype=x.dtype, grad=grad,
+                                               prepared=prepared)
         self.x = contiguous_nchw(x)
         self.kind = result_kind(kx, kw, kb)
         if key is not None:
@@ -108,7 +110,8 @@ def _conv2d_activation(input, weight, bias, residual, stride, padding, dilation,
                                         algo, backend, prepared_cache, bind_as)
         if fast is not None:
             return fast
-    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
+    c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend,
+                  prepared=prepared_cache is not None)
     r, _ = to_torch(residual, "residual")
     if r is not None:
         _args.check_float_tensor(r, "residual", (4,) if c.batched else (3,))

@@ -62,14 +62,22 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule
-    # few tiles for large transformed filters: GEMM at batch 1, Winograd again at batch 8
+    # few tiles for large transformed filters: direct at batch 1 unless the filters are prepared,
+    # Winograd again at batch 8; with gradients the tile count decides (64 2x2 tiles)
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
     assert few.algo == "direct" and "tiles" in few.rule and "channel-blocked" in few.rule
-    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == \
-        "direct/direct/im2col"
+    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", prepared=True).algo == "winograd_4x4"
+    # (prepared says nothing where gradients are taken: the filters are transformed every call)
+    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True,
+                                prepared=True).algo == "direct/direct/im2col"
+    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "winograd_4x4"
+    train_few = autotune.choose_auto(shape_of(2, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True)
+    assert train_few.algo == "direct/direct/im2col" and "32 2x2 output tiles" in train_few.rule
+    assert autotune.choose_auto(shape_of(1, 256, 14, 14, 256, 3, 3, pad=1), "cpp", grad=True).algo == \
+        "direct/direct/im2col"  # 49 tiles
     monkeypatch.setattr(mod, "blocked_direct", lambda shape, dtype: False)
     assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "im2col"
-    assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
+    assert autotune.choose_auto(shape_of(2, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
     assert autotune.choose_auto(shape_of(8, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
 
 
@@ -245,17 +253,18 @@ def test_auto_never_fails_on_a_valid_shape(N, C, H, K, R, stride, pad, dil, dept
         os.environ.pop("PYCONV_CACHE_DIR", None)
 
 
-def test_heuristic_with_gradients_avoids_winograd_on_small_outputs():
-    """With gradients on outputs under 8x8 (few tiles per transformed filter), 'auto' takes im2col's
-    grad-weight (and the channel-blocked direct forward and grad-input: "direct/direct/im2col"); the
-    forward-only choice stays Winograd; from 8x8 on gradients do not change it."""
+def test_heuristic_with_gradients_avoids_winograd_on_few_tiles():
+    """With gradients on fewer than 64 2x2 output tiles (few tiles per transformed filter), 'auto'
+    takes im2col's grad-weight (and the channel-blocked direct forward and grad-input:
+    "direct/direct/im2col"); the forward-only choice stays Winograd; from 64 tiles on gradients do
+    not change it."""
     import torch as _t
     import pyconv.functional as PF
 
     small = shape_of(2, 64, 7, 7, 64, 3, 3, pad=1)
     assert autotune.resolve_conv_algo("auto", small, "cpp").startswith("winograd")
     assert autotune.resolve_conv_algo("auto", small, "cpp", grad=True) == "direct/direct/im2col"
-    large = shape_of(2, 64, 8, 8, 64, 3, 3, pad=1)
+    large = shape_of(4, 64, 8, 8, 64, 3, 3, pad=1)  # 64 tiles
     assert autotune.resolve_conv_algo("auto", large, "cpp", grad=True).startswith("winograd")
     x, w = _t.randn(2, 64, 7, 7, requires_grad=True), _t.randn(64, 64, 3, 3, requires_grad=True)
     y = PF.conv2d(x, w, padding=1)  # through the functional: grad-aware choice, same result as torch
