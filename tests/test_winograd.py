@@ -95,21 +95,16 @@ def test_asymmetric_same_padding_groups_and_tiny_outputs(algo, dtype):
             assert rel(a, e.double()) <= tol
 
 
-# Transformed filters above 2 MiB per group (winograd.cpp's kStreamedFilterBytes) run position by
-# position over spans of tiles (up to 8 MiB of V and M): 208 channels F(2x2) and 136 F(4x4) in float32,
-# 136 and 92 in float64; the 36x36 input has 243 4x4 tiles and 972 2x2 tiles, more than one span.
-@pytest.mark.parametrize("algo,C,dtype", [("winograd_2x2", 208, torch.float32), ("winograd_4x4", 136, torch.float32),
-                                          ("winograd_2x2", 136, torch.float64), ("winograd_4x4", 92, torch.float64)])
-def test_streamed_filters_by_position(algo, C, dtype):
+def _check_against_torch(algo, dtype, C, cases, threads=(1, 3)):
+    """Forward, grad-input and grad-weight of `algo` against torch on (N, H, W, K, conv kwargs)."""
     import pyconv
     tol = 1e-9 if dtype == torch.float64 else 2e-5
     g = torch.Generator().manual_seed(5)
     before = pyconv.get_num_threads()
     try:
-        for threads in (1, 3):
-            pyconv.set_num_threads(threads)
-            for (N, H, W, K, kw) in [(1, 7, 7, C + 3, dict(padding=1)), (3, 9, 5, C, dict(padding=(0, 2))),
-                                     (3, 36, 36, C, dict(padding=1)), (2, 6, 6, 2 * C, dict(padding=1, groups=2))]:
+        for n in threads:
+            pyconv.set_num_threads(n)
+            for (N, H, W, K, kw) in cases:
                 groups = kw.get("groups", 1)
                 x = torch.randn(N, groups * C, H, W, generator=g, dtype=dtype).requires_grad_()
                 w = (torch.randn(K, C, 3, 3, generator=g, dtype=dtype) / (3 * C ** 0.5)).requires_grad_()
@@ -118,9 +113,26 @@ def test_streamed_filters_by_position(algo, C, dtype):
                 gy = torch.randn(yr.shape, generator=g, dtype=dtype)
                 got, ref = torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(yr, (x, w), gy)
                 for a, e in zip((y,) + got, (yr,) + ref):
-                    assert rel(a, e.double()) <= tol, (threads, N, H, W, K, kw)
+                    assert rel(a, e.double()) <= tol, (n, N, H, W, K, kw)
     finally:
         pyconv.set_num_threads(before)
+
+
+# winograd.cpp runs the products position by position where the tile blocks are too few for the
+# threads (at most 2 per thread: these few-tile calls, with wide channels so that blocks are 16
+# tiles) or the transformed filters pass 12 MiB per group (kStreamedFilterBytes, below).
+@pytest.mark.parametrize("algo,C,dtype", [("winograd_2x2", 208, torch.float32), ("winograd_4x4", 136, torch.float32),
+                                          ("winograd_2x2", 136, torch.float64), ("winograd_4x4", 92, torch.float64)])
+def test_few_tile_blocks_by_position(algo, C, dtype):
+    _check_against_torch(algo, dtype, C, [(1, 7, 7, C + 3, dict(padding=1)), (3, 9, 5, C, dict(padding=(0, 2))),
+                                          (2, 6, 6, 2 * C, dict(padding=1, groups=2))])
+
+
+def test_streamed_filters_by_position_over_several_spans():
+    """Transformed filters over 12 MiB (F(2x2) float64 at 320 channels: 13 MiB; F(4x4) float32 at 300:
+    13 MiB) and more tiles than one span holds (8 MiB of V and M: 96 tiles here)."""
+    _check_against_torch("winograd_2x2", torch.float64, 320, [(1, 20, 20, 320, dict(padding=1))], threads=(2,))
+    _check_against_torch("winograd_4x4", torch.float32, 300, [(1, 44, 44, 300, dict(padding=1))], threads=(2,))
 
 
 @pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])
