@@ -188,10 +188,10 @@ struct Im2colPackB {
 };
 
 // B = col^T[N*P*Q, Cg*R*S] of one group: rows are pixels, columns filter taps. Each column of a
-// panel reads a stretch of one input row; with unit column stride the stretches of W columns are
-// transposed W pixels at a time in registers where all NR columns are inside their rows (element
-// by element, this pack took as long as the products of ResNet-50's 1x1 grad-weight), the edges and
-// the strided layers element by element.
+// panel reads a stretch of one input row (every second element at stride 2, deinterleaved from two
+// vector loads); where all NR columns are inside their rows the stretches of W columns are
+// transposed W pixels at a time in registers (element by element, this pack took as long as the
+// products of ResNet-50's 1x1 grad-weight), the edges and other strides element by element.
 template <typename T>
 struct Im2colTransposedPackB {
   const ConvShape& s;
@@ -216,23 +216,28 @@ struct Im2colTransposedPackB {
       const T* xn = x + n * img;
       T* d = dst + (pix - k0) * NR;
       const T* row[NR];      // each column's input row (null: in the padding)
-      int64_t lo = 0, hi = len;  // the pixels inside every column's row
+      int64_t lo = 0, hi = len;  // the pixels whose vector loads stay inside every column's row
+      const int64_t sw = s.stride_w, span = s.W - (sw - 1);  // (a stride-2 load reads one past its last)
       for (int64_t jj = 0; jj < nr; ++jj) {
         const int64_t ih = ih0 + roff[jj];
         row[jj] = ih < 0 || ih >= s.H ? nullptr : xn + coff[jj] + ih * s.W;
         if (!row[jj]) continue;
         int64_t l, h;
-        valid_range(iw0 + soff[jj], s.stride_w, s.W, len, l, h);
+        valid_range(iw0 + soff[jj], sw, span, len, l, h);
         lo = imax(lo, l), hi = imin(hi, h);
       }
       int64_t v0 = 0, v1 = 0;  // [v0, v1): transposed in registers
-      if (s.stride_w == 1 && nr == NR && hi - lo >= W) {
+      if ((sw == 1 || sw == 2) && nr == NR && hi - lo >= W) {
         v0 = lo, v1 = lo + (hi - lo) / W * W;
         for (int64_t t = v0; t < v1; t += W)
           for (int cb = 0; cb < NR; cb += W) {
             vec_t<T> r[W];
-            for (int l = 0; l < W; ++l)
-              r[l] = row[cb + l] ? vload(row[cb + l] + iw0 + soff[cb + l] + t) : vec_t<T>{};
+            for (int l = 0; l < W; ++l) {
+              r[l] = vec_t<T>{};
+              if (!row[cb + l]) continue;
+              const T* p = row[cb + l] + iw0 + soff[cb + l] + t * sw;
+              r[l] = sw == 1 ? vload(p) : vevens(vload(p), vload(p + W));
+            }
             vtranspose(r);
             for (int m = 0; m < W; ++m) vstore(d + (t + m) * NR + cb, r[m]);
           }
@@ -244,8 +249,8 @@ struct Im2colTransposedPackB {
           for (int64_t t = v1; t < len; ++t) d[t * NR + jj] = T(0);
           continue;
         }
-        gather_row(row[jj], iw, s.stride_w, s.W, v0, d + jj, int64_t(NR));
-        gather_row(row[jj], iw + v1 * s.stride_w, s.stride_w, s.W, len - v1, d + v1 * NR + jj, int64_t(NR));
+        gather_row(row[jj], iw, sw, s.W, v0, d + jj, int64_t(NR));
+        gather_row(row[jj], iw + v1 * sw, sw, s.W, len - v1, d + v1 * NR + jj, int64_t(NR));
       }
       pix += len;
     }
