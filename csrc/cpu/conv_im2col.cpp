@@ -191,7 +191,8 @@ struct Im2colPackB {
 // panel reads a stretch of one input row (every second element at stride 2, deinterleaved from two
 // vector loads); where all NR columns are inside their rows the stretches of W columns are
 // transposed W pixels at a time in registers (element by element, this pack took as long as the
-// products of ResNet-50's 1x1 grad-weight), the edges and other strides element by element.
+// products of ResNet-50's 1x1 grad-weight), the edges and other strides element by element. A
+// pointwise layer's plane is one row (a 14x14 plane in rows of 14 left 6 of every 14 pixels scalar).
 template <typename T>
 struct Im2colTransposedPackB {
   const ConvShape& s;
@@ -209,18 +210,20 @@ struct Im2colTransposedPackB {
     if (nr < NR)
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t jj = nr; jj < NR; ++jj) dst[k * NR + jj] = T(0);
+    const bool flat = is_pointwise(s);
+    const int64_t Q = flat ? PQ : s.Q, rowlen = flat ? HW : s.W;  // output and input row lengths
     for (int64_t pix = k0; pix < k0 + kc;) {
-      const int64_t n = pix / PQ, pq = pix % PQ, p = pq / s.Q, q = pq % s.Q;
-      const int64_t len = imin(s.Q - q, k0 + kc - pix);
-      const int64_t ih0 = p * s.stride_h - s.pad_h, iw0 = q * s.stride_w - s.pad_w;
+      const int64_t n = pix / PQ, pq = pix % PQ, p = pq / Q, q = pq % Q;
+      const int64_t len = imin(Q - q, k0 + kc - pix);
+      const int64_t ih0 = flat ? 0 : p * s.stride_h - s.pad_h, iw0 = flat ? q : q * s.stride_w - s.pad_w;
       const T* xn = x + n * img;
       T* d = dst + (pix - k0) * NR;
       const T* row[NR];      // each column's input row (null: in the padding)
       int64_t lo = 0, hi = len;  // the pixels whose vector loads stay inside every column's row
-      const int64_t sw = s.stride_w, span = s.W - (sw - 1);  // (a stride-2 load reads one past its last)
+      const int64_t sw = s.stride_w, span = rowlen - (sw - 1);  // (a stride-2 load reads one past its last)
       for (int64_t jj = 0; jj < nr; ++jj) {
         const int64_t ih = ih0 + roff[jj];
-        row[jj] = ih < 0 || ih >= s.H ? nullptr : xn + coff[jj] + ih * s.W;
+        row[jj] = ih < 0 || ih >= s.H ? nullptr : xn + coff[jj] + ih * rowlen;
         if (!row[jj]) continue;
         int64_t l, h;
         valid_range(iw0 + soff[jj], sw, span, len, l, h);
@@ -249,8 +252,8 @@ struct Im2colTransposedPackB {
           for (int64_t t = v1; t < len; ++t) d[t * NR + jj] = T(0);
           continue;
         }
-        gather_row(row[jj], iw, sw, s.W, v0, d + jj, int64_t(NR));
-        gather_row(row[jj], iw + v1 * sw, sw, s.W, len - v1, d + v1 * NR + jj, int64_t(NR));
+        gather_row(row[jj], iw, sw, rowlen, v0, d + jj, int64_t(NR));
+        gather_row(row[jj], iw + v1 * sw, sw, rowlen, len - v1, d + v1 * NR + jj, int64_t(NR));
       }
       pix += len;
     }
