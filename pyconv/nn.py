@@ -8,7 +8,9 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from . import backends
 from . import functional as PF
+from ._errors import PyConvError
 from .autotune import autotune_enabled
 from .prepared import Folded, PreparedCache, fold_batch_norm
 
@@ -255,8 +257,8 @@ class FusedConv(torch.nn.Module):
                                                   c.backend)
         if bn is None:
             y = c(input)
-        elif self.activation in ("relu", "none") and identity is None:
-            return _conv_bn_relu(c, bn, input, relu=self.activation == "relu")
+        elif identity is None and (self.activation != "relu6" or _fuses_relu6(c.backend, input)):
+            return _conv_bn_relu(c, bn, input, activation=self.activation)
         else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
             y = _conv_bn_relu(c, bn, input, relu=False)
         return PF.unfused_tail(y, identity, self.activation)
@@ -269,9 +271,18 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True):
-    """The fused conv_bn_relu op (relu=False: conv -> BN) on a Conv2d and BatchNorm2d, with
-    BatchNorm2d's momentum rules."""
+def _fuses_relu6(backend: str, input) -> bool:
+    """Whether the backend that runs this input fuses ReLU6 into its batch norm (else conv -> BN is
+    fused and torch's relu6 follows)."""
+    try:
+        return backends.load(backends.resolve(backend, input.device)).clipped_bn_relu
+    except (PyConvError, AttributeError, TypeError):  # the op itself reports a bad backend or input
+        return False
+
+
+def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None):
+    """The fused conv_bn_relu op (relu=False: conv -> BN; activation: "none", "relu" or "relu6") on a
+    Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules."""
     factor = bn.momentum if bn.momentum is not None else 0.0
     if bn.training:
         bn.num_batches_tracked.add_(1)
@@ -279,7 +290,7 @@ def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True):
             factor = 1.0 / float(bn.num_batches_tracked)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                            c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
-                           algo=c.algo, backend=c.backend)
+                           algo=c.algo, backend=c.backend, activation=activation)
 
 
 def as_pyconv(layer: torch.nn.Module, cls, algo, backend):

@@ -28,20 +28,26 @@ def _rel(a, e):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("conv", [dict(stride=1, padding=1, groups=1), dict(stride=2, padding=1, groups=2)])
-@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
-def test_matches_torch(backend, algo, training, dtype, conv, relu):
+@pytest.mark.parametrize("act", ["relu", "none", "relu6"], ids=["relu", "no_relu", "relu6"])
+def test_matches_torch(backend, algo, training, dtype, conv, act):
     if algo == "winograd" and conv["stride"] != 1:
         pytest.skip("winograd needs stride 1")
+    if act == "relu6" and not pyconv.backends.load(backend).clipped_bn_relu:
+        pytest.skip(f"{backend} does not fuse ReLU6 (test_relu6_needs_a_clipping_backend)")
     d = _data(dtype, groups=conv["groups"])
+    if act == "relu6":  # BN outputs on both sides of 0 and of 6
+        d["be"] = d["be"] * 4 + 3
     leaves = [d[k].clone().requires_grad_() for k in ("x", "w", "b", "g", "be")]
     refs = [d[k].clone().requires_grad_() for k in ("x", "w", "b", "g", "be")]
     rm, rv, rm_ref, rv_ref = d["rm"].clone(), d["rv"].clone(), d["rm"].clone(), d["rv"].clone()
     st, pad, gr = conv["stride"], conv["padding"], conv["groups"]
     z = PF.conv_bn_relu(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], rm, rv, st, pad, 1, gr, training,
-                        0.1, 1e-5, relu=relu, algo=algo, backend=backend)
+                        0.1, 1e-5, activation=act, algo=algo, backend=backend)
     zr = F.batch_norm(F.conv2d(refs[0], refs[1], refs[2], st, pad, 1, gr), rm_ref, rv_ref, refs[3], refs[4],
                       training, 0.1, 1e-5)
-    zr = F.relu(zr) if relu else zr
+    zr = {"relu": F.relu, "relu6": F.relu6, "none": lambda t: t}[act](zr)
+    if act == "relu6":
+        assert (zr == 6).any() and (zr == 0).any() and ((zr > 0) & (zr < 6)).any()
     tol = 1e-9 if dtype == torch.float64 else (2e-4 if algo == "winograd" else 5e-5)
     assert _rel(z, zr) < tol
     torch.testing.assert_close(rm, rm_ref, rtol=tol, atol=tol)
@@ -66,23 +72,64 @@ def test_nan_propagates_through_relu():
     assert torch.equal(torch.isnan(z), torch.isnan(zr))
 
 
-@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
-def test_gradcheck_float64(relu):
+@pytest.mark.parametrize("act", ["relu", "none", "relu6"])
+def test_gradcheck_float64(act):
     d = _data(torch.float64)
+    if act == "relu6":  # outputs above 6 too
+        d["be"] = d["be"] * 4 + 3
     args = [d[k][:1, :, :6, :6].clone().requires_grad_() if k == "x" else d[k].clone().requires_grad_()
             for k in ("x", "w", "b", "g", "be")]
 
     def f(x, w, b, g, be):
-        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2, True, relu=relu)
+        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2, True, activation=act,
+                               backend="cpp")
+    if act == "relu6":
+        assert (f(*args) == 6).any()
     assert torch.autograd.gradcheck(f, args, atol=1e-6)
 
 
 def test_opcheck():
     d = _data(torch.float32)
     args = (d["x"].requires_grad_(), d["w"].requires_grad_(), d["b"], d["g"].requires_grad_(), d["be"], d["rm"],
-            d["rv"], [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.1, 1e-5, True, "direct", "cpp")
-    torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args)
-    torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args[:14] + (False,) + args[15:])
+            d["rv"], [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.1, 1e-5, "relu", "direct", "cpp")
+    for act in ("relu", "none", "relu6"):
+        torch.library.opcheck(torch.ops.pyconv.conv_bn_relu.default, args[:14] + (act,) + args[15:])
+
+
+def test_relu6_needs_a_clipping_backend(monkeypatch):
+    """activation='relu6' runs where the backend fuses it (Backend.clipped_bn_relu); elsewhere the op
+    refuses it by name, and FusedConv keeps conv -> BN fused with torch's relu6 after it."""
+    d = _data(torch.float32)
+    with pytest.raises(pyconv.PyConvError, match="relu6.*clipped_bn_relu"):
+        monkeypatch.setattr(pyconv.backends.load("cpp"), "clipped_bn_relu", False)
+        PF.conv_bn_relu(d["x"], d["w"], None, d["g"], d["be"], d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2,
+                        activation="relu6", backend="cpp")
+    with pytest.raises(pyconv.PyConvError, match="activation='gelu'"):
+        PF.conv_bn_relu(d["x"], d["w"], None, d["g"], d["be"], d["rm"].clone(), d["rv"].clone(), 1, 1, 1, 2,
+                        activation="gelu", backend="cpp")
+
+
+@pytest.mark.parametrize("clipping", [True, False])
+def test_mobilenet_block_relu6_fused_or_not_matches_torch(monkeypatch, clipping):
+    """A converted Conv2d -> BatchNorm2d -> ReLU6 trains like torch's with ReLU6 in the batch-norm
+    kernels (cpp) and without (torch's relu6 after the fused conv -> BN)."""
+    import copy
+    monkeypatch.setattr(pyconv.backends.load("cpp"), "clipped_bn_relu", clipping)
+    torch.manual_seed(2)
+    m = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU6())
+    with torch.no_grad():
+        m[1].bias.uniform_(-3, 9)  # outputs on both sides of 0 and 6
+    p = pyconv.convert(copy.deepcopy(m))
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    z, zr = p(x), m(xr)
+    assert torch.allclose(z, zr, rtol=1e-4, atol=1e-4)
+    gz = torch.randn_like(zr)
+    z.backward(gz)
+    zr.backward(gz)
+    assert torch.allclose(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    for a, b in zip(p.parameters(), m.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <limits>
 
 #include "bindings/buffers.h"
 #include "bindings/huge_pages.h"
@@ -19,8 +20,9 @@ int64_t bn_numel(const BatchNormShape& s) {
 template <typename T>
 void forward(const BatchNormShape& s, const py::array& x, const py::object& w, const py::object& b,
              const py::object& rm, const py::object& rv, py::array& y, py::array& save_mean, py::array& save_invstd,
-             bool training, double momentum, double eps, const py::object& stats, bool relu) {
+             bool training, double momentum, double eps, const py::object& stats, bool relu, double relu_max) {
   const int64_t n = bn_numel(s);
+  PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
   PYCONV_CHECK(std::isfinite(momentum), "momentum=", momentum, ": expected a finite value");
   PYCONV_CHECK(training || (!rm.is_none() && !rv.is_none()), "running_mean/running_var: required in eval mode");
@@ -36,14 +38,16 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   const double* stp = opt_in_buffer<double>(stats, "stats", 2 * s.C);
   advise_huge_pages(yp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stp, relu);
+  PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stp, relu,
+                                       relu_max);
 }
 
 template <typename T>
 void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, const py::object& w,
               const py::array& save_mean, const py::array& save_invstd, const py::object& gx, const py::object& gw,
-              const py::object& gb, bool training, const py::object& relu_out) {
+              const py::object& gb, bool training, const py::object& relu_out, double relu_max) {
   const int64_t n = bn_numel(s);
+  PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   const T* gyp = in_buffer<T>(gy, "grad_output", n);
   const T* xp = in_buffer<T>(x, "input", n);
   const T* wp = opt_in_buffer<T>(w, "weight", s.C);
@@ -55,7 +59,7 @@ void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, 
   const T* zp = opt_in_buffer<T>(relu_out, "relu_output", n);
   advise_huge_pages(gxp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp);
+  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp, relu_max);
 }
 
 }  // namespace
@@ -71,23 +75,27 @@ void bind_batch_norm(py::module_& m) {
   m.def("batch_norm_forward", [](const BatchNormShape& s, const py::array& x, const py::object& w,
                                  const py::object& b, const py::object& rm, const py::object& rv, py::array& y,
                                  py::array& save_mean, py::array& save_invstd, bool training, double momentum,
-                                 double eps, const py::object& stats, bool relu) {
+                                 double eps, const py::object& stats, bool relu, double relu_max) {
     if (dtype_of(x, "input") == DType::f32)
-      return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu);
-    return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu);
+      return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
+                            relu_max);
+    return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
+                           relu_max);
   }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
      py::arg("running_var"), py::arg("output"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"),
-     py::arg("momentum"), py::arg("eps"), py::arg("stats") = py::none(), py::arg("relu") = false);
+     py::arg("momentum"), py::arg("eps"), py::arg("stats") = py::none(), py::arg("relu") = false,
+     py::arg("relu_max") = std::numeric_limits<double>::infinity());
   m.def("batch_norm_backward", [](const BatchNormShape& s, const py::array& gy, const py::array& x,
                                   const py::object& w, const py::array& save_mean, const py::array& save_invstd,
                                   const py::object& gx, const py::object& gw, const py::object& gb, bool training,
-                                  const py::object& relu_out) {
+                                  const py::object& relu_out, double relu_max) {
     if (dtype_of(x, "input") == DType::f32)
-      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out);
-    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out);
+      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max);
+    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max);
   }, py::arg("shape"), py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
      py::arg("save_invstd"), py::arg("grad_input"), py::arg("grad_weight"), py::arg("grad_bias"),
-     py::arg("training"), py::arg("relu_output") = py::none());
+     py::arg("training"), py::arg("relu_output") = py::none(),
+     py::arg("relu_max") = std::numeric_limits<double>::infinity());
 }
 
 }  // namespace pyconv

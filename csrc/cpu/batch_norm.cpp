@@ -7,7 +7,8 @@
 //   backward  gb_c = sum gy,  gw_c = invstd_c sum gy (x - mean_c)
 //             training: gx = (gy - gb_c/M - (x - mean_c) invstd_c^2 sum(gy (x - mean_c))/M) w_c invstd_c
 //             eval:     gx = gy w_c invstd_c   (the statistics are constants)
-//   fused ReLU (conv_bn_relu): forward z = max(y, 0) in the normalize sweep; backward takes gz and z
+//   fused ReLU / ReLU6 (conv_bn_relu): forward z = min(max(y, 0), relu_max) in the normalize sweep;
+//   backward takes gz and z
 //             and uses gy = (z <= 0 ? 0 : gz) inside the sums and the gx sweep (torch's threshold_backward)
 //   given statistics (sum y, sum y^2 per channel, from the conv epilogue): no statistics pass,
 //             mean = s0/M, var = max(s1/M - mean^2, 0)
@@ -40,13 +41,13 @@ struct Tasks {
 // shifts per channel (null = 0).
 template <typename T>
 void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const T* m, const double* ka,
-                const double* kb, double* partial) {
+                const double* kb, double* partial, double mhi = __builtin_nan("")) {
 #pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
   for (int64_t t = 0; t < tk.count; ++t) {
     const int64_t row = t / tk.chunks, c = row % s.C;
     const int64_t l0 = (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
     const int64_t off = row * s.L + l0;
-    sum_pair(a + off, b + off, m ? m + off : nullptr, ka ? ka[c] : 0.0, kb ? kb[c] : 0.0, n, partial + 2 * t);
+    sum_pair(a + off, b + off, m ? m + off : nullptr, ka ? ka[c] : 0.0, kb ? kb[c] : 0.0, n, partial + 2 * t, mhi);
   }
 }
 
@@ -78,7 +79,7 @@ void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
 template <typename T>
 void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
                         T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                        double eps, const double* stats, bool relu) {
+                        double eps, const double* stats, bool relu, double relu_max) {
   using V = vec_t<T>;
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
@@ -136,7 +137,7 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
     T* ys = y + off;
     const V va = vbroadcast<T>(alpha[c]), vb = vbroadcast<T>(beta[c]), zero = V{};
     int64_t i = 0;
-    if (relu) {  // v < 0 is false for NaN: NaN stays NaN as in torch.relu
+    if (relu && std::isinf(relu_max)) {  // v < 0 is false for NaN: NaN stays NaN as in torch.relu
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
         const V v = vload(xs + i) * va + vb;
         vstore(ys + i, v < zero ? zero : v);
@@ -144,6 +145,18 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
       for (; i < n; ++i) {
         const T v = xs[i] * alpha[c] + beta[c];
         ys[i] = v < T(0) ? T(0) : v;
+      }
+    } else if (relu) {  // clipped above too (ReLU6); NaN stays NaN as in torch's hardtanh
+      const T hi = T(relu_max);
+      const V vhi = vbroadcast<T>(hi);
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
+        V v = vload(xs + i) * va + vb;
+        v = v < zero ? zero : v;
+        vstore(ys + i, v > vhi ? vhi : v);
+      }
+      for (; i < n; ++i) {
+        const T v = xs[i] * alpha[c] + beta[c];
+        ys[i] = v < T(0) ? T(0) : v > hi ? hi : v;
       }
     } else {
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, vload(xs + i) * va + vb);
@@ -154,8 +167,11 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
 
 template <typename T>
 void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
-                         const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out) {
+                         const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out,
+                         double relu_max) {
   using V = vec_t<T>;
+  // the mask's upper bound: none for ReLU (NaN compares false), relu_max for a clipped ReLU
+  const double mhi = std::isfinite(relu_max) ? relu_max : __builtin_nan("");
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
   Workspace ch_ws(checked_bytes(3 * s.C, sizeof(double)));
@@ -165,7 +181,7 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   const bool need_sums = gw || gb || (gx && training);
   if (need_sums) {
     Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
-    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>());
+    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>(), mhi);
     reduce_channels(s, tk, part_ws.as<double>(), total);
     for (int64_t c = 0; c < s.C; ++c) {
       if (gb) gb[c] = T(total[2 * c]);
@@ -188,10 +204,14 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
     const T* xs = x + off;
     const T* zs = relu_out ? relu_out + off : nullptr;
     T* gxs = gx + off;
-    const V va = vbroadcast<T>(a[c]), zero = V{};
+    const V va = vbroadcast<T>(a[c]), zero = V{}, vhi = vbroadcast<T>(T(mhi));
     // the incoming gradient, through the ReLU when its output is given
-    auto gv = [&](int64_t i) { return zs ? (vload(zs + i) <= zero ? zero : vload(gys + i)) : vload(gys + i); };
-    auto g1 = [&](int64_t i) { return (zs && zs[i] <= T(0)) ? T(0) : gys[i]; };
+    auto gv = [&](int64_t i) {
+      if (!zs) return vload(gys + i);
+      const V z = vload(zs + i);
+      return (z <= zero) | (z >= vhi) ? zero : vload(gys + i);
+    };
+    auto g1 = [&](int64_t i) { return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i]; };
     int64_t i = 0;
     if (training) {
       const V vmg = vbroadcast<T>(mg[c]), vk = vbroadcast<T>(k[c]), vmean = vbroadcast<T>(save_mean[c]);
@@ -217,9 +237,9 @@ void channel_sums(const BatchNormShape& s, const T* y, double* stats) {
 
 #define PYCONV_INSTANTIATE(T)                                                                                \
   template void batch_norm_forward<T>(const BatchNormShape&, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
-                                      bool, double, double, const double*, bool);                           \
+                                      bool, double, double, const double*, bool, double);                   \
   template void batch_norm_backward<T>(const BatchNormShape&, const T*, const T*, const T*, const T*, const T*, \
-                                       T*, T*, T*, bool, const T*);                                         \
+                                       T*, T*, T*, bool, const T*, double);                                 \
   template void channel_sums<T>(const BatchNormShape&, const T*, double*);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)

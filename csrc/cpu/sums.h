@@ -35,16 +35,21 @@ PYCONV_INLINE double sum4d(const double* p) {
 }
 
 // (sum (a - ka), sum (a - ka)(b - kb)) over n values, in double; with a mask m, a is read as
-// (m <= 0 ? 0 : a) (the ReLU backward on the output m).
+// (m <= 0 || m >= mhi ? 0 : a) (the ReLU backward on the output m; ReLU6's with mhi = 6, none above
+// with mhi NaN).
 template <typename T>
-void sum_pair(const T* a, const T* b, const T* m, double ka, double kb, int64_t n, double* out) {
+void sum_pair(const T* a, const T* b, const T* m, double ka, double kb, int64_t n, double* out,
+              double mhi = __builtin_nan("")) {
   d4 s1[4] = {}, s2[4] = {};
-  const d4 va = d4{} + ka, vb = d4{} + kb;
+  const d4 va = d4{} + ka, vb = d4{} + kb, vhi = d4{} + mhi;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     for (int u = 0; u < 4; ++u) {
       d4 av = load4d(a + i + 4 * u);
-      if (m) av = load4d(m + i + 4 * u) <= d4{} ? d4{} : av;
+      if (m) {
+        const d4 mv = load4d(m + i + 4 * u);
+        av = (mv <= d4{}) | (mv >= vhi) ? d4{} : av;
+      }
       const d4 da = av - va;
       const d4 db = load4d(b + i + 4 * u) - vb;
       s1[u] += da;
@@ -53,7 +58,7 @@ void sum_pair(const T* a, const T* b, const T* m, double ka, double kb, int64_t 
   }
   double r1 = 0, r2 = 0;
   for (; i < n; ++i) {
-    const double ai = (m && m[i] <= T(0)) ? 0.0 : double(a[i]);
+    const double ai = (m && (m[i] <= T(0) || double(m[i]) >= mhi)) ? 0.0 : double(a[i]);
     const double da = ai - ka, db = double(b[i]) - kb;
     r1 += da;
     r2 += da * db;

@@ -23,6 +23,8 @@ class Backend(abc.ABC):
     conv_algos: Tuple[str, ...]  # the concrete algorithms of problem.CONV_ALGOS it implements
     # max_pool2d_forward accepts indices=None (values only, for inference)
     max_pool_indices_optional: bool = False
+    # batch_norm_forward / batch_norm_backward take relu_max (ReLU6 fused as relu_max=6)
+    clipped_bn_relu: bool = False
 
     # ---- availability and capability
     @abc.abstractmethod

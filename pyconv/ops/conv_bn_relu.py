@@ -1,6 +1,7 @@
 """Fused conv-BN-ReLU custom ops (torch.ops.pyconv.conv_bn_relu, conv_bn_relu_backward):
-z = relu(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward; with relu=False,
-z = batch_norm(conv2d(x, w, b)) fused the same way (a block's last conv, a downsample branch).
+z = act(batch_norm(conv2d(x, w, b))) as one opaque op, forward and backward; act is "relu",
+"relu6" (MobileNetV2; backends with Backend.clipped_bn_relu) or "none" (a block's last conv, a
+downsample branch).
 
 Training: the conv kernel writes y and, in the same call, its per-channel sum and sum of squares
 (float64; direct and im2col take them in their epilogues, while each output row or GEMM tile is in
@@ -8,8 +9,8 @@ L1; Winograd in a pass over y right after its output transform); the batch-norm 
 statistics and writes normalize + ReLU in one sweep. Running statistics are returned as new outputs
 (torch.library does not allow an autograd formula on a mutating op) and pyconv.functional copies
 them into the buffers.
-Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (the
-ReLU backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
+Backward: one batch-norm backward kernel reads the incoming gradient of z, masks it by z > 0 (by
+0 < z < 6 for ReLU6: the activation's backward, recomputed from z: nothing stored, no extra buffer) inside its reductions and its
 grad-input sweep; then the conv's grad-input and grad-weight. Saved: x, y and z, as torch's unfused
 Conv2d + BatchNorm2d + ReLU (z is the next layer's input, which it keeps anyway; y is needed whole:
 the BN backward uses every xhat, masked or not). What the fusion saves is transient memory: no BN
@@ -40,11 +41,12 @@ def _bn_shape(y) -> BatchNormShape:
 @custom_op("conv_bn_relu")
 def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
-                 dilation: List[int], groups: int, training: bool, momentum: float, eps: float, relu: bool,
+                 dilation: List[int], groups: int, training: bool, momentum: float, eps: float, activation: str,
                  algo: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
     empty in eval mode."""
     shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
+    clip = _bn_clip(activation, mod)
     out = (shape.N, shape.K, shape.P, shape.Q)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
@@ -60,19 +62,32 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
         mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo,
                            stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
-                               _bn_shape(y), True, float(momentum), float(eps), relu=bool(relu), stats=stats)
+                               _bn_shape(y), True, float(momentum), float(eps), relu=activation != "none",
+                               stats=stats, **clip)
     else:
         y = x.new_empty(0)
         w, b = fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, "relu" if relu else "none")
+        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, activation)
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv
 
 
+def _bn_clip(activation: str, mod) -> dict:
+    """The batch-norm kernels' extra argument for activation (relu_max=6 for ReLU6)."""
+    if activation not in ("none", "relu", "relu6"):
+        raise _args.PyConvError(f"activation={activation!r}: expected 'none', 'relu' or 'relu6'")
+    if activation != "relu6":
+        return {}
+    if not mod.clipped_bn_relu:
+        raise _args.PyConvError(f"activation='relu6': backend={mod.name!r} has no fused ReLU6 batch norm "
+                                f"(Backend.clipped_bn_relu)")
+    return {"relu_max": 6.0}
+
+
 @conv_bn_relu.register_fake
 def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-      momentum, eps, relu, algo, backend):
+      momentum, eps, activation, algo, backend):
     s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
     out = (s.N, s.K, s.P, s.Q)
     return (x.new_empty(out), x.new_empty(out) if training else x.new_empty(0), x.new_empty((s.K,)),
@@ -82,8 +97,9 @@ def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, pa
 @custom_op("conv_bn_relu_backward")
 def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                           bn_weight: Tensor, save_mean: Tensor, save_invstd: Tensor, stride: List[int],
-                          padding: List[int], dilation: List[int], groups: int, training: bool, relu: bool, algo: str,
-                          backend: str, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                          padding: List[int], dilation: List[int], groups: int, training: bool, activation: str,
+                          algo: str, backend: str,
+                          output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
     output_mask are empty."""
     shape, (fwd_algo, gi_algo, gw_algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo,
@@ -91,6 +107,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
+    clip = _bn_clip(activation, mod)
     x, weight, z = x.contiguous(), weight.contiguous(), z.contiguous()
     if not training and (output_mask[3] or output_mask[4]):
         y = new_output(out, x)  # eval: the unfolded conv output, recomputed for the BN gradients
@@ -103,7 +120,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     mod.batch_norm_backward(grad_z.contiguous(), y_for_bn, bn_weight.contiguous(), save_mean.contiguous(),
                             save_invstd.contiguous(), gy, g_bnw if output_mask[3] else None,
                             g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training),
-                            relu_output=z if relu else None)
+                            relu_output=z if activation != "none" else None, **clip)
     gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
     gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()
@@ -117,7 +134,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
 
 @conv_bn_relu_backward.register_fake
 def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, padding, dilation, groups,
-      training, relu, algo, backend, output_mask):
+      training, activation, algo, backend, output_mask):
     K = weight.shape[0]
     shapes = (x.shape, weight.shape, (K,), (K,), (K,))
     return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, output_mask))
@@ -125,14 +142,15 @@ def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, 
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-     momentum, eps, relu, algo, backend) = inputs
+     momentum, eps, activation, algo, backend) = inputs
     z, y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
     ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of y
     # z is read back only for the ReLU mask (and as eval's stand-in for y): without a ReLU, training
     # saves y in its place, so a residual tail keeps no extra activation alive (as torch's in-place add)
-    ctx.save_for_backward(z if relu or not training else y, y, x, weight, bias, bn_weight, save_mean, save_invstd)
-    ctx.conf = (stride, padding, dilation, groups, training, relu, algo, backend)
+    ctx.save_for_backward(z if activation != "none" or not training else y, y, x, weight, bias, bn_weight, save_mean,
+                          save_invstd)
+    ctx.conf = (stride, padding, dilation, groups, training, activation, algo, backend)
 
 
 def _backward(ctx, grad_z, *unused):
