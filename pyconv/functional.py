@@ -377,10 +377,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=1, padding=0,
                  dilation=1, groups=1, training=True, momentum=0.1, eps=1e-5, *, relu=True, algo="auto",
-                 backend="auto", activation=None):
+                 backend="auto", activation=None, residual=None):
     """relu(batch_norm(conv2d(input, weight, bias), running_mean, running_var, bn_weight, bn_bias,
     training, momentum, eps)) as one fused op (relu=False: without the ReLU; activation="relu6":
-    clipped at 6, on backends with Backend.clipped_bn_relu); in training the running
+    clipped at 6, on backends with Backend.clipped_bn_relu; residual: added before the activation,
+    a residual block's tail, on backends with Backend.residual_bn); in training the running
     statistics are updated in place as torch does. momentum=None (cumulative average) needs the batch count: use
     pyconv.nn.ConvBNReLU2d, which keeps num_batches_tracked as torch's BatchNorm2d does."""
     if momentum is None:
@@ -394,9 +395,12 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
         if t is None:
             raise _args.PyConvError(f"{name}: required by conv_bn_relu, got None")
     rm, rv = bn["running_mean"], bn["running_var"]
+    r, _ = to_torch(residual, "residual")
+    if r is not None and not c.batched:
+        r = r.unsqueeze(0)
     z, _, _, _, new_rm, new_rv = call(
         "conv_bn_relu", c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
-        float(eps), ("relu" if relu else "none") if activation is None else activation, c.algo, c.backend)
+        float(eps), ("relu" if relu else "none") if activation is None else activation, c.algo, c.backend, r)
     if training and c.shape.N > 0:  # running statistics are updated in place, as torch does
         with torch.no_grad():
             rm.copy_(new_rm)

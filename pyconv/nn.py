@@ -257,8 +257,9 @@ class FusedConv(torch.nn.Module):
                                                   c.backend)
         if bn is None:
             y = c(input)
-        elif identity is None and (self.activation != "relu6" or _fuses_relu6(c.backend, input)):
-            return _conv_bn_relu(c, bn, input, activation=self.activation)
+        elif (self.activation != "relu6" or _fuses(c.backend, input, "clipped_bn_relu")) and \
+                (identity is None or _fuses(c.backend, input, "residual_bn")):
+            return _conv_bn_relu(c, bn, input, activation=self.activation, residual=identity)
         else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
             y = _conv_bn_relu(c, bn, input, relu=False)
         return PF.unfused_tail(y, identity, self.activation)
@@ -271,16 +272,16 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def _fuses_relu6(backend: str, input) -> bool:
-    """Whether the backend that runs this input fuses ReLU6 into its batch norm (else conv -> BN is
-    fused and torch's relu6 follows)."""
+def _fuses(backend: str, input, capability: str) -> bool:
+    """Whether the backend that runs this input fuses ReLU6 (clipped_bn_relu) or the residual add
+    (residual_bn) into its batch norm (else conv -> BN is fused and torch's ops follow)."""
     try:
-        return backends.load(backends.resolve(backend, input.device)).clipped_bn_relu
+        return bool(getattr(backends.load(backends.resolve(backend, input.device)), capability))
     except (PyConvError, AttributeError, TypeError):  # the op itself reports a bad backend or input
         return False
 
 
-def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None):
+def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None, residual=None):
     """The fused conv_bn_relu op (relu=False: conv -> BN; activation: "none", "relu" or "relu6") on a
     Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules."""
     factor = bn.momentum if bn.momentum is not None else 0.0
@@ -290,7 +291,7 @@ def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activati
             factor = 1.0 / float(bn.num_batches_tracked)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                            c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
-                           algo=c.algo, backend=c.backend, activation=activation)
+                           algo=c.algo, backend=c.backend, activation=activation, residual=residual)
 
 
 def as_pyconv(layer: torch.nn.Module, cls, algo, backend):

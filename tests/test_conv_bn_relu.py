@@ -109,6 +109,68 @@ def test_relu6_needs_a_clipping_backend(monkeypatch):
                         activation="gelu", backend="cpp")
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ["relu", "none", "relu6"])
+def test_residual_tail_matches_torch(training, dtype, act):
+    """act(batch_norm(conv2d(x)) + residual) in one op (cpp: Backend.residual_bn): output, running
+    statistics and every gradient, the residual's included, against torch's unfused chain."""
+    d = _data(dtype, groups=1)
+    d["be"] = d["be"] * 3 + 1  # outputs on both sides of 0 (and of 6)
+    res = torch.randn(2, 6, 9, 9, dtype=dtype) * 3
+    leaves = [t.clone().requires_grad_() for t in (d["x"], d["w"], d["b"], d["g"], d["be"], res)]
+    refs = [t.clone().requires_grad_() for t in (d["x"], d["w"], d["b"], d["g"], d["be"], res)]
+    rm, rv, rm_ref, rv_ref = d["rm"].clone(), d["rv"].clone(), d["rm"].clone(), d["rv"].clone()
+    z = PF.conv_bn_relu(*leaves[:5], rm, rv, 1, 1, training=training, activation=act, residual=leaves[5],
+                        backend="cpp")
+    zr = F.batch_norm(F.conv2d(refs[0], refs[1], refs[2], 1, 1), rm_ref, rv_ref, refs[3], refs[4], training) + refs[5]
+    zr = {"relu": F.relu, "relu6": F.relu6, "none": lambda t: t}[act](zr)
+    tol = 1e-9 if dtype == torch.float64 else 5e-5
+    assert _rel(z, zr) < tol
+    torch.testing.assert_close(rm, rm_ref, rtol=tol, atol=tol)
+    gz = torch.randn_like(zr)
+    for name, a, e in zip(("x", "w", "b", "bn_weight", "bn_bias", "residual"), torch.autograd.grad(z, leaves, gz),
+                          torch.autograd.grad(zr, refs, gz)):
+        if name == "b" and training:
+            continue  # BN removes the conv bias (zero up to rounding in both)
+        assert _rel(a, e) < tol * 10, name
+
+
+def test_residual_tail_gradcheck_and_refusals(monkeypatch):
+    d = _data(torch.float64, groups=1)
+    res = torch.randn(1, 6, 6, 6, dtype=torch.float64, requires_grad=True)
+    args = [d["x"][:1, :, :6, :6].clone().requires_grad_()] + [d[k].clone().requires_grad_()
+                                                               for k in ("w", "b", "g", "be")]
+
+    def f(x, w, b, g, be, r):
+        return PF.conv_bn_relu(x, w, b, g, be, d["rm"].clone(), d["rv"].clone(), 1, 1, residual=r, backend="cpp")
+    assert torch.autograd.gradcheck(f, args + [res], atol=1e-6)
+    with pytest.raises(pyconv.PyConvError, match="residual: expected"):
+        f(*[a.detach() for a in args], torch.zeros(1, 6, 5, 6, dtype=torch.float64))
+    monkeypatch.setattr(pyconv.backends.load("cpp"), "residual_bn", False)
+    with pytest.raises(pyconv.PyConvError, match="residual.*Backend.residual_bn"):
+        f(*[a.detach() for a in args], res.detach())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_resnet_block_tail_fused_or_not_trains_like_torch(monkeypatch, fused):
+    """A converted residual block (its last conv -> BN, + identity, ReLU) trains like torch's with the
+    add and ReLU in the batch-norm kernels (cpp) and without them (torch's add and relu after)."""
+    import copy
+    from pyconv.bench.models import cifar_resnet20
+    monkeypatch.setattr(pyconv.backends.load("cpp"), "residual_bn", fused)
+    torch.manual_seed(3)
+    m = cifar_resnet20().double()
+    p = pyconv.convert(copy.deepcopy(m))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    z, zr = p(x), m(x)
+    assert torch.allclose(z, zr, rtol=1e-9, atol=1e-9)
+    z.square().sum().backward()
+    zr.square().sum().backward()
+    for (n, a), b in zip(p.named_parameters(), m.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-9), n
+
+
 @pytest.mark.parametrize("clipping", [True, False])
 def test_mobilenet_block_relu6_fused_or_not_matches_torch(monkeypatch, clipping):
     """A converted Conv2d -> BatchNorm2d -> ReLU6 trains like torch's with ReLU6 in the batch-norm

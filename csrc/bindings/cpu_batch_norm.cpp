@@ -20,7 +20,8 @@ int64_t bn_numel(const BatchNormShape& s) {
 template <typename T>
 void forward(const BatchNormShape& s, const py::array& x, const py::object& w, const py::object& b,
              const py::object& rm, const py::object& rv, py::array& y, py::array& save_mean, py::array& save_invstd,
-             bool training, double momentum, double eps, const py::object& stats, bool relu, double relu_max) {
+             bool training, double momentum, double eps, const py::object& stats, bool relu, double relu_max,
+             const py::object& residual) {
   const int64_t n = bn_numel(s);
   PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
@@ -36,16 +37,18 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   T* smp = out_buffer<T>(save_mean, "save_mean", s.C);
   T* sip = out_buffer<T>(save_invstd, "save_invstd", s.C);
   const double* stp = opt_in_buffer<double>(stats, "stats", 2 * s.C);
+  const T* rp = opt_in_buffer<T>(residual, "residual", n);
   advise_huge_pages(yp, n * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stp, relu,
-                                       relu_max);
+                                       relu_max, rp);
 }
 
 template <typename T>
 void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, const py::object& w,
               const py::array& save_mean, const py::array& save_invstd, const py::object& gx, const py::object& gw,
-              const py::object& gb, bool training, const py::object& relu_out, double relu_max) {
+              const py::object& gb, bool training, const py::object& relu_out, double relu_max,
+              const py::object& g_residual) {
   const int64_t n = bn_numel(s);
   PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   const T* gyp = in_buffer<T>(gy, "grad_output", n);
@@ -57,9 +60,10 @@ void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, 
   T* gwp = opt_out_buffer<T>(gw, "grad_weight", s.C);
   T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.C);
   const T* zp = opt_in_buffer<T>(relu_out, "relu_output", n);
+  T* grp = opt_out_buffer<T>(g_residual, "grad_residual", n);
   advise_huge_pages(gxp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp, relu_max);
+  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp, relu_max, grp);
 }
 
 }  // namespace
@@ -75,27 +79,30 @@ void bind_batch_norm(py::module_& m) {
   m.def("batch_norm_forward", [](const BatchNormShape& s, const py::array& x, const py::object& w,
                                  const py::object& b, const py::object& rm, const py::object& rv, py::array& y,
                                  py::array& save_mean, py::array& save_invstd, bool training, double momentum,
-                                 double eps, const py::object& stats, bool relu, double relu_max) {
+                                 double eps, const py::object& stats, bool relu, double relu_max,
+                                 const py::object& residual) {
     if (dtype_of(x, "input") == DType::f32)
       return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
-                            relu_max);
+                            relu_max, residual);
     return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
-                           relu_max);
+                           relu_max, residual);
   }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
      py::arg("running_var"), py::arg("output"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"),
      py::arg("momentum"), py::arg("eps"), py::arg("stats") = py::none(), py::arg("relu") = false,
-     py::arg("relu_max") = std::numeric_limits<double>::infinity());
+     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("residual") = py::none());
   m.def("batch_norm_backward", [](const BatchNormShape& s, const py::array& gy, const py::array& x,
                                   const py::object& w, const py::array& save_mean, const py::array& save_invstd,
                                   const py::object& gx, const py::object& gw, const py::object& gb, bool training,
-                                  const py::object& relu_out, double relu_max) {
+                                  const py::object& relu_out, double relu_max, const py::object& g_residual) {
     if (dtype_of(x, "input") == DType::f32)
-      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max);
-    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max);
+      return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max,
+                             g_residual);
+    return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max,
+                            g_residual);
   }, py::arg("shape"), py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
      py::arg("save_invstd"), py::arg("grad_input"), py::arg("grad_weight"), py::arg("grad_bias"),
      py::arg("training"), py::arg("relu_output") = py::none(),
-     py::arg("relu_max") = std::numeric_limits<double>::infinity());
+     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("grad_residual") = py::none());
 }
 
 }  // namespace pyconv

@@ -79,7 +79,7 @@ void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
 template <typename T>
 void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
                         T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                        double eps, const double* stats, bool relu, double relu_max) {
+                        double eps, const double* stats, bool relu, double relu_max, const T* residual) {
   using V = vec_t<T>;
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
@@ -134,33 +134,37 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
   }
   for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
     const T* xs = x + off;
+    const T* rs = residual ? residual + off : nullptr;
     T* ys = y + off;
     const V va = vbroadcast<T>(alpha[c]), vb = vbroadcast<T>(beta[c]), zero = V{};
+    // the normalized value, plus the residual when there is one (the add before the activation)
+    auto nv = [&](int64_t i) { return rs ? vload(xs + i) * va + vb + vload(rs + i) : vload(xs + i) * va + vb; };
+    auto n1 = [&](int64_t i) { return rs ? xs[i] * alpha[c] + beta[c] + rs[i] : xs[i] * alpha[c] + beta[c]; };
     int64_t i = 0;
     if (relu && std::isinf(relu_max)) {  // v < 0 is false for NaN: NaN stays NaN as in torch.relu
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
-        const V v = vload(xs + i) * va + vb;
+        const V v = nv(i);
         vstore(ys + i, v < zero ? zero : v);
       }
       for (; i < n; ++i) {
-        const T v = xs[i] * alpha[c] + beta[c];
+        const T v = n1(i);
         ys[i] = v < T(0) ? T(0) : v;
       }
     } else if (relu) {  // clipped above too (ReLU6); NaN stays NaN as in torch's hardtanh
       const T hi = T(relu_max);
       const V vhi = vbroadcast<T>(hi);
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
-        V v = vload(xs + i) * va + vb;
+        V v = nv(i);
         v = v < zero ? zero : v;
         vstore(ys + i, v > vhi ? vhi : v);
       }
       for (; i < n; ++i) {
-        const T v = xs[i] * alpha[c] + beta[c];
+        const T v = n1(i);
         ys[i] = v < T(0) ? T(0) : v > hi ? hi : v;
       }
     } else {
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, vload(xs + i) * va + vb);
-      for (; i < n; ++i) ys[i] = xs[i] * alpha[c] + beta[c];
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, nv(i));
+      for (; i < n; ++i) ys[i] = n1(i);
     }
   });
 }
@@ -168,7 +172,7 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
 template <typename T>
 void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
                          const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out,
-                         double relu_max) {
+                         double relu_max, T* g_residual) {
   using V = vec_t<T>;
   // the mask's upper bound: none for ReLU (NaN compares false), relu_max for a clipped ReLU
   const double mhi = std::isfinite(relu_max) ? relu_max : __builtin_nan("");
@@ -188,7 +192,7 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
       if (gw) gw[c] = T(total[2 * c + 1] * double(save_invstd[c]));
     }
   }
-  if (!gx || M == 0) return;
+  if ((!gx && !g_residual) || M == 0) return;
   Workspace coef_ws(checked_bytes(3 * s.C, sizeof(T)));
   T* a = coef_ws.as<T>();  // w invstd
   T* mg = a + s.C;         // mean of gy (training)
@@ -203,7 +207,8 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
     const T* gys = gy + off;
     const T* xs = x + off;
     const T* zs = relu_out ? relu_out + off : nullptr;
-    T* gxs = gx + off;
+    T* gxs = gx ? gx + off : nullptr;
+    T* grs = g_residual ? g_residual + off : nullptr;
     const V va = vbroadcast<T>(a[c]), zero = V{}, vhi = vbroadcast<T>(T(mhi));
     // the incoming gradient, through the ReLU when its output is given
     auto gv = [&](int64_t i) {
@@ -213,6 +218,12 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
     };
     auto g1 = [&](int64_t i) { return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i]; };
     int64_t i = 0;
+    if (grs) {  // the residual's gradient: gy through the activation's mask
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(grs + i, gv(i));
+      for (; i < n; ++i) grs[i] = g1(i);
+      if (!gxs) return;
+      i = 0;
+    }
     if (training) {
       const V vmg = vbroadcast<T>(mg[c]), vk = vbroadcast<T>(k[c]), vmean = vbroadcast<T>(save_mean[c]);
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, (gv(i) - vmg - (vload(xs + i) - vmean) * vk) * va);
@@ -237,9 +248,9 @@ void channel_sums(const BatchNormShape& s, const T* y, double* stats) {
 
 #define PYCONV_INSTANTIATE(T)                                                                                \
   template void batch_norm_forward<T>(const BatchNormShape&, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
-                                      bool, double, double, const double*, bool, double);                   \
+                                      bool, double, double, const double*, bool, double, const T*);         \
   template void batch_norm_backward<T>(const BatchNormShape&, const T*, const T*, const T*, const T*, const T*, \
-                                       T*, T*, T*, bool, const T*, double);                                 \
+                                       T*, T*, T*, bool, const T*, double, T*);                             \
   template void channel_sums<T>(const BatchNormShape&, const T*, double*);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)

@@ -25,6 +25,8 @@ class Backend(abc.ABC):
     max_pool_indices_optional: bool = False
     # batch_norm_forward / batch_norm_backward take relu_max (ReLU6 fused as relu_max=6)
     clipped_bn_relu: bool = False
+    # batch_norm_forward takes residual (added before the activation), batch_norm_backward grad_residual
+    residual_bn: bool = False
 
     # ---- availability and capability
     @abc.abstractmethod

@@ -45,6 +45,7 @@ class CppBackend(Backend):
     conv_algos = CONV_ALGOS
     max_pool_indices_optional = True
     clipped_bn_relu = True
+    residual_bn = True
 
     def is_available(self) -> bool:
         return True
@@ -132,16 +133,17 @@ class CppBackend(Backend):
         return _C.avg_pool2d_backward(_pool(shape), _np(gy), _np(gx), bool(count_include_pad), int(divisor_override))
 
     def batch_norm_forward(self, x, weight, bias, running_mean, running_var, y, save_mean, save_invstd, shape,
-                           training, momentum, eps, relu=False, stats=None, relu_max=math.inf):
+                           training, momentum, eps, relu=False, stats=None, relu_max=math.inf, residual=None):
         return _C.batch_norm_forward(_C.BatchNormShape(*shape), _np(x), _np(weight), _np(bias), _np(running_mean),
                                      _np(running_var), _np(y), _np(save_mean), _np(save_invstd), bool(training),
-                                     float(momentum), float(eps), _np(stats), bool(relu), float(relu_max))
+                                     float(momentum), float(eps), _np(stats), bool(relu), float(relu_max),
+                                     _np(residual))
 
     def batch_norm_backward(self, gy, x, weight, save_mean, save_invstd, gx, gw, gb, shape, training,
-                            relu_output=None, relu_max=math.inf):
+                            relu_output=None, relu_max=math.inf, grad_residual=None):
         return _C.batch_norm_backward(_C.BatchNormShape(*shape), _np(gy), _np(x), _np(weight), _np(save_mean),
                                       _np(save_invstd), _np(gx), _np(gw), _np(gb), bool(training), _np(relu_output),
-                                      float(relu_max))
+                                      float(relu_max), _np(grad_residual))
 
     def activation_forward(self, x, residual, activation):
         return _C.activation_forward(_np(x), _np(residual), ACTIVATIONS.index(activation))

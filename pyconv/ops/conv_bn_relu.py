@@ -42,12 +42,15 @@ def _bn_shape(y) -> BatchNormShape:
 def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Tensor, running_var: Tensor, stride: List[int], padding: List[int],
                  dilation: List[int], groups: int, training: bool, momentum: float, eps: float, activation: str,
-                 algo: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 algo: str, backend: str,
+                 residual: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(z, y, save_mean, save_invstd, new_running_mean, new_running_var); y (the conv output) is
-    empty in eval mode."""
+    empty in eval mode. residual: added after the batch norm, before the activation (a residual
+    block's tail; backends with Backend.residual_bn)."""
     shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     clip = _bn_clip(activation, mod)
     out = (shape.N, shape.K, shape.P, shape.Q)
+    r = _residual_of(residual, out, x, mod)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
                            momentum, eps)
@@ -63,14 +66,27 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                            stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
                                _bn_shape(y), True, float(momentum), float(eps), relu=activation != "none",
-                               stats=stats, **clip)
+                               stats=stats, **clip, **({} if r is None else {"residual": r}))
     else:
         y = x.new_empty(0)
         w, b = fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-        mod.conv2d_activation_forward(x, w, b, None, z, shape, algo, activation)
+        mod.conv2d_activation_forward(x, w, b, r, z, shape, algo, activation)
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv
+
+
+def _residual_of(residual, out, x, mod):
+    """The residual input checked against the output's size, dtype and device (None: none)."""
+    if residual is None:
+        return None
+    if not mod.residual_bn:
+        raise _args.PyConvError(f"residual: backend={mod.name!r} has no fused residual batch norm "
+                                f"(Backend.residual_bn)")
+    if tuple(residual.shape) != out or residual.dtype != x.dtype or residual.device != x.device:
+        raise _args.PyConvError(f"residual: expected a {x.dtype} tensor of size {out} on {x.device}, got "
+                                f"{residual.dtype} of size {tuple(residual.shape)} on {residual.device}")
+    return residual.contiguous()
 
 
 def _bn_clip(activation: str, mod) -> dict:
@@ -87,7 +103,7 @@ def _bn_clip(activation: str, mod) -> dict:
 
 @conv_bn_relu.register_fake
 def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-      momentum, eps, activation, algo, backend):
+      momentum, eps, activation, algo, backend, residual=None):
     s = _args.conv2d_shape_of_sizes(x.shape, weight.shape, _params(stride, padding, dilation, groups))
     out = (s.N, s.K, s.P, s.Q)
     return (x.new_empty(out), x.new_empty(out) if training else x.new_empty(0), x.new_empty((s.K,)),
@@ -99,9 +115,10 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           bn_weight: Tensor, save_mean: Tensor, save_invstd: Tensor, stride: List[int],
                           padding: List[int], dilation: List[int], groups: int, training: bool, activation: str,
                           algo: str, backend: str,
-                          output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias); entries not in
-    output_mask are empty."""
+                          output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, grad_residual); entries
+    not in output_mask (six flags; a five-flag mask wants no residual gradient) are empty."""
+    output_mask = list(output_mask) + [False] * (6 - len(output_mask))
     shape, (fwd_algo, gi_algo, gw_algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo,
                                                           backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
@@ -116,11 +133,13 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     gy = new_output(out, x)
     g_bnw = new_output((shape.K,), x) if output_mask[3] else empty.clone()
     g_bnb = new_output((shape.K,), x) if output_mask[4] else empty.clone()
+    g_res = new_output(out, x) if output_mask[5] else empty.clone()
     y_for_bn = y.contiguous() if y.numel() else z  # eval without BN grads: the kernel ignores x
     mod.batch_norm_backward(grad_z.contiguous(), y_for_bn, bn_weight.contiguous(), save_mean.contiguous(),
                             save_invstd.contiguous(), gy, g_bnw if output_mask[3] else None,
                             g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training),
-                            relu_output=z if activation != "none" else None, **clip)
+                            relu_output=z if activation != "none" else None, **clip,
+                            **({"grad_residual": g_res} if output_mask[5] else {}))
     gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
     gw = new_output(weight.shape, x) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), x) if output_mask[2] else empty.clone()
@@ -129,20 +148,21 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     if output_mask[1] or output_mask[2]:
         mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None, shape,
                                    gw_algo)
-    return gx, gw, gb, g_bnw, g_bnb
+    return gx, gw, gb, g_bnw, g_bnb, g_res
 
 
 @conv_bn_relu_backward.register_fake
 def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, padding, dilation, groups,
       training, activation, algo, backend, output_mask):
     K = weight.shape[0]
-    shapes = (x.shape, weight.shape, (K,), (K,), (K,))
-    return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, output_mask))
+    shapes = (x.shape, weight.shape, (K,), (K,), (K,), z.shape)
+    mask = list(output_mask) + [False] * (6 - len(output_mask))
+    return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, mask))
 
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, training,
-     momentum, eps, activation, algo, backend) = inputs
+     momentum, eps, activation, algo, backend, residual) = inputs
     z, y, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(y, save_mean, save_invstd, new_mean, new_var)
     ctx.set_materialize_grads(False)  # else autograd allocates and zero-fills a gradient of y
@@ -151,17 +171,18 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(z if activation != "none" or not training else y, y, x, weight, bias, bn_weight, save_mean,
                           save_invstd)
     ctx.conf = (stride, padding, dilation, groups, training, activation, algo, backend)
+    ctx.residual = residual is not None
 
 
 def _backward(ctx, grad_z, *unused):
     z, y, x, weight, bias, bn_weight, save_mean, save_invstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    mask = [need[0], need[1], bias is not None and need[2], need[3], need[4]]
-    grads = [None] * 17
+    mask = [need[0], need[1], bias is not None and need[2], need[3], need[4], ctx.residual and need[17]]
+    grads = [None] * 18
     if grad_z is not None and any(mask):
         out = call("conv_bn_relu_backward", grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd,
                    *ctx.conf, mask)
-        for i, (g, m) in enumerate(zip(out, mask)):
+        for i, g, m in zip((0, 1, 2, 3, 4, 17), out, mask):  # (17: the residual)
             grads[i] = g if m else None
     return tuple(grads)
 
