@@ -7,9 +7,10 @@
 //   backward  gb_c = sum gy,  gw_c = invstd_c sum gy (x - mean_c)
 //             training: gx = (gy - gb_c/M - (x - mean_c) invstd_c^2 sum(gy (x - mean_c))/M) w_c invstd_c
 //             eval:     gx = gy w_c invstd_c   (the statistics are constants)
-//   fused ReLU / ReLU6 (conv_bn_relu): forward z = min(max(y, 0), relu_max) in the normalize sweep;
-//   backward takes gz and z
-//             and uses gy = (z <= 0 ? 0 : gz) inside the sums and the gx sweep (torch's threshold_backward)
+//   fused tail (conv_bn_relu): forward z = min(max(y [+ residual], 0), relu_max) in the normalize
+//             sweep (relu_max: infinity for ReLU, 6 for ReLU6); backward takes gz and z and uses
+//             gy = (z <= 0 || z >= relu_max ? 0 : gz) inside the sums and the gx sweep (torch's
+//             threshold / hardtanh backward), and writes it as the residual's gradient
 //   given statistics (sum y, sum y^2 per channel, from the conv epilogue): no statistics pass,
 //             mean = s0/M, var = max(s1/M - mean^2, 0)
 //
@@ -141,16 +142,7 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
     auto nv = [&](int64_t i) { return rs ? vload(xs + i) * va + vb + vload(rs + i) : vload(xs + i) * va + vb; };
     auto n1 = [&](int64_t i) { return rs ? xs[i] * alpha[c] + beta[c] + rs[i] : xs[i] * alpha[c] + beta[c]; };
     int64_t i = 0;
-    if (relu && std::isinf(relu_max)) {  // v < 0 is false for NaN: NaN stays NaN as in torch.relu
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
-        const V v = nv(i);
-        vstore(ys + i, v < zero ? zero : v);
-      }
-      for (; i < n; ++i) {
-        const T v = n1(i);
-        ys[i] = v < T(0) ? T(0) : v;
-      }
-    } else if (relu) {  // clipped above too (ReLU6); NaN stays NaN as in torch's hardtanh
+    if (relu) {  // clipped at relu_max too (infinity for ReLU); NaN stays NaN as in torch.relu / hardtanh
       const T hi = T(relu_max);
       const V vhi = vbroadcast<T>(hi);
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
@@ -218,19 +210,35 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
     };
     auto g1 = [&](int64_t i) { return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i]; };
     int64_t i = 0;
-    if (grs) {  // the residual's gradient: gy through the activation's mask
+    if (!gxs) {  // the residual's gradient alone: gy through the activation's mask
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(grs + i, gv(i));
       for (; i < n; ++i) grs[i] = g1(i);
-      if (!gxs) return;
-      i = 0;
+      return;
     }
+    // each masked gradient computed once: the residual's gradient (when wanted) and gx's input
     if (training) {
       const V vmg = vbroadcast<T>(mg[c]), vk = vbroadcast<T>(k[c]), vmean = vbroadcast<T>(save_mean[c]);
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, (gv(i) - vmg - (vload(xs + i) - vmean) * vk) * va);
-      for (; i < n; ++i) gxs[i] = (g1(i) - mg[c] - (xs[i] - save_mean[c]) * k[c]) * a[c];
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
+        const V g = gv(i);
+        if (grs) vstore(grs + i, g);
+        vstore(gxs + i, (g - vmg - (vload(xs + i) - vmean) * vk) * va);
+      }
+      for (; i < n; ++i) {
+        const T g = g1(i);
+        if (grs) grs[i] = g;
+        gxs[i] = (g - mg[c] - (xs[i] - save_mean[c]) * k[c]) * a[c];
+      }
     } else {
-      for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(gxs + i, gv(i) * va);
-      for (; i < n; ++i) gxs[i] = g1(i) * a[c];
+      for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
+        const V g = gv(i);
+        if (grs) vstore(grs + i, g);
+        vstore(gxs + i, g * va);
+      }
+      for (; i < n; ++i) {
+        const T g = g1(i);
+        if (grs) grs[i] = g;
+        gxs[i] = g * a[c];
+      }
     }
   });
 }

@@ -141,6 +141,13 @@ struct Conv {
   int64_t N, G, Cin, Kout, H, W, P, Q, pad_h, pad_w;
 };
 
+// The transformed filters U[g][xi][kb][c][MR]: one position's Kout (padded to MR) x Cin panels, and
+// the stride between positions (the transform, the products and the prepared size all use it).
+template <typename T>
+int64_t filter_position_stride(const Conv& c) {
+  return position_stride<T>(ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin);
+}
+
 template <int M>
 struct Tiling {
   int64_t th, tw, tiles;  // tiles per column / row of one image, total over the batch
@@ -176,12 +183,11 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
   constexpr int MR = kMR<T>;
-  const int64_t nkb = ceil_div(c.Kout, MR), ncb = ceil_div(c.Cin, W);
+  const int64_t nkb = ceil_div(c.Kout, MR), ncb = ceil_div(c.Cin, W), us = filter_position_stride<T>(c);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < c.G * nkb * ncb; ++task) {
     const int64_t g = task / (nkb * ncb), kb = task / ncb % nkb, c0 = task % ncb * W;
     const int64_t nc = imin(W, c.Cin - c0);
-    const int64_t us = position_stride<T>(nkb * c.Cin * MR);
     T* Ug = U + g * A * A * us;
     for (int i = 0; i < MR; ++i) {
       const int64_t k = kb * MR + i;
@@ -322,7 +328,7 @@ int64_t block_tiles(int64_t per_tile_elems, int64_t tiles, int64_t G, int nthr) 
 template <typename T, int M>
 int64_t filters_numel(const Conv& c) {
   constexpr int A = WinogradTile<M>::alpha;
-  return c.G * A * A * position_stride<T>(ceil_div(c.Kout, kMR<T>) * kMR<T> * c.Cin);
+  return c.G * A * A * filter_position_stride<T>(c);
 }
 
 // Two schedules for the products. Tile blocks (conv_winograd): each thread transforms a block of NB
@@ -394,7 +400,7 @@ void conv_winograd(const Conv& c, const T* x, const T* w, const T* prepared, boo
     U = uw.as<T>();
   }
 
-  const int64_t us = position_stride<T>(Kpad * c.Cin);
+  const int64_t us = filter_position_stride<T>(c);
   const int nthr = num_threads();
   const int64_t NB = block_tiles<T>(A * A * (c.Cin + Kpad), tl.tiles, c.G, nthr);
   const int64_t nblocks = ceil_div(tl.tiles, NB);

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import _args
 from ..prepared import fold_batch_norm
-from ..problem import BatchNormShape
+from ..problem import ACTIVATIONS, BatchNormShape
 from .common import call, custom_op, new_output, register_autograd
 from .conv import _conv_plan, _params
 
@@ -91,8 +91,8 @@ def _residual_of(residual, out, x, mod):
 
 def _bn_clip(activation: str, mod) -> dict:
     """The batch-norm kernels' extra argument for activation (relu_max=6 for ReLU6)."""
-    if activation not in ("none", "relu", "relu6"):
-        raise _args.PyConvError(f"activation={activation!r}: expected 'none', 'relu' or 'relu6'")
+    if activation not in ACTIVATIONS:
+        raise _args.PyConvError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
     if activation != "relu6":
         return {}
     if not mod.clipped_bn_relu:
@@ -117,8 +117,7 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           algo: str, backend: str,
                           output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, grad_residual); entries
-    not in output_mask (six flags; a five-flag mask wants no residual gradient) are empty."""
-    output_mask = list(output_mask) + [False] * (6 - len(output_mask))
+    not in output_mask are empty."""
     shape, (fwd_algo, gi_algo, gw_algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo,
                                                           backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
@@ -156,8 +155,7 @@ def _(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, stride, 
       training, activation, algo, backend, output_mask):
     K = weight.shape[0]
     shapes = (x.shape, weight.shape, (K,), (K,), (K,), z.shape)
-    mask = list(output_mask) + [False] * (6 - len(output_mask))
-    return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, mask))
+    return tuple(x.new_empty(s) if m else x.new_empty(0) for s, m in zip(shapes, output_mask))
 
 
 def _setup_context(ctx, inputs, output):
@@ -171,7 +169,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(z if activation != "none" or not training else y, y, x, weight, bias, bn_weight, save_mean,
                           save_invstd)
     ctx.conf = (stride, padding, dilation, groups, training, activation, algo, backend)
-    ctx.residual = residual is not None
+    ctx.residual = residual is not None  # (a call may leave the defaulted residual out of the inputs)
 
 
 def _backward(ctx, grad_z, *unused):
