@@ -135,26 +135,37 @@ def test_streamed_filters_by_position_over_several_spans():
     _check_against_torch("winograd_4x4", torch.float32, 300, [(1, 44, 44, 300, dict(padding=1))], threads=(2,))
 
 
+# (x size, weight size, groups, dtype): grad-weight's two schedules. Slots: 10 channels (a partial V
+# row block), 7 per group (a partial Z row block); 3 groups of 5 F(2x2) blocks = 15 blocks in 8 slots,
+# so slots start and end inside groups and cross from one group to the next. Shared: float64 F(4x4)
+# at 120 channels, two blocks whose dU copies would pass the slots' memory bound.
+GRAD_WEIGHT_SCHEDULES = [((3, 10, 13, 11), (14, 5, 3, 3), 2, torch.float32),
+                         ((2, 12, 16, 18), (15, 4, 3, 3), 3, torch.float32),
+                         ((2, 120, 10, 10), (120, 120, 3, 3), 1, torch.float64)]
+
+
 @pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])
-def test_grad_weight_bitwise_equal_across_thread_counts(algo):
-    """The grad-weight reduction over tiles runs block by block in a fixed order whatever the thread
-    count (threads split each block's channels, then its positions), so the result is bitwise equal."""
+@pytest.mark.parametrize("xs,ws,groups,dtype", GRAD_WEIGHT_SCHEDULES)
+def test_grad_weight_bitwise_equal_across_thread_counts(algo, xs, ws, groups, dtype):
+    """The grad-weight reduction over tiles sums its blocks in an order fixed by the problem, not the
+    thread count (slots: fixed runs of blocks, added in order; shared: block by block), so the result
+    is bitwise equal for 1, 2 and 3 threads."""
     import pyconv
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 10, 13, 11, generator=g).requires_grad_()  # 10 channels: a partial V row block
-    w = torch.randn(14, 5, 3, 3, generator=g).requires_grad_()  # 7 per group: a partial Z row block
-    gy = torch.randn(3, 14, 13, 11, generator=g)
+    x = torch.randn(*xs, generator=g, dtype=dtype).requires_grad_()
+    w = torch.randn(*ws, generator=g, dtype=dtype).requires_grad_()
+    gy = torch.randn(xs[0], ws[0], xs[2], xs[3], generator=g, dtype=dtype)
     before = pyconv.get_num_threads()
     grads = []
     try:
         for n in (1, 2, 3):
             pyconv.set_num_threads(n)
-            y = PF.conv2d(x, w, padding=1, groups=2, algo=algo, backend="cpp")
+            y = PF.conv2d(x, w, padding=1, groups=groups, algo=algo, backend="cpp")
             grads.append(torch.autograd.grad(y, w, gy)[0])
     finally:
         pyconv.set_num_threads(before)
-    ref = torch.autograd.grad(F.conv2d(x.double(), w.double(), padding=1, groups=2), w, gy.double())[0]
-    assert rel(grads[0], ref) < 1e-5
+    ref = torch.autograd.grad(F.conv2d(x.double(), w.double(), padding=1, groups=groups), w, gy.double())[0]
+    assert rel(grads[0], ref) < (1e-5 if dtype == torch.float32 else 1e-12)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 

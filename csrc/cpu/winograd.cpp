@@ -31,6 +31,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 namespace pyconv {
 namespace PYCONV_ISA {
 namespace {
@@ -509,90 +511,171 @@ void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi
     pack_tile_major_rows<T, P>(src + xi * src_xi_stride, NB, dst + xi * dst_xi_stride);
 }
 
+// The pieces of grad-weight, shared by its two schedules. A block of NB tiles of group g is
+// transformed row block by row block (NR input channels of V, MR grad-output channels of Z) into a
+// small scratch and packed tile-major into Vt[xi][Cpad][NB] and Zt[xi][Kpad][NB], the micro-kernel's
+// B and A panels; the products add Zt . Vt into dU[g][xi][Kpad][Cpad]; the end transforms dU back.
+template <typename T, int M>
+struct WeightGradPlan {
+  static constexpr int A = WinogradTile<M>::alpha;
+  static constexpr int64_t NR = kNR<T>, MR = kMR<T>, P = NR > MR ? NR : MR;
+  const Conv& c;
+  const Tiling<M> tl;
+  const int64_t NB, nblocks, nkb, ncb, Kpad, Cpad;
+  const int64_t du_stride, du_elems;  // dU: positions du_stride apart, all groups
+  const int64_t vt_stride, zt_stride, vt_elems, zt_elems, scratch_elems;
+  const BlockLayout rows_layout;
+
+  WeightGradPlan(const Conv& conv, int64_t nb)
+      : c(conv), tl(conv), NB(nb), nblocks(ceil_div(tl.tiles, nb)), nkb(ceil_div(conv.Kout, MR)),
+        ncb(ceil_div(conv.Cin, NR)), Kpad(nkb * MR), Cpad(ncb * NR), du_stride(position_stride<T>(Kpad * Cpad)),
+        du_elems(conv.G * A * A * du_stride), vt_stride(position_stride<T>(Cpad * nb)),
+        zt_stride(position_stride<T>(Kpad * nb)), vt_elems(A * A * vt_stride), zt_elems(A * A * zt_stride),
+        scratch_elems(A * A * position_stride<T>(P * nb)), rows_layout(BlockLayout::rows<T>(NR, nb)) {}
+
+  // Row block rb (< ncb: V's NR channels from rb * NR, else Z's MR channels) of block (g, t0).
+  void transform_rows(const T* x, const T* gy, int64_t g, int64_t t0, int64_t rb, T* rows, T* Vt, T* Zt) const {
+    if (rb < ncb) {
+      const int64_t c0 = rb * NR, c1 = imin(c0 + NR, c.Cin);
+      if (c1 - c0 < NR)  // channels past Cin read 0
+        for (int xi = 0; xi < A * A; ++xi)
+          for (int64_t e = (c1 - c0) * NB; e < NR * NB; ++e) rows[xi * rows_layout.xi_stride + e] = T(0);
+      transform_input_block<T, M>(c, tl, x, g, t0, NB, c0, c1, rows_layout, rows);
+      pack_tile_major<T, NR>(rows, A * A, NB, vt_stride, Vt + c0 * NB);
+    } else {
+      const int64_t k0 = (rb - ncb) * MR;
+      transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, rows);
+      pack_tile_major<T, MR>(rows, A * A, NB, zt_stride, Zt + k0 * NB);
+    }
+  }
+
+  // dUg[xi][:, cb * NR + [0, NR)] (+)= Zt[xi] . Vt[xi] (one block's tiles); `init` stores instead.
+  void multiply(int64_t xi, int64_t cb, bool init, const T* Vt, const T* Zt, T* dUg) const {
+    constexpr int W = Simd<T>::W;
+    alignas(64) T tile[MR * NR];
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      gemm_micro_kernel<T>(NB, Zt + xi * zt_stride + kb * MR * NB, Vt + xi * vt_stride + cb * NR * NB, tile);
+      T* d = dUg + xi * du_stride + kb * MR * Cpad + cb * NR;
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; j += W)
+          vstore(d + i * Cpad + j, init ? vload(tile + i * NR + j) : vload(d + i * Cpad + j) + vload(tile + i * NR + j));
+    }
+  }
+
+  // gw = G^T (dU_0 + ... + dU_{slots-1}) G, the slots summed in order, vectorized across W input
+  // channels (dU rows are channel-contiguous, Cpad a multiple of W).
+  void finish(const T* dU, int64_t slots, int nthr, T* gw) const {
+    using Vec = vec_t<T>;
+    constexpr int W = Simd<T>::W;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t gk = 0; gk < c.G * c.Kout; ++gk) {
+      const int64_t g = gk / c.Kout, k = gk % c.Kout;
+      for (int64_t c0 = 0; c0 < c.Cin; c0 += W) {
+        Vec du[A * A], tmp[3 * A], f[9];
+        const T* src = dU + g * A * A * du_stride + k * Cpad + c0;
+        for (int xi = 0; xi < A * A; ++xi) du[xi] = vload(src + xi * du_stride);
+        for (int64_t s = 1; s < slots; ++s)
+          for (int xi = 0; xi < A * A; ++xi) du[xi] += vload(src + s * du_elems + xi * du_stride);
+        mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
+        mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
+        alignas(32) T fb[9 * W];
+        for (int rs = 0; rs < 9; ++rs) vstore(fb + rs * W, f[rs]);
+        T* gwk = gw + ((g * c.Kout + k) * c.Cin + c0) * 9;
+        for (int64_t l = 0; l < imin(W, c.Cin - c0); ++l)
+          for (int rs = 0; rs < 9; ++rs) gwk[l * 9 + rs] = fb[rs * W + l];
+      }
+    }
+  }
+};
+
+// Two schedules for the sum over tiles; both give the same bits whatever the thread count.
+// Slots (small filter gradients: CIFAR's 16-64 channel layers): the blocks are cut into a fixed
+// number of consecutive runs, each summed into its own copy of dU by one thread from transform to
+// products, in that thread's cache; `finish` adds the copies in order. The shared schedule
+// synchronized twice per block and handed every transformed block to the other cores: 8x16x32x32
+// spent half its time packing into lines the other core had just read.
+// Shared (larger gradients, where copies of dU would cost more than they save): the threads work
+// on one block at a time in two phases. Transform: each takes row blocks into the shared Vt, Zt.
+// Multiply: each takes (position, NR channels) pairs and accumulates their tiles into the one dU, so
+// every element sums the blocks in order.
+constexpr int64_t kMaxWeightGradSlots = 8;
+constexpr int64_t kWeightGradSlotBytes = int64_t(6) << 20;  // all slots' dU together
+
+template <typename T, int M>
+int64_t weight_grad_slots(const Conv& c) {
+  const WeightGradPlan<T, M> pl(c, 2 * kNR<T>);
+  const int64_t slots = imin(kMaxWeightGradSlots, c.G * pl.nblocks);
+  return slots >= 2 && slots * pl.du_elems * int64_t(sizeof(T)) <= kWeightGradSlotBytes ? slots : 0;
+}
+
+template <typename T, int M>
+void weight_grad_by_slots(const Conv& c, int64_t slots, const T* x, const T* gy, T* gw) {
+  const WeightGradPlan<T, M> pl(c, 2 * kNR<T>);  // shorter blocks: more of them to share out
+  const int nthr = num_threads();
+  const int64_t tasks = c.G * pl.nblocks, private_elems = pl.vt_elems + pl.zt_elems + pl.scratch_elems;
+  Workspace ws(checked_bytes(slots * pl.du_elems + nthr * private_elems, sizeof(T)));
+  T* const dU = ws.as<T>();
+#pragma omp parallel num_threads(nthr)
+  {
+    T* const Vt = dU + slots * pl.du_elems + omp_get_thread_num() * private_elems;
+    T* const Zt = Vt + pl.vt_elems;
+    T* const rows = Zt + pl.zt_elems;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < slots; ++s) {
+      T* const dUs = dU + s * pl.du_elems;
+      const int64_t first = s * tasks / slots, last = (s + 1) * tasks / slots;
+      for (int64_t task = first; task < last; ++task) {
+        const int64_t g = task / pl.nblocks, t0 = task % pl.nblocks * pl.NB;
+        const bool init = task == first || t0 == 0;  // this slot's first block of group g
+        if (task == first && g > 0)  // groups before g get nothing from this slot
+          std::fill(dUs, dUs + g * pl.A * pl.A * pl.du_stride, T(0));
+        for (int64_t rb = 0; rb < pl.ncb + pl.nkb; ++rb) pl.transform_rows(x, gy, g, t0, rb, rows, Vt, Zt);
+        T* dUg = dUs + g * pl.A * pl.A * pl.du_stride;
+        for (int64_t xi = 0; xi < pl.A * pl.A; ++xi)
+          for (int64_t cb = 0; cb < pl.ncb; ++cb) pl.multiply(xi, cb, init, Vt, Zt, dUg);
+        if (task + 1 == last && g + 1 < c.G)  // nor groups after its last
+          std::fill(dUs + (g + 1) * pl.A * pl.A * pl.du_stride, dUs + pl.du_elems, T(0));
+      }
+    }
+  }
+  pl.finish(dU, slots, nthr, gw);
+}
+
+template <typename T, int M>
+void weight_grad_shared(const Conv& c, const T* x, const T* gy, T* gw) {
+  // A longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower).
+  const WeightGradPlan<T, M> pl(c, 4 * kNR<T>);
+  const int nthr = num_threads();
+  Workspace ws(checked_bytes(pl.du_elems + pl.vt_elems + pl.zt_elems + nthr * pl.scratch_elems, sizeof(T)));
+  T* const dU = ws.as<T>();
+  T* const Vt = dU + pl.du_elems;
+  T* const Zt = Vt + pl.vt_elems;
+#pragma omp parallel num_threads(nthr)
+  {
+    T* rows = Zt + pl.zt_elems + omp_get_thread_num() * pl.scratch_elems;
+    for (int64_t task = 0; task < c.G * pl.nblocks; ++task) {
+      const int64_t g = task / pl.nblocks, t0 = task % pl.nblocks * pl.NB;
+#pragma omp for schedule(dynamic)  // V and Z row blocks differ in cost
+      for (int64_t rb = 0; rb < pl.ncb + pl.nkb; ++rb) pl.transform_rows(x, gy, g, t0, rb, rows, Vt, Zt);
+      T* dUg = dU + g * pl.A * pl.A * pl.du_stride;
+#pragma omp for schedule(static)
+      for (int64_t xc = 0; xc < pl.A * pl.A * pl.ncb; ++xc)  // a group's first block initializes its dU
+        pl.multiply(xc / pl.ncb, xc % pl.ncb, t0 == 0, Vt, Zt, dUg);
+    }
+  }
+  pl.finish(dU, 1, nthr, gw);
+}
+
 template <typename T, int M>
 void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
-  constexpr int A = WinogradTile<M>::alpha;
-  constexpr int64_t NR = kNR<T>, MR = kMR<T>;
-  const Tiling<M> tl(c);
-  const int64_t nkb = ceil_div(c.Kout, MR), Kpad = nkb * MR;
-  const int64_t ncb = ceil_div(c.Cin, NR), Cpad = ncb * NR;
-  if (tl.tiles == 0) {  // no tiles: dU (initialized by each group's first block) would be unset
+  if (Tiling<M>(c).tiles == 0) {  // no tiles: dU would be unset
     for (int64_t e = 0; e < c.G * c.Kout * c.Cin * 9; ++e) gw[e] = T(0);
     return;
   }
-  const int64_t NB = 4 * NR;  // a longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower)
-  const int64_t nblocks = ceil_div(tl.tiles, NB);
-  const int64_t du_stride = position_stride<T>(Kpad * Cpad), du_elems = c.G * A * A * du_stride;
-  // The threads work on one block at a time, in two phases. Transform: each takes row blocks (NR
-  // channels of V, MR of Z), transforms them into its small scratch and packs them tile-major into
-  // the shared Vt[xi][Cpad][NB], Zt[xi][Kpad][NB]. Multiply: each takes (position, NR channels) pairs
-  // and accumulates their MR x NR tiles into the shared dU. One block's buffers in all (not one per
-  // thread), no per-thread dU copies, no race, and every dU element sums the blocks in order.
-  constexpr int64_t P = NR > MR ? NR : MR;
-  const int64_t vt_stride = position_stride<T>(Cpad * NB), zt_stride = position_stride<T>(Kpad * NB);
-  const int64_t vt_elems = A * A * vt_stride, zt_elems = A * A * zt_stride;
-  const int nthr = num_threads();
-  const BlockLayout rows_layout = BlockLayout::rows<T>(NR, NB);
-  const int64_t scratch = A * A * position_stride<T>(P * NB);
-  Workspace ws(checked_bytes(du_elems + vt_elems + zt_elems + nthr * scratch, sizeof(T)));
-  T* const dU = ws.as<T>();
-  T* const Vt = dU + du_elems;
-  T* const Zt = Vt + vt_elems;
-#pragma omp parallel num_threads(nthr)
-  {
-    T* rows = Zt + zt_elems + omp_get_thread_num() * scratch;
-    alignas(64) T tile[MR * NR];
-    for (int64_t task = 0; task < c.G * nblocks; ++task) {
-      const int64_t g = task / nblocks, t0 = task % nblocks * NB;
-#pragma omp for schedule(dynamic)  // V and Z row blocks differ in cost
-      for (int64_t rb = 0; rb < ncb + nkb; ++rb) {
-        if (rb < ncb) {
-          const int64_t c0 = rb * NR, c1 = imin(c0 + NR, c.Cin);
-          if (c1 - c0 < NR)  // channels past Cin read 0
-            for (int xi = 0; xi < A * A; ++xi)
-              for (int64_t e = (c1 - c0) * NB; e < NR * NB; ++e) rows[xi * rows_layout.xi_stride + e] = T(0);
-          transform_input_block<T, M>(c, tl, x, g, t0, NB, c0, c1, rows_layout, rows);
-          pack_tile_major<T, NR>(rows, A * A, NB, vt_stride, Vt + c0 * NB);
-        } else {
-          const int64_t k0 = (rb - ncb) * MR;
-          transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, rows);
-          pack_tile_major<T, MR>(rows, A * A, NB, zt_stride, Zt + k0 * NB);
-        }
-      }
-      T* dUg = dU + g * A * A * du_stride;
-#pragma omp for schedule(static)
-      for (int64_t xc = 0; xc < A * A * ncb; ++xc) {
-        const int64_t xi = xc / ncb, cb = xc % ncb;
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-          gemm_micro_kernel<T>(NB, Zt + xi * zt_stride + kb * MR * NB, Vt + xi * vt_stride + cb * NR * NB, tile);
-          T* d = dUg + xi * du_stride + kb * MR * Cpad + cb * NR;
-          constexpr int W = Simd<T>::W;
-          for (int i = 0; i < MR; ++i)  // a group's first block initializes its dU
-            for (int j = 0; j < NR; j += W)
-              vstore(d + i * Cpad + j, t0 == 0 ? vload(tile + i * NR + j) : vload(d + i * Cpad + j) + vload(tile + i * NR + j));
-        }
-      }
-    }
-  }
-  // dg = G^T dU G, vectorized across W input channels (dU rows are channel-contiguous, Cpad a
-  // multiple of W).
-  using Vec = vec_t<T>;
-  constexpr int W = Simd<T>::W;
-#pragma omp parallel for num_threads(nthr) schedule(static)
-  for (int64_t gk = 0; gk < c.G * c.Kout; ++gk) {
-    const int64_t g = gk / c.Kout, k = gk % c.Kout;
-    for (int64_t c0 = 0; c0 < c.Cin; c0 += W) {
-      Vec du[A * A], tmp[3 * A], f[9];
-      for (int xi = 0; xi < A * A; ++xi) du[xi] = vload(dU + (g * A * A + xi) * du_stride + k * Cpad + c0);
-      mul_left<true, A, T>(WinogradTile<M>::G, du, tmp);
-      mul_right<false, 3, T>(WinogradTile<M>::G, tmp, f);
-      alignas(32) T fb[9 * W];
-      for (int rs = 0; rs < 9; ++rs) vstore(fb + rs * W, f[rs]);
-      T* gwk = gw + ((g * c.Kout + k) * c.Cin + c0) * 9;
-      for (int64_t l = 0; l < imin(W, c.Cin - c0); ++l)
-        for (int rs = 0; rs < 9; ++rs) gwk[l * 9 + rs] = fb[rs * W + l];
-    }
-  }
+  if (const int64_t slots = weight_grad_slots<T, M>(c))
+    weight_grad_by_slots<T, M>(c, slots, x, gy, gw);
+  else
+    weight_grad_shared<T, M>(c, x, gy, gw);
 }
 
 }  // namespace
