@@ -138,8 +138,16 @@ def algo_unsupported(algo: str, shape: ConvShape) -> Optional[str]:
 # 0.65 / 0.49 vs 0.66 / 0.62 vs 0.95; batch 8 at 12x12 (72 tiles) level, 10x10x64 (72) and 8x8x64
 # (32) F(2x2) ahead; batch 1-2 at 14x14 (16-32 tiles) F(2x2) ahead (256 channels, batch 1: 2.0 vs
 # 1.5 / 1.9 vs 1.6 / 3.1 vs 1.2). Every backend takes m from here.
+# Small filters (Cin x Kout per group up to 128 x 128: U of 36 x K x C values fits a core's L2) take
+# m=4 from WINOGRAD_SMALL_FILTER_MIN_TILES4 tiles on, since grad-weight's slot schedule runs a few
+# tiles in parallel: measured (ms, F(2x2) vs F(4x4), forward + grad-input + grad-weight) 8x64x8x8
+# (32 tiles) 0.74 vs 0.57, 8x32x8x8 0.41 vs 0.31, 8x128x8x8 1.96 vs 1.61, 8x64x12x12 1.41 vs 1.10,
+# 4x128x14x14 3.1 vs 2.3; 1x64x14x14 (16 tiles) 0.49 vs 0.60; larger filters stay at 128 tiles
+# (2x256x14x14, 32 tiles: 6.8 vs 7.2).
 WINOGRAD_TILE_SWITCH = 16
 WINOGRAD_MIN_TILES4 = 128
+WINOGRAD_SMALL_FILTER = 128 * 128
+WINOGRAD_SMALL_FILTER_MIN_TILES4 = 32
 # With the transformed filters prepared once (inference), the filter transform no longer argues for
 # m=2 on small outputs; what is left is reading U (36 x K x C for m=4 against 16 x K x C) once per
 # call, which needs enough 4x4 tiles to share it. Measured (prepared filters, 2 threads, ms, F(2x2)
@@ -157,7 +165,10 @@ def winograd_tile(algo: str, shape: ConvShape, prepared: bool = False) -> int:
     if min(shape.P, shape.Q) >= WINOGRAD_TILE_SWITCH:
         return 4
     tiles4 = shape.N * -(-shape.P // 4) * -(-shape.Q // 4)
-    return 4 if tiles4 >= (WINOGRAD_PREPARED_MIN_TILES4 if prepared else WINOGRAD_MIN_TILES4) else 2
+    if prepared:
+        return 4 if tiles4 >= WINOGRAD_PREPARED_MIN_TILES4 else 2
+    small = shape.C // shape.G * (shape.K // shape.G) <= WINOGRAD_SMALL_FILTER
+    return 4 if tiles4 >= (WINOGRAD_SMALL_FILTER_MIN_TILES4 if small else WINOGRAD_MIN_TILES4) else 2
 
 
 # ------------------------------------------------------------------ Winograd transform matrices ---

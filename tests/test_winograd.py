@@ -171,11 +171,15 @@ def test_grad_weight_bitwise_equal_across_thread_counts(algo, xs, ws, groups, dt
 
 def test_alias_tile_follows_outputs_and_tiles():
     """'winograd' takes F(4x4) from 16x16 outputs, or from WINOGRAD_MIN_TILES4 4x4 tiles a call
-    (WINOGRAD_PREPARED_MIN_TILES4 with prepared filters), else F(2x2); the named variants are fixed."""
+    (WINOGRAD_SMALL_FILTER_MIN_TILES4 for filters up to 128 x 128 channels a group,
+    WINOGRAD_PREPARED_MIN_TILES4 with prepared filters), else F(2x2); the named variants are fixed."""
     from pyconv.problem import ConvShape, winograd_tile
 
-    def shape(N, hw):
-        return ConvShape(N, 256, hw, hw, 256, 3, 3, hw, hw, 1, 1, 1, 1, 1, 1, 1)
+    def shape(N, hw, C=256, G=1):
+        return ConvShape(N, C, hw, hw, C, 3, 3, hw, hw, G, 1, 1, 1, 1, 1, 1)
+    assert [winograd_tile("winograd", shape(n, 8, C=64)) for n in (4, 8)] == [2, 4]  # 16, 32 tiles
+    assert [winograd_tile("winograd", shape(8, 8, C=c)) for c in (128, 129)] == [4, 2]
+    assert winograd_tile("winograd", shape(8, 8, C=512, G=4)) == 4  # 128 x 128 a group
     assert winograd_tile("winograd", shape(1, 16)) == 4
     assert [winograd_tile("winograd", shape(n, 14)) for n in (1, 2, 8)] == [2, 2, 4]  # 16, 32, 128 tiles
     assert winograd_tile("winograd", shape(8, 10)) == 2  # 72 tiles

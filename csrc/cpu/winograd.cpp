@@ -601,16 +601,23 @@ struct WeightGradPlan {
 constexpr int64_t kMaxWeightGradSlots = 8;
 constexpr int64_t kWeightGradSlotBytes = int64_t(6) << 20;  // all slots' dU together
 
+// Tiles per block of the slot schedule: 2 * NR, or NR where that leaves fewer than 4 blocks to share
+// out (64 channels at 8x8, batch 8, F(4x4): 32 tiles in 2 slots instead of 1, 0.29 -> 0.18 ms).
+template <typename T, int M>
+int64_t weight_grad_slot_tiles(const Conv& c) {
+  return c.G * ceil_div(Tiling<M>(c).tiles, 2 * kNR<T>) >= 4 ? 2 * kNR<T> : kNR<T>;
+}
+
 template <typename T, int M>
 int64_t weight_grad_slots(const Conv& c) {
-  const WeightGradPlan<T, M> pl(c, 2 * kNR<T>);
+  const WeightGradPlan<T, M> pl(c, weight_grad_slot_tiles<T, M>(c));
   const int64_t slots = imin(kMaxWeightGradSlots, c.G * pl.nblocks);
   return slots >= 2 && slots * pl.du_elems * int64_t(sizeof(T)) <= kWeightGradSlotBytes ? slots : 0;
 }
 
 template <typename T, int M>
 void weight_grad_by_slots(const Conv& c, int64_t slots, const T* x, const T* gy, T* gw) {
-  const WeightGradPlan<T, M> pl(c, 2 * kNR<T>);  // shorter blocks: more of them to share out
+  const WeightGradPlan<T, M> pl(c, weight_grad_slot_tiles<T, M>(c));
   const int nthr = num_threads();
   const int64_t tasks = c.G * pl.nblocks, private_elems = pl.vt_elems + pl.zt_elems + pl.scratch_elems;
   Workspace ws(checked_bytes(slots * pl.du_elems + nthr * private_elems, sizeof(T)));
