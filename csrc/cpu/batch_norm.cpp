@@ -40,15 +40,20 @@ struct Tasks {
 
 // For each task, sum_pair over its chunk of a and b (same [N][C][L] layout, mask m optional);
 // shifts per channel (null = 0).
+// float_blocks: sum_pair_float_blocks (the backward's sums, which do not cancel).
 template <typename T>
 void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const T* m, const double* ka,
-                const double* kb, double* partial, double mhi = __builtin_nan("")) {
+                const double* kb, double* partial, double mhi = __builtin_nan(""), bool float_blocks = false) {
 #pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
   for (int64_t t = 0; t < tk.count; ++t) {
     const int64_t row = t / tk.chunks, c = row % s.C;
     const int64_t l0 = (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
     const int64_t off = row * s.L + l0;
-    sum_pair(a + off, b + off, m ? m + off : nullptr, ka ? ka[c] : 0.0, kb ? kb[c] : 0.0, n, partial + 2 * t, mhi);
+    const double kac = ka ? ka[c] : 0.0, kbc = kb ? kb[c] : 0.0;
+    if (float_blocks)
+      sum_pair_float_blocks(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi);
+    else
+      sum_pair(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi);
   }
 }
 
@@ -177,7 +182,7 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   const bool need_sums = gw || gb || (gx && training);
   if (need_sums) {
     Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
-    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>(), mhi);
+    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>(), mhi, true);
     reduce_channels(s, tk, part_ws.as<double>(), total);
     for (int64_t c = 0; c < s.C; ++c) {
       if (gb) gb[c] = T(total[2 * c]);
