@@ -1,4 +1,4 @@
-"""Winograd vs our direct conv vs torch (oneDNN) on the 3x3 stride-1 layers of ResNet-18 and VGG-16,
+"""Winograd vs our direct conv vs torch (oneDNN) on the 3x3 stride-1 layers of ResNet-18, VGG-16 and CIFAR ResNet-20,
 side by side in one run. Reports effective GFLOP/s (direct flop count / time), the median of
 --repeat timings, and geomean speedups over torch.
 
@@ -26,6 +26,9 @@ LAYERS = [
     ("vgg16.conv3_2", 256, 256, 56),
     ("vgg16.conv4_2", 512, 512, 28),
     ("vgg16.conv5_2", 512, 512, 14),
+    ("cifar.stage1", 16, 16, 32),  # CIFAR ResNet-20's three stages: grad-weight's slot schedule
+    ("cifar.stage2", 32, 32, 16),
+    ("cifar.stage3", 64, 64, 8),
 ]
 # Small outputs: where 4x4 tiles are mostly padding (the 'winograd' tile rule).
 TILE_LAYERS = [("tiny.2x2", 256, 256, 2), ("tiny.3x3", 256, 256, 3), ("tiny.4x4", 256, 256, 4),
