@@ -608,16 +608,16 @@ int64_t weight_grad_slot_tiles(const Conv& c) {
   return c.G * ceil_div(Tiling<M>(c).tiles, 2 * kNR<T>) >= 4 ? 2 * kNR<T> : kNR<T>;
 }
 
+// The slot count for a plan with weight_grad_slot_tiles' blocks; 0: the shared schedule.
 template <typename T, int M>
-int64_t weight_grad_slots(const Conv& c) {
-  const WeightGradPlan<T, M> pl(c, weight_grad_slot_tiles<T, M>(c));
-  const int64_t slots = imin(kMaxWeightGradSlots, c.G * pl.nblocks);
+int64_t weight_grad_slots(const WeightGradPlan<T, M>& pl) {
+  const int64_t slots = imin(kMaxWeightGradSlots, pl.c.G * pl.nblocks);
   return slots >= 2 && slots * pl.du_elems * int64_t(sizeof(T)) <= kWeightGradSlotBytes ? slots : 0;
 }
 
 template <typename T, int M>
-void weight_grad_by_slots(const Conv& c, int64_t slots, const T* x, const T* gy, T* gw) {
-  const WeightGradPlan<T, M> pl(c, weight_grad_slot_tiles<T, M>(c));
+void weight_grad_by_slots(const WeightGradPlan<T, M>& pl, int64_t slots, const T* x, const T* gy, T* gw) {
+  const Conv& c = pl.c;
   const int nthr = num_threads();
   const int64_t tasks = c.G * pl.nblocks, private_elems = pl.vt_elems + pl.zt_elems + pl.scratch_elems;
   Workspace ws(checked_bytes(slots * pl.du_elems + nthr * private_elems, sizeof(T)));
@@ -679,8 +679,9 @@ void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
     for (int64_t e = 0; e < c.G * c.Kout * c.Cin * 9; ++e) gw[e] = T(0);
     return;
   }
-  if (const int64_t slots = weight_grad_slots<T, M>(c))
-    weight_grad_by_slots<T, M>(c, slots, x, gy, gw);
+  const WeightGradPlan<T, M> slot_plan(c, weight_grad_slot_tiles<T, M>(c));
+  if (const int64_t slots = weight_grad_slots(slot_plan))
+    weight_grad_by_slots(slot_plan, slots, x, gy, gw);
   else
     weight_grad_shared<T, M>(c, x, gy, gw);
 }
