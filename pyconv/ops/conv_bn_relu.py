@@ -31,7 +31,7 @@ from .. import _args
 from ..prepared import fold_batch_norm
 from ..problem import ACTIVATIONS, BatchNormShape
 from .common import call, custom_op, new_output, register_autograd
-from .conv import _conv_plan, _params
+from .conv import _conv_plan, _params, check_residual
 
 
 def _bn_shape(y) -> BatchNormShape:
@@ -50,7 +50,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
     shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     clip = _bn_clip(activation, mod)
     out = (shape.N, shape.K, shape.P, shape.Q)
-    r = _residual_of(residual, out, x, mod)
+    r = _residual_of(residual, shape, x, mod)
     y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
                            momentum, eps)
@@ -76,16 +76,15 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
     return z, y, save_mean, save_invstd, rm, rv
 
 
-def _residual_of(residual, out, x, mod):
-    """The residual input checked against the output's size, dtype and device (None: none)."""
+def _residual_of(residual, shape, x, mod):
+    """The residual input, contiguous, after the backend's capability and conv's residual checks
+    (the output's size, the input's dtype and device); None: none."""
     if residual is None:
         return None
     if not mod.residual_bn:
         raise _args.PyConvError(f"residual: backend={mod.name!r} has no fused residual batch norm "
                                 f"(Backend.residual_bn)")
-    if tuple(residual.shape) != out or residual.dtype != x.dtype or residual.device != x.device:
-        raise _args.PyConvError(f"residual: expected a {x.dtype} tensor of size {out} on {x.device}, got "
-                                f"{residual.dtype} of size {tuple(residual.shape)} on {residual.device}")
+    check_residual(residual, shape, x)
     return residual.contiguous()
 
 
