@@ -9,7 +9,8 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 from .problem import ACTIVATIONS, pass_algos
-from .ops.common import _PLAIN, _dispatcher_needed, call, new_output
+from .ops.common import _PLAIN, Planned, _dispatcher_needed, call, new_output
+from .ops.conv_bn_relu import check_conv_bn_relu, run_conv_bn_relu
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 from .prepared import PreparedCache, versions_of
 
@@ -23,6 +24,8 @@ __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_poo
 # values never enter the key, so weights that change every step keep their plan.
 _PLANS: dict = {}
 _PLANS_MAX = 1024
+# Keys of conv_bn_relu calls whose batch-norm, activation and residual arguments passed the checks.
+_BN_CHECKED: set = set()
 
 
 def _plan_of(t):
@@ -83,8 +86,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                                     "dilation, groups, algo and backend; pass none of them")
         return weight(input)
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend)
+    be = backends.load(c.backend)
     return c.result(call("conv2d", c.x, c.w, c.b, *c.op_args(), c.algo, c.backend,
-                         planned=lambda: run_conv2d(c.x, c.w, c.b, c.shape, c.algo, backends.load(c.backend))))
+                         planned=Planned(lambda: run_conv2d(c.x, c.w, c.b, c.shape, c.algo, be),
+                                         (c.shape, pass_algos(c.algo), be))))
 
 
 def conv2d_activation(input, weight, bias, residual, stride=1, padding=0, dilation=1, groups=1,
@@ -394,13 +399,28 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
     for name, t in bn.items():
         if t is None:
             raise _args.PyConvError(f"{name}: required by conv_bn_relu, got None")
-    rm, rv = bn["running_mean"], bn["running_var"]
+    rm, rv, bnw, bnb = bn["running_mean"], bn["running_var"], bn["bn_weight"], bn["bn_bias"]
     r, _ = to_torch(residual, "residual")
     if r is not None and not c.batched:
         r = r.unsqueeze(0)
+    act = ("relu" if relu else "none") if activation is None else activation
+    be = backends.load(c.backend)
+    # the batch-norm, activation and residual checks, once per set of sizes and arguments (as _PLANS)
+    key = (c.shape, _plan_of(c.x), _plan_of(bnw), _plan_of(bnb), _plan_of(rm), _plan_of(rv), _plan_of(r),
+           bool(training), type(momentum), eps, act, c.backend, be.residual_bn, be.clipped_bn_relu)
+    if key in _BN_CHECKED:
+        rc = None if r is None else r.contiguous()
+    else:
+        rc = check_conv_bn_relu(c.x, c.shape, be, bnw, bnb, rm, rv, bool(training), momentum, eps, act, r)
+        if len(_BN_CHECKED) >= _PLANS_MAX:
+            _BN_CHECKED.clear()
+        _BN_CHECKED.add(key)
+    planned = Planned(lambda: run_conv_bn_relu(c.x, c.w, c.b, bnw, bnb, rm, rv, bool(training), momentum, eps, act, rc,
+                                               c.shape, pass_algos(c.algo)[0], be),
+                      (c.shape, pass_algos(c.algo), be))
     z, _, _, _, new_rm, new_rv = call(
-        "conv_bn_relu", c.x, c.w, c.b, bn["bn_weight"], bn["bn_bias"], rm, rv, *c.op_args(), bool(training), float(momentum),
-        float(eps), ("relu" if relu else "none") if activation is None else activation, c.algo, c.backend, r)
+        "conv_bn_relu", c.x, c.w, c.b, bnw, bnb, rm, rv, *c.op_args(), bool(training), float(momentum),
+        float(eps), act, c.algo, c.backend, r, planned=planned)
     if training and c.shape.N > 0:  # running statistics are updated in place, as torch does
         with torch.no_grad():
             rm.copy_(new_rm)

@@ -49,6 +49,7 @@ def register_autograd(name: str, op, backward: Callable, setup_context: Callable
         planned = args[-1]
         output = planned() if planned is not None else impl(*args[:-1])
         setup_context(ctx, args[:-1], output)
+        ctx.plan = getattr(planned, "plan", None)  # the backward's kernel step reuses it (see Planned)
         return output
 
     def eager_backward(ctx, *grads):
@@ -98,6 +99,20 @@ def _tangents_flow_in(args) -> bool:
         return False
     unpack = torch.autograd.forward_ad.unpack_dual
     return any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args)
+
+
+class Planned:
+    """A call's kernel step (a callable) for arguments the caller checked and planned, with the plan
+    (shape, (forward, grad-input, grad-weight) algorithms, Backend instance) it ran on: the eager
+    autograd Function keeps it as ctx.plan, so the backward runs its kernel step without planning
+    and checking again."""
+    __slots__ = ("step", "plan")
+
+    def __init__(self, step: Callable, plan):
+        self.step, self.plan = step, plan
+
+    def __call__(self):
+        return self.step()
 
 
 def _direct(name: str, args, planned: Optional[Callable]):

@@ -61,21 +61,28 @@ def conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, stride: List
                     dilation: List[int], groups: int, algo: str, backend: str,
                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias); an entry not asked for in output_mask is empty."""
-    shape, (_, gi_algo, gw_algo), mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
-    gy = grad_output.contiguous()
-    if tuple(gy.shape) != (shape.N, shape.K, shape.P, shape.Q):
+    shape, algos, mod = _conv_plan(x, weight, None, stride, padding, dilation, groups, algo, backend)
+    if tuple(grad_output.shape) != (shape.N, shape.K, shape.P, shape.Q):
         raise _args.PyConvError(f"grad_output: expected size {(shape.N, shape.K, shape.P, shape.Q)}, "
-                                f"got {tuple(gy.shape)}")
+                                f"got {tuple(grad_output.shape)}")
+    return run_conv2d_backward(grad_output, x, weight, output_mask, shape, algos, mod)
+
+
+def run_conv2d_backward(grad_output, x, weight, output_mask, shape, algos, backend):
+    """The kernel step of conv2d_backward, for arguments already checked and planned (shape, the
+    (forward, grad-input, grad-weight) algorithms, Backend instance)."""
+    _, gi_algo, gw_algo = algos
+    gy = grad_output.contiguous()
     x, weight = x.contiguous(), weight.contiguous()
     empty = x.new_empty(0)
     gx = new_output(x.shape, x) if output_mask[0] else empty
     gw = new_output(weight.shape, weight) if output_mask[1] else empty.clone()
     gb = new_output((shape.K,), weight) if output_mask[2] else empty.clone()
     if output_mask[0]:
-        mod.conv2d_backward_input(gy, weight, gx, shape, gi_algo)
+        backend.conv2d_backward_input(gy, weight, gx, shape, gi_algo)
     if output_mask[1] or output_mask[2]:
-        mod.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None,
-                                   shape, gw_algo)
+        backend.conv2d_backward_weight(x, gy, gw if output_mask[1] else None, gb if output_mask[2] else None,
+                                       shape, gw_algo)
     return gx, gw, gb
 
 
@@ -98,7 +105,9 @@ def _conv2d_backward(ctx, grad_output):
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     if not any(mask):
         return None, None, None, None, None, None, None, None, None
-    gx, gw, gb = call("conv2d_backward", grad_output, x, weight, *ctx.conf, mask)
+    plan = getattr(ctx, "plan", None)  # the forward's (shape, algorithms, Backend), on the eager path
+    planned = None if plan is None else (lambda: run_conv2d_backward(grad_output, x, weight, mask, *plan))
+    gx, gw, gb = call("conv2d_backward", grad_output, x, weight, *ctx.conf, mask, planned=planned)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None)
 

@@ -48,12 +48,30 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
     empty in eval mode. residual: added after the batch norm, before the activation (a residual
     block's tail; backends with Backend.residual_bn)."""
     shape, (algo, _, _), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
-    clip = _bn_clip(activation, mod)
-    out = (shape.N, shape.K, shape.P, shape.Q)
+    r = check_conv_bn_relu(x, shape, mod, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps,
+                           activation, residual)
+    return run_conv_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps,
+                            activation, r, shape, algo, mod)
+
+
+def check_conv_bn_relu(x, shape, mod, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps,
+                       activation, residual):
+    """The checks of conv_bn_relu beyond the convolution's (its plan): batch-norm arguments, the
+    activation and the residual against the backend's capabilities. Returns the residual, contiguous."""
+    _bn_clip(activation, mod)
     r = _residual_of(residual, shape, x, mod)
-    y_probe = x.new_empty(out) if shape.N else x.new_empty((1, shape.K, 1, 1))
+    y_probe = x.new_empty((shape.N, shape.K, shape.P, shape.Q)) if shape.N else x.new_empty((1, shape.K, 1, 1))
     _args.batch_norm_shape(y_probe, running_mean, running_var, bn_weight, bn_bias, training and shape.N > 0,
                            momentum, eps)
+    return r
+
+
+def run_conv_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps,
+                     activation, residual, shape, algo, mod):
+    """The kernel step of conv_bn_relu, for arguments already checked (check_conv_bn_relu) and
+    planned (shape, the forward's concrete algorithm, Backend instance)."""
+    clip = _bn_clip(activation, mod)
+    out = (shape.N, shape.K, shape.P, shape.Q)
     x = x.contiguous()
     rm = running_mean.clone(memory_format=torch.contiguous_format)
     rv = running_var.clone(memory_format=torch.contiguous_format)
@@ -66,11 +84,11 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: T
                            stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
                                _bn_shape(y), True, float(momentum), float(eps), relu=activation != "none",
-                               stats=stats, **clip, **({} if r is None else {"residual": r}))
+                               stats=stats, **clip, **({} if residual is None else {"residual": residual}))
     else:
         y = x.new_empty(0)
         w, b = fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-        mod.conv2d_activation_forward(x, w, b, r, z, shape, algo, activation)
+        mod.conv2d_activation_forward(x, w, b, residual, z, shape, algo, activation)
         save_mean.copy_(running_mean)
         save_invstd.copy_(torch.rsqrt(running_var + eps))
     return z, y, save_mean, save_invstd, rm, rv
@@ -117,11 +135,21 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
                           output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, grad_residual); entries
     not in output_mask are empty."""
-    shape, (fwd_algo, gi_algo, gw_algo), mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo,
-                                                          backend)
+    shape, algos, mod = _conv_plan(x, weight, bias, stride, padding, dilation, groups, algo, backend)
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
+    _bn_clip(activation, mod)
+    return run_conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, training,
+                                     activation, output_mask, shape, algos, mod)
+
+
+def run_conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, training, activation,
+                              output_mask, shape, algos, mod):
+    """The kernel step of conv_bn_relu_backward, for arguments already checked and planned (shape,
+    the (forward, grad-input, grad-weight) algorithms, Backend instance)."""
+    fwd_algo, gi_algo, gw_algo = algos
+    out = (shape.N, shape.K, shape.P, shape.Q)
     clip = _bn_clip(activation, mod)
     x, weight, z = x.contiguous(), weight.contiguous(), z.contiguous()
     if not training and (output_mask[3] or output_mask[4]):
@@ -177,8 +205,11 @@ def _backward(ctx, grad_z, *unused):
     mask = [need[0], need[1], bias is not None and need[2], need[3], need[4], ctx.residual and need[17]]
     grads = [None] * 18
     if grad_z is not None and any(mask):
+        plan, conf = getattr(ctx, "plan", None), ctx.conf  # plan: the forward's (shape, algorithms, Backend), on the eager path
+        planned = None if plan is None else (lambda: run_conv_bn_relu_backward(
+            grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, conf[4], conf[5], mask, *plan))
         out = call("conv_bn_relu_backward", grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd,
-                   *ctx.conf, mask)
+                   *conf, mask, planned=planned)
         for i, g, m in zip((0, 1, 2, 3, 4, 17), out, mask):  # (17: the residual)
             grads[i] = g if m else None
     return tuple(grads)
