@@ -59,25 +59,39 @@ def register_autograd(name: str, op, backward: Callable, setup_context: Callable
         "forward": staticmethod(forward), "backward": staticmethod(eager_backward)})
 
 
-def _dispatcher_needed(args, autograd: bool = True) -> bool:
-    """Whether anything on this call needs torch's dispatcher: autograd (a tensor that requires grad,
-    grad mode on), torch.compile tracing, a dispatch or function mode (FakeTensorMode, a device
-    context, a user's mode), a functorch transform (vmap, grad), forward-mode AD, tensor subclasses,
-    meta tensors. autograd=False: everything but autograd."""
+# What a call needs torch's dispatcher for (_dispatch_need): nothing, autograd only, or more.
+_NO_DISPATCH, _AUTOGRAD_ONLY, _DISPATCH = 0, 1, 2
+
+
+def _dispatch_need(args) -> int:
+    """What on this call needs torch's dispatcher, in one pass over the arguments: _DISPATCH for
+    torch.compile tracing, a dispatch or function mode (FakeTensorMode, a device context, a user's
+    mode), a functorch transform (vmap, grad), forward-mode AD, tensor subclasses, meta tensors;
+    else _AUTOGRAD_ONLY for autograd (a tensor that requires grad, grad mode on); else _NO_DISPATCH."""
     try:
         C = torch._C
         if (torch.compiler.is_compiling() or C._len_torch_dispatch_stack() > 0
                 or C._is_torch_function_mode_enabled() or C._functorch.peek_interpreter_stack() is not None
                 or torch.autograd.forward_ad._current_level >= 0):
-            return True
+            return _DISPATCH
     except AttributeError:  # a torch without these hooks: always dispatch
-        return True
-    grad = autograd and torch.is_grad_enabled()
+        return _DISPATCH
+    grad = torch.is_grad_enabled()
+    need = _NO_DISPATCH
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or (grad and a.requires_grad)
-                                            or not (a.is_cpu or a.is_cuda)):
-            return True
-    return False
+        if isinstance(a, torch.Tensor):
+            if type(a) not in _PLAIN or not (a.is_cpu or a.is_cuda):
+                return _DISPATCH
+            if grad and a.requires_grad:
+                need = _AUTOGRAD_ONLY
+    return need
+
+
+def _dispatcher_needed(args, autograd: bool = True) -> bool:
+    """Whether anything on this call needs torch's dispatcher (see _dispatch_need); autograd=False:
+    anything but autograd."""
+    need = _dispatch_need(args)
+    return need == _DISPATCH or (autograd and need == _AUTOGRAD_ONLY)
 
 
 # Tensor types the kernels take as they are: nn.Parameter is a subclass that disables
@@ -130,10 +144,11 @@ def call(name: str, *args, planned: Optional[Callable] = None):
     Where autograd is the only reason for the dispatcher, the op's autograd formula runs as a
     torch.autograd.Function (register_autograd), which skips the dispatcher too.
     Forward-mode AD raises NotImplementedError rather than returning a wrong (zero) tangent."""
-    if not _dispatcher_needed(args):
+    need = _dispatch_need(args)
+    if need == _NO_DISPATCH:
         return _direct(name, args, planned)
     eager = _EAGER_AUTOGRAD.get(name)
-    if eager is not None and not _dispatcher_needed(args, autograd=False):
+    if eager is not None and need == _AUTOGRAD_ONLY:
         return eager.apply(*args, planned)
     if not torch.compiler.is_compiling() and _tangents_flow_in(args):
         raise NotImplementedError(f"pyconv.{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) "
