@@ -3,11 +3,12 @@
 Kernel outputs of at least 1 MiB on the CPU (and the kernels' large scratch buffers) come from a
 cache of blocks advised as transparent huge pages (from 16 MiB on, whole 2 MiB huge pages); each
 tensor starts at its own offset below 4 KiB into its block, so tensors a kernel streams together do
-not alias in the L1 sets. A tensor's block returns to the cache when the tensor is freed, and the
-next output of about its size reuses it: a network run in a loop touches the same pages every step
-instead of page-faulting fresh memory (glibc gives blocks past 32 MB back to the system on every
-free). Freed blocks kept in the cache stay under a limit (default 1 GiB; ``set_cache_limit``), and
-``empty_cache()`` hands them all back.
+not alias in the L1 sets. A tensor's block of 8 MiB or more returns to the cache when the tensor is
+freed, and the next output of about its size reuses it: a network run in a loop touches the same
+pages every step instead of page-faulting fresh memory (glibc gives blocks past 32 MB back to the
+system on every free). Smaller blocks go back to malloc, which reuses them across sizes (a cache of
+every size held more memory at a training step's peak than torch). Freed blocks kept in the cache
+stay under a limit (default 1 GiB; ``set_cache_limit``), and ``empty_cache()`` hands them all back.
 """
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import pyconv.functional as PF
-from pyconv import PyConvError, memory
+from pyconv import PyConvError, _C, memory
 
-BIG = (2, 8, 160, 160)  # 1.6 MiB in float32: above the cache's 1 MiB floor
+BIG = (2, 8, 400, 400)  # 10 MiB in float32: above the 8 MiB from which freed blocks are kept
+MID = (2, 8, 160, 160)  # 1.6 MiB: from the cache, freed back to malloc
+assert 4 * 2 * 8 * 400 * 400 >= _C.host_cache_keep_bytes() > 4 * 2 * 8 * 160 * 160 >= _C.host_cache_min_bytes()
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +61,16 @@ def test_shapes_dtypes_and_small_requests():
     assert small.shape == (4, 4)
     empty = memory.cached_empty((0, 8, 160, 160), torch.float32)
     assert empty.numel() == 0
+
+
+def test_blocks_under_the_keep_floor_go_back_to_malloc():
+    before = memory.stats()
+    t = memory.cached_empty(MID, torch.float32).fill_(1.0)
+    assert t.data_ptr() % 128 == 0 and torch.all(t == 1.0)
+    assert memory.stats()["in_use_bytes"] >= before["in_use_bytes"] + t.numel() * 4
+    del t
+    after = memory.stats()
+    assert after["in_use_bytes"] == before["in_use_bytes"] and after["cached_bytes"] == before["cached_bytes"]
 
 
 def test_limit_and_empty_cache():

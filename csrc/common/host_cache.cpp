@@ -117,7 +117,7 @@ void host_cache_free(void* p) {
   const Block b = it->second;
   c.live.erase(it);
   c.in_use -= b.size;
-  if (b.size > c.limit) {
+  if (b.size > c.limit || b.size < kHostCacheKeepBytes) {
     std::free(b.base);
     return;
   }
