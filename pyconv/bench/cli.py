@@ -423,7 +423,7 @@ def _header(info) -> str:
     load = f" | load {info['load_avg_1m']}" if "load_avg_1m" in info else ""  # judge noisy numbers by it
     return (f"pyconv {info['pyconv']} | torch {info['torch']} | {info['cpu']} ({info['isa']}), "
             f"{info['physical_cores']} cores, {info['threads']} threads | backends here: "
-            f"{', '.join(info['backends'])}{load}")
+            f"{', '.join(info['backends'])} | malloc: {info.get('malloc', '?')}{load}")
 
 
 def _run_breakdown(args, console, info) -> int:
