@@ -12,6 +12,7 @@ from .problem import ACTIVATIONS, pass_algos
 from .ops.common import _PLAIN, Planned, _dispatcher_needed, call, new_output
 from .ops.conv_bn_relu import check_conv_bn_relu, run_conv_bn_relu
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
+from .ops.pool import run_avg_pool2d, run_max_pool2d
 from .prepared import PreparedCache, versions_of
 
 __all__ = ["conv2d", "conv_bn_relu", "conv2d_activation", "max_pool2d", "avg_pool2d", "batch_norm", "prepare",
@@ -329,12 +330,13 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, kind, batched = _pool_input(input)
     s = _args.pool2d_shape(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     be = backends.resolve(backend, x.device)
-    args = (contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w], [s.pad_h, s.pad_w],
-            [s.dil_h, s.dil_w], bool(ceil_mode), be)
+    x, mod = contiguous_nchw(x), backends.load(be)
+    args = (x, [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w], [s.pad_h, s.pad_w], [s.dil_h, s.dil_w],
+            bool(ceil_mode), be)
     if return_indices or (torch.is_grad_enabled() and x.requires_grad):
-        y, idx = call("max_pool2d", *args)
+        y, idx = call("max_pool2d", *args, planned=lambda: run_max_pool2d(x, s, mod, True))
     else:
-        y, idx = call("max_pool2d_values", *args), None
+        y, idx = call("max_pool2d_values", *args, planned=lambda: run_max_pool2d(x, s, mod, False)), None
     if not batched:
         y, idx = y.squeeze(0), (None if idx is None else idx.squeeze(0))
     if return_indices:
@@ -348,8 +350,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     s = _args.pool2d_shape(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     div = _args.divisor(divisor_override)
     be = backends.resolve(backend, x.device)
-    y = call("avg_pool2d", contiguous_nchw(x), [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w],
-             [s.pad_h, s.pad_w], bool(ceil_mode), bool(count_include_pad), div, be)
+    x, mod = contiguous_nchw(x), backends.load(be)
+    y = call("avg_pool2d", x, [s.kernel_h, s.kernel_w], [s.stride_h, s.stride_w], [s.pad_h, s.pad_w],
+             bool(ceil_mode), bool(count_include_pad), div, be,
+             planned=lambda: run_avg_pool2d(x, s, mod, count_include_pad, div))
     return from_torch(y if batched else y.squeeze(0), kind)
 
 

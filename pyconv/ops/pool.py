@@ -48,10 +48,17 @@ def max_pool2d(x: Tensor, kernel_size: List[int], stride: List[int], padding: Li
                ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
     """(output, indices): indices are torch's flat per-plane h*W+w of each window's maximum."""
     shape, mod = _plan(x, kernel_size, stride, padding, dilation, ceil_mode, backend, "max_pool2d")
+    return run_max_pool2d(x, shape, mod, True)
+
+
+def run_max_pool2d(x: Tensor, shape, backend, with_indices: bool):
+    """The kernel step of max_pool2d ((output, indices)) and, with_indices False, of
+    max_pool2d_values (output), for arguments already checked and planned (shape, Backend)."""
     out = (shape.N, shape.C, shape.P, shape.Q)
-    y, idx = new_output(out, x), _new_indices(out, x)
-    mod.max_pool2d_forward(x.contiguous(), y, idx, shape)
-    return y, idx
+    y = new_output(out, x)
+    idx = None if not with_indices and backend.max_pool_indices_optional else _new_indices(out, x)
+    backend.max_pool2d_forward(x.contiguous(), y, idx, shape)
+    return (y, idx) if with_indices else y
 
 
 @max_pool2d.register_fake
@@ -65,11 +72,7 @@ def max_pool2d_values(x: Tensor, kernel_size: List[int], stride: List[int], padd
                       dilation: List[int], ceil_mode: bool, backend: str) -> Tensor:
     """Output only (inference): skips writing the indices where the backend can."""
     shape, mod = _plan(x, kernel_size, stride, padding, dilation, ceil_mode, backend, "max_pool2d")
-    out = (shape.N, shape.C, shape.P, shape.Q)
-    y = new_output(out, x)
-    idx = None if mod.max_pool_indices_optional else _new_indices(out, x)
-    mod.max_pool2d_forward(x.contiguous(), y, idx, shape)
-    return y
+    return run_max_pool2d(x, shape, mod, False)
 
 
 @max_pool2d_values.register_fake
@@ -122,8 +125,13 @@ def avg_pool2d(x: Tensor, kernel_size: List[int], stride: List[int], padding: Li
                count_include_pad: bool, divisor_override: int, backend: str) -> Tensor:
     """divisor_override 0 = none."""
     shape, mod = _plan(x, kernel_size, stride, padding, [1, 1], ceil_mode, backend, "avg_pool2d")
+    return run_avg_pool2d(x, shape, mod, count_include_pad, divisor_override)
+
+
+def run_avg_pool2d(x: Tensor, shape, backend, count_include_pad: bool, divisor_override: int) -> Tensor:
+    """The kernel step of avg_pool2d, for arguments already checked and planned (shape, Backend)."""
     y = new_output((shape.N, shape.C, shape.P, shape.Q), x)
-    mod.avg_pool2d_forward(x.contiguous(), y, shape, bool(count_include_pad), int(divisor_override))
+    backend.avg_pool2d_forward(x.contiguous(), y, shape, bool(count_include_pad), int(divisor_override))
     return y
 
 
