@@ -419,9 +419,10 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
         if len(_BN_CHECKED) >= _PLANS_MAX:
             _BN_CHECKED.clear()
         _BN_CHECKED.add(key)
+    algos = pass_algos(c.algo)
     planned = Planned(lambda: run_conv_bn_relu(c.x, c.w, c.b, bnw, bnb, rm, rv, bool(training), momentum, eps, act, rc,
-                                               c.shape, pass_algos(c.algo)[0], be),
-                      (c.shape, pass_algos(c.algo), be))
+                                               c.shape, algos[0], be),
+                      (c.shape, algos, be))
     z, _, _, _, new_rm, new_rv = call(
         "conv_bn_relu", c.x, c.w, c.b, bnw, bnb, rm, rv, *c.op_args(), bool(training), float(momentum),
         float(eps), act, c.algo, c.backend, r, planned=planned)

@@ -139,7 +139,6 @@ def conv_bn_relu_backward(grad_z: Tensor, z: Tensor, y: Tensor, x: Tensor, weigh
     out = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(grad_z.shape) != out or tuple(z.shape) != out:
         raise _args.PyConvError(f"grad_output: expected size {out}, got {tuple(grad_z.shape)}")
-    _bn_clip(activation, mod)
     return run_conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, training,
                                      activation, output_mask, shape, algos, mod)
 
@@ -205,11 +204,12 @@ def _backward(ctx, grad_z, *unused):
     mask = [need[0], need[1], bias is not None and need[2], need[3], need[4], ctx.residual and need[17]]
     grads = [None] * 18
     if grad_z is not None and any(mask):
-        plan, conf = getattr(ctx, "plan", None), ctx.conf  # plan: the forward's (shape, algorithms, Backend), on the eager path
+        plan = getattr(ctx, "plan", None)  # the forward's (shape, algorithms, Backend), on the eager path
+        training, activation = ctx.conf[4:6]
         planned = None if plan is None else (lambda: run_conv_bn_relu_backward(
-            grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, conf[4], conf[5], mask, *plan))
+            grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd, training, activation, mask, *plan))
         out = call("conv_bn_relu_backward", grad_z, z, y, x, weight, bias, bn_weight, save_mean, save_invstd,
-                   *conf, mask, planned=planned)
+                   *ctx.conf, mask, planned=planned)
         for i, g, m in zip((0, 1, 2, 3, 4, 17), out, mask):  # (17: the residual)
             grads[i] = g if m else None
     return tuple(grads)
