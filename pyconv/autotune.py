@@ -20,7 +20,7 @@ algo='auto' has two modes:
        fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values > 256 Ki:
        ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.4 ms against direct's 1.5; with the
        filters prepared F(2x2) takes 0.76 ms). Both exceptions: im2col -- or, where the backend's
-       direct forward is channel-blocked (Backend.blocked_direct: cpp with >= 8 channels per
+       direct forward is channel-blocked (Backend.blocked_direct: cpp with >= 8 output channels per
        group), direct without gradients and the plan "direct/direct/im2col" with them (forward and
        grad-input on the blocked kernel, grad-weight im2col);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;

@@ -49,16 +49,18 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, pad=1), "cpp").algo == "winograd_4x4"
     one = autotune.choose_auto(shape_of(1, 24, 8, 8, 144, 1, 1), "cpp")
     assert one.algo == "im2col" and "1x1" in one.rule
-    # wide layers: the channel-blocked direct kernel where the backend has it (cpp from 8 channels per
-    # group), its forward only with gradients ("direct/im2col"); else GEMM
+    # wide layers: the channel-blocked direct kernel where the backend has it (cpp from 8 output
+    # channels per group), its forward only with gradients ("direct/im2col"); else GEMM
     blocked = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp")
     assert blocked.algo == "direct" and "channel-blocked" in blocked.rule
     wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
     assert wide.algo == "direct/im2col" and "wide" in wide.rule
     wide1 = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 5, 5, pad=2), "cpp", grad=True)  # stride 1: grad-input too
     assert wide1.algo == "direct/direct/im2col" and "grad-input" in wide1.rule
-    narrow = autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp", grad=True)  # 7 channels
-    assert narrow.algo == "im2col" and "wide" in narrow.rule
+    narrow = autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp", grad=True)  # 7 channels in
+    assert narrow.algo == "direct/im2col" and "wide" in narrow.rule
+    few_out = autotune.choose_auto(shape_of(1, 64, 8, 8, 4, 5, 5, stride=2), "cpp", grad=True)  # 4 channels out
+    assert few_out.algo == "im2col" and "wide" in few_out.rule
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule

@@ -1,10 +1,11 @@
 """The channel-blocked direct forward (csrc/cpu/conv_blocked.cpp), which the cpp backend's `direct`
-algorithm runs for groups of at least one SIMD vector of channels (8 float, 4 double) on each side:
-its edges against torch. Channel counts that are not a multiple of the block (zero lanes), output
-channels that fill part of a 2-vector panel, short rows (a 6-pixel register tile wraps to the next
-row and the next image), pixel blocks of 960 spanning images, strides, dilations, asymmetric
-padding, groups; the statistics of a fused training forward and the inference epilogue. Outputs
-start as NaN (conftest), so a pixel or channel the kernel skips fails."""
+algorithm runs for groups of at least one SIMD vector of output channels (8 float, 4 double): its
+edges against torch. Channel counts that are not a multiple of the block (zero lanes), narrow input
+groups (fewer channels than a vector: one block of all of them, interleaved per pixel, each lane
+count its own kernel), output channels that fill part of a 2-vector panel, short rows (a 6-pixel
+register tile wraps to the next row and the next image), pixel blocks of 960 spanning images,
+strides, dilations, asymmetric padding, groups; the statistics of a fused training forward and the
+inference epilogue. Outputs start as NaN (conftest), so a pixel or channel the kernel skips fails."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,14 @@ CASES = [
     (3, 8, 20, 23, 8, 3, 3, 1, 1, 1, 1),         # 460 pixels an image: 960-pixel blocks span images
     (1, 16, 40, 33, 24, 3, 3, 1, 1, 1, 1),       # one image over two blocks
     (2, 12, 9, 9, 12, 7, 7, 2, 3, 1, 1),         # a stem-like 7x7 stride 2
+    # narrow input groups (float: under 8 channels, double: under 4)
+    (2, 3, 17, 19, 32, 3, 3, 2, 1, 1, 1),        # an RGB stem, stride 2
+    (2, 3, 11, 10, 20, 7, 7, 2, 3, 1, 1),        # a 7x7 RGB stem, 20 = a panel and a part
+    (1, 1, 9, 8, 8, 3, 3, 1, 1, 1, 1),           # one input channel
+    (2, 8, 9, 9, 16, 3, 3, 1, 1, 2, 2),          # groups of 4 -> 8 (float narrow, double a block)
+    (1, 6, 5, 7, 8, 3, 3, 1, (2, 1), (1, 2), 1), # 6 channels, dilation, asymmetric padding
+    (3, 2, 4, 4, 9, 3, 3, 1, 3, 1, 1),           # padding past the kernel's reach: whole padded rows
+    (1, 5, 3, 2, 8, 1, 1, 1, 0, 1, 1),           # 1x1, 5 channels, a 6-pixel image
 ]
 
 
@@ -54,7 +63,7 @@ def test_forward_against_torch(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[10]], ids=_id)
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[10], CASES[13]], ids=_id)
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
 def test_epilogue_with_residual(case, dtype, activation):
     x, w, b, kw = _data(case, dtype)
@@ -67,7 +76,7 @@ def test_epilogue_with_residual(case, dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[10], CASES[11]], ids=_id)
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[10], CASES[11], CASES[13], CASES[16]], ids=_id)
 def test_training_statistics(case, dtype):
     """The fused conv-BN-ReLU forward takes its batch statistics from the kernel's epilogue
     (per-block partials summed in a fixed order): normalized output and running statistics."""
@@ -137,6 +146,10 @@ def test_generic_isa_matches_torch():
         "  x, w, b = torch.randn(3, 20, 13, 10, dtype=dt), torch.randn(40, 10, 3, 3, dtype=dt), torch.randn(40, dtype=dt)\n"
         "  y = PF.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2, algo='direct', backend='cpp')\n"
         "  r = F.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2)\n"
+        "  assert (y - r).norm() <= 1e-5 * r.norm(), (y - r).norm()\n"
+        "  x, w = torch.randn(2, 3, 11, 10, dtype=dt), torch.randn(20, 3, 3, 3, dtype=dt)\n"
+        "  y = PF.conv2d(x, w, None, stride=2, padding=1, algo='direct', backend='cpp')\n"
+        "  r = F.conv2d(x, w, None, stride=2, padding=1)\n"
         "  assert (y - r).norm() <= 1e-5 * r.norm(), (y - r).norm()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYCONV_FORCE_GENERIC="1"))

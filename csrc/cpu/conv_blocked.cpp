@@ -1,12 +1,16 @@
 // Channel-blocked direct convolution, forward, NCHW in and out, float32 / float64, any stride, padding
-// and dilation, groups with at least W (the SIMD width) channels per group on each side:
+// and dilation, groups with at least W (the SIMD width) output channels per group:
 //
 //   y[n, gK+k, p, q] = b[k] + sum_{c,r,s} w[gK+k, c, r, s] * x[n, gC+c, p*sh - ph + r*dh, q*sw - pw + s*dw]
 //
 // Layouts (W = 8 floats or 4 doubles, NR = 2W output channels, channels past Cg or Kg are zero):
-//   xb[n][g][cb][Hp][Wp][W]      the input in blocks of W channels, zero padded on every side, so the
+//   xb[n][g][cb][Hp][Wp][L]      the input in blocks of L channels, zero padded on every side, so the
 //                                kernel reads any (p, q, r, s) without a bounds test
-//   wb[g][kp][cb][r][s][ci][NR]  the filters in panels of NR output channels
+//   wb[g][kp][cb][r][s][ci][NR]  the filters in panels of NR output channels, ci < L
+// L = W; narrow input groups (Cg < W: a network's RGB stem) take L = Cg, one block of all their
+// channels interleaved per pixel, run by a kernel unrolled for L lanes: W lanes would multiply 5
+// zero channels of every 8 (MobileNetV2's 3 -> 32 stem ran the row loops over plain NCHW at
+// 40 GFLOP/s, 0.6x torch at batch 8; now 1.1-1.2x).
 // Register tile: MR = 6 output pixels x NR output channels (12 accumulators). One step of the
 // reduction over (cb, r, s, ci) is 2 filter-vector loads, 6 broadcasts of input pixels and 12 FMAs:
 // the GEMM micro-kernel's shape, without im2col and without packing the input per tile. The 6
@@ -40,19 +44,53 @@ constexpr int64_t kPreparedHeader = 16;
 
 struct Blocked {
   ConvShape s;
+  bool narrow;             // Cg < W: one block of L = Cg channels
+  int64_t L;               // channels per block: W, or Cg
   int64_t Cb, Kp, Hp, Wp;  // input channel blocks, output panels, padded input rows and columns
   int64_t PQ, nblk;        // output pixels per image, pixel blocks of the batch
-  int64_t image() const { return s.G * Cb * Hp * Wp; }  // xb elements per image, over W
+  int64_t image() const { return s.G * Cb * Hp * Wp * L; }  // xb elements per image
 };
 
 template <typename T>
 Blocked plan(const ConvShape& s) {
   constexpr int W = Simd<T>::W;
-  Blocked b{s, ceil_div(s.Cg(), W), ceil_div(s.Kg(), 2 * W), 0, 0, s.P * s.Q, 0};
+  const bool narrow = s.Cg() < W;
+  const int64_t L = narrow ? s.Cg() : W;
+  Blocked b{s, narrow, L, ceil_div(s.Cg(), L), ceil_div(s.Kg(), 2 * W), 0, 0, s.P * s.Q, 0};
   b.Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
   b.Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
   b.nblk = ceil_div(s.N * b.PQ, kBlockPixels);
   return b;
+}
+
+// Elements of wb.
+template <typename T>
+int64_t filters_numel(const Blocked& b) {
+  return b.s.G * b.Kp * b.Cb * b.s.R * b.s.S * b.L * 2 * Simd<T>::W;
+}
+
+// x -> xb for narrow groups: row (n, g, i) of xb interleaves the group's L channels per column.
+template <typename T>
+void block_input_narrow(const Blocked& b, const T* x, T* xb) {
+  const ConvShape& s = b.s;
+  const int64_t L = b.L, rows = s.N * s.G * b.Hp, row_elems = b.Wp * L;
+  const int64_t lo = imin(s.pad_w, b.Wp), hi = imax(lo, imin(b.Wp, s.pad_w + s.W));
+#pragma omp for schedule(static) nowait
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t si = row % b.Hp - s.pad_h, ng = row / b.Hp;
+    T* out = xb + row * row_elems;
+    if (si < 0 || si >= s.H) {
+      for (int64_t e = 0; e < row_elems; ++e) out[e] = T(0);
+      continue;
+    }
+    for (int64_t e = 0; e < lo * L; ++e) out[e] = T(0);
+    for (int64_t c = 0; c < L; ++c) {
+      // x's row of channel (n, g*Cg + c), indexed by xb's column
+      const T* src = x + ((ng / s.G * s.C + ng % s.G * L + c) * s.H + si) * s.W - s.pad_w;
+      for (int64_t j = lo; j < hi; ++j) out[j * L + c] = src[j];
+    }
+    for (int64_t e = hi * L; e < row_elems; ++e) out[e] = T(0);
+  }
 }
 
 // x -> xb. Rows of W channels are transposed W columns at a time in registers; the padding and the
@@ -62,6 +100,7 @@ template <typename T>
 void block_input(const Blocked& b, const T* x, T* xb) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
+  if (b.narrow) return block_input_narrow(b, x, xb);
   const ConvShape& s = b.s;
   const int64_t Cg = s.Cg(), rows = s.N * s.G * b.Cb * b.Hp;
 #pragma omp for schedule(static) nowait
@@ -102,13 +141,13 @@ void block_filters(const Blocked& b, const T* w, T* wb) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W, NR = 2 * W;
   const ConvShape& s = b.s;
-  const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, row = Cg * RS, panel = b.Cb * RS * W * NR;
-  auto at = [&](int64_t e) { return ((e / RS / W * RS + e % RS) * W + e / RS % W) * NR; };
+  const int64_t L = b.L, Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, row = Cg * RS, panel = b.Cb * RS * L * NR;
+  auto at = [&](int64_t e) { return ((e / RS / L * RS + e % RS) * L + e / RS % L) * NR; };
 #pragma omp for schedule(static) nowait
   for (int64_t gk = 0; gk < s.G * b.Kp; ++gk) {
     const int64_t g = gk / b.Kp, kp = gk % b.Kp;
     T* out = wb + gk * panel;
-    if (Cg % W || (kp + 1) * NR > Kg)
+    if (Cg % L || (kp + 1) * NR > Kg)
       for (int64_t e = 0; e < panel; ++e) out[e] = T(0);
     for (int h = 0; h < 2; ++h) {
       const int64_t k0 = kp * NR + h * W, kn = imin(W, Kg - k0);
@@ -135,26 +174,26 @@ template <typename T>
 void block_filters_transposed(const Blocked& b, int64_t Kf, int64_t Cf, const T* w, T* wb) {
   constexpr int W = Simd<T>::W, NR = 2 * W;
   const ConvShape& s = b.s;  // grad-input's problem: Cg() = Kf, Kg() = Cf
-  const int64_t RS = s.R * s.S, panel = b.Cb * RS * W * NR;
+  const int64_t L = b.L, RS = s.R * s.S, panel = b.Cb * RS * L * NR;
 #pragma omp for schedule(static) nowait
   for (int64_t gc = 0; gc < s.G * b.Kp; ++gc) {
     const int64_t g = gc / b.Kp, cp = gc % b.Kp, c0 = cp * NR, cn = imin(NR, Cf - c0);
     T* out = wb + gc * panel;
-    if (cn < NR || Kf % W)
+    if (cn < NR || Kf % L)
       for (int64_t e = 0; e < panel; ++e) out[e] = T(0);
     for (int64_t k = 0; k < Kf; ++k) {
       const T* src = w + ((g * Kf + k) * Cf + c0) * RS;  // [cn][RS]
-      T* dst = out + (k / W * RS * W + k % W) * NR;     // + rs * W * NR + j
+      T* dst = out + (k / L * RS * L + k % L) * NR;     // + rs * L * NR + j
       for (int64_t rs = 0; rs < RS; ++rs)
-        for (int64_t j = 0; j < cn; ++j) dst[rs * W * NR + j] = src[j * RS + (RS - 1 - rs)];
+        for (int64_t j = 0; j < cn; ++j) dst[rs * L * NR + j] = src[j * RS + (RS - 1 - rs)];
     }
   }
 }
 
-// acc[MR][NR] += sum over `steps` (channel block, tap) pairs and their W lanes of the MR pixels'
+// acc[MR][NR] += sum over `steps` (channel block, tap) pairs and their L lanes of the MR pixels'
 // inputs times the filter panel w. px[u]: pixel u's input at the chunk's origin; offs[j]: byte
 // offset of pair j from there. Portable version (vector extensions).
-template <typename T>
+template <typename T, int L>
 PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W, NR = 2 * W;
@@ -162,7 +201,7 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
   for (int u = 0; u < kMR; ++u) c[u][0] = vload(acc + u * NR), c[u][1] = vload(acc + u * NR + W);
   for (int64_t j = 0; j < steps; ++j) {
     const int64_t o = offs[j] / int64_t(sizeof(T));
-    for (int ci = 0; ci < W; ++ci, w += NR) {
+    for (int ci = 0; ci < L; ++ci, w += NR) {
       const V b0 = vload(w), b1 = vload(w + W);
       for (int u = 0; u < kMR; ++u) {
         const V a = gemm_splat(px[u][o + ci]);
@@ -187,52 +226,92 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
   PYCONV_BLK_ROW("x0", disp, "0", "1") PYCONV_BLK_ROW("x1", disp, "2", "3")                   \
   PYCONV_BLK_ROW("x2", disp, "4", "5") PYCONV_BLK_ROW("x3", disp, "6", "7")                   \
   PYCONV_BLK_ROW("x4", disp, "8", "9") PYCONV_BLK_ROW("x5", disp, "10", "11")
-#define PYCONV_BLK_KERNEL(T, LANES, WBYTES)                                                               \
-  PYCONV_INLINE void tile_kernel(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) { \
-    int64_t o;                                                                                            \
-    __asm__ volatile(                                                                                     \
-        PYCONV_ASM_TILE_LOAD                                                                              \
-        ".p2align 4\n"                                                                                    \
-        "1:\n\t"                                                                                          \
-        "mov (%[offs]), %[o]\n\t"                                                                         \
-        "add $8, %[offs]\n\t"                                                                             \
-        LANES                                                                                             \
-        "add $" WBYTES ", %[w]\n\t"                                                                       \
-        "dec %[n]\n\t"                                                                                    \
-        "jnz 1b\n\t"                                                                                      \
-        PYCONV_ASM_TILE_STORE                                                                             \
-        : [w] "+r"(w), [offs] "+r"(offs), [n] "+r"(steps), [o] "=&r"(o)                                  \
-        : [x0] "r"(px[0]), [x1] "r"(px[1]), [x2] "r"(px[2]), [x3] "r"(px[3]), [x4] "r"(px[4]),           \
-          [x5] "r"(px[5]), [t] "r"(acc)                                                                   \
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",       \
-          "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                           \
+// One kernel per lane count L (the channels of a block: W, or a narrow group's Cg), its lane steps
+// unrolled, so the offset load and the loop's counters are paid once per tap, not once per lane.
+template <typename T, int L>
+struct BlkKernel {
+  static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
+    tile_kernel_portable<T, L>(px, w, offs, steps, acc);
   }
+};
+#define PYCONV_BLK_KERNEL(T, L, LANES)                                                                  \
+  template <>                                                                                         \
+  struct BlkKernel<T, L> {                                                                            \
+    static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {     \
+      int64_t o;                                                                                      \
+      __asm__ volatile(                                                                               \
+          PYCONV_ASM_TILE_LOAD                                                                        \
+          ".p2align 4\n"                                                                              \
+          "1:\n\t"                                                                                    \
+          "mov (%[offs]), %[o]\n\t"                                                                   \
+          "add $8, %[offs]\n\t"                                                                       \
+          LANES                                                                                       \
+          "add $" #L "*64, %[w]\n\t"                                                                  \
+          "dec %[n]\n\t"                                                                              \
+          "jnz 1b\n\t"                                                                                \
+          PYCONV_ASM_TILE_STORE                                                                       \
+          : [w] "+r"(w), [offs] "+r"(offs), [n] "+r"(steps), [o] "=&r"(o)                            \
+          : [x0] "r"(px[0]), [x1] "r"(px[1]), [x2] "r"(px[2]), [x3] "r"(px[3]), [x4] "r"(px[4]),     \
+            [x5] "r"(px[5]), [t] "r"(acc)                                                             \
+          : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+            "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                     \
+    }                                                                                                 \
+  };
+// lane l: the input at byte displacement l * sizeof(T), the filter row at l * 64 (NR values)
 #define PYCONV_SFX "ss"
 #define PYCONV_P "s"
-PYCONV_BLK_KERNEL(float,
-                  PYCONV_BLK_STEP("0", "0") PYCONV_BLK_STEP("4", "64") PYCONV_BLK_STEP("8", "128")
-                  PYCONV_BLK_STEP("12", "192") PYCONV_BLK_STEP("16", "256") PYCONV_BLK_STEP("20", "320")
-                  PYCONV_BLK_STEP("24", "384") PYCONV_BLK_STEP("28", "448"),
-                  "512")
+#define PYCONV_F1 PYCONV_BLK_STEP("0", "0")
+#define PYCONV_F2 PYCONV_F1 PYCONV_BLK_STEP("4", "64")
+#define PYCONV_F3 PYCONV_F2 PYCONV_BLK_STEP("8", "128")
+#define PYCONV_F4 PYCONV_F3 PYCONV_BLK_STEP("12", "192")
+#define PYCONV_F5 PYCONV_F4 PYCONV_BLK_STEP("16", "256")
+#define PYCONV_F6 PYCONV_F5 PYCONV_BLK_STEP("20", "320")
+#define PYCONV_F7 PYCONV_F6 PYCONV_BLK_STEP("24", "384")
+#define PYCONV_F8 PYCONV_F7 PYCONV_BLK_STEP("28", "448")
+PYCONV_BLK_KERNEL(float, 1, PYCONV_F1)
+PYCONV_BLK_KERNEL(float, 2, PYCONV_F2)
+PYCONV_BLK_KERNEL(float, 3, PYCONV_F3)
+PYCONV_BLK_KERNEL(float, 4, PYCONV_F4)
+PYCONV_BLK_KERNEL(float, 5, PYCONV_F5)
+PYCONV_BLK_KERNEL(float, 6, PYCONV_F6)
+PYCONV_BLK_KERNEL(float, 7, PYCONV_F7)
+PYCONV_BLK_KERNEL(float, 8, PYCONV_F8)
 #undef PYCONV_SFX
 #undef PYCONV_P
 #define PYCONV_SFX "sd"
 #define PYCONV_P "d"
-PYCONV_BLK_KERNEL(double,
-                  PYCONV_BLK_STEP("0", "0") PYCONV_BLK_STEP("8", "64") PYCONV_BLK_STEP("16", "128")
-                  PYCONV_BLK_STEP("24", "192"),
-                  "256")
+#define PYCONV_D1 PYCONV_BLK_STEP("0", "0")
+#define PYCONV_D2 PYCONV_D1 PYCONV_BLK_STEP("8", "64")
+#define PYCONV_D3 PYCONV_D2 PYCONV_BLK_STEP("16", "128")
+#define PYCONV_D4 PYCONV_D3 PYCONV_BLK_STEP("24", "192")
+PYCONV_BLK_KERNEL(double, 1, PYCONV_D1)
+PYCONV_BLK_KERNEL(double, 2, PYCONV_D2)
+PYCONV_BLK_KERNEL(double, 3, PYCONV_D3)
+PYCONV_BLK_KERNEL(double, 4, PYCONV_D4)
 #undef PYCONV_SFX
 #undef PYCONV_P
 #undef PYCONV_BLK_KERNEL
 #undef PYCONV_BLK_STEP
 #undef PYCONV_BLK_ROW
 #else
-template <typename T>
-PYCONV_INLINE void tile_kernel(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
-  tile_kernel_portable(px, w, offs, steps, acc);
-}
+template <typename T, int L>
+struct BlkKernel {
+  static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
+    tile_kernel_portable<T, L>(px, w, offs, steps, acc);
+  }
+};
 #endif
+
+template <typename T>
+using TileKernel = void (*)(const T* const*, const T*, const int64_t*, int64_t, T*);
+
+// The kernel for blocks of L lanes (1 <= L <= W).
+template <typename T, int L = Simd<T>::W>
+TileKernel<T> tile_kernel_for(int64_t lanes) {
+  if constexpr (L > 1)
+    if (lanes < L) return tile_kernel_for<T, L - 1>(lanes);
+  return &BlkKernel<T, L>::run;
+}
 
 // Tile rows [i0, i0 + len) -> y[n, gK + k0 + l, pq0 + (0..len)] for the kn channels of the panel:
 // W pixels x W channels at a time through a register transpose; then the bias, the statistics
@@ -282,35 +361,38 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
               const int64_t* offs, int64_t chunk, int64_t g, int64_t kp, int64_t blk, T* tile) {
   constexpr int W = Simd<T>::W, NR = 2 * W;
   const ConvShape& s = b.s;
-  const int64_t RS = s.R * s.S, cb_stride = b.Hp * b.Wp * W;
+  const int64_t RS = s.R * s.S, cb_stride = b.Hp * b.Wp * b.L, cb_filters = RS * b.L * NR;
   const int64_t pix0 = blk * kBlockPixels, npix = imin(kBlockPixels, s.N * b.PQ - pix0);
   for (int64_t e = 0; e < ceil_div(npix, kMR) * kMR * NR; ++e) tile[e] = T(0);
   // each pixel's input origin in xb, counted forward (no divisions per register tile)
+  // (sizes in locals: the stores to pixel_at could alias b's fields, which the loop would reload)
   int64_t* pixel_at = reinterpret_cast<int64_t*>(tile + kBlockPixels * NR);
-  for (int64_t i = 0, n = pix0 / b.PQ, p = pix0 % b.PQ / s.Q, q = pix0 % s.Q; i < npix; ++i) {
-    pixel_at[i] = n * b.image() * W + (p * s.stride_h * b.Wp + q * s.stride_w) * W;
-    if (++q == s.Q) {
-      q = 0;
-      if (++p == s.P) p = 0, ++n;
-    }
+  const int64_t P = s.P, Q = s.Q, step = s.stride_w * b.L, row_step = s.stride_h * b.Wp * b.L, image = b.image();
+  for (int64_t i = 0, n = pix0 / b.PQ, p = pix0 % b.PQ / Q; i < npix;) {
+    const int64_t q0 = (pix0 + i) % Q, len = imin(Q - q0, npix - i);
+    int64_t at = n * image + p * row_step + q0 * step;
+    for (int64_t j = 0; j < len; ++j, at += step) pixel_at[i + j] = at;
+    i += len;
+    if (++p == P) p = 0, ++n;
   }
+  const TileKernel<T> kernel = tile_kernel_for<T>(b.L);
   const T* xg = xb + g * b.Cb * cb_stride;
-  const T* wk = wb + (g * b.Kp + kp) * b.Cb * RS * W * NR;
+  const T* wk = wb + (g * b.Kp + kp) * b.Cb * cb_filters;
   for (int64_t cb0 = 0; cb0 < b.Cb; cb0 += chunk) {
     const int64_t ncb = imin(chunk, b.Cb - cb0);
-    const T* wc = wk + cb0 * RS * W * NR;
+    const T* wc = wk + cb0 * cb_filters;
     const T* xc = xg + cb0 * cb_stride;
     // the next chunk's filters, a slice per register tile: with few pixels (a 7x7 image: 9 tiles)
     // the first tile of a chunk would otherwise wait on them from L3
-    const char* next = reinterpret_cast<const char*>(wc + ncb * RS * W * NR);
-    const int64_t next_lines = cb0 + ncb < b.Cb ? imin(chunk, b.Cb - cb0 - ncb) * RS * W * NR * int64_t(sizeof(T)) / 64 : 0;
+    const char* next = reinterpret_cast<const char*>(wc + ncb * cb_filters);
+    const int64_t next_lines = cb0 + ncb < b.Cb ? imin(chunk, b.Cb - cb0 - ncb) * cb_filters * int64_t(sizeof(T)) / 64 : 0;
     const int64_t per_tile = ceil_div(next_lines, ceil_div(npix, kMR));
     for (int64_t u0 = 0; u0 < npix; u0 += kMR) {
       const T* px[kMR];
       for (int u = 0; u < kMR; ++u) px[u] = xc + pixel_at[imin(u0 + u, npix - 1)];  // a short last tile repeats a pixel
       for (int64_t l = u0 / kMR * per_tile; l < imin(next_lines, (u0 / kMR + 1) * per_tile); ++l)
         __builtin_prefetch(next + l * 64);
-      tile_kernel(px, wc, offs, ncb * RS, tile + u0 * NR);
+      kernel(px, wc, offs, ncb * RS, tile + u0 * NR);
     }
   }
   const int64_t k0 = kp * NR, kn = imin(NR, s.Kg() - k0);
@@ -331,14 +413,12 @@ int conv_blocked_min_channels() {
 
 template <typename T>
 bool conv_blocked_applies(const ConvShape& s) {
-  return s.Cg() >= conv_blocked_min_channels<T>() && s.Kg() >= conv_blocked_min_channels<T>();
+  return s.Kg() >= conv_blocked_min_channels<T>();
 }
 
 template <typename T>
 int64_t conv_blocked_prepared_numel(const ConvShape& s) {
-  constexpr int W = Simd<T>::W;
-  const Blocked b = plan<T>(s);
-  return kPreparedHeader + s.G * b.Kp * b.Cb * s.R * s.S * W * 2 * W;
+  return kPreparedHeader + filters_numel<T>(plan<T>(s));
 }
 
 template <typename T>
@@ -366,18 +446,18 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
   const Blocked b = plan<T>(s);
   const int64_t RS = s.R * s.S;
-  Workspace xbw(checked_bytes(s.N * b.image() * W, sizeof(T)));
-  Workspace wbw(prepared ? 0 : checked_bytes(s.G * b.Kp * b.Cb * RS * W * NR, sizeof(T)));
+  Workspace xbw(checked_bytes(s.N * b.image(), sizeof(T)));
+  Workspace wbw(prepared ? 0 : checked_bytes(filters_numel<T>(b), sizeof(T)));
   const T* wb = prepared ? prepared + kPreparedHeader : wbw.as<T>();
   // byte offsets of a chunk's (channel block, tap) pairs from its origin, in the filters' order
-  const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * W * NR * int64_t(sizeof(T)))));
+  const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * b.L * NR * int64_t(sizeof(T)))));
   Workspace offw(checked_bytes(chunk * RS, sizeof(int64_t)));
   int64_t* offs = offw.as<int64_t>();
   for (int64_t cbi = 0; cbi < chunk; ++cbi)
     for (int64_t r = 0; r < s.R; ++r)
       for (int64_t c = 0; c < s.S; ++c)
         offs[(cbi * s.R + r) * s.S + c] =
-            ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * W * int64_t(sizeof(T));
+            ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * b.L * int64_t(sizeof(T));
   Workspace partw(stats ? checked_bytes(2 * s.K * b.nblk, sizeof(double)) : 0);
   double* part = stats ? partw.as<double>() : nullptr;
   const int nthr = num_threads();
@@ -408,7 +488,9 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 
 template <typename T>
 bool conv_blocked_backward_input_applies(const ConvShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && conv_blocked_applies<T>(s);
+  // its output channels are the forward's inputs: a narrow forward would fill 3 of 16 panel columns
+  return s.stride_h == 1 && s.stride_w == 1 && s.Cg() >= conv_blocked_min_channels<T>() &&
+         s.Kg() >= conv_blocked_min_channels<T>();
 }
 
 // grad-input of a stride-1 convolution = a forward convolution of gy (K channels) with the rotated,
@@ -424,8 +506,7 @@ void conv_blocked_backward_input(const ConvShape& s, const T* gy, const T* w, T*
     return;
   }
   const Blocked b = plan<T>(t);
-  constexpr int W = Simd<T>::W, NR = 2 * W;
-  Workspace wt(checked_bytes(kPreparedHeader + t.G * b.Kp * b.Cb * t.R * t.S * W * NR, sizeof(T)));
+  Workspace wt(checked_bytes(kPreparedHeader + filters_numel<T>(b), sizeof(T)));
 #pragma omp parallel num_threads(num_threads())
   block_filters_transposed(b, s.Kg(), s.Cg(), w, wt.as<T>() + kPreparedHeader);
   conv_blocked_forward(t, gy, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), gx, nullptr,

@@ -4,11 +4,12 @@
 #include "cpu/relu.h"
 
 PYCONV_FOR_EACH_ISA(
-  // Whether the channel-blocked kernel takes this problem: at least one SIMD vector of channels
-  // per group on each side (narrower groups would mostly multiply padding).
+  // Whether the channel-blocked kernel takes this problem: at least one SIMD vector of output
+  // channels per group (fewer would mostly multiply padding); input groups narrower than a vector
+  // run one channel per lane step.
   template <typename T>
   bool conv_blocked_applies(const ConvShape& s);
-  // The channels per group it needs on each side (the SIMD width: 8 float, 4 double).
+  // The output channels per group it needs (the SIMD width: 8 float, 4 double).
   template <typename T>
   int conv_blocked_min_channels();
   // The filters blocked once for inference: conv_blocked_prepared_numel elements, a header then the

@@ -55,10 +55,11 @@ class CppBackend(Backend):
 
     def blocked_direct(self, shape, dtype) -> bool:
         """csrc/cpu/conv_blocked.cpp takes the shape (exactly where direct has prepared panels): at
-        least its minimum of channels per group on each side. Plain Python (the minimum read once),
-        so 'auto' stays traceable by torch.compile."""
+        least its minimum of output channels per group (any input channels: narrower groups run one
+        channel per lane step). Plain Python (the minimum read once), so 'auto' stays traceable by
+        torch.compile."""
         need = _BLOCKED_MIN_CHANNELS.get(dtype)
-        return need is not None and min(shape.C // shape.G, shape.K // shape.G) >= need
+        return need is not None and shape.K // shape.G >= need
 
     # ---- convolution: the Winograd entry points take the tile m, the others are named by algo
     def conv2d_forward(self, x, w, b, y, shape, algo, stats=None, prepared=None):
@@ -85,7 +86,7 @@ class CppBackend(Backend):
         """Winograd: the transformed filters U = G g G^T (36 or 16 x K x C/G values), which every
         call would otherwise rebuild; they cost more than the products on small batch-1 layers.
         im2col: the weights packed into the GEMM's A panels (a pass over all of them per call).
-        direct: the channel-blocked kernel's filter panels (None for depthwise and narrow groups)."""
+        direct: the channel-blocked kernel's filter panels (None for depthwise groups and under 8 output channels)."""
         s, dt, w = _C.ConvShape(*shape), str(w.dtype).replace("torch.", ""), w.contiguous()
         if algo in WINOGRAD_ALGOS:
             m = winograd_tile(algo, shape, prepared=True)
@@ -94,7 +95,7 @@ class CppBackend(Backend):
             return u
         if algo in ("im2col", "direct"):
             n = getattr(_C, f"conv_{algo}_prepared_numel")(s, dt)
-            if not n:  # direct: depthwise and narrow groups run kernels that take the weight as it is
+            if not n:  # direct: depthwise and few-output groups run kernels that take the weight as it is
                 return None
             a = torch.empty(n, dtype=w.dtype)
             getattr(_C, f"conv_{algo}_prepare_weight")(s, _np(w), _np(a))
