@@ -29,7 +29,10 @@ algo='auto' has two modes:
        (the same micro-kernel with no im2col panels; stride-2 3x3 layers 1.0-1.18x im2col, both with
        prepared weights), "direct/im2col" with them ("direct/direct/im2col" at stride 1, where
        direct's grad-input is the blocked kernel too; direct's grad-weight is slower than im2col's);
-    5. everything else -> direct.
+    5. everything else -> direct; with gradients on a strided layer whose direct forward is
+       channel-blocked (an RGB stem), "direct/im2col": direct's strided grad-input runs row loops
+       (MobileNetV2's 3 -> 32 stride-2 stem at batch 8: forward + both gradients 35 ms, 14 with
+       the gradients on im2col; torch 15).
   A plan "<forward>/<gradients>" or "<forward>/<grad-input>/<grad-weight>" runs each pass with its
   algorithm (the ops take plans; so does algo= for a user who wants one).
   A rule whose algorithm the backend does not implement falls through to the next one.
@@ -152,6 +155,9 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
         missing.append("wide-layer rule wants im2col, not implemented by this backend")
     if missing:
         return pick("direct", "fallback to direct")
+    if grad and (shape.stride_h, shape.stride_w) != (1, 1) and "im2col" in have and blocked_direct():
+        return pick("direct/im2col", f"short reduction (C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}), strided: "
+                                     f"forward channel-blocked direct, gradients GEMM")
     return pick("direct", f"no faster rule applies (reduction C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}): direct")
 
 

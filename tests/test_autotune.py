@@ -64,6 +64,9 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
     small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
     assert small.algo == "direct" and "no faster rule" in small.rule
+    assert autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp", grad=True).algo == "direct"
+    stem = autotune.choose_auto(shape_of(1, 3, 8, 8, 32, 3, 3, stride=2), "cpp", grad=True)
+    assert stem.algo == "direct/im2col" and "strided" in stem.rule
     # few tiles for large transformed filters: direct at batch 1 unless the filters are prepared,
     # Winograd again at batch 8; with gradients the tile count decides (64 2x2 tiles)
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
