@@ -207,7 +207,7 @@ def test_opcheck():
 
 def test_generic_isa_matches_torch():
     """The portable kernels (chosen on CPUs without AVX2) are correct too, the im2col packer's masked
-    loads and Winograd included."""
+    loads, Winograd and the flat depthwise forward's mask table included."""
     code = (
         "import torch, pyconv, pyconv.functional as PF, torch.nn.functional as F\n"
         "assert pyconv._C.isa() == 'generic'\n"
@@ -220,6 +220,9 @@ def test_generic_isa_matches_torch():
         "  g = torch.randn_like(r)\n"
         "  a = torch.autograd.grad(y, (x, w), g); e = torch.autograd.grad(r, (x, w), g)\n"
         "  for u, v in zip((y,) + a, (r,) + e): assert (u - v).norm() <= 1e-5 * v.norm(), (u - v).norm()\n"
+        "  x, w = torch.randn(2, 5, 7, 7, dtype=dt), torch.randn(5, 1, 3, 3, dtype=dt)\n"  # flat depthwise
+        "  y, r = PF.conv2d(x, w, padding=1, groups=5, backend='cpp'), F.conv2d(x, w, padding=1, groups=5)\n"
+        "  assert (y - r).norm() <= 1e-5 * r.norm(), (y - r).norm()\n"
     )
     env = dict(__import__("os").environ, PYCONV_FORCE_GENERIC="1")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

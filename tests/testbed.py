@@ -66,7 +66,9 @@ GPU_EDGES = [
 
 # Depthwise (groups = C = K): the plane kernels' phase planes (strides 1-3, per axis), taps that
 # miss a grad-input phase (1x1 and 2x2 at stride 2-3), more taps than one pass holds (5x5, 7x7),
-# dilation, asymmetric and oversized padding, widths around the vector and step sizes.
+# dilation, asymmetric and oversized padding, widths around the vector and step sizes; the flat
+# stride-1 forward (output as wide as the input, up to 16: vectors that wrap rows, a lane mask per
+# tap) on a 7x7 plane, at its widest, one past it, with dilation, 1x1 and fewer rows out than in.
 DEPTHWISE = [
     (2, 5, 9, 9, 5, 3, 3, dict(groups=5, padding=1, stride=2)),
     (1, 3, 11, 16, 3, 3, 3, dict(groups=3, padding=(0, 1), stride=(1, 2))),
@@ -79,6 +81,11 @@ DEPTHWISE = [
     (3, 4, 1, 1, 4, 3, 3, dict(groups=4, padding=1)),
     (1, 2, 5, 8, 2, 3, 3, dict(groups=2, padding="same")),
     (1, 2, 7, 9, 2, 5, 3, dict(groups=2, padding="valid")),
+    (2, 5, 7, 7, 5, 3, 3, dict(groups=5, padding=1)),
+    (1, 3, 6, 16, 3, 3, 3, dict(groups=3, padding=(0, 1))),
+    (1, 4, 6, 17, 4, 3, 3, dict(groups=4, padding=1)),
+    (2, 3, 5, 5, 3, 3, 3, dict(groups=3, padding=(1, 2), dilation=(1, 2))),
+    (1, 3, 8, 7, 3, 1, 1, dict(groups=3)),
 ]
 
 CASES = GRID + TINY + GPU_EDGES + DEPTHWISE

@@ -110,6 +110,36 @@ PYCONV_INLINE vec_t<T> vload_masked(const T* p, const LaneMask<T>& k) {
   return v;
 }
 #endif
+// Loads through a lane mask from a table (any lanes, not only a range): m[l] all ones loads lane l,
+// 0 gives 0 there; as vload_masked, p may point outside the array for the masked lanes.
+template <typename T>
+struct MaskWord;
+template <>
+struct MaskWord<float> {
+  typedef int32_t type;
+};
+template <>
+struct MaskWord<double> {
+  typedef int64_t type;
+};
+template <typename T>
+using mask_word_t = typename MaskWord<T>::type;
+#if defined(__AVX2__)
+PYCONV_INLINE vec_t<float> vload_where(const float* p, const int32_t* m) {
+  return vec_t<float>(_mm256_maskload_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m))));
+}
+PYCONV_INLINE vec_t<double> vload_where(const double* p, const int64_t* m) {
+  return vec_t<double>(_mm256_maskload_pd(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m))));
+}
+#else
+template <typename T>
+PYCONV_INLINE vec_t<T> vload_where(const T* p, const mask_word_t<T>* m) {
+  vec_t<T> v{};
+  for (int l = 0; l < Simd<T>::W; ++l)
+    if (m[l]) v[l] = p[l];
+  return v;
+}
+#endif
 // The even lanes of a, then those of b (a stride-2 gather from two contiguous vectors).
 #if defined(__AVX2__)
 PYCONV_INLINE vec_t<float> vevens(vec_t<float> a, vec_t<float> b) {
