@@ -37,6 +37,9 @@ constexpr int kMaxChunkTaps = 9;  // taps unrolled per pass; more taps take seve
 // Widest plane the flat forward takes (see flat_forward): 1.05-1.15x the lanes on MobileNetV2's
 // 7x7 and 14x14 layers (batch 1 and 8, min of 9 alternating runs), 0.9x at 28 wide.
 constexpr int64_t kFlatMaxWidth = 16;
+// and output pixels per plane (its mask table holds RS masks per output vector: a tall, narrow
+// plane would make it large)
+constexpr int64_t kFlatMaxPixels = 4096;
 
 // f(std::integral_constant<int, K>{}) for a run-time count k in [1, kMaxChunkTaps]: the kernels
 // below unroll their tap and pixel loops over compile-time counts.
@@ -327,7 +330,8 @@ void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y,
 // back, a large share of the work on 7x7 and 14x14 planes (MobileNetV2's 960-channel 7x7 layer at
 // batch 8: 0.177 -> 0.168 ms, the 576-channel 14x14 one 0.316 -> 0.279).
 bool flat_applies(const ConvShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && s.W <= kFlatMaxWidth && s.R * s.S <= kMaxChunkTaps;
+  return s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && s.W <= kFlatMaxWidth && s.P * s.Q <= kFlatMaxPixels &&
+         s.R * s.S <= kMaxChunkTaps;
 }
 
 // One plane: yp[f] = bias + sum_t w[t] * xp[f + off[t]] where mask says the tap is inside.
