@@ -151,9 +151,12 @@ WINOGRAD_SMALL_FILTER_MIN_TILES4 = 32
 # With the transformed filters prepared once (inference), the filter transform no longer argues for
 # m=2 on small outputs; what is left is reading U (36 x K x C for m=4 against 16 x K x C) once per
 # call, which needs enough 4x4 tiles to share it. Measured (prepared filters, 2 threads, ms, F(2x2)
-# vs F(4x4)): batch 8: 14x14x256 5.0 vs 3.8, 7x7x512 8.7 vs 5.9, 8x8x64 0.196 vs 0.139; batch 1
-# (1-16 tiles): 14x14x256 0.87 vs 0.96, 7x7x512 2.3 vs 5.4, 8x8x64 0.069 vs 0.124.
-WINOGRAD_PREPARED_MIN_TILES4 = 32
+# vs F(4x4)): batch 8: 14x14x256 5.0 vs 3.8, 7x7x512 8.7 vs 5.9, 8x8x64 0.196 vs 0.139. Batch 1-2,
+# min of 8 alternating runs: 16 tiles (batch 1 at 14x14) F(4x4) ahead at every width, 32 -> 512
+# channels (256: 0.96 vs 0.67, 512: 4.0 vs 3.6, 64: 0.11 vs 0.07); 9 tiles (12x12) split (64 and 128
+# channels F(4x4), 256 and 512 F(2x2): 0.76 vs 0.89); 4-8 tiles (7x7, 8x8) F(2x2) (7x7x512 1.6 vs
+# 3.3, batch 2 2.2 vs 3.3).
+WINOGRAD_PREPARED_MIN_TILES4 = 16
 WINOGRAD_TILE = {"winograd_2x2": 2, "winograd_4x4": 4}
 
 
