@@ -7,6 +7,7 @@ import torch
 import pyconv
 import pyconv.functional as PF
 from pyconv import _C
+from checks import assert_close
 from problems import REAL_LAYERS
 
 
@@ -66,6 +67,32 @@ def test_pointwise_chunks_packed_row_by_row(N, H, W, dtype):
     tol = 1e-4 if dtype == torch.float32 else 1e-11
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=tol, atol=tol * float(e.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,C,H,W,K", [(2, 16, 105, 101, 100), (1, 27, 240, 239, 37)], ids=["16-to-100", "27-to-37"])
+def test_short_reduction_into_a_large_output(N, C, H, W, K, dtype):
+    """A 1x1 layer with a reduction of at most 32 channels into an output of at least 8 MiB runs the
+    GEMM with its M panels outer (kRowsOuterMaxK in cpu/gemm_driver.h): every tile, the last
+    M panel's and the last N panel's partial ones included, with the bias, and the batch-norm
+    statistics of a fused training forward (prepared weights: the same order from A panels made
+    ahead)."""
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w, b = torch.randn(K, C, 1, 1, dtype=dtype), torch.randn(K, dtype=dtype)
+    assert K * N * H * W * 4 >= 8 << 20
+    want = torch.nn.functional.conv2d(x, w, b)
+    assert_close(PF.conv2d(x, w, b, algo="im2col", backend="cpp"), want, dtype, "output")
+    with torch.inference_mode():
+        got = pyconv.prepare(w, b, algo="im2col", backend="cpp")(x)
+    assert_close(got, want, dtype, "prepared output")
+    gamma, beta = torch.rand(K, dtype=dtype) + 0.5, torch.randn(K, dtype=dtype)
+    rm, rv = torch.zeros(K, dtype=dtype), torch.ones(K, dtype=dtype)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    z = PF.conv_bn_relu(x, w, b, gamma, beta, rm, rv, training=True, algo="im2col", backend="cpp")
+    z_ref = torch.nn.functional.relu(torch.nn.functional.batch_norm(want, rm_ref, rv_ref, gamma, beta, training=True))
+    assert_close(z, z_ref, dtype, "output", kind="batch_norm")
+    assert_close(rv, rv_ref, dtype, "running_var", kind="batch_norm")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
