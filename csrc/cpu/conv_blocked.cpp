@@ -212,6 +212,16 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
   for (int u = 0; u < kMR; ++u) vstore(acc + u * NR, c[u][0]), vstore(acc + u * NR + W, c[u][1]);
 }
 
+// One kernel per lane count L (the channels of a block: W, or a narrow group's Cg), its lane steps
+// unrolled, so the offset load and the loop's counters are paid once per tap, not once per lane.
+// Portable here; AVX2 + FMA specializes every count below.
+template <typename T, int L>
+struct BlkKernel {
+  static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
+    tile_kernel_portable<T, L>(px, w, offs, steps, acc);
+  }
+};
+
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 + FMA: the same kernel in assembly (GCC's allocation of the version above copied and spilled
 // accumulators). ymm0-11 accumulate, ymm12-13 hold the filter row, ymm14 the broadcast input; one
@@ -226,14 +236,6 @@ PYCONV_INLINE void tile_kernel_portable(const T* const* px, const T* w, const in
   PYCONV_BLK_ROW("x0", disp, "0", "1") PYCONV_BLK_ROW("x1", disp, "2", "3")                   \
   PYCONV_BLK_ROW("x2", disp, "4", "5") PYCONV_BLK_ROW("x3", disp, "6", "7")                   \
   PYCONV_BLK_ROW("x4", disp, "8", "9") PYCONV_BLK_ROW("x5", disp, "10", "11")
-// One kernel per lane count L (the channels of a block: W, or a narrow group's Cg), its lane steps
-// unrolled, so the offset load and the loop's counters are paid once per tap, not once per lane.
-template <typename T, int L>
-struct BlkKernel {
-  static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
-    tile_kernel_portable<T, L>(px, w, offs, steps, acc);
-  }
-};
 #define PYCONV_BLK_KERNEL(T, L, LANES)                                                                  \
   template <>                                                                                         \
   struct BlkKernel<T, L> {                                                                            \
@@ -293,13 +295,6 @@ PYCONV_BLK_KERNEL(double, 4, PYCONV_D4)
 #undef PYCONV_BLK_KERNEL
 #undef PYCONV_BLK_STEP
 #undef PYCONV_BLK_ROW
-#else
-template <typename T, int L>
-struct BlkKernel {
-  static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc) {
-    tile_kernel_portable<T, L>(px, w, offs, steps, acc);
-  }
-};
 #endif
 
 template <typename T>

@@ -5,8 +5,8 @@
 
 PYCONV_FOR_EACH_ISA(
   // Whether the channel-blocked kernel takes this problem: at least one SIMD vector of output
-  // channels per group (fewer would mostly multiply padding); input groups narrower than a vector
-  // run one channel per lane step.
+  // channels per group (fewer would mostly multiply padding); an input group narrower than a vector
+  // is one block of all its channels.
   template <typename T>
   bool conv_blocked_applies(const ConvShape& s);
   // The output channels per group it needs (the SIMD width: 8 float, 4 double).

@@ -706,6 +706,10 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
       const bool pack_ahead = !b_packed && (rows_outer || m_panels_here > mc_panels ||
                                             (HasChunkPacker<PackB>::value && m_panels_here >= kChunkAheadMinPanels));
       if (pack_ahead) gemm_pack_b_chunk<T>(pack_b, k0, kc, j0, ncur, bp);
+      // N panel jp of the chunk: prepared, packed ahead, or packed just in time into one slot
+      auto b_panel = [&](int64_t jp) -> const T* {
+        return b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc : pack_ahead ? bp + jp * NR * kc : bp;
+      };
       if (rows_outer) {
         // N panels in groups whose B panels stay in L1 (kRowsOuterBBytes), each swept by every M panel
         const int64_t np = ceil_div(ncur, NR), group = imax(1, kRowsOuterBBytes / (kc * NR * int64_t(sizeof(T))));
@@ -713,8 +717,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
           for (int64_t ip = ip_begin; ip < ip_end; ++ip)
             for (int64_t jp = g0; jp < imin(np, g0 + group); ++jp) {
               const int64_t nr = imin(NR, ncur - jp * NR), mr = imin(MR, M - ip * MR);
-              const T* bpanel = b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc : bp + jp * NR * kc;
-              gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
+              gemm_micro_kernel<T>(kc, ap + ip * MR * kc, b_panel(jp), tile);
               out(ip * MR, mr, j0 + jp * NR, nr, tile, true, true);
               out.finished(ip * MR, mr, j0 + jp * NR, nr, jc);
             }
@@ -726,8 +729,7 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
           // packed just in time into one slot, which stays in L1 (a fresh slot per panel costs a
           // write miss per line: 8-17% on 64-channel layers)
           const int64_t nr = imin(NR, ncur - jp * NR);
-          const T* bpanel = b_packed ? b_packed + k0 * n_panels * NR + (pb0 + jp) * NR * kc
-                                     : pack_ahead ? bp + jp * NR * kc : bp;
+          const T* bpanel = b_panel(jp);
           if (!pack_ahead && !b_packed) pack_b(k0, kc, j0 + jp * NR, nr, bp);
           for (int64_t ip = ic; ip < ic_end; ++ip) {
             out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);

@@ -55,8 +55,8 @@ class CppBackend(Backend):
 
     def blocked_direct(self, shape, dtype) -> bool:
         """csrc/cpu/conv_blocked.cpp takes the shape (exactly where direct has prepared panels): at
-        least its minimum of output channels per group (any input channels: narrower groups run one
-        channel per lane step). Plain Python (the minimum read once), so 'auto' stays traceable by
+        least its minimum of output channels per group (any input channels: a narrower group is one
+        block of all its channels). Plain Python (the minimum read once), so 'auto' stays traceable by
         torch.compile."""
         need = _BLOCKED_MIN_CHANNELS.get(dtype)
         return need is not None and shape.K // shape.G >= need
