@@ -17,7 +17,7 @@ algo='auto' has two modes:
        batch 1 (49): 1.8 / 2.0 / 2.1 against 1.6 / 1.5 / 1.2; at 64 tiles level, at 128 (batch 8
        at 7x7) F(2x2) ahead, 7.7 / 8.5 / 7.1 against 9.0 / 9.6 / 9.2 (torch 8.4 / 8.4 / 16.6) --
        and except, without gradients and with filters transformed every call (not prepared), when
-       fewer than 32 F(2x2) tiles share transformed filters larger than L2 (16 C K values > 256 Ki:
+       fewer than 64 F(2x2) tiles share transformed filters larger than L2 (16 C K values > 256 Ki:
        ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.4 ms against direct's 1.5; with the
        filters prepared F(2x2) takes 0.76 ms). Both exceptions: im2col -- or, where the backend's
        direct forward is channel-blocked (Backend.blocked_direct: cpp with >= 8 output channels per
@@ -67,8 +67,12 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_TRAIN_MIN_TILES2 = 64
 # Below this many F(2x2) output tiles per call, transformed filters larger than a core's L2 are
 # streamed from memory for a handful of tiles each (ResNet-18's 512x512 7x7 layer at batch 1: 16
-# tiles, 16 MiB of transformed filters; F(2x2) 2.5 ms, im2col 1.9 ms).
-WINOGRAD_MIN_TILES2 = 32
+# tiles, 16 MiB of transformed filters; F(2x2) 2.5 ms, im2col 1.9 ms). From 32 to 63 tiles the
+# blocked direct kernel is still ahead of 'winograd' (ms, min of 3 alternating runs, no gradients,
+# filters not prepared: 1x256x14x14 1.84 against 3.43, 1x512x14x14 7.1 / 7.4, 2x512x7x7 5.0 / 6.7,
+# 3x512x7x7 5.6 / 6.1, 2x256x7x7 1.19 / 1.69, 1x128x14x14 0.53 / 0.76); at 64 level (4x512x7x7
+# 6.88 / 6.89).
+WINOGRAD_MIN_TILES2 = 64
 WINOGRAD_MAX_STREAMED_FILTER_ELEMS = 256 * 1024
 IM2COL_MIN_REDUCTION = 64
 

@@ -80,6 +80,9 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert train_few.algo == "direct/direct/im2col" and "32 2x2 output tiles" in train_few.rule
     assert autotune.choose_auto(shape_of(1, 256, 14, 14, 256, 3, 3, pad=1), "cpp", grad=True).algo == \
         "direct/direct/im2col"  # 49 tiles
+    # without gradients the same 49 tiles go to direct, 64 (4 images at 7x7) to Winograd
+    assert autotune.choose_auto(shape_of(1, 256, 14, 14, 256, 3, 3, pad=1), "cpp").algo == "direct"
+    assert autotune.choose_auto(shape_of(4, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo.startswith("winograd")
     monkeypatch.setattr(mod, "blocked_direct", lambda shape, dtype: False)
     assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp").algo == "im2col"
     assert autotune.choose_auto(shape_of(2, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
