@@ -92,6 +92,7 @@ def test_short_reduction_into_a_large_output(N, C, H, W, K, dtype):
     z = PF.conv_bn_relu(x, w, b, gamma, beta, rm, rv, training=True, algo="im2col", backend="cpp")
     z_ref = torch.nn.functional.relu(torch.nn.functional.batch_norm(want, rm_ref, rv_ref, gamma, beta, training=True))
     assert_close(z, z_ref, dtype, "output", kind="batch_norm")
+    assert_close(rm, rm_ref, dtype, "running_mean", kind="batch_norm")
     assert_close(rv, rv_ref, dtype, "running_var", kind="batch_norm")
 
 

@@ -482,10 +482,7 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
                tiles.as<T>() + omp_get_thread_num() * tile_elems);
     }
   }
-  if (!stats) return;
-  for (int64_t i = 0; i < b.nblk; ++i)
-    for (int64_t k = 0; k < s.K; ++k)
-      stats[k] += part[2 * (i * s.K + k)], stats[s.K + k] += part[2 * (i * s.K + k) + 1];
+  if (stats) add_channel_partials(part, b.nblk, s.K, 1, stats);  // one partial a (block, channel)
 }
 
 template <typename T>

@@ -110,13 +110,6 @@ PhaseTaps phase_taps(const ConvShape& s) {
   return t;
 }
 
-// stats[k] += the (sum, sum of squares) pairs of channel k's planes, part[2*(n*K + k)], in image
-// order: the statistics do not depend on which thread summed a plane.
-void add_plane_sums(const ConvShape& s, const double* part, double* stats) {
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t k = 0; k < s.K; ++k, part += 2) stats[k] += part[0], stats[s.K + k] += part[1];
-}
-
 // Copies an h x w block of nl channel planes (channel l at src + l*plane, row pitch ld) into
 // blocked pixels dst[(i*dpitch + j)*W + lane]; lanes >= nl are zero. Rows stored back to back
 // (ld == w) go as one flat run, so a plane narrower than a vector still moves W pixels at a time.
@@ -322,7 +315,7 @@ void lanes_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y,
                  part.as<double>() + 2 * (n * s.K + c0 + l));
     for (int l = 0; l < nl; ++l) epilogue_apply(ep, yb + l * PQ, PQ);
   }
-  if (stats) add_plane_sums(s, part.as<double>(), stats);
+  if (stats) add_channel_partials(part.as<double>(), s.N, s.K, 1, stats);  // one partial a plane
 }
 
 // Stride 1 on planes as wide as the output (same padding across): a plane is one flat run, and
@@ -394,7 +387,7 @@ void flat_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, 
       epilogue_apply(ep, yp, PQ);
     }
   });
-  if (stats) add_plane_sums(s, part.as<double>(), stats);
+  if (stats) add_channel_partials(part.as<double>(), s.N, s.K, 1, stats);  // one partial a plane
 }
 
 template <typename T>

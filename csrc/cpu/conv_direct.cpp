@@ -311,10 +311,7 @@ void conv_direct_forward(const ConvShape& s, const T* x, const T* w, const T* b,
   // here in a fixed order: the statistics do not depend on the thread count.
   Workspace part(checked_bytes(2 * s.N * s.K * s.P, sizeof(double)));
   conv_batch(s.N, s.C * s.H * s.W, s.K * s.P * s.Q, x, w, false, b, y, cc, tile, s.dil_w, part.as<double>(), ep);
-  const double* pp = part.as<double>();
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t k = 0; k < s.K; ++k)
-      for (int64_t p = 0; p < s.P; ++p, pp += 2) stats[k] += pp[0], stats[s.K + k] += pp[1];
+  add_channel_partials(part.as<double>(), s.N, s.K, s.P, stats);
 }
 
 template <typename T>

@@ -159,5 +159,15 @@ void channel_sums(const T* a, int64_t N, int64_t C, int64_t L, T* out) {
   }
 }
 
+// stats[k] += sum over (g, r) of part[2*((g*K + k)*R + r)], stats[K + k] likewise from the odd
+// entries: the (sum, sum of squares) partials of a conv epilogue's batch-norm statistics, one per
+// (group of work g, channel k, row r), added in that fixed order so the statistics do not depend on
+// which thread wrote a partial.
+inline void add_channel_partials(const double* part, int64_t groups, int64_t K, int64_t R, double* stats) {
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < R; ++r, part += 2) stats[k] += part[0], stats[K + k] += part[1];
+}
+
 }  // namespace PYCONV_ISA
 }  // namespace pyconv
