@@ -315,7 +315,8 @@ def test_prepared_direct_weights_are_checked_at_the_binding():
 
     def shape(x, w, groups=1):
         return _C.ConvShape(*_args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, groups)))
-    x, w, y = torch.randn(1, 8, 6, 6), torch.randn(16, 8, 3, 3), torch.empty(1, 16, 6, 6)
+    W = _C.conv_direct_blocked_min_channels("float32")  # the SIMD width: 8 (AVX2) or 16 (AVX-512)
+    x, w, y = torch.randn(1, 8, 6, 6), torch.randn(2 * W, 8, 3, 3), torch.empty(1, 2 * W, 6, 6)
     s = shape(x, w)
     n = _C.conv_direct_prepared_numel(s, "float32")
     assert n > 0
@@ -323,8 +324,8 @@ def test_prepared_direct_weights_are_checked_at_the_binding():
         _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.empty(n - 1).numpy())
     with pytest.raises(pyconv.PyConvError, match="another shape"):  # right size, never blocked
         _C.conv_direct_forward(s, x.numpy(), w.numpy(), None, y.numpy(), None, torch.zeros(n).numpy())
-    # blocked for 8 -> 10 channels (one panel, as 8 -> 16), then called with 8 -> 16: another header
-    w2 = torch.randn(10, 8, 3, 3)
+    # blocked for 8 -> W + 2 channels (one panel of 2W, as 8 -> 2W), then called with 8 -> 2W: another header
+    w2 = torch.randn(W + 2, 8, 3, 3)
     s2 = shape(x, w2)
     other = torch.empty(_C.conv_direct_prepared_numel(s2, "float32"))
     assert other.numel() == n
@@ -351,19 +352,20 @@ def test_prepared_im2col_layouts_are_checked_at_the_binding():
 
     def shape_of(x):
         return _C.ConvShape(*_args.conv2d_shape(x, w, None, _args.conv2d_params((3, 3), 1, 1, 1, 1)))
-    small, large = torch.randn(1, 512, 7, 7), torch.randn(4, 512, 7, 7)
+    # 49 pixels fill few tiles of NR (pixel rows); 4x8x8 fill 256 rows, a multiple of MR and NR (usual)
+    small, large = torch.randn(1, 512, 7, 7), torch.randn(4, 512, 8, 8)
     s_small, s_large = shape_of(small), shape_of(large)
     assert (_C.conv_im2col_prepared_layout(s_small, "float32"), _C.conv_im2col_prepared_layout(s_large, "float32")) \
         == (1, 0)
     packed = torch.empty(_C.conv_im2col_prepared_numel(s_small, "float32"))
     _C.conv_im2col_prepare_weight(s_small, w.numpy(), packed.numpy())
-    y = torch.empty(4, 512, 7, 7)
+    y = torch.empty(4, 512, 8, 8)
     if packed.numel() == _C.conv_im2col_prepared_numel(s_large, "float32"):
         with pytest.raises(pyconv.PyConvError, match="another shape or layout"):
             _C.conv_im2col_forward(s_large, large.numpy(), w.numpy(), None, y.numpy(), None, packed.numpy())
     stats = torch.empty(2, 512, dtype=torch.float64)
     with pytest.raises(pyconv.PyConvError, match="stats"):
-        _C.conv_im2col_forward(s_small, small.numpy(), w.numpy(), None, y[:1].numpy(), stats.numpy(),
+        _C.conv_im2col_forward(s_small, small.numpy(), w.numpy(), None, torch.empty(1, 512, 7, 7).numpy(), stats.numpy(),
                                packed.numpy())
 
 
@@ -383,8 +385,10 @@ def test_prepared_im2col_pixel_rows_match_torch(shape, dtype):
     w = torch.randn(K, C // groups, R, S, dtype=dtype) / (C * R * S) ** 0.5
     b = torch.randn(K, dtype=dtype)
     s = _C.ConvShape(*_args.conv2d_shape(x, w, b, _args.conv2d_params((R, S), stride, R // 2, 1, groups)))
-    # (float64's panels are 8 wide: 49 pixels fill 56 columns, so 7x7 keeps the usual layout there)
-    assert _C.conv_im2col_prepared_layout(s, str(dtype)[6:]) == (0 if H == 7 and dtype == torch.float64 else 1)
+    # (float64's AVX2 panels are 8 wide: 49 pixels fill 56 columns, so 7x7 keeps the usual layout there;
+    # AVX-512's are 16 wide, and it takes pixel rows)
+    if not (H == 7 and dtype == torch.float64):
+        assert _C.conv_im2col_prepared_layout(s, str(dtype)[6:]) == 1
     p = pyconv.prepare(w, b, stride, R // 2, 1, groups, algo="im2col")
     ref = F.conv2d(x, w, b, stride, R // 2, 1, groups)
     r = torch.randn_like(ref)

@@ -35,8 +35,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &pyconv::num_threads);
   m.def("set_debug_fill", &pyconv::set_debug_fill,
         "Fill every workspace with 0xA5 bytes before use (tests).");
-  m.def("isa", [] { return pyconv::cpu_has_avx2_fma() ? "avx2" : "generic"; },
-        "Instruction set of the kernels chosen at run time.");
+  m.def("isa", [] { return pyconv::isa_name(pyconv::cpu_isa()); },
+        "Instruction set of the kernels chosen at run time (generic, avx2, avx512).");
   // pyconv.memory: kernel outputs from the host cache (common/host_cache.h), as uint8 arrays whose
   // owner returns the block to the cache when the last view of it (a torch tensor) is gone.
   m.def("host_cache_buffer", [](int64_t nbytes) {

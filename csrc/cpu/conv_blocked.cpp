@@ -222,7 +222,7 @@ struct BlkKernel {
   }
 };
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(PYCONV_SIMD_AVX2)
 // AVX2 + FMA: the same kernel in assembly (GCC's allocation of the version above copied and spilled
 // accumulators). ymm0-11 accumulate, ymm12-13 hold the filter row, ymm14 the broadcast input; one
 // lane step: 2 loads, 6 broadcasts (pixel pointer + pair offset + lane), 12 FMAs.

@@ -87,7 +87,7 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 }
 
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(PYCONV_SIMD_AVX2)
 // AVX2 + FMA: the same kernel written in assembly. GCC's register allocator spills accumulators of
 // the vector-extension version (about 20% slower); here ymm0-11 hold the 6x2 accumulators, ymm12-13
 // the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs; the loop runs

@@ -30,6 +30,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "common/runtime.h"
 #include "cpu/simd.h"
@@ -45,14 +46,14 @@ struct Lanes;
 template <>
 struct Lanes<float> {
   typedef int32_t I;
-  typedef int32_t IV __attribute__((vector_size(32)));
-  typedef int64_t I64V __attribute__((vector_size(64)));
+  typedef int32_t IV __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t I64V __attribute__((vector_size(2 * kVectorBytes)));
 };
 template <>
 struct Lanes<double> {
   typedef int64_t I;
-  typedef int64_t IV __attribute__((vector_size(32)));
-  typedef int64_t I64V __attribute__((vector_size(32)));
+  typedef int64_t IV __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t I64V __attribute__((vector_size(kVectorBytes)));
 };
 
 template <typename T>
@@ -101,31 +102,39 @@ Geometry make_geometry(const PoolShape& s, int64_t rows_total, InRows in_rows) {
 
 // Copies one input row into its phase-split padded form: out[ph * Wl + t] = in[t*sw + ph - pw], or
 // `pad` where that column is outside [0, W). SW > 0 fixes the stride at compile time.
-// Even lanes of the concatenation (a, b): the stride-2 deinterleave.
-PYCONV_INLINE vec_t<float> even_lanes(vec_t<float> a, vec_t<float> b) {
-  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+// Lane shuffles of the concatenation (a, b), for any width: index i of the result is lane f(i).
+template <typename V, size_t... I>
+PYCONV_INLINE V even_lanes_of(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I)...);
 }
-PYCONV_INLINE vec_t<double> even_lanes(vec_t<double> a, vec_t<double> b) {
-  return __builtin_shufflevector(a, b, 0, 2, 4, 6);
+template <typename V, size_t... I>
+PYCONV_INLINE V odd_lanes_of(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I + 1)...);
+}
+// (a_h, b_h, a_{h+1}, b_{h+1}, ...) from lane h = 0 (lo) or W/2 (hi)
+template <size_t H, typename V, size_t... I>
+PYCONV_INLINE V interleave_of(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (H + I / 2 + (I % 2) * sizeof...(I))...);
+}
+template <typename V>
+constexpr size_t lanes_of = sizeof(V) / sizeof(V{}[0]);
+// Even lanes of the concatenation (a, b): the stride-2 deinterleave.
+template <typename V>
+PYCONV_INLINE V even_lanes(V a, V b) {
+  return even_lanes_of(a, b, std::make_index_sequence<lanes_of<V>>{});
+}
+template <typename V>
+PYCONV_INLINE V odd_lanes(V a, V b) {
+  return odd_lanes_of(a, b, std::make_index_sequence<lanes_of<V>>{});
 }
 // (a0, b0, a1, b1, ...): the first and second halves of the stride-2 interleave.
-PYCONV_INLINE vec_t<float> interleave_lo(vec_t<float> a, vec_t<float> b) {
-  return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11);
+template <typename V>
+PYCONV_INLINE V interleave_lo(V a, V b) {
+  return interleave_of<0>(a, b, std::make_index_sequence<lanes_of<V>>{});
 }
-PYCONV_INLINE vec_t<float> interleave_hi(vec_t<float> a, vec_t<float> b) {
-  return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15);
-}
-PYCONV_INLINE vec_t<double> interleave_lo(vec_t<double> a, vec_t<double> b) {
-  return __builtin_shufflevector(a, b, 0, 4, 1, 5);
-}
-PYCONV_INLINE vec_t<double> interleave_hi(vec_t<double> a, vec_t<double> b) {
-  return __builtin_shufflevector(a, b, 2, 6, 3, 7);
-}
-PYCONV_INLINE vec_t<float> odd_lanes(vec_t<float> a, vec_t<float> b) {
-  return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
-}
-PYCONV_INLINE vec_t<double> odd_lanes(vec_t<double> a, vec_t<double> b) {
-  return __builtin_shufflevector(a, b, 1, 3, 5, 7);
+template <typename V>
+PYCONV_INLINE V interleave_hi(V a, V b) {
+  return interleave_of<lanes_of<V> / 2>(a, b, std::make_index_sequence<lanes_of<V>>{});
 }
 
 template <typename T, int SW>

@@ -1,10 +1,16 @@
-// Portable SIMD for kernel sources: GCC/Clang vector extensions, 32 bytes wide. Compiled with
-// -mavx2 -mfma they become ymm registers and FMAs; without, the compiler lowers them to SSE2 pairs.
+// Portable SIMD for kernel sources: GCC/Clang vector extensions, 32 bytes wide (64 in the AVX-512
+// build). Compiled with -mavx2 -mfma they become ymm registers and FMAs, with -mavx512f zmm
+// registers; without, the compiler lowers them to SSE2 pairs. Kernels are written for any width
+// W = Simd<T>::W (8 or 16 floats, 4 or 8 doubles).
 // Everything here lives in the per-ISA namespace so the two compilations never share a symbol.
 #pragma once
 #include <cstdint>
 #include <cstring>
-#if defined(__AVX2__)
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
+#define PYCONV_SIMD_AVX512 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define PYCONV_SIMD_AVX2 1
 #include <immintrin.h>
 #endif
 
@@ -17,17 +23,22 @@
 namespace pyconv {
 namespace PYCONV_ISA {
 
+#if defined(PYCONV_SIMD_AVX512)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
 template <typename T>
 struct Simd;
 template <>
 struct Simd<float> {
-  static constexpr int W = 8;
-  typedef float V __attribute__((vector_size(32)));
+  static constexpr int W = kVectorBytes / 4;
+  typedef float V __attribute__((vector_size(kVectorBytes)));
 };
 template <>
 struct Simd<double> {
-  static constexpr int W = 4;
-  typedef double V __attribute__((vector_size(32)));
+  static constexpr int W = kVectorBytes / 8;
+  typedef double V __attribute__((vector_size(kVectorBytes)));
 };
 template <typename T>
 using vec_t = typename Simd<T>::V;
@@ -52,10 +63,17 @@ PYCONV_INLINE void vstore_first(T* p, vec_t<T> v) {
 // +0.0, so the compiler must keep the add).
 template <typename T>
 PYCONV_INLINE vec_t<T> vbroadcast(T x);
+#if defined(PYCONV_SIMD_AVX512)
+template <>
+PYCONV_INLINE vec_t<float> vbroadcast<float>(float x) { return vec_t<float>(_mm512_set1_ps(x)); }
+template <>
+PYCONV_INLINE vec_t<double> vbroadcast<double>(double x) { return vec_t<double>(_mm512_set1_pd(x)); }
+#else
 template <>
 PYCONV_INLINE vec_t<float> vbroadcast<float>(float x) { return vec_t<float>{x, x, x, x, x, x, x, x}; }
 template <>
 PYCONV_INLINE vec_t<double> vbroadcast<double>(double x) { return vec_t<double>{x, x, x, x}; }
+#endif
 template <typename T>
 PYCONV_INLINE T vsum(vec_t<T> v) {
   T s = 0;
@@ -68,7 +86,33 @@ PYCONV_INLINE T vsum(vec_t<T> v) {
 // elsewhere; vor merges loads of disjoint lane sets.
 template <typename T>
 struct LaneMask;
-#if defined(__AVX2__)
+#if defined(PYCONV_SIMD_AVX512)
+template <>
+struct LaneMask<float> {
+  __mmask16 m;
+  LaneMask() = default;
+  LaneMask(int64_t lo, int64_t hi) {
+    const int l = int(lo < 0 ? 0 : lo > 16 ? 16 : lo), h = int(hi < 0 ? 0 : hi > 16 ? 16 : hi);
+    m = __mmask16(((1u << h) - 1) & ~((1u << l) - 1));
+  }
+};
+template <>
+struct LaneMask<double> {
+  __mmask8 m;
+  LaneMask() = default;
+  LaneMask(int64_t lo, int64_t hi) {
+    const int l = int(lo < 0 ? 0 : lo > 8 ? 8 : lo), h = int(hi < 0 ? 0 : hi > 8 ? 8 : hi);
+    m = __mmask8(((1u << h) - 1) & ~((1u << l) - 1));
+  }
+};
+// (masked-off lanes never fault: p may point outside the array there)
+PYCONV_INLINE vec_t<float> vload_masked(const float* p, const LaneMask<float>& k) {
+  return vec_t<float>(_mm512_maskz_loadu_ps(k.m, p));
+}
+PYCONV_INLINE vec_t<double> vload_masked(const double* p, const LaneMask<double>& k) {
+  return vec_t<double>(_mm512_maskz_loadu_pd(k.m, p));
+}
+#elif defined(PYCONV_SIMD_AVX2)
 template <>
 struct LaneMask<float> {
   __m256i m;
@@ -124,7 +168,16 @@ struct MaskWord<double> {
 };
 template <typename T>
 using mask_word_t = typename MaskWord<T>::type;
-#if defined(__AVX2__)
+#if defined(PYCONV_SIMD_AVX512)
+PYCONV_INLINE vec_t<float> vload_where(const float* p, const int32_t* m) {
+  const __m512i w = _mm512_loadu_si512(m);
+  return vec_t<float>(_mm512_maskz_loadu_ps(_mm512_test_epi32_mask(w, w), p));
+}
+PYCONV_INLINE vec_t<double> vload_where(const double* p, const int64_t* m) {
+  const __m512i w = _mm512_loadu_si512(m);
+  return vec_t<double>(_mm512_maskz_loadu_pd(_mm512_test_epi64_mask(w, w), p));
+}
+#elif defined(PYCONV_SIMD_AVX2)
 PYCONV_INLINE vec_t<float> vload_where(const float* p, const int32_t* m) {
   return vec_t<float>(_mm256_maskload_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m))));
 }
@@ -141,7 +194,16 @@ PYCONV_INLINE vec_t<T> vload_where(const T* p, const mask_word_t<T>* m) {
 }
 #endif
 // The even lanes of a, then those of b (a stride-2 gather from two contiguous vectors).
-#if defined(__AVX2__)
+#if defined(PYCONV_SIMD_AVX512)
+PYCONV_INLINE vec_t<float> vevens(vec_t<float> a, vec_t<float> b) {
+  const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return vec_t<float>(_mm512_permutex2var_ps(__m512(a), idx, __m512(b)));
+}
+PYCONV_INLINE vec_t<double> vevens(vec_t<double> a, vec_t<double> b) {
+  const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  return vec_t<double>(_mm512_permutex2var_pd(__m512d(a), idx, __m512d(b)));
+}
+#elif defined(PYCONV_SIMD_AVX2)
 PYCONV_INLINE vec_t<float> vevens(vec_t<float> a, vec_t<float> b) {
   const __m256 e = _mm256_shuffle_ps(__m256(a), __m256(b), _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 a4 a6 b4 b6
   return vec_t<float>(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
@@ -160,7 +222,50 @@ PYCONV_INLINE V vevens(V a, V b) {
 }
 #endif
 // Transposes a W x W block held in W vectors: r[i][j] <-> r[j][i] (channels <-> pixels).
-#if defined(__AVX2__)
+#if defined(PYCONV_SIMD_AVX512)
+// Within each 128-bit lane the first two steps transpose 4x4 blocks (as the AVX2 version); the
+// last two gather lane L of four registers into one row.
+PYCONV_INLINE void vtranspose(vec_t<float> (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(__m512(r[i]), __m512(r[i + 1]));
+    t[i + 1] = _mm512_unpackhi_ps(__m512(r[i]), __m512(r[i + 1]));
+  }
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  // u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c
+  for (int c = 0; c < 4; ++c) {
+    const __m512 w0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), w1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 x0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512 x1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = vec_t<float>(_mm512_shuffle_f32x4(w0, x0, 0x88));
+    r[8 + c] = vec_t<float>(_mm512_shuffle_f32x4(w0, x0, 0xDD));
+    r[4 + c] = vec_t<float>(_mm512_shuffle_f32x4(w1, x1, 0x88));
+    r[12 + c] = vec_t<float>(_mm512_shuffle_f32x4(w1, x1, 0xDD));
+  }
+}
+PYCONV_INLINE void vtranspose(vec_t<double> (&r)[8]) {
+  __m512d t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm512_unpacklo_pd(__m512d(r[i]), __m512d(r[i + 1]));
+    t[i + 1] = _mm512_unpackhi_pd(__m512d(r[i]), __m512d(r[i + 1]));
+  }
+  // t[2g + c], 128-bit lane L: rows 2g, 2g+1 of column 2L + c
+  for (int c = 0; c < 2; ++c) {
+    const __m512d w0 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88), w1 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xDD);
+    const __m512d x0 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88);
+    const __m512d x1 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xDD);
+    r[c] = vec_t<double>(_mm512_shuffle_f64x2(w0, x0, 0x88));
+    r[4 + c] = vec_t<double>(_mm512_shuffle_f64x2(w0, x0, 0xDD));
+    r[2 + c] = vec_t<double>(_mm512_shuffle_f64x2(w1, x1, 0x88));
+    r[6 + c] = vec_t<double>(_mm512_shuffle_f64x2(w1, x1, 0xDD));
+  }
+}
+#elif defined(PYCONV_SIMD_AVX2)
 PYCONV_INLINE void vtranspose(vec_t<float> (&r)[8]) {
   __m256 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
@@ -201,7 +306,7 @@ PYCONV_INLINE void vtranspose(V (&r)[N]) {
 #endif
 template <typename T>
 PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
-  typedef int64_t I __attribute__((vector_size(32)));
+  typedef int64_t I __attribute__((vector_size(kVectorBytes)));
   return vec_t<T>(I(a) | I(b));
 }
 

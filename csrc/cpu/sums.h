@@ -79,7 +79,8 @@ inline void sum_pair_float_blocks(const float* a, const float* b, const float* m
   constexpr int W = Simd<float>::W, kBlock = 8 * W;
   if (double(float(ka)) != ka || double(float(kb)) != kb) return sum_pair(a, b, m, ka, kb, n, out, mhi);
   const V va = vbroadcast<float>(float(ka)), vb = vbroadcast<float>(float(kb)), vhi = vbroadcast<float>(float(mhi));
-  d4 s1[2] = {}, s2[2] = {};
+  constexpr int H = W / 4;  // d4 accumulators per float vector
+  d4 s1[H] = {}, s2[H] = {};
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     V f1[2] = {}, f2[2] = {};
@@ -94,16 +95,17 @@ inline void sum_pair_float_blocks(const float* a, const float* b, const float* m
       f2[u & 1] += da * db;
     }
     const V t1 = f1[0] + f1[1], t2 = f2[0] + f2[1];
-    alignas(32) float b1[W], b2[W];
+    alignas(64) float b1[W], b2[W];
     vstore(b1, t1);
     vstore(b2, t2);
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < H; ++h) {
       s1[h] += load4d(b1 + 4 * h);
       s2[h] += load4d(b2 + 4 * h);
     }
   }
   double rest[2];
   sum_pair(a + i, b + i, m ? m + i : nullptr, ka, kb, n - i, rest, mhi);
+  for (int h = 2; h < H; h += 2) s1[h & 1] += s1[h] + s1[h + 1], s2[h & 1] += s2[h] + s2[h + 1];
   const d4 t1 = s1[0] + s1[1], t2 = s2[0] + s2[1];
   out[0] = rest[0] + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
   out[1] = rest[1] + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
