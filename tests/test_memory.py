@@ -11,7 +11,7 @@ import pyconv.functional as PF
 from pyconv import PyConvError, _C, memory
 
 BIG = (2, 8, 400, 400)  # 10 MiB in float32: above the 8 MiB from which freed blocks are kept
-MID = (2, 8, 160, 160)  # 1.6 MiB: from the cache, freed back to malloc
+MID = (2, 8, 160, 160)  # 1.6 MiB: from the cache, kept within the budget for blocks under 8 MiB
 assert 4 * 2 * 8 * 400 * 400 >= _C.host_cache_keep_bytes() > 4 * 2 * 8 * 160 * 160 >= _C.host_cache_min_bytes()
 
 
@@ -63,14 +63,25 @@ def test_shapes_dtypes_and_small_requests():
     assert empty.numel() == 0
 
 
-def test_blocks_under_the_keep_floor_go_back_to_malloc():
+def test_blocks_under_the_keep_floor_are_kept_up_to_their_budget():
+    memory.empty_cache()
     before = memory.stats()
     t = memory.cached_empty(MID, torch.float32).fill_(1.0)
     assert t.data_ptr() % 128 == 0 and torch.all(t == 1.0)
     assert memory.stats()["in_use_bytes"] >= before["in_use_bytes"] + t.numel() * 4
+    ptr = t.data_ptr()
     del t
     after = memory.stats()
-    assert after["in_use_bytes"] == before["in_use_bytes"] and after["cached_bytes"] == before["cached_bytes"]
+    assert after["in_use_bytes"] == before["in_use_bytes"] and after["cached_bytes"] > before["cached_bytes"]
+    again = memory.cached_empty(MID, torch.float32)
+    assert again.data_ptr() >> 16 == ptr >> 16 and memory.stats()["hits"] > after["hits"]  # the same block
+    del again
+    # past the budget for small blocks, frees go back to malloc: what stays cached is bounded
+    many = [memory.cached_empty(MID, torch.float32) for _ in range(3 * _C.host_cache_small_keep_bytes() // (4 << 20))]
+    del many
+    assert 0 < memory.stats()["cached_bytes"] <= _C.host_cache_small_keep_bytes()
+    memory.empty_cache()
+    assert memory.stats()["cached_bytes"] == 0
 
 
 def test_limit_and_empty_cache():

@@ -138,10 +138,12 @@ def test_streamed_filters_by_position_over_several_spans():
 # (x size, weight size, groups, dtype): grad-weight's two schedules. Slots: 10 channels (a partial V
 # row block), 7 per group (a partial Z row block); 3 groups of 5 F(2x2) blocks = 15 blocks in 8 slots,
 # so slots start and end inside groups and cross from one group to the next. Shared: float64 F(4x4)
-# at 120 channels, two blocks whose dU copies would pass the slots' memory bound.
+# at 120 channels, two blocks whose dU copies would pass the slots' memory bound. Few tiles (CIFAR's
+# 64-channel 8x8 layers): F(4x4)'s 32 tiles in blocks of 16, fewer than a panel (NR) of AVX-512.
 GRAD_WEIGHT_SCHEDULES = [((3, 10, 13, 11), (14, 5, 3, 3), 2, torch.float32),
                          ((2, 12, 16, 18), (15, 4, 3, 3), 3, torch.float32),
-                         ((2, 120, 10, 10), (120, 120, 3, 3), 1, torch.float64)]
+                         ((2, 120, 10, 10), (120, 120, 3, 3), 1, torch.float64),
+                         ((8, 40, 8, 8), (36, 40, 3, 3), 1, torch.float32)]  # few tiles: blocks under a panel
 
 
 @pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])

@@ -59,6 +59,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("host_cache_empty", &pyconv::host_cache_empty);
   m.def("host_cache_min_bytes", [] { return pyconv::kHostCacheMinBytes; });
   m.def("host_cache_keep_bytes", [] { return pyconv::kHostCacheKeepBytes; });
+  m.def("host_cache_small_keep_bytes", [] { return pyconv::kHostCacheSmallKeepBytes; });
   pyconv::bind_conv(m);
   pyconv::bind_pool(m);
   pyconv::bind_batch_norm(m);

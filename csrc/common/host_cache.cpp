@@ -35,6 +35,7 @@ struct HostCache {
   std::unordered_map<void*, Block> live;   // handed-out pointer -> its block
   std::multimap<size_t, void*> cached;     // size -> free block, most recently freed first
   size_t in_use = 0, cached_bytes = 0, limit = size_t(1) << 30;
+  size_t small_cached_bytes = 0;  // of cached_bytes, in blocks under kHostCacheKeepBytes
   int64_t hits = 0, misses = 0;
   size_t next_color = 0;
 
@@ -46,14 +47,17 @@ struct HostCache {
     return p;
   }
 
-  // Frees cached blocks, largest first, until at most `keep` bytes stay cached (mu held).
-  void trim(size_t keep) {
-    while (cached_bytes > keep && !cached.empty()) {
-      auto last = std::prev(cached.end());
-      cached_bytes -= last->first;
-      std::free(last->second);
-      cached.erase(last);
-    }
+  void drop(std::multimap<size_t, void*>::iterator it) {
+    cached_bytes -= it->first;
+    if (it->first < kHostCacheKeepBytes) small_cached_bytes -= it->first;
+    std::free(it->second);
+    cached.erase(it);
+  }
+  // Frees cached blocks, largest first, until at most `keep` bytes stay cached, of them at most
+  // `keep_small` in small blocks (mu held).
+  void trim(size_t keep, size_t keep_small = kHostCacheSmallKeepBytes) {
+    while (cached_bytes > keep && !cached.empty()) drop(std::prev(cached.end()));
+    while (small_cached_bytes > keep_small) drop(std::prev(cached.lower_bound(kHostCacheKeepBytes)));
   }
 };
 
@@ -90,6 +94,7 @@ void* host_cache_alloc(size_t bytes) {
       const size_t got = it->first;
       c.cached.erase(it);
       c.cached_bytes -= got;
+      if (got < kHostCacheKeepBytes) c.small_cached_bytes -= got;
       ++c.hits;
       return c.hand_out(base, got);
     }
@@ -117,7 +122,7 @@ void host_cache_free(void* p) {
   const Block b = it->second;
   c.live.erase(it);
   c.in_use -= b.size;
-  if (b.size > c.limit || b.size < kHostCacheKeepBytes) {
+  if (b.size > c.limit || (b.size < kHostCacheKeepBytes && b.size > kHostCacheSmallKeepBytes)) {
     std::free(b.base);
     return;
   }
@@ -125,6 +130,7 @@ void host_cache_free(void* p) {
   // may still be in cache (the oldest costs a trip to memory per line it writes)
   c.cached.emplace_hint(c.cached.lower_bound(b.size), b.size, b.base);
   c.cached_bytes += b.size;
+  if (b.size < kHostCacheKeepBytes) c.small_cached_bytes += b.size;
   c.trim(c.limit);
 }
 
@@ -144,7 +150,7 @@ void host_cache_set_limit(size_t bytes) {
 void host_cache_empty() {
   HostCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
-  c.trim(0);
+  c.trim(0, 0);
 }
 
 }  // namespace pyconv

@@ -6,7 +6,7 @@
 // run in a loop touches the same pages every step. Blocks of 16 MiB and more are 2 MiB-aligned
 // multiples of 2 MiB, smaller ones multiples of 64 KiB; all are advised as transparent huge pages.
 // Cached (freed, unused) bytes stay under a limit; past it the largest cached blocks go back to the
-// system. Freed blocks under kHostCacheKeepBytes go back to malloc instead.
+// system. Of freed blocks under kHostCacheKeepBytes only kHostCacheSmallKeepBytes are kept.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +23,11 @@ constexpr size_t kHostCacheMinBytes = size_t(1) << 20;
 // fresh pages cost the most (a 2 MiB huge page is zeroed on first touch) and that glibc unmaps on
 // every free.
 constexpr size_t kHostCacheKeepBytes = size_t(8) << 20;
+// Smaller freed blocks are kept too, up to this many bytes of them (the largest go first past it):
+// kernel workspaces of 1-8 MiB, freed to malloc, came back as fresh pages on many calls (glibc trims
+// the top of its heap), and on a virtual machine a fault costs more than the kernel's own work on a
+// small layer (F(4x4)'s grad-weight on CIFAR's 64-channel 8x8 layer: a quarter of its time).
+constexpr size_t kHostCacheSmallKeepBytes = size_t(24) << 20;
 
 // At least `bytes`, 128-byte aligned; throws std::bad_alloc.
 void* host_cache_alloc(size_t bytes);

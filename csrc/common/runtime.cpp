@@ -50,8 +50,10 @@ size_t checked_bytes(int64_t count, size_t elem_size) {
 namespace {
 size_t workspace_rounded(size_t bytes) { return (bytes + 63) / 64 * 64; }
 // Large scratch (Winograd's transformed tiles, GEMM panels of wide layers) comes from the host cache:
-// reused pages instead of fresh ones every call.
-bool workspace_cached(size_t bytes) { return workspace_rounded(bytes) >= kHostCacheMinBytes; }
+// reused pages instead of fresh ones every call. From 256 KiB: glibc maps blocks past its mmap
+// threshold (128 KiB at first) fresh on every call, and trims the top of its heap.
+constexpr size_t kWorkspaceCacheMinBytes = size_t(256) << 10;
+bool workspace_cached(size_t bytes) { return workspace_rounded(bytes) >= kWorkspaceCacheMinBytes; }
 }  // namespace
 
 Workspace::Workspace(size_t bytes) : bytes_(bytes) {

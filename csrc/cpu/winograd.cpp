@@ -601,11 +601,16 @@ struct WeightGradPlan {
 constexpr int64_t kMaxWeightGradSlots = 8;
 constexpr int64_t kWeightGradSlotBytes = int64_t(6) << 20;  // all slots' dU together
 
-// Tiles per block of the slot schedule: 2 * NR, or NR where that leaves fewer than 4 blocks to share
-// out (64 channels at 8x8, batch 8, F(4x4): 32 tiles in 2 slots instead of 1, 0.29 -> 0.18 ms).
+// Tiles per block of the slot schedule: 2 * NR, halved (down to 64 bytes of tiles: 16 floats, 8
+// doubles) while that leaves fewer than 4 blocks to share out (64 channels at 8x8, batch 8, F(4x4):
+// 32 tiles in 2 slots instead of 1, 0.29 -> 0.18 ms; with AVX-512's 32-float panels one block held
+// all 32 tiles and the layer fell to the shared schedule, 2.4x slower).
 template <typename T, int M>
 int64_t weight_grad_slot_tiles(const Conv& c) {
-  return c.G * ceil_div(Tiling<M>(c).tiles, 2 * kNR<T>) >= 4 ? 2 * kNR<T> : kNR<T>;
+  const int64_t tiles = Tiling<M>(c).tiles, least = 64 / int64_t(sizeof(T));
+  int64_t nb = 2 * kNR<T>;
+  while (nb > least && c.G * ceil_div(tiles, nb) < 4) nb /= 2;
+  return imax(nb, least);
 }
 
 // The slot count for a plan with weight_grad_slot_tiles' blocks; 0: the shared schedule.
