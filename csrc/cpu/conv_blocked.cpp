@@ -36,7 +36,11 @@ namespace pyconv {
 namespace PYCONV_ISA {
 namespace {
 
-constexpr int kMR = 6;                  // output pixels per register tile
+#if defined(PYCONV_SIMD_AVX512)
+constexpr int kMR = 12;  // output pixels per register tile: 24 accumulators of the 32 zmm registers
+#else
+constexpr int kMR = 6;  // output pixels per register tile
+#endif
 constexpr int64_t kBlockPixels = 960;   // pixels per task: a [960][NR] float tile is 60 KiB
 constexpr int64_t kChunkBytes = 16384;  // filters of one input-channel chunk, kept in L1
 // Prepared filters (inference): a header (Kg, Cg, R, S, G, W) checked against each call, then wb.
