@@ -130,6 +130,16 @@ void block_input(const Blocked& b, const T* x, T* xb) {
       vtranspose(r);
       for (int m = 0; m < W; ++m) vstore(out + (j + m) * W, r[m]);
     }
+    // the row's last columns (fewer than W; a whole 7- or 14-wide row with AVX-512's 16 lanes) as one
+    // masked step rather than element by element
+    if (const int64_t left = imin(b.Wp - j, s.W - (j - s.pad_w)); j >= s.pad_w && left > 0) {
+      const LaneMask<T> cols(0, left);
+      V r[W];
+      for (int l = 0; l < W; ++l) r[l] = l < nc ? vload_masked(src[l] + (j - s.pad_w), cols) : V{};
+      vtranspose(r);
+      for (int m = 0; m < left; ++m) vstore(out + (j + m) * W, r[m]);
+      j += left;
+    }
     for (; j < b.Wp; ++j) {
       const int64_t sj = j - s.pad_w;
       for (int l = 0; l < W; ++l) out[j * W + l] = (l < nc && sj >= 0 && sj < s.W) ? src[l][sj] : T(0);
