@@ -87,58 +87,61 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 }
 
 
-#if defined(PYCONV_SIMD_AVX2)
-// AVX2 + FMA: the same kernel written in assembly. GCC's register allocator spills accumulators of
-// the vector-extension version (about 20% slower); here ymm0-11 hold the 6x2 accumulators, ymm12-13
-// the B row, ymm14 the broadcast A element. One step: 2 loads, 6 broadcasts, 12 FMAs; the loop runs
-// 4 steps per iteration.
-// The 12 accumulators ymm0-11 (an MR x NR tile, rows NR wide) from / to the tile at %[t]; the GEMM
-// micro-kernel stores them, the blocked direct kernel (conv_blocked.cpp) loads and stores them.
-#define PYCONV_ASM_TILE_LOAD                                                  \
-  "vmovups (%[t]), %%ymm0\n\t vmovups 32(%[t]), %%ymm1\n\t"                  \
-  "vmovups 64(%[t]), %%ymm2\n\t vmovups 96(%[t]), %%ymm3\n\t"                \
-  "vmovups 128(%[t]), %%ymm4\n\t vmovups 160(%[t]), %%ymm5\n\t"              \
-  "vmovups 192(%[t]), %%ymm6\n\t vmovups 224(%[t]), %%ymm7\n\t"              \
-  "vmovups 256(%[t]), %%ymm8\n\t vmovups 288(%[t]), %%ymm9\n\t"              \
-  "vmovups 320(%[t]), %%ymm10\n\t vmovups 352(%[t]), %%ymm11\n\t"
-#define PYCONV_ASM_TILE_STORE                                                 \
-  "vmovups %%ymm0, (%[t])\n\t vmovups %%ymm1, 32(%[t])\n\t"                  \
-  "vmovups %%ymm2, 64(%[t])\n\t vmovups %%ymm3, 96(%[t])\n\t"                \
-  "vmovups %%ymm4, 128(%[t])\n\t vmovups %%ymm5, 160(%[t])\n\t"              \
-  "vmovups %%ymm6, 192(%[t])\n\t vmovups %%ymm7, 224(%[t])\n\t"              \
-  "vmovups %%ymm8, 256(%[t])\n\t vmovups %%ymm9, 288(%[t])\n\t"              \
-  "vmovups %%ymm10, 320(%[t])\n\t vmovups %%ymm11, 352(%[t])\n\t"
-#define PYCONV_GEMM_ROW(aoff, off, acc0, acc1)                               \
-  "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%ymm14\n\t"            \
-  "vfmadd231p" PYCONV_P " %%ymm12, %%ymm14, %%ymm" acc0 "\n\t"              \
-  "vfmadd231p" PYCONV_P " %%ymm13, %%ymm14, %%ymm" acc1 "\n\t"
-// One k step at A byte offset aoff, B byte offset boff (prefetching B pf bytes ahead).
-#define PYCONV_GEMM_STEP_ASM(aoff, boff, pf, O1, O2, O3, O4, O5)                         \
-  "prefetcht0 " pf "(%[b])\n\t"                                                          \
-  "vmovups " boff "(%[b]), %%ymm12\n\t"                                                  \
-  "vmovups " boff "+32(%[b]), %%ymm13\n\t"                                               \
-  PYCONV_GEMM_ROW(aoff, "0", "0", "1") PYCONV_GEMM_ROW(aoff, O1, "2", "3")               \
-  PYCONV_GEMM_ROW(aoff, O2, "4", "5") PYCONV_GEMM_ROW(aoff, O3, "6", "7")                \
-  PYCONV_GEMM_ROW(aoff, O4, "8", "9") PYCONV_GEMM_ROW(aoff, O5, "10", "11")
-#define PYCONV_GEMM_ASM_KERNEL(T, SFX, P, O1, O2, O3, O4, O5, ASTEP)                               \
+#if defined(PYCONV_SIMD_AVX2) || defined(PYCONV_SIMD_AVX512)
+// AVX2 + FMA and AVX-512: the same kernel written in assembly, one text for both, on ymm or zmm
+// registers (PYCONV_VR, PYCONV_VB bytes each; 6x16 / 6x8 tiles on AVX2, 6x32 / 6x16 on AVX-512).
+// GCC's register allocation of the vector-extension version spilled accumulators on AVX2 (about 20%
+// slower) and copied registers inside the loop on AVX-512 (195 GFLOP/s on 2 cores); here registers
+// 0-11 hold the 6x2 accumulators, 12-13 the B row, 14 the broadcast A element. One step: 2 loads, 6
+// broadcasts, 12 FMAs; the loop runs 4 steps per iteration and prefetches B 8 rows ahead.
+#if defined(PYCONV_SIMD_AVX512)
+#define PYCONV_VR "zmm"
+#define PYCONV_VB "64"
+#else
+#define PYCONV_VR "ymm"
+#define PYCONV_VB "32"
+#endif
+// The 12 accumulators (an MR x NR tile, rows NR wide) from / to the tile at %[t]; the GEMM
+// micro-kernel stores them, the AVX2 blocked direct kernel (conv_blocked.cpp) loads and stores them.
+#define PYCONV_ASM_TILE_MOV(j) "vmovups " #j "*" PYCONV_VB "(%[t]), %%" PYCONV_VR #j "\n\t"
+#define PYCONV_ASM_TILE_PUT(j) "vmovups %%" PYCONV_VR #j ", " #j "*" PYCONV_VB "(%[t])\n\t"
+#define PYCONV_ASM_TILE_LOAD                                                                    \
+  PYCONV_ASM_TILE_MOV(0) PYCONV_ASM_TILE_MOV(1) PYCONV_ASM_TILE_MOV(2) PYCONV_ASM_TILE_MOV(3)    \
+  PYCONV_ASM_TILE_MOV(4) PYCONV_ASM_TILE_MOV(5) PYCONV_ASM_TILE_MOV(6) PYCONV_ASM_TILE_MOV(7)    \
+  PYCONV_ASM_TILE_MOV(8) PYCONV_ASM_TILE_MOV(9) PYCONV_ASM_TILE_MOV(10) PYCONV_ASM_TILE_MOV(11)
+#define PYCONV_ASM_TILE_STORE                                                                   \
+  PYCONV_ASM_TILE_PUT(0) PYCONV_ASM_TILE_PUT(1) PYCONV_ASM_TILE_PUT(2) PYCONV_ASM_TILE_PUT(3)    \
+  PYCONV_ASM_TILE_PUT(4) PYCONV_ASM_TILE_PUT(5) PYCONV_ASM_TILE_PUT(6) PYCONV_ASM_TILE_PUT(7)    \
+  PYCONV_ASM_TILE_PUT(8) PYCONV_ASM_TILE_PUT(9) PYCONV_ASM_TILE_PUT(10) PYCONV_ASM_TILE_PUT(11)
+#define PYCONV_ASM_ZERO(j) "vxorps %%" PYCONV_VR #j ", %%" PYCONV_VR #j ", %%" PYCONV_VR #j "\n\t"
+#define PYCONV_GEMM_ROW(aoff, off, acc0, acc1)                                              \
+  "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%" PYCONV_VR "14\n\t"                 \
+  "vfmadd231p" PYCONV_P " %%" PYCONV_VR "12, %%" PYCONV_VR "14, %%" PYCONV_VR acc0 "\n\t"  \
+  "vfmadd231p" PYCONV_P " %%" PYCONV_VR "13, %%" PYCONV_VR "14, %%" PYCONV_VR acc1 "\n\t"
+// Step i of an iteration, at A byte offset i*ASTEP and B byte offset i * 2 vectors.
+#define PYCONV_GEMM_STEP_ASM(i, ASTEP, O1, O2, O3, O4, O5)                                  \
+  "prefetcht0 16*" PYCONV_VB "+" #i "*2*" PYCONV_VB "(%[b])\n\t"                             \
+  "vmovups " #i "*2*" PYCONV_VB "(%[b]), %%" PYCONV_VR "12\n\t"                             \
+  "vmovups " #i "*2*" PYCONV_VB "+" PYCONV_VB "(%[b]), %%" PYCONV_VR "13\n\t"                 \
+  PYCONV_GEMM_ROW(#i "*" ASTEP, "0", "0", "1") PYCONV_GEMM_ROW(#i "*" ASTEP, O1, "2", "3")  \
+  PYCONV_GEMM_ROW(#i "*" ASTEP, O2, "4", "5") PYCONV_GEMM_ROW(#i "*" ASTEP, O3, "6", "7")   \
+  PYCONV_GEMM_ROW(#i "*" ASTEP, O4, "8", "9") PYCONV_GEMM_ROW(#i "*" ASTEP, O5, "10", "11")
+#define PYCONV_GEMM_ASM_KERNEL(T, O1, O2, O3, O4, O5, ASTEP)                                       \
   PYCONV_INLINE void gemm_micro_kernel_asm(int64_t kc, const T* a, const T* b, T* tile) {           \
     __asm__ volatile(                                                                               \
-        "vxorps %%ymm0, %%ymm0, %%ymm0\n\t vxorps %%ymm1, %%ymm1, %%ymm1\n\t"                      \
-        "vxorps %%ymm2, %%ymm2, %%ymm2\n\t vxorps %%ymm3, %%ymm3, %%ymm3\n\t"                      \
-        "vxorps %%ymm4, %%ymm4, %%ymm4\n\t vxorps %%ymm5, %%ymm5, %%ymm5\n\t"                      \
-        "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t"                      \
-        "vxorps %%ymm8, %%ymm8, %%ymm8\n\t vxorps %%ymm9, %%ymm9, %%ymm9\n\t"                      \
-        "vxorps %%ymm10, %%ymm10, %%ymm10\n\t vxorps %%ymm11, %%ymm11, %%ymm11\n\t"                \
+        PYCONV_ASM_ZERO(0) PYCONV_ASM_ZERO(1) PYCONV_ASM_ZERO(2) PYCONV_ASM_ZERO(3)                 \
+        PYCONV_ASM_ZERO(4) PYCONV_ASM_ZERO(5) PYCONV_ASM_ZERO(6) PYCONV_ASM_ZERO(7)                 \
+        PYCONV_ASM_ZERO(8) PYCONV_ASM_ZERO(9) PYCONV_ASM_ZERO(10) PYCONV_ASM_ZERO(11)               \
         "cmp $4, %[k]\n\t"                                                                          \
         "jl 3f\n\t"                                                                                 \
         ".p2align 4\n"                                                                              \
         "1:\n\t"                                                                                    \
-        PYCONV_GEMM_STEP_ASM("0*" ASTEP, "0", "512", O1, O2, O3, O4, O5)                                                       \
-        PYCONV_GEMM_STEP_ASM("1*" ASTEP, "64", "576", O1, O2, O3, O4, O5)                                                      \
-        PYCONV_GEMM_STEP_ASM("2*" ASTEP, "128", "640", O1, O2, O3, O4, O5)                                                     \
-        PYCONV_GEMM_STEP_ASM("3*" ASTEP, "192", "704", O1, O2, O3, O4, O5)                                                     \
+        PYCONV_GEMM_STEP_ASM(0, ASTEP, O1, O2, O3, O4, O5)                                          \
+        PYCONV_GEMM_STEP_ASM(1, ASTEP, O1, O2, O3, O4, O5)                                          \
+        PYCONV_GEMM_STEP_ASM(2, ASTEP, O1, O2, O3, O4, O5)                                          \
+        PYCONV_GEMM_STEP_ASM(3, ASTEP, O1, O2, O3, O4, O5)                                          \
         "add $4*" ASTEP ", %[a]\n\t"                                                                \
-        "add $256, %[b]\n\t"                                                                        \
+        "add $4*2*" PYCONV_VB ", %[b]\n\t"                                                          \
         "sub $4, %[k]\n\t"                                                                          \
         "cmp $4, %[k]\n\t"                                                                          \
         "jge 1b\n"                                                                                  \
@@ -146,9 +149,9 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
         "test %[k], %[k]\n\t"                                                                       \
         "jle 2f\n"                                                                                  \
         "4:\n\t"                                                                                    \
-        PYCONV_GEMM_STEP_ASM("0*" ASTEP, "0", "512", O1, O2, O3, O4, O5)                                                       \
+        PYCONV_GEMM_STEP_ASM(0, ASTEP, O1, O2, O3, O4, O5)                                          \
         "add $" ASTEP ", %[a]\n\t"                                                                  \
-        "add $64, %[b]\n\t"                                                                         \
+        "add $2*" PYCONV_VB ", %[b]\n\t"                                                            \
         "dec %[k]\n\t"                                                                              \
         "jnz 4b\n"                                                                                  \
         "2:\n\t"                                                                                    \
@@ -160,95 +163,20 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
   }
 #define PYCONV_SFX "ss"
 #define PYCONV_P "s"
-PYCONV_GEMM_ASM_KERNEL(float, "ss", "s", "4", "8", "12", "16", "20", "24")
+PYCONV_GEMM_ASM_KERNEL(float, "4", "8", "12", "16", "20", "24")
 #undef PYCONV_SFX
 #undef PYCONV_P
 #define PYCONV_SFX "sd"
 #define PYCONV_P "d"
-PYCONV_GEMM_ASM_KERNEL(double, "sd", "d", "8", "16", "24", "32", "40", "48")
+PYCONV_GEMM_ASM_KERNEL(double, "8", "16", "24", "32", "40", "48")
 #undef PYCONV_SFX
 #undef PYCONV_P
 #undef PYCONV_GEMM_ASM_KERNEL
 #undef PYCONV_GEMM_STEP_ASM
 #undef PYCONV_GEMM_ROW
-
-template <typename T>
-PYCONV_INLINE void gemm_micro_kernel(int64_t kc, const T* a, const T* b, T* tile) {
-  gemm_micro_kernel_asm(kc, a, b, tile);
-}
-#elif defined(PYCONV_SIMD_AVX512)
-// AVX-512: the same 6 x 2-vector kernel on zmm registers (6x32 float, 6x16 double; a B row is 128
-// bytes either way). GCC's version of the portable kernel reached 195 GFLOP/s on 2 cores with
-// register copies in its loop. zmm0-11 accumulate, zmm12-13 hold the B row, zmm14 the broadcast.
-#define PYCONV_Z_ROW(aoff, off, acc0, acc1)                                  \
-  "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%zmm14\n\t"            \
-  "vfmadd231p" PYCONV_P " %%zmm12, %%zmm14, %%zmm" acc0 "\n\t"              \
-  "vfmadd231p" PYCONV_P " %%zmm13, %%zmm14, %%zmm" acc1 "\n\t"
-#define PYCONV_Z_STEP(aoff, boff, pf, O1, O2, O3, O4, O5)                                 \
-  "prefetcht0 " pf "(%[b])\n\t"                                                          \
-  "vmovups " boff "(%[b]), %%zmm12\n\t"                                                  \
-  "vmovups " boff "+64(%[b]), %%zmm13\n\t"                                               \
-  PYCONV_Z_ROW(aoff, "0", "0", "1") PYCONV_Z_ROW(aoff, O1, "2", "3")                      \
-  PYCONV_Z_ROW(aoff, O2, "4", "5") PYCONV_Z_ROW(aoff, O3, "6", "7")                       \
-  PYCONV_Z_ROW(aoff, O4, "8", "9") PYCONV_Z_ROW(aoff, O5, "10", "11")
-#define PYCONV_Z_KERNEL(T, O1, O2, O3, O4, O5, ASTEP)                                                \
-  PYCONV_INLINE void gemm_micro_kernel_asm(int64_t kc, const T* a, const T* b, T* tile) {           \
-    __asm__ volatile(                                                                               \
-        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t vpxord %%zmm1, %%zmm1, %%zmm1\n\t"                      \
-        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t vpxord %%zmm3, %%zmm3, %%zmm3\n\t"                      \
-        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t vpxord %%zmm5, %%zmm5, %%zmm5\n\t"                      \
-        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t vpxord %%zmm7, %%zmm7, %%zmm7\n\t"                      \
-        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t vpxord %%zmm9, %%zmm9, %%zmm9\n\t"                      \
-        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t vpxord %%zmm11, %%zmm11, %%zmm11\n\t"                \
-        "cmp $4, %[k]\n\t"                                                                          \
-        "jl 3f\n\t"                                                                                 \
-        ".p2align 4\n"                                                                              \
-        "1:\n\t"                                                                                    \
-        PYCONV_Z_STEP("0*" ASTEP, "0", "1024", O1, O2, O3, O4, O5)                                  \
-        PYCONV_Z_STEP("1*" ASTEP, "128", "1152", O1, O2, O3, O4, O5)                                \
-        PYCONV_Z_STEP("2*" ASTEP, "256", "1280", O1, O2, O3, O4, O5)                                \
-        PYCONV_Z_STEP("3*" ASTEP, "384", "1408", O1, O2, O3, O4, O5)                                \
-        "add $4*" ASTEP ", %[a]\n\t"                                                                \
-        "add $512, %[b]\n\t"                                                                        \
-        "sub $4, %[k]\n\t"                                                                          \
-        "cmp $4, %[k]\n\t"                                                                          \
-        "jge 1b\n"                                                                                  \
-        "3:\n\t"                                                                                    \
-        "test %[k], %[k]\n\t"                                                                       \
-        "jle 2f\n"                                                                                  \
-        "4:\n\t"                                                                                    \
-        PYCONV_Z_STEP("0*" ASTEP, "0", "1024", O1, O2, O3, O4, O5)                                  \
-        "add $" ASTEP ", %[a]\n\t"                                                                  \
-        "add $128, %[b]\n\t"                                                                        \
-        "dec %[k]\n\t"                                                                              \
-        "jnz 4b\n"                                                                                  \
-        "2:\n\t"                                                                                    \
-        "vmovups %%zmm0, (%[t])\n\t vmovups %%zmm1, 64(%[t])\n\t"                                  \
-        "vmovups %%zmm2, 128(%[t])\n\t vmovups %%zmm3, 192(%[t])\n\t"                              \
-        "vmovups %%zmm4, 256(%[t])\n\t vmovups %%zmm5, 320(%[t])\n\t"                              \
-        "vmovups %%zmm6, 384(%[t])\n\t vmovups %%zmm7, 448(%[t])\n\t"                              \
-        "vmovups %%zmm8, 512(%[t])\n\t vmovups %%zmm9, 576(%[t])\n\t"                              \
-        "vmovups %%zmm10, 640(%[t])\n\t vmovups %%zmm11, 704(%[t])\n\t"                            \
-        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)                                                   \
-        : [t] "r"(tile)                                                                             \
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
-          "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                     \
-  }
-#define PYCONV_SFX "ss"
-#define PYCONV_P "s"
-PYCONV_Z_KERNEL(float, "4", "8", "12", "16", "20", "24")
-#undef PYCONV_SFX
-#undef PYCONV_P
-#define PYCONV_SFX "sd"
-#define PYCONV_P "d"
-PYCONV_Z_KERNEL(double, "8", "16", "24", "32", "40", "48")
-#undef PYCONV_SFX
-#undef PYCONV_P
-#undef PYCONV_Z_KERNEL
-#undef PYCONV_Z_STEP
-#undef PYCONV_Z_ROW
-static_assert(GemmBlocking<float>::NR * sizeof(float) == 128 && GemmBlocking<double>::NR * sizeof(double) == 128,
-              "the AVX-512 micro-kernel's B row is 128 bytes");
+#undef PYCONV_ASM_ZERO
+static_assert(GemmBlocking<float>::NR == 2 * Simd<float>::W && GemmBlocking<double>::NR == 2 * Simd<double>::W,
+              "the assembly micro-kernel's B row is 2 vectors");
 
 template <typename T>
 PYCONV_INLINE void gemm_micro_kernel(int64_t kc, const T* a, const T* b, T* tile) {
