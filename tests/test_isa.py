@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-ORDER = ["generic", "avx2", "avx512"]
+from pyconv._config import ISA_NAMES
+
+ORDER = list(ISA_NAMES)  # lowest first
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_TESTS = ["test_conv2d.py", "test_conv_blocked.py", "test_winograd.py", "test_conv_im2col.py", "test_gemm.py",
                 "test_prepared.py", "test_pool.py", "test_batch_norm.py", "test_conv_bn_relu.py", "test_grad_bias.py",

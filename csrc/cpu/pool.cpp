@@ -102,11 +102,7 @@ Geometry make_geometry(const PoolShape& s, int64_t rows_total, InRows in_rows) {
 
 // Copies one input row into its phase-split padded form: out[ph * Wl + t] = in[t*sw + ph - pw], or
 // `pad` where that column is outside [0, W). SW > 0 fixes the stride at compile time.
-// Lane shuffles of the concatenation (a, b), for any width: index i of the result is lane f(i).
-template <typename V, size_t... I>
-PYCONV_INLINE V even_lanes_of(V a, V b, std::index_sequence<I...>) {
-  return __builtin_shufflevector(a, b, (2 * I)...);
-}
+// Lane shuffles of the concatenation (a, b), for any width (its even lanes: simd.h's vevens).
 template <typename V, size_t... I>
 PYCONV_INLINE V odd_lanes_of(V a, V b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (2 * I + 1)...);
@@ -118,11 +114,6 @@ PYCONV_INLINE V interleave_of(V a, V b, std::index_sequence<I...>) {
 }
 template <typename V>
 constexpr size_t lanes_of = sizeof(V) / sizeof(V{}[0]);
-// Even lanes of the concatenation (a, b): the stride-2 deinterleave.
-template <typename V>
-PYCONV_INLINE V even_lanes(V a, V b) {
-  return even_lanes_of(a, b, std::make_index_sequence<lanes_of<V>>{});
-}
 template <typename V>
 PYCONV_INLINE V odd_lanes(V a, V b) {
   return odd_lanes_of(a, b, std::make_index_sequence<lanes_of<V>>{});
@@ -155,7 +146,7 @@ void pack_row(const T* in, int64_t W, int64_t pw, int64_t sw_rt, int64_t Wl, T p
     if (SW == 2) {  // t + V < t1: the second load ends before the row's last element
       for (; t + V < t1; t += V) {
         const T* p = src + 2 * (t - t0);
-        vstore(o + t, even_lanes(vload(p), vload(p + V)));
+        vstore(o + t, vevens(vload(p), vload(p + V)));
       }
       if (t < t1 && t1 - V > t0) {  // the last V columns: odd lanes of a window shifted back by one
         const T* p = src + 2 * (t1 - V - t0) - 1;

@@ -105,7 +105,7 @@ inline void sum_pair_float_blocks(const float* a, const float* b, const float* m
   }
   double rest[2];
   sum_pair(a + i, b + i, m ? m + i : nullptr, ka, kb, n - i, rest, mhi);
-  for (int h = 2; h < H; h += 2) s1[h & 1] += s1[h] + s1[h + 1], s2[h & 1] += s2[h] + s2[h + 1];
+  for (int h = 2; h < H; h += 2) s1[0] += s1[h] + s1[h + 1], s2[0] += s2[h] + s2[h + 1];  // (AVX-512: 4)
   const d4 t1 = s1[0] + s1[1], t2 = s2[0] + s2[1];
   out[0] = rest[0] + ((t1[0] + t1[1]) + (t1[2] + t1[3]));
   out[1] = rest[1] + ((t2[0] + t2[1]) + (t2[2] + t2[3]));
