@@ -140,10 +140,15 @@ def test_streamed_filters_by_position_over_several_spans():
 # so slots start and end inside groups and cross from one group to the next. Shared: float64 F(4x4)
 # at 120 channels, two blocks whose dU copies would pass the slots' memory bound. Few tiles (CIFAR's
 # 64-channel 8x8 layers): F(4x4)'s 32 tiles in blocks of 16, fewer than a panel (NR) of AVX-512.
+# Groups of at most a vector of input channels take the narrow W x W panels (the first two, and
+# CIFAR's 16-channel layer on AVX-512); one block of 4 tiles puts a narrow plan on the shared schedule.
 GRAD_WEIGHT_SCHEDULES = [((3, 10, 13, 11), (14, 5, 3, 3), 2, torch.float32),
                          ((2, 12, 16, 18), (15, 4, 3, 3), 3, torch.float32),
                          ((2, 120, 10, 10), (120, 120, 3, 3), 1, torch.float64),
-                         ((8, 40, 8, 8), (36, 40, 3, 3), 1, torch.float32)]  # few tiles: blocks under a panel
+                         ((8, 40, 8, 8), (36, 40, 3, 3), 1, torch.float32),  # few tiles: blocks under a panel
+                         ((8, 16, 32, 32), (16, 16, 3, 3), 1, torch.float32),
+                         ((1, 6, 8, 8), (21, 6, 3, 3), 1, torch.float32),
+                         ((1, 6, 8, 8), (21, 6, 3, 3), 1, torch.float64)]
 
 
 @pytest.mark.parametrize("algo", ["winograd_2x2", "winograd_4x4"])

@@ -511,14 +511,38 @@ void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi
     pack_tile_major_rows<T, P>(src + xi * src_xi_stride, NB, dst + xi * dst_xi_stride);
 }
 
+// tile[W][W] = a[kc][W] . b[kc][W]: grad-weight's products for input groups of at most W channels
+// (Narrow plans), whose B panels would be half zeros at the GEMM kernel's 2W columns. One step: a
+// B vector, W broadcasts, W FMAs into W accumulators (16 of the 32 zmm registers on AVX-512).
+template <typename T>
+PYCONV_INLINE void narrow_micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::W;
+  V c[W];
+#pragma GCC unroll 16
+  for (int i = 0; i < W; ++i) c[i] = V{};
+  for (int64_t k = 0; k < kc; ++k, a += W, b += W) {
+    const V bv = vload(b);
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) c[i] += gemm_splat(a[i]) * bv;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < W; ++i) vstore(tile + i * W, c[i]);
+}
+
 // The pieces of grad-weight, shared by its two schedules. A block of NB tiles of group g is
 // transformed row block by row block (NR input channels of V, MR grad-output channels of Z) into a
 // small scratch and packed tile-major into Vt[xi][Cpad][NB] and Zt[xi][Kpad][NB], the micro-kernel's
 // B and A panels; the products add Zt . Vt into dU[g][xi][Kpad][Cpad]; the end transforms dU back.
-template <typename T, int M>
+// Narrow (at most W input channels a group: CIFAR ResNets' 16-channel layers on AVX-512): W x W
+// panels on narrow_micro_kernel. The GEMM kernel's 2W-column panels were half zeros there, and its
+// 6-row Z panels took three sparse 16 x 16 transposes each per 16 channels instead of one.
+template <typename T, int M, bool Narrow = false>
 struct WeightGradPlan {
   static constexpr int A = WinogradTile<M>::alpha;
-  static constexpr int64_t NR = kNR<T>, MR = kMR<T>, P = NR > MR ? NR : MR;
+  static constexpr int64_t NR = Narrow ? Simd<T>::W : kNR<T>, MR = Narrow ? Simd<T>::W : kMR<T>;
+  static constexpr int64_t P = NR > MR ? NR : MR;
+  using value_type = T;
   const Conv& c;
   const Tiling<M> tl;
   const int64_t NB, nblocks, nkb, ncb, Kpad, Cpad;
@@ -554,7 +578,12 @@ struct WeightGradPlan {
     constexpr int W = Simd<T>::W;
     alignas(64) T tile[MR * NR];
     for (int64_t kb = 0; kb < nkb; ++kb) {
-      gemm_micro_kernel<T>(NB, Zt + xi * zt_stride + kb * MR * NB, Vt + xi * vt_stride + cb * NR * NB, tile);
+      const T* a = Zt + xi * zt_stride + kb * MR * NB;
+      const T* b = Vt + xi * vt_stride + cb * NR * NB;
+      if constexpr (Narrow)
+        narrow_micro_kernel<T>(NB, a, b, tile);
+      else
+        gemm_micro_kernel<T>(NB, a, b, tile);
       T* d = dUg + xi * du_stride + kb * MR * Cpad + cb * NR;
       for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NR; j += W)
@@ -614,14 +643,14 @@ int64_t weight_grad_slot_tiles(const Conv& c) {
 }
 
 // The slot count for a plan with weight_grad_slot_tiles' blocks; 0: the shared schedule.
-template <typename T, int M>
-int64_t weight_grad_slots(const WeightGradPlan<T, M>& pl) {
+template <class Plan>
+int64_t weight_grad_slots(const Plan& pl) {
   const int64_t slots = imin(kMaxWeightGradSlots, pl.c.G * pl.nblocks);
-  return slots >= 2 && slots * pl.du_elems * int64_t(sizeof(T)) <= kWeightGradSlotBytes ? slots : 0;
+  return slots >= 2 && slots * pl.du_elems * int64_t(sizeof(typename Plan::value_type)) <= kWeightGradSlotBytes ? slots : 0;
 }
 
-template <typename T, int M>
-void weight_grad_by_slots(const WeightGradPlan<T, M>& pl, int64_t slots, const T* x, const T* gy, T* gw) {
+template <typename T, class Plan>
+void weight_grad_by_slots(const Plan& pl, int64_t slots, const T* x, const T* gy, T* gw) {
   const Conv& c = pl.c;
   const int nthr = num_threads();
   const int64_t tasks = c.G * pl.nblocks, private_elems = pl.vt_elems + pl.zt_elems + pl.scratch_elems;
@@ -653,10 +682,10 @@ void weight_grad_by_slots(const WeightGradPlan<T, M>& pl, int64_t slots, const T
   pl.finish(dU, slots, nthr, gw);
 }
 
-template <typename T, int M>
+template <typename T, int M, bool Narrow>
 void weight_grad_shared(const Conv& c, const T* x, const T* gy, T* gw) {
   // A longer reduction per micro-kernel call amortizes its loads of dU (8 * NR: slower).
-  const WeightGradPlan<T, M> pl(c, 4 * kNR<T>);
+  const WeightGradPlan<T, M, Narrow> pl(c, 4 * kNR<T>);
   const int nthr = num_threads();
   Workspace ws(checked_bytes(pl.du_elems + pl.vt_elems + pl.zt_elems + nthr * pl.scratch_elems, sizeof(T)));
   T* const dU = ws.as<T>();
@@ -678,17 +707,25 @@ void weight_grad_shared(const Conv& c, const T* x, const T* gy, T* gw) {
   pl.finish(dU, 1, nthr, gw);
 }
 
+template <typename T, int M, bool Narrow>
+void weight_grad_planned(const Conv& c, const T* x, const T* gy, T* gw) {
+  const WeightGradPlan<T, M, Narrow> slot_plan(c, weight_grad_slot_tiles<T, M>(c));
+  if (const int64_t slots = weight_grad_slots(slot_plan))
+    weight_grad_by_slots(slot_plan, slots, x, gy, gw);
+  else
+    weight_grad_shared<T, M, Narrow>(c, x, gy, gw);
+}
+
 template <typename T, int M>
 void weight_grad_winograd(const Conv& c, const T* x, const T* gy, T* gw) {
   if (Tiling<M>(c).tiles == 0) {  // no tiles: dU would be unset
     for (int64_t e = 0; e < c.G * c.Kout * c.Cin * 9; ++e) gw[e] = T(0);
     return;
   }
-  const WeightGradPlan<T, M> slot_plan(c, weight_grad_slot_tiles<T, M>(c));
-  if (const int64_t slots = weight_grad_slots(slot_plan))
-    weight_grad_by_slots(slot_plan, slots, x, gy, gw);
+  if (c.Cin <= Simd<T>::W)
+    weight_grad_planned<T, M, true>(c, x, gy, gw);
   else
-    weight_grad_shared<T, M>(c, x, gy, gw);
+    weight_grad_planned<T, M, false>(c, x, gy, gw);
 }
 
 }  // namespace
