@@ -40,8 +40,14 @@ PYCONV_INLINE void valid_range(int64_t i0, int64_t st, int64_t extent, int64_t l
     hi = imax(lo, imin(len, extent - i0));
     return;
   }
-  lo = i0 >= 0 ? 0 : imin(len, ceil_div(-i0, st));
-  hi = i0 < extent ? imin(len, (extent - 1 - i0) / st + 1) : 0;
+  if (st == 2) {  // shifts for the common stride (two divisions per column and row were most of
+                  // grad-weight's pack on small strided layers)
+    lo = i0 >= 0 ? 0 : imin(len, (1 - i0) >> 1);
+    hi = i0 < extent ? imin(len, ((extent - 1 - i0) >> 1) + 1) : 0;
+  } else {
+    lo = i0 >= 0 ? 0 : imin(len, ceil_div(-i0, st));
+    hi = i0 < extent ? imin(len, (extent - 1 - i0) / st + 1) : 0;
+  }
   if (hi < lo) hi = lo;
 }
 
@@ -244,6 +250,38 @@ struct Im2colTransposedPackB {
             vtranspose(r);
             for (int m = 0; m < W; ++m) vstore(d + (t + m) * NR + cb, r[m]);
           }
+      }
+      if (sw == 1 || sw == 2) {
+        // the pixels outside [v0, v1) (a whole short row: with AVX-512's 16 lanes every row of 14 or
+        // fewer output pixels, CIFAR's 16x16 and 8x8 strided layers included) in chunks of up to W,
+        // each column's stretch a masked load (two at stride 2, deinterleaved): lanes past the
+        // chunk or outside the row read 0, padding rows and columns past nr are 0
+        if (v0 == v1) v0 = v1 = 0;
+        for (int64_t t0 = 0; t0 < len;) {
+          if (t0 == v0 && v1 > v0) {
+            t0 = v1;
+            continue;
+          }
+          const int64_t cnt = imin(W, (t0 < v0 ? v0 : len) - t0);
+          for (int cb = 0; cb < NR; cb += W) {
+            vec_t<T> r[W];
+            for (int l = 0; l < W; ++l) {
+              const int64_t jj = cb + l;
+              r[l] = vec_t<T>{};
+              if (jj >= nr || !row[jj]) continue;
+              const int64_t a = iw0 + soff[jj] + t0 * sw, end = imin(sw * cnt, rowlen - a);
+              const T* p = row[jj] + a;
+              r[l] = sw == 1 ? vload_masked(p, LaneMask<T>(-a, end))
+                             : vevens(vload_masked(p, LaneMask<T>(-a, end)),
+                                      vload_masked(p + W, LaneMask<T>(-a - W, end - W)));
+            }
+            vtranspose(r);
+            for (int m = 0; m < cnt; ++m) vstore(d + (t0 + m) * NR + cb, r[m]);
+          }
+          t0 += cnt;
+        }
+        pix += len;
+        continue;
       }
       for (int64_t jj = 0; jj < nr; ++jj) {
         const int64_t iw = iw0 + soff[jj];
