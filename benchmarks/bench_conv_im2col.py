@@ -30,6 +30,11 @@ LAYERS = [
     ("vgg16.conv3_2 3x3", 256, 56, 56, 256, 3, 3, 1, 1),
     ("vgg16.conv4_2 3x3", 512, 28, 28, 512, 3, 3, 1, 1),
     ("vgg16.conv5_2 3x3", 512, 14, 14, 512, 3, 3, 1, 1),
+    # CIFAR ResNet-20's strided layers: rows of 16 and 8 output pixels, shorter than or as long as
+    # AVX-512's 16 lanes (grad-weight's transposed pack takes them in masked chunks)
+    ("cifar.stage2 3x3s2", 16, 32, 32, 32, 3, 3, 2, 1),
+    ("cifar.stage3 3x3s2", 32, 16, 16, 64, 3, 3, 2, 1),
+    ("cifar.stage2 down1x1s2", 16, 32, 32, 32, 1, 1, 2, 0),
 ]
 POINTWISE = [("resnet50.layer1 1x1 256->64", 256, 56, 56, 64, 1, 1, 1, 0),
              ("resnet50.layer1 1x1 64->256", 64, 56, 56, 256, 1, 1, 1, 0)]

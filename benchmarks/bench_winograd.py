@@ -26,7 +26,7 @@ LAYERS = [
     ("vgg16.conv3_2", 256, 256, 56),
     ("vgg16.conv4_2", 512, 512, 28),
     ("vgg16.conv5_2", 512, 512, 14),
-    ("cifar.stage1", 16, 16, 32),  # CIFAR ResNet-20's three stages: grad-weight's slot schedule
+    ("cifar.stage1", 16, 16, 32),  # CIFAR ResNet-20's three stages: grad-weight's slot schedule (16: narrow panels)
     ("cifar.stage2", 32, 32, 16),
     ("cifar.stage3", 64, 64, 8),
 ]
