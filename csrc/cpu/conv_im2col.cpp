@@ -197,8 +197,8 @@ struct Im2colPackB {
 // panel reads a stretch of one input row (every second element at stride 2, deinterleaved from two
 // vector loads); where all NR columns are inside their rows the stretches of W columns are
 // transposed W pixels at a time in registers (element by element, this pack took as long as the
-// products of ResNet-50's 1x1 grad-weight), the edges and other strides element by element. A
-// pointwise layer's plane is one row (a 14x14 plane in rows of 14 left 6 of every 14 pixels scalar).
+// products of ResNet-50's 1x1 grad-weight), the edges with masked loads, strides past 2 element by
+// element. A pointwise layer's plane is one row.
 template <typename T>
 struct Im2colTransposedPackB {
   const ConvShape& s;
@@ -224,74 +224,61 @@ struct Im2colTransposedPackB {
       const int64_t ih0 = flat ? 0 : p * s.stride_h - s.pad_h, iw0 = flat ? q : q * s.stride_w - s.pad_w;
       const T* xn = x + n * img;
       T* d = dst + (pix - k0) * NR;
-      const T* row[NR];      // each column's input row (null: in the padding)
-      int64_t lo = 0, hi = len;  // the pixels whose vector loads stay inside every column's row
-      const int64_t sw = s.stride_w, span = rowlen - (sw - 1);  // (a stride-2 load reads one past its last)
+      const T* row[NR];  // each column's input row (null: in the padding)
+      const int64_t sw = s.stride_w;
       for (int64_t jj = 0; jj < nr; ++jj) {
         const int64_t ih = ih0 + roff[jj];
         row[jj] = ih < 0 || ih >= s.H ? nullptr : xn + coff[jj] + ih * rowlen;
-        if (!row[jj]) continue;
-        int64_t l, h;
-        valid_range(iw0 + soff[jj], sw, span, len, l, h);
-        lo = imax(lo, l), hi = imin(hi, h);
-      }
-      int64_t v0 = 0, v1 = 0;  // [v0, v1): transposed in registers
-      if ((sw == 1 || sw == 2) && nr == NR && hi - lo >= W) {
-        v0 = lo, v1 = lo + (hi - lo) / W * W;
-        for (int64_t t = v0; t < v1; t += W)
-          for (int cb = 0; cb < NR; cb += W) {
-            vec_t<T> r[W];
-            for (int l = 0; l < W; ++l) {
-              r[l] = vec_t<T>{};
-              if (!row[cb + l]) continue;
-              const T* p = row[cb + l] + iw0 + soff[cb + l] + t * sw;
-              r[l] = sw == 1 ? vload(p) : vevens(vload(p), vload(p + W));
-            }
-            vtranspose(r);
-            for (int m = 0; m < W; ++m) vstore(d + (t + m) * NR + cb, r[m]);
-          }
       }
       if (sw == 1 || sw == 2) {
-        // the pixels outside [v0, v1) (a whole short row: with AVX-512's 16 lanes every row of 14 or
-        // fewer output pixels, CIFAR's 16x16 and 8x8 strided layers included) in chunks of up to W,
-        // each column's stretch a masked load (two at stride 2, deinterleaved): lanes past the
-        // chunk or outside the row read 0, padding rows and columns past nr are 0
-        if (v0 == v1) v0 = v1 = 0;
+        // Chunks of up to W pixels, each column's stretch loaded as a vector (two at stride 2,
+        // deinterleaved) and W pixels x W columns transposed in registers. [v0, v1): whole chunks
+        // whose loads stay inside every column's row, plain loads; the pixels outside it (a whole
+        // short row: with AVX-512's 16 lanes every row of 14 or fewer output pixels) masked loads,
+        // lanes past the chunk or outside the row reading 0. Padding rows and columns past nr are 0.
+        int64_t lo = 0, hi = len;  // the pixels whose vector loads stay inside every column's row
+        const int64_t span = rowlen - (sw - 1);  // (a stride-2 load reads one past its last)
+        for (int64_t jj = 0; jj < nr; ++jj) {
+          if (!row[jj]) continue;
+          int64_t l, h;
+          valid_range(iw0 + soff[jj], sw, span, len, l, h);
+          lo = imax(lo, l), hi = imin(hi, h);
+        }
+        int64_t v0 = 0, v1 = 0;
+        if (nr == NR && hi - lo >= W) v0 = lo, v1 = lo + (hi - lo) / W * W;
         for (int64_t t0 = 0; t0 < len;) {
-          if (t0 == v0 && v1 > v0) {
-            t0 = v1;
-            continue;
-          }
-          const int64_t cnt = imin(W, (t0 < v0 ? v0 : len) - t0);
+          const bool inside = t0 >= v0 && t0 < v1;
+          const int64_t cnt = imin(W, (t0 < v0 ? v0 : inside ? v1 : len) - t0);
           for (int cb = 0; cb < NR; cb += W) {
             vec_t<T> r[W];
             for (int l = 0; l < W; ++l) {
               const int64_t jj = cb + l;
               r[l] = vec_t<T>{};
               if (jj >= nr || !row[jj]) continue;
-              const int64_t a = iw0 + soff[jj] + t0 * sw, end = imin(sw * cnt, rowlen - a);
+              const int64_t a = iw0 + soff[jj] + t0 * sw;
               const T* p = row[jj] + a;
-              r[l] = sw == 1 ? vload_masked(p, LaneMask<T>(-a, end))
-                             : vevens(vload_masked(p, LaneMask<T>(-a, end)),
-                                      vload_masked(p + W, LaneMask<T>(-a - W, end - W)));
+              if (inside) {
+                r[l] = sw == 1 ? vload(p) : vevens(vload(p), vload(p + W));
+              } else {
+                const int64_t end = imin(sw * cnt, rowlen - a);
+                r[l] = sw == 1 ? vload_masked(p, LaneMask<T>(-a, end))
+                               : vevens(vload_masked(p, LaneMask<T>(-a, end)),
+                                        vload_masked(p + W, LaneMask<T>(-a - W, end - W)));
+              }
             }
             vtranspose(r);
             for (int m = 0; m < cnt; ++m) vstore(d + (t0 + m) * NR + cb, r[m]);
           }
           t0 += cnt;
         }
-        pix += len;
-        continue;
-      }
-      for (int64_t jj = 0; jj < nr; ++jj) {
-        const int64_t iw = iw0 + soff[jj];
-        if (!row[jj]) {
-          for (int64_t t = 0; t < v0; ++t) d[t * NR + jj] = T(0);
-          for (int64_t t = v1; t < len; ++t) d[t * NR + jj] = T(0);
-          continue;
+      } else {
+        for (int64_t jj = 0; jj < nr; ++jj) {
+          if (!row[jj]) {
+            for (int64_t t = 0; t < len; ++t) d[t * NR + jj] = T(0);
+            continue;
+          }
+          gather_row(row[jj], iw0 + soff[jj], sw, rowlen, len, d + jj, int64_t(NR));
         }
-        gather_row(row[jj], iw, sw, rowlen, v0, d + jj, int64_t(NR));
-        gather_row(row[jj], iw + v1 * sw, sw, rowlen, len - v1, d + v1 * NR + jj, int64_t(NR));
       }
       pix += len;
     }
