@@ -47,12 +47,22 @@ struct HostCache {
     return p;
   }
 
-  void drop(std::multimap<size_t, void*>::iterator it) {
+  // Cached-block bookkeeping, in one place for both byte counts (mu held).
+  void list(size_t size, void* base) {
+    // first among blocks of its size: lower_bound hands out the most recently freed one, whose lines
+    // may still be in cache (the oldest costs a trip to memory per line it writes)
+    cached.emplace_hint(cached.lower_bound(size), size, base);
+    cached_bytes += size;
+    if (size < kHostCacheKeepBytes) small_cached_bytes += size;
+  }
+  void* unlist(std::multimap<size_t, void*>::iterator it) {
+    void* base = it->second;
     cached_bytes -= it->first;
     if (it->first < kHostCacheKeepBytes) small_cached_bytes -= it->first;
-    std::free(it->second);
     cached.erase(it);
+    return base;
   }
+  void drop(std::multimap<size_t, void*>::iterator it) { std::free(unlist(it)); }
   // Frees cached blocks, largest first, until at most `keep` bytes stay cached, of them at most
   // `keep_small` in small blocks (mu held).
   void trim(size_t keep, size_t keep_small = kHostCacheSmallKeepBytes) {
@@ -90,13 +100,9 @@ void* host_cache_alloc(size_t bytes) {
     std::lock_guard<std::mutex> lock(c.mu);
     auto it = c.cached.lower_bound(size);
     if (it != c.cached.end() && it->first <= size + size / 8) {
-      void* base = it->second;
       const size_t got = it->first;
-      c.cached.erase(it);
-      c.cached_bytes -= got;
-      if (got < kHostCacheKeepBytes) c.small_cached_bytes -= got;
       ++c.hits;
-      return c.hand_out(base, got);
+      return c.hand_out(c.unlist(it), got);
     }
     ++c.misses;
   }
@@ -122,16 +128,12 @@ void host_cache_free(void* p) {
   const Block b = it->second;
   c.live.erase(it);
   c.in_use -= b.size;
-  if (b.size > c.limit || (b.size < kHostCacheKeepBytes && b.size > kHostCacheSmallKeepBytes)) {
+  if (b.size > c.limit) {
     std::free(b.base);
     return;
   }
-  // first among blocks of its size: lower_bound hands out the most recently freed one, whose lines
-  // may still be in cache (the oldest costs a trip to memory per line it writes)
-  c.cached.emplace_hint(c.cached.lower_bound(b.size), b.size, b.base);
-  c.cached_bytes += b.size;
-  if (b.size < kHostCacheKeepBytes) c.small_cached_bytes += b.size;
-  c.trim(c.limit);
+  c.list(b.size, b.base);
+  c.trim(c.limit);  // (past their budget, small blocks go back to malloc largest first)
 }
 
 HostCacheStats host_cache_stats() {
