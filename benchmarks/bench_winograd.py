@@ -3,6 +3,8 @@ side by side in one run. Reports effective GFLOP/s (direct flop count / time), t
 --repeat timings, and geomean speedups over torch.
 
   python benchmarks/bench_winograd.py --batch 8 --repeat 5 [--backward] [--tiles]
+  python benchmarks/bench_winograd.py --filters   # the filter transform alone (every forward and
+                                                  # grad-input call without prepared weights runs it)
 """
 import argparse
 import math
@@ -74,6 +76,21 @@ def run(layers, impls, batch, repeat, backward):
               + " ".join(f"{r:.2f}" for r in ratios))
 
 
+def run_filters(layers, repeat):
+    """The filter transform U = G g G^T into the products' packed panels, per tile size: ms and GB/s
+    (filters read + U written), the median of `repeat` calls."""
+    from pyconv import _C
+    for name, C, K, HW in layers:
+        s = _C.ConvShape(1, C, HW, HW, K, 3, 3, HW, HW, 1, 1, 1, 1, 1, 1, 1)
+        w = torch.randn(K, C, 3, 3)
+        row = []
+        for m in (2, 4):
+            u = torch.empty(_C.conv_winograd_filters_numel(s, m, "float32"))
+            t = median_time(lambda: _C.conv_winograd_prepare_filters(s, m, w.numpy(), u.numpy()), repeat)
+            row.append(f"F({m}x{m}) {t * 1e3:7.3f} ms {(u.numel() + w.numel()) * 4 / t / 1e9:5.1f} GB/s")
+        print(f"{name:16s} C={C:3d} K={K:3d}  filter transform: " + "  ".join(row), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
@@ -81,6 +98,7 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--backward", action="store_true", help="forward + grad-input + grad-weight")
     ap.add_argument("--tiles", action="store_true", help="small outputs: 2x2 vs 4x4 tiles")
+    ap.add_argument("--filters", action="store_true", help="the filter transform alone (ms, GB/s)")
     ap.add_argument("--only", default="", help="comma-separated layer-name prefixes")
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: torch first, then algos")
     a = ap.parse_args()
@@ -91,7 +109,10 @@ def main():
         layers = [layer for layer in layers if layer[0].startswith(tuple(a.only.split(",")))]
     print(f"torch {torch.__version__}, {a.threads} threads, isa {pyconv._C.isa()}, "
           f"{'forward+backward' if a.backward else 'forward'}, median of {a.repeat}")
-    run(layers, a.impls.split(","), a.batch, a.repeat, a.backward)
+    if a.filters:
+        run_filters(layers, a.repeat)
+    else:
+        run(layers, a.impls.split(","), a.batch, a.repeat, a.backward)
 
 
 if __name__ == "__main__":
