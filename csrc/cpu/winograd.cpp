@@ -241,45 +241,46 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
   // Lanes are tiles: each tile's input row is loaded as vectors (CW columns) and W rows of W tiles
   // are transposed in registers (a lane's scalar gather, 2*A*A moves a tile, was ~40% of a 64-channel
   // layer's forward). A lane whose row would leave the plane loads the columns inside it, masked.
-  constexpr int CW = (A + W - 1) / W * W;
+  // Where each lane reads is fixed for the block: row offsets and column masks are worked out once
+  // per W tiles, not per channel (per lane and row inside the channel loop they were about half the
+  // transform's instructions).
+  constexpr int CW = (A + W - 1) / W * W, NCB = CW / W;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
-    const T* plane[W];
-    int64_t y0[W], x0[W];
-    bool whole_rows[W];
+    int64_t row_ofs[A][W];      // row i of lane l's window in channel c0's plane (0: none)
+    bool whole[A][W];           // the CW columns lie inside the row
+    bool inside[A][W];          // the row exists (else zeros)
+    LaneMask<T> cols[NCB][W];   // the columns inside the plane, per vector of the row
     for (int l = 0; l < W; ++l) {
-      y0[l] = lt.p0[l] - c.pad_h, x0[l] = lt.q0[l] - c.pad_w;
-      plane[l] = lt.n[l] < 0 ? nullptr : x + ((lt.n[l] * c.G + g) * c.Cin + c0) * c.H * c.W;
-      whole_rows[l] = x0[l] >= 0 && x0[l] + CW <= c.W;
+      const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w;
+      for (int cb = 0; cb < NCB; ++cb) cols[cb][l] = LaneMask<T>(-(x0 + cb * W), c.W - (x0 + cb * W));
+      for (int i = 0; i < A; ++i) {
+        inside[i][l] = lt.n[l] >= 0 && y0 + i >= 0 && y0 + i < c.H;
+        whole[i][l] = inside[i][l] && x0 >= 0 && x0 + CW <= c.W;
+        row_ofs[i][l] = inside[i][l] ? ((lt.n[l] * c.G + g) * c.Cin + c0) * c.H * c.W + (y0 + i) * c.W + x0 : 0;
+      }
     }
+    int64_t v_ofs[A * A];
+    for (int xi = 0; xi < A * A; ++xi) v_ofs[xi] = layout.at<T>(xi, 0, ch * W);
     for (int64_t ci = c0; ci < c1; ++ci) {
       Vec dv[A * A], tmp[A * A], v[A * A];
-      const int64_t cofs = (ci - c0) * c.H * c.W;
+      const T* xc = x + (ci - c0) * c.H * c.W;
       for (int i = 0; i < A; ++i)
-        for (int cb = 0; cb < A; cb += W) {
+        for (int cb = 0; cb < NCB; ++cb) {
           Vec r[W];
+#pragma GCC unroll 16
           for (int l = 0; l < W; ++l) {
-            const int64_t yy = y0[l] + i;
-            if (!plane[l] || yy < 0 || yy >= c.H) {
-              r[l] = Vec{};
-              continue;
-            }
-            const T* row = plane[l] + cofs + yy * c.W;
-            if (whole_rows[l]) {
-              r[l] = vload(row + x0[l] + cb);
-              continue;
-            }
+            const T* src = xc + row_ofs[i][l] + cb * W;
             // the columns inside the plane, masked (element stores then a vector load stalled on
             // store forwarding: 16% of the transform)
-            const int64_t xs = x0[l] + cb;
-            r[l] = vload_masked(row + xs, LaneMask<T>(-xs, c.W - xs));
+            r[l] = whole[i][l] ? vload(src) : inside[i][l] ? vload_masked(src, cols[cb][l]) : Vec{};
           }
           vtranspose(r);
-          for (int j = cb; j < A && j < cb + W; ++j) dv[i * A + j] = r[j - cb];
+          for (int j = cb * W; j < A && j < cb * W + W; ++j) dv[i * A + j] = r[j - cb * W];
         }
       mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
       mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
-      for (int xi = 0; xi < A * A; ++xi) vstore(V + layout.at<T>(xi, ci - c0, ch * W), v[xi]);
+      for (int xi = 0; xi < A * A; ++xi) vstore(V + v_ofs[xi] + (ci - c0) * layout.row_stride, v[xi]);
     }
   }
 }
@@ -293,41 +294,61 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
+  // Lanes are tiles. A tile's output row (M columns) goes out as one partial vector store after a
+  // register transpose of the row's M vectors, and its residual row comes in as one masked load; the
+  // lanes' offsets and masks are worked out once per W tiles. Element by element (two scalar moves
+  // per output through a staging buffer, offsets recomputed per lane and channel) this was ~15% of a
+  // 64-channel layer's forward.
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    int64_t ofs[W];        // the tile's first output in channel 0 of group g
+    int64_t rows[W];       // its rows inside the output (0: a lane past the last tile)
+    bool full[W];          // all M columns inside
+    LaneMask<T> cols[W];   // else the columns inside
+    for (int l = 0; l < W; ++l) {
+      rows[l] = lt.n[l] < 0 ? 0 : imin(M, c.P - lt.p0[l]);
+      full[l] = lt.q0[l] + M <= c.Q;
+      cols[l] = LaneMask<T>(0, imin(M, c.Q - lt.q0[l]));
+      ofs[l] = lt.n[l] < 0 ? 0 : ((lt.n[l] * c.G + g) * c.Kout * c.P + lt.p0[l]) * c.Q + lt.q0[l];
+    }
     for (int64_t k = 0; k < c.Kout; ++k) {
       Vec mv[A * A], tmp[M * A], o[M * M];
-      const int64_t t = ch * W;
+      const int64_t t = ch * W, plane = k * c.P * c.Q;
       const T* mk = Mb + k / kMR<T> * kMR<T> * mb_tiles + t / kNR<T> * kMR<T> * kNR<T> + k % kMR<T> * kNR<T> + t % kNR<T>;
       for (int xi = 0; xi < A * A; ++xi) mv[xi] = vload(mk + xi * mb_stride);
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
       const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
-      // Epilogue on the tile's vectors: the residual gathered into the tile's layout first (lanes
-      // are tiles, scattered over the output), then bias, residual and activation as vectors.
-      alignas(32) T rb[M * M * W];
-      if (ep.residual) {
-        for (int e = 0; e < M * M * W; ++e) rb[e] = T(0);
-        for (int l = 0; l < W; ++l) {
-          if (lt.n[l] < 0) break;
-          const T* rk = ep.residual + (((lt.n[l] * c.G + g) * c.Kout + k) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
-          const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
-          for (int64_t i = 0; i < pn; ++i)
-            for (int64_t j = 0; j < qn; ++j) rb[(i * M + j) * W + l] = rk[i * c.Q + j];
+      for (int i = 0; i < M; ++i) {
+        Vec r[W];
+        if (ep.residual) {  // row i of each tile's residual, transposed to the lanes
+#pragma GCC unroll 16
+          for (int l = 0; l < W; ++l)
+            r[l] = i < rows[l] ? vload_masked(ep.residual + plane + ofs[l] + i * c.Q, cols[l]) : Vec{};
+          vtranspose(r);
         }
-      }
-      alignas(32) T ob[M * M * W];
-      for (int e = 0; e < M * M; ++e) {
-        Vec v = o[e] + bv;
-        if (ep.residual) v += vload(rb + e * W);
-        vstore(ob + e * W, activate_vec<T>(ep.act, v));
-      }
-      for (int l = 0; l < W; ++l) {
-        if (lt.n[l] < 0) break;
-        T* yk = y + ((lt.n[l] * c.G + g) * c.Kout + k) * c.P * c.Q;
-        const int64_t pn = imin(M, c.P - lt.p0[l]), qn = imin(M, c.Q - lt.q0[l]);
-        for (int64_t i = 0; i < pn; ++i)
-          for (int64_t j = 0; j < qn; ++j) yk[(lt.p0[l] + i) * c.Q + lt.q0[l] + j] = ob[(i * M + j) * W + l];
+        for (int j = 0; j < W; ++j) {
+          if (j >= M) {
+            r[j] = Vec{};
+            continue;
+          }
+          Vec v = o[i * M + j] + bv;
+          if (ep.residual) v += r[j];
+          r[j] = activate_vec<T>(ep.act, v);
+        }
+        vtranspose(r);  // r[l]: tile l's row i in its first M lanes
+#pragma GCC unroll 16
+        for (int l = 0; l < W; ++l) {
+          if (i >= rows[l]) continue;
+          T* dst = y + plane + ofs[l] + i * c.Q;
+          if (full[l]) {
+            vstore_first<M, T>(dst, r[l]);
+          } else {
+            alignas(64) T row[W];
+            vstore(row, r[l]);
+            for (int64_t j = 0; j < c.Q - lt.q0[l]; ++j) dst[j] = row[j];
+          }
+        }
       }
     }
   }
