@@ -118,12 +118,18 @@ struct LaneMask<double> {
     m = __mmask8(((1u << h) - 1) & ~((1u << l) - 1));
   }
 };
-// (masked-off lanes never fault: p may point outside the array there)
+// (masked-off lanes never fault and are never written: p may point outside the array there)
 PYCONV_INLINE vec_t<float> vload_masked(const float* p, const LaneMask<float>& k) {
   return vec_t<float>(_mm512_maskz_loadu_ps(k.m, p));
 }
 PYCONV_INLINE vec_t<double> vload_masked(const double* p, const LaneMask<double>& k) {
   return vec_t<double>(_mm512_maskz_loadu_pd(k.m, p));
+}
+PYCONV_INLINE void vstore_masked(float* p, vec_t<float> v, const LaneMask<float>& k) {
+  _mm512_mask_storeu_ps(p, k.m, __m512(v));
+}
+PYCONV_INLINE void vstore_masked(double* p, vec_t<double> v, const LaneMask<double>& k) {
+  _mm512_mask_storeu_pd(p, k.m, __m512d(v));
 }
 #elif defined(PYCONV_SIMD_AVX2)
 template <>
@@ -153,6 +159,12 @@ PYCONV_INLINE vec_t<float> vload_masked(const float* p, const LaneMask<float>& k
 PYCONV_INLINE vec_t<double> vload_masked(const double* p, const LaneMask<double>& k) {
   return vec_t<double>(_mm256_maskload_pd(p, k.m));
 }
+PYCONV_INLINE void vstore_masked(float* p, vec_t<float> v, const LaneMask<float>& k) {
+  _mm256_maskstore_ps(p, k.m, __m256(v));
+}
+PYCONV_INLINE void vstore_masked(double* p, vec_t<double> v, const LaneMask<double>& k) {
+  _mm256_maskstore_pd(p, k.m, __m256d(v));
+}
 #else
 template <typename T>
 struct LaneMask {
@@ -165,6 +177,10 @@ PYCONV_INLINE vec_t<T> vload_masked(const T* p, const LaneMask<T>& k) {
   vec_t<T> v{};
   for (int64_t t = k.lo; t < k.hi; ++t) v[t] = p[t];
   return v;
+}
+template <typename T>
+PYCONV_INLINE void vstore_masked(T* p, vec_t<T> v, const LaneMask<T>& k) {
+  for (int64_t t = k.lo; t < k.hi; ++t) p[t] = v[t];
 }
 #endif
 // Loads through a lane mask from a table (any lanes, not only a range): m[l] all ones loads lane l,

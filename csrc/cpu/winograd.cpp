@@ -218,13 +218,10 @@ void transform_filters(const Conv& c, const T* w, bool transposed, T* U) {
       const int64_t n = imin(W, pairs - e0);
       for (int xi = 0; xi < A * A; ++xi) {
         T* dst = panel + xi * us + e0;
-        if (n == W) {
+        if (n == W)
           vstore(dst, u[xi]);
-        } else {
-          alignas(64) T tail[W];
-          vstore(tail, u[xi]);
-          for (int64_t l = 0; l < n; ++l) dst[l] = tail[l];
-        }
+        else
+          vstore_masked(dst, u[xi], LaneMask<T>(0, n));
       }
     }
   }
@@ -341,13 +338,10 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
         for (int l = 0; l < W; ++l) {
           if (i >= rows[l]) continue;
           T* dst = y + plane + ofs[l] + i * c.Q;
-          if (full[l]) {
+          if (full[l])
             vstore_first<M, T>(dst, r[l]);
-          } else {
-            alignas(64) T row[W];
-            vstore(row, r[l]);
-            for (int64_t j = 0; j < c.Q - lt.q0[l]; ++j) dst[j] = row[j];
-          }
+          else
+            vstore_masked(dst, r[l], cols[l]);
         }
       }
     }
