@@ -395,12 +395,20 @@ void conv_winograd_by_position(const Conv& c, const Tiling<M>& tl, const T* x, c
   for (int64_t g = 0; g < c.G; ++g) {
     const T* Ug = U + g * A * A * us;
     for (int64_t s0 = 0; s0 < tl.tiles; s0 += span) {
-      // units of W tiles (batch 1 at 7x7 has 16 F(2x2) tiles: one panel, two units)
+      // units of W tiles (batch 1 at 7x7 has 16 F(2x2) tiles: one panel, two units with AVX2's 8
+      // lanes, one unit and a dead one with AVX-512's 16)
       const int64_t units = ceil_div(imin(span, tl.tiles - s0), W), panels = ceil_div(units * W, NR);
 #pragma omp for schedule(static)
-      for (int64_t u = 0; u < units; ++u) {
+      for (int64_t u = 0; u < panels * NR / W; ++u) {
         const int64_t t = u * W;
-        transform_input_block<T, M>(c, tl, x, g, s0 + t, W, 0, c.Cin, vl, V + t / NR * vl.panel_stride + t % NR);
+        T* const Vu = V + t / NR * vl.panel_stride + t % NR;
+        if (u < units) {
+          transform_input_block<T, M>(c, tl, x, g, s0 + t, W, 0, c.Cin, vl, Vu);
+        } else {  // the products read whole panels: no uninitialized columns (denormal garbage made
+                  // a batch-1 layer's products 10x slower)
+          for (int xi = 0; xi < A * A; ++xi)
+            for (int64_t ci = 0; ci < c.Cin; ++ci) vstore(Vu + xi * vl.xi_stride + ci * vl.row_stride, vec_t<T>{});
+        }
       }
 #pragma omp for schedule(static)
       for (int64_t xk = 0; xk < A * A * nkb; ++xk) {
