@@ -9,8 +9,8 @@ import torch
 from . import _args, autotune, backends
 from ._arrays import contiguous_nchw, from_torch, result_kind, to_torch
 from .problem import ACTIVATIONS, pass_algos
-from .ops.common import _PLAIN, Planned, _dispatcher_needed, call, new_output
-from .ops.conv_bn_relu import check_conv_bn_relu, run_conv_bn_relu
+from .ops.common import _AUTOGRAD_ONLY, _DISPATCH, _PLAIN, Planned, _dispatch_need, _dispatcher_needed, call, new_output
+from .ops.conv_bn_relu import TrainStep, check_conv_bn_relu, run_conv_bn_relu
 from .ops.conv import check_residual, run_conv2d, run_conv2d_activation
 from .ops.pool import run_avg_pool2d, run_max_pool2d
 from .prepared import PreparedCache, versions_of
@@ -396,6 +396,14 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
     if momentum is None:
         raise TypeError("conv_bn_relu(): argument 'momentum' must be float, not NoneType "
                         "(pyconv.nn.ConvBNReLU2d handles momentum=None)")
+    return _conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding,
+                         dilation, groups, training, momentum, eps, relu, algo, backend, activation, residual)[0]
+
+
+def _conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation,
+                  groups, training, momentum, eps, relu, algo, backend, activation, residual):
+    """conv_bn_relu: (its result, (the checked call, (forward, grad-input, grad-weight) algorithms,
+    Backend instance, activation))."""
     c = _ConvCall(input, weight, bias, stride, padding, dilation, groups, algo, backend,
                   more_params=(bn_weight, bn_bias))
     bn = {name: to_torch(t, name)[0] for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
@@ -430,4 +438,74 @@ def conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_
         with torch.no_grad():
             rm.copy_(new_rm)
             rv.copy_(new_rv)
-    return c.result(z)
+    return c.result(z), (c, algos, be, act)
+
+
+class _BoundTrain:
+    """A layer's training call bound to its checked plan (bound_conv_bn_relu), and what it was
+    checked for: the input's size, dtype and device, the layer's tensors (the same objects, with the
+    same sizes, dtypes and devices), its arguments, the residual's presence, grad mode."""
+    __slots__ = ("step", "in_shape", "dtype", "device", "sources", "metas", "conf", "residual", "grad", "eps")
+
+    def __init__(self, step, input, sources, conf, residual, grad, eps):
+        self.step, self.sources, self.conf, self.grad, self.eps = step, sources, conf, grad, float(eps)
+        self.in_shape, self.dtype, self.device = input.shape, input.dtype, input.device
+        self.metas = _metas(sources)
+        self.residual = residual is not None
+
+
+def _metas(sources):
+    return tuple(None if t is None else (t.shape, t.dtype, t.device) for t in sources)
+
+
+def bound_conv_bn_relu(cache, sources, input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
+                       padding, dilation, groups, momentum, eps, activation, algo, backend, residual):
+    """A layer's conv_bn_relu call in training (batch statistics): through its bound step
+    (cache.train, ops.conv_bn_relu.TrainStep) where nothing it was bound to has changed, else the
+    full conv_bn_relu, whose checked plan is bound for the next call. sources: the layer's (weight,
+    bias, bn_weight, bn_bias, running_mean, running_var) as its modules hold them (None: never bound)."""
+    if torch.compiler.is_compiling():  # traced: the op goes into the graph, no host-side state
+        return conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding,
+                            dilation, groups, True, momentum, eps, activation=activation, algo=algo, backend=backend,
+                            residual=residual)
+    conf = (stride, padding, dilation, groups, algo, backend, activation, eps)
+    rec = cache.train
+    if rec is not None and sources is not None:
+        z = _run_bound_train(rec, sources, conf, input, residual, momentum)
+        if z is not None:
+            return z
+    z, (c, algos, be, act) = _conv_bn_relu(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
+                                           padding, dilation, groups, True, momentum, eps, True, algo, backend,
+                                           activation, residual)
+    need = _dispatch_need((input, residual) + tuple(sources or ()))
+    if (sources is not None and c.kind == "torch" and c.batched and c.shape.N > 0 and type(input) is torch.Tensor
+            and need != _DISPATCH and not autotune.autotune_enabled()
+            and all(t is None or type(t) in _PLAIN for t in sources + (residual,))
+            and sources[4].is_contiguous() and sources[5].is_contiguous()):
+        cache.train = _BoundTrain(TrainStep(c.shape, algos, be, act), input, sources, conf, residual,
+                                  need == _AUTOGRAD_ONLY, eps)
+    return z
+
+
+def _run_bound_train(rec, sources, conf, input, residual, momentum):
+    """The call through rec where nothing it was bound to has changed, else None."""
+    if (type(input) is not torch.Tensor or input.shape != rec.in_shape or input.dtype != rec.dtype
+            or input.device != rec.device or (residual is not None) != rec.residual or conf != rec.conf):
+        return None
+    for a, b in zip(sources, rec.sources):
+        if a is not b:
+            return None
+    if _metas(sources) != rec.metas:
+        return None
+    w, b, bnw, bnb, rm, rv = sources
+    if residual is not None:
+        if (type(residual) is not torch.Tensor or residual.shape != input.shape[:1] + rec.step.out[1:]
+                or residual.dtype != rec.dtype or residual.device != rec.device):
+            return None
+        residual = residual.contiguous()
+    need = _dispatch_need((input, residual, w, b, bnw, bnb))
+    if need == _DISPATCH or (need == _AUTOGRAD_ONLY) != rec.grad or not (rm.is_contiguous() and rv.is_contiguous()):
+        return None
+    return rec.step.run(contiguous_nchw(input), w.contiguous(), None if b is None else b.contiguous(),
+                        bnw.contiguous(), bnb.contiguous(), rm, rv, float(momentum), rec.eps, residual,
+                        need == _AUTOGRAD_ONLY)

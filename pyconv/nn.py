@@ -259,9 +259,9 @@ class FusedConv(torch.nn.Module):
             y = c(input)
         elif (self.activation != "relu6" or _fuses(c.backend, input, "clipped_bn_relu")) and \
                 (identity is None or _fuses(c.backend, input, "residual_bn")):
-            return _conv_bn_relu(c, bn, input, activation=self.activation, residual=identity)
+            return _conv_bn_relu(c, bn, input, activation=self.activation, residual=identity, bound=self)
         else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
-            y = _conv_bn_relu(c, bn, input, relu=False)
+            y = _conv_bn_relu(c, bn, input, activation="none", bound=self)
         return PF.unfused_tail(y, identity, self.activation)
 
     def extra_repr(self):
@@ -281,14 +281,20 @@ def _fuses(backend: str, input, capability: str) -> bool:
         return False
 
 
-def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None, residual=None):
+def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None, residual=None,
+                  bound: "FusedConv" = None):
     """The fused conv_bn_relu op (relu=False: conv -> BN; activation: "none", "relu" or "relu6") on a
-    Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules."""
+    Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules. bound: the FusedConv whose cache
+    keeps the training call bound to its plan (functional.bound_conv_bn_relu)."""
     factor = bn.momentum if bn.momentum is not None else 0.0
     if bn.training:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
             factor = 1.0 / float(bn.num_batches_tracked)
+        if bound is not None:
+            return PF.bound_conv_bn_relu(bound._prepared, bound._sources(), input, c.weight, c.bias, bn.weight,
+                                         bn.bias, bn.running_mean, bn.running_var, c.stride, c.padding, c.dilation,
+                                         c.groups, factor, bn.eps, activation, c.algo, c.backend, residual)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                            c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
                            algo=c.algo, backend=c.backend, activation=activation, residual=residual)

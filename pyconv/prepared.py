@@ -70,6 +70,7 @@ class PreparedCache:
         self.plan = None  # a caller's record of the checked call this value serves (functional.py)
         self.bound = None  # the caller's kernel bound to that plan and this value (functional.py)
         self.fast = None  # a layer's whole call bound to that kernel (functional.BoundCall)
+        self.train = None  # a layer's training call bound to its plan (functional._BoundTrain)
 
     def get(self, sources: tuple, extra: tuple, build):
         key = tuple(_key_of(t) for t in sources) + tuple(extra)
@@ -91,6 +92,7 @@ class PreparedCache:
             self.plan = None
             self.bound = None
             self.fast = None
+            self.train = None
 
     @property
     def nbytes(self) -> int:

@@ -13,32 +13,7 @@ import torch.nn.functional as F
 import pyconv
 import pyconv.nn as PN
 from checks import assert_close
-
-
-class Block(nn.Module):
-    """Every fused pattern: conv-BN-ReLU, conv-BN-ReLU6, conv-BN (no activation, a downsample), the
-    ResNet tail relu(bn(conv(y)) + identity) written with +=, and the MobileNetV2 tail x + bn(conv(y))."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=True), nn.BatchNorm2d(c)
-        self.down = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
-        self.conv3, self.bn3 = nn.Conv2d(c, c, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(c)
-        self.act6 = nn.ReLU6()
-        self.conv4, self.bn4 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c, 5)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.down(x)
-        y = self.relu(out)
-        z = self.act6(self.bn3(self.conv3(y)))
-        z = y + self.bn4(self.conv4(z))
-        return self.fc(torch.flatten(self.pool(z), 1))
+from models import EveryPattern as Block
 
 
 def _randomize_bn(model):

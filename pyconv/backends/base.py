@@ -86,6 +86,36 @@ class Backend(abc.ABC):
             self.conv2d_activation_forward(x, w, b, residual, y, shape, algo, activation, prepared=prepared)
         return run
 
+    def bind_conv_bn_train(self, shape, algos, bn_shape, activation: str):
+        """The fused conv -> batch norm -> activation training step of one planned layer (shape,
+        (forward, grad-input, grad-weight) algorithms, the batch norm's shape, an activation this
+        backend fuses), called many times: (forward, backward) with
+          forward(x, w, b, y, stats, bn_weight, bn_bias, running_mean, running_var, z, save_mean,
+                  save_invstd, momentum, eps, residual): y <- conv, stats its sums, z <- act(BN(y)
+                  [+ residual]), the running statistics updated in place;
+          backward(gz, z, y, x, w, bn_weight, save_mean, save_invstd, gy, gx, gw, gb, g_bn_weight,
+                   g_bn_bias, g_residual): gy <- the conv output's gradient, then the rest (None: not
+                  wanted).
+        Here closures over the kernel table; a backend may resolve its kernels and shapes once (cpp)."""
+        fwd_algo, gi_algo, gw_algo = algos
+        relu = activation != "none"
+        clip = {"relu_max": 6.0} if activation == "relu6" else {}
+
+        def forward(x, w, b, y, stats, bnw, bnb, rm, rv, z, save_mean, save_invstd, momentum, eps, residual):
+            self.conv2d_forward(x, w, b, y, shape, fwd_algo, stats=stats)
+            self.batch_norm_forward(y, bnw, bnb, rm, rv, z, save_mean, save_invstd, bn_shape, True, momentum, eps,
+                                    relu=relu, stats=stats, **clip, **({} if residual is None else {"residual": residual}))
+
+        def backward(gz, z, y, x, w, bnw, save_mean, save_invstd, gy, gx, gw, gb, g_bnw, g_bnb, g_res):
+            self.batch_norm_backward(gz, y, bnw, save_mean, save_invstd, gy, g_bnw, g_bnb, bn_shape, True,
+                                     relu_output=z if relu else None, **clip,
+                                     **({} if g_res is None else {"grad_residual": g_res}))
+            if gx is not None:
+                self.conv2d_backward_input(gy, w, gx, shape, gi_algo)
+            if gw is not None or gb is not None:
+                self.conv2d_backward_weight(x, gy, gw, gb, shape, gw_algo)
+        return forward, backward
+
     def prepare_conv_weight(self, w, shape, algo):
         """The weights in the form this algorithm's forward kernel consumes, built once for
         inference (a tensor), or None where there is nothing to prepare."""

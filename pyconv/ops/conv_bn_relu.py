@@ -21,7 +21,6 @@ only when the BN parameters need gradients.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -32,10 +31,6 @@ from ..prepared import fold_batch_norm
 from ..problem import ACTIVATIONS, BatchNormShape
 from .common import call, custom_op, new_output, register_autograd
 from .conv import _conv_plan, _params, check_residual
-
-
-def _bn_shape(y) -> BatchNormShape:
-    return BatchNormShape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
 
 
 @custom_op("conv_bn_relu")
@@ -83,7 +78,7 @@ def run_conv_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_
         mod.conv2d_forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, shape, algo,
                            stats=stats)
         mod.batch_norm_forward(y, bn_weight.contiguous(), bn_bias.contiguous(), rm, rv, z, save_mean, save_invstd,
-                               _bn_shape(y), True, float(momentum), float(eps), relu=activation != "none",
+                               _bn_shape_of(shape), True, float(momentum), float(eps), relu=activation != "none",
                                stats=stats, **clip, **({} if residual is None else {"residual": residual}))
     else:
         y = x.new_empty(0)
@@ -162,7 +157,7 @@ def run_conv_bn_relu_backward(grad_z, z, y, x, weight, bias, bn_weight, save_mea
     y_for_bn = y.contiguous() if y.numel() else z  # eval without BN grads: the kernel ignores x
     mod.batch_norm_backward(grad_z.contiguous(), y_for_bn, bn_weight.contiguous(), save_mean.contiguous(),
                             save_invstd.contiguous(), gy, g_bnw if output_mask[3] else None,
-                            g_bnb if output_mask[4] else None, _bn_shape(gy), bool(training),
+                            g_bnb if output_mask[4] else None, _bn_shape_of(shape), bool(training),
                             relu_output=z if activation != "none" else None, **clip,
                             **({"grad_residual": g_res} if output_mask[5] else {}))
     gx = new_output(x.shape, x) if output_mask[0] else empty.clone()
@@ -216,3 +211,79 @@ def _backward(ctx, grad_z, *unused):
 
 
 register_autograd("conv_bn_relu", conv_bn_relu, _backward, _setup_context)
+
+
+# ---- a layer's training step, bound once (functional.bound_conv_bn_relu) --------------------------
+
+class TrainStep:
+    """conv -> batch norm (-> activation) in training for one planned layer: the checked plan
+    (shape, (forward, grad-input, grad-weight) algorithms) and the backend's kernels bound to it
+    (Backend.bind_conv_bn_train). run() is the same computation as conv_bn_relu with training=True,
+    as one autograd node, without re-planning, the dispatcher or the custom op's layers (on a small
+    network's layers those cost more than the kernels). The running statistics are updated in place
+    (their version counters bumped, as torch's own in-place update does)."""
+    __slots__ = ("K", "out", "relu", "forward_kernels", "backward_kernels")
+
+    def __init__(self, shape, algos, backend, activation: str):
+        self.K, self.out = shape.K, (shape.N, shape.K, shape.P, shape.Q)
+        self.relu = activation != "none"
+        self.forward_kernels, self.backward_kernels = backend.bind_conv_bn_train(
+            shape, algos, _bn_shape_of(shape), activation)
+
+    def forward(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
+        """(z, y, save_mean, save_invstd) for a contiguous x and weights, residual already checked."""
+        z, y = new_output(self.out, x), new_output(self.out, x)
+        save_mean, save_invstd = new_output((self.K,), x), new_output((self.K,), x)
+        stats = torch.empty((2, self.K), dtype=torch.float64, device=x.device)
+        self.forward_kernels(x, w, b, y, stats, bnw, bnb, rm, rv, z, save_mean, save_invstd, momentum, eps, residual)
+        _increment_version((rm, rv))
+        return z, y, save_mean, save_invstd
+
+    def run(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual, autograd: bool):
+        if not autograd:
+            return self.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)[0]
+        return _TrainStepFn.apply(self, x, w, b, bnw, bnb, residual, rm, rv, momentum, eps)
+
+
+def _bn_shape_of(shape) -> BatchNormShape:
+    return BatchNormShape(shape.N, shape.K, shape.P * shape.Q)
+
+
+try:
+    _increment_version = torch._C._increment_version
+except AttributeError:  # a torch without it: an in-place no-op op bumps the counters
+    def _increment_version(tensors):
+        with torch.no_grad():
+            for t in tensors:
+                t.add_(0)
+
+
+class _TrainStepFn(torch.autograd.Function):
+    """TrainStep's autograd node (eager only: the dispatcher path is the conv_bn_relu op's)."""
+
+    @staticmethod
+    def forward(ctx, step, x, w, b, bnw, bnb, residual, rm, rv, momentum, eps):
+        z, y, save_mean, save_invstd = step.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
+        ctx.set_materialize_grads(False)
+        # z only for the ReLU mask (as the op: a residual tail keeps no extra activation alive)
+        ctx.save_for_backward(x, w, bnw, y, save_mean, save_invstd, z if step.relu else None)
+        ctx.step, ctx.has_bias, ctx.has_residual = step, b is not None, residual is not None
+        return z
+
+    @staticmethod
+    def backward(ctx, gz):
+        need = ctx.needs_input_grad  # (step, x, w, b, bn_weight, bn_bias, residual, ...)
+        if gz is None or not any(need[1:7]):
+            return (None,) * 11
+        step = ctx.step
+        x, w, bnw, y, save_mean, save_invstd, z = ctx.saved_tensors
+        gy = new_output(step.out, x)
+        gx = new_output(x.shape, x) if need[1] else None
+        gw = new_output(w.shape, x) if need[2] else None
+        gb = new_output((step.K,), x) if ctx.has_bias and need[3] else None
+        g_bnw = new_output((step.K,), x) if need[4] else None
+        g_bnb = new_output((step.K,), x) if need[5] else None
+        g_res = new_output(step.out, x) if ctx.has_residual and need[6] else None
+        step.backward_kernels(gz.contiguous(), z, y, x, w, bnw, save_mean, save_invstd, gy, gx, gw, gb, g_bnw, g_bnb,
+                              g_res)
+        return None, gx, gw, gb, g_bnw, g_bnb, g_res, None, None, None, None
