@@ -141,7 +141,10 @@ class ConvBNReLU2d(torch.nn.Module):
         return new
 
     def forward(self, input):
-        return _conv_bn_relu(self.conv, self.bn, input)
+        cache = self.__dict__.get("_bound")  # the training call bound to its plan (made on first use)
+        if cache is None:
+            cache = self.__dict__["_bound"] = PreparedCache()
+        return _conv_bn_relu(self.conv, self.bn, input, bound=cache)
 
     def extra_repr(self):
         return f"algo={self.algo!r}, backend={self.backend!r}"
@@ -211,15 +214,7 @@ class FusedConv(torch.nn.Module):
         """The tensors the prepared weights come from, read from the layers' parameter and buffer
         dicts (Module.__getattr__ costs ~0.3 us a name, on every call); None where a layer keeps
         them otherwise (a parametrized weight): then every call takes the keyed path."""
-        c, bn = self.conv, self.bn
-        try:
-            cp = c._parameters
-            if bn is None:
-                return cp["weight"], cp["bias"]
-            bp, bb = bn._parameters, bn._buffers
-            return cp["weight"], cp["bias"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"]
-        except KeyError:
-            return None
+        return _layer_sources(self.conv, self.bn)
 
     def prepared_bytes(self) -> int:
         """Memory held by the prepared weights (folded, and transformed for the kernel)."""
@@ -259,13 +254,28 @@ class FusedConv(torch.nn.Module):
             y = c(input)
         elif (self.activation != "relu6" or _fuses(c.backend, input, "clipped_bn_relu")) and \
                 (identity is None or _fuses(c.backend, input, "residual_bn")):
-            return _conv_bn_relu(c, bn, input, activation=self.activation, residual=identity, bound=self)
+            return _conv_bn_relu(c, bn, input, activation=self.activation, residual=identity, bound=self._prepared)
         else:  # the residual tail and ReLU6: conv -> BN fused (statistics from the conv's epilogue)
-            y = _conv_bn_relu(c, bn, input, activation="none", bound=self)
+            y = _conv_bn_relu(c, bn, input, activation="none", bound=self._prepared)
         return PF.unfused_tail(y, identity, self.activation)
 
     def extra_repr(self):
         return f"activation={self.activation!r}, residual={self.residual}"
+
+
+def _layer_sources(c, bn):
+    """A conv's (weight, bias) and its batch norm's (weight, bias, running_mean, running_var), read
+    from the layers' parameter and buffer dicts (Module.__getattr__ costs ~0.3 us a name, on every
+    call); None where a layer keeps them otherwise (a parametrized weight): then every call takes the
+    keyed (or full) path."""
+    try:
+        cp = c._parameters
+        if bn is None:
+            return cp["weight"], cp["bias"]
+        bp, bb = bn._parameters, bn._buffers
+        return cp["weight"], cp["bias"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"]
+    except KeyError:
+        return None
 
 
 def _needs_grad(*tensors) -> bool:
@@ -282,17 +292,17 @@ def _fuses(backend: str, input, capability: str) -> bool:
 
 
 def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activation=None, residual=None,
-                  bound: "FusedConv" = None):
+                  bound: PreparedCache = None):
     """The fused conv_bn_relu op (relu=False: conv -> BN; activation: "none", "relu" or "relu6") on a
-    Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules. bound: the FusedConv whose cache
-    keeps the training call bound to its plan (functional.bound_conv_bn_relu)."""
+    Conv2d and BatchNorm2d, with BatchNorm2d's momentum rules. bound: the layer's cache that keeps
+    its training call bound to its plan (functional.bound_conv_bn_relu)."""
     factor = bn.momentum if bn.momentum is not None else 0.0
     if bn.training:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
             factor = 1.0 / float(bn.num_batches_tracked)
         if bound is not None:
-            return PF.bound_conv_bn_relu(bound._prepared, bound._sources(), input, c.weight, c.bias, bn.weight,
+            return PF.bound_conv_bn_relu(bound, _layer_sources(c, bn), input, c.weight, c.bias, bn.weight,
                                          bn.bias, bn.running_mean, bn.running_var, c.stride, c.padding, c.dilation,
                                          c.groups, factor, bn.eps, activation, c.algo, c.backend, residual)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,

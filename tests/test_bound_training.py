@@ -134,3 +134,16 @@ def test_bound_training_running_stats_versions_follow():
     for _ in range(3):
         model(X).sum().backward()
     assert bn.running_mean._version > before[0] and bn.running_var._version > before[1]
+
+
+def test_conv_bn_relu_module_trains_bound():
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU())
+    fused = PN.ConvBNReLU2d.from_modules(*copy.deepcopy(ref)[:2])
+    model = nn.Sequential(fused)
+    _step_and_compare(model, ref, X, "ConvBNReLU2d", steps=3)
+    assert fused._bound.train is not None
+    with torch.no_grad():
+        fused.conv.weight.mul_(-1.0)
+        ref[0].weight.mul_(-1.0)
+    _step_and_compare(model, ref, X, "ConvBNReLU2d weight edited")
