@@ -17,7 +17,8 @@
 // Statistics are one pass of float64 sums shifted by the channel's first value K (sum (x-K) and
 // sum (x-K)^2), which keeps the variance accurate when |mean| >> std. Each (n, c) row is cut into
 // fixed-size chunks whose partial sums are reduced in a fixed order, so results do not depend on
-// the thread count, and a single large image still uses every thread.
+// the thread count, and a single large image still uses every thread; planes of up to kSmallPlane
+// values are summed a channel (all its rows) per task instead.
 #include "cpu/batch_norm.h"
 
 #include <cmath>
@@ -31,11 +32,20 @@ namespace PYCONV_ISA {
 namespace {
 
 constexpr int64_t kChunk = 32768;  // elements per reduction task (fixed: results independent of threads)
+// Planes up to this size are summed a whole channel per task (every image's row together, reduced
+// once): a task per 8x8 row cost more in its setup and final reduction than in its 64 values (the
+// batch-norm backward of 8x64x8x8 ran at half torch's speed).
+constexpr int64_t kSmallPlane = 256;
 
-// Tasks are (row = n*C + c, chunk) pairs.
+// Sum tasks are (row = n*C + c, chunk) pairs, or for small planes channels (all N rows of channel
+// c); the elementwise sweeps always take (row, chunk) tasks (rows in memory order: by channel, a
+// 32x32 layer's normalize sweep measured slower).
 struct Tasks {
-  int64_t chunks, count;
-  Tasks(const BatchNormShape& s) : chunks(ceil_div(s.L, kChunk)), count(s.N * s.C * ceil_div(s.L, kChunk)) {}
+  bool per_channel;
+  int64_t chunks, rows, count;
+  Tasks(const BatchNormShape& s)
+      : per_channel(s.L <= kSmallPlane && s.N > 1), chunks(ceil_div(s.L, kChunk)), rows(s.N * s.C * chunks),
+        count(per_channel ? s.C : rows) {}
 };
 
 // For each task, sum_pair over its chunk of a and b (same [N][C][L] layout, mask m optional);
@@ -46,19 +56,24 @@ void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b
                 const double* kb, double* partial, double mhi = __builtin_nan(""), bool float_blocks = false) {
 #pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
   for (int64_t t = 0; t < tk.count; ++t) {
-    const int64_t row = t / tk.chunks, c = row % s.C;
-    const int64_t l0 = (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
+    const int64_t row = tk.per_channel ? t : t / tk.chunks, c = row % s.C;  // (per channel: one chunk)
+    const int64_t l0 = tk.per_channel ? 0 : (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
     const int64_t off = row * s.L + l0;
+    const int64_t rows = tk.per_channel ? s.N : 1, stride = s.C * s.L;
     const double kac = ka ? ka[c] : 0.0, kbc = kb ? kb[c] : 0.0;
     if (float_blocks)
-      sum_pair_float_blocks(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi);
+      sum_pair_float_blocks(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
     else
-      sum_pair(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi);
+      sum_pair(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
   }
 }
 
 // Per-channel totals of the partial sums, in a fixed order.
 void reduce_channels(const BatchNormShape& s, const Tasks& tk, const double* partial, double* total) {
+  if (tk.per_channel) {  // a task per channel: its sums are the totals
+    for (int64_t e = 0; e < 2 * s.C; ++e) total[e] = partial[e];
+    return;
+  }
   for (int64_t c = 0; c < s.C; ++c) total[2 * c] = total[2 * c + 1] = 0;
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t c = 0; c < s.C; ++c)
@@ -72,8 +87,8 @@ void reduce_channels(const BatchNormShape& s, const Tasks& tk, const double* par
 // out = f(in...) elementwise per channel: body(c, offset, count) over every (row, chunk) task.
 template <typename Body>
 void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
-#pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
-  for (int64_t t = 0; t < tk.count; ++t) {
+#pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.rows)))) schedule(static)
+  for (int64_t t = 0; t < tk.rows; ++t) {
     const int64_t row = t / tk.chunks;
     const int64_t l0 = (t % tk.chunks) * kChunk;
     body(row % s.C, row * s.L + l0, imin(kChunk, s.L - l0));
