@@ -7,9 +7,10 @@ not alias in the L1 sets. A tensor's block of 8 MiB or more returns to the cache
 freed, and the next output of about its size reuses it: a network run in a loop touches the same
 pages every step instead of page-faulting fresh memory (glibc gives blocks past 32 MB back to the
 system on every free). Of smaller blocks (from 256 KiB for the kernels' scratch) at most 24 MiB are
-kept, the largest going back to malloc first (a cache of every size held more memory at a training
+kept, the smallest going back to malloc first (a cache of every size held more memory at a training
 step's peak than torch; none at all left small workspaces page-faulting fresh pages call after
-call). Freed blocks kept in the cache
+call; a miss costs a fault per page, so the largest are the ones worth keeping). Freed blocks kept
+in the cache
 stay under a limit (default 1 GiB; ``set_cache_limit``), and ``empty_cache()`` hands them all back.
 """
 from __future__ import annotations

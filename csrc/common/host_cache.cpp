@@ -63,11 +63,11 @@ struct HostCache {
     return base;
   }
   void drop(std::multimap<size_t, void*>::iterator it) { std::free(unlist(it)); }
-  // Frees cached blocks, largest first, until at most `keep` bytes stay cached, of them at most
-  // `keep_small` in small blocks (mu held).
+  // Frees cached blocks, largest first, until at most `keep` bytes stay cached, then small blocks,
+  // smallest first, until at most `keep_small` bytes of them stay (mu held).
   void trim(size_t keep, size_t keep_small = kHostCacheSmallKeepBytes) {
     while (cached_bytes > keep && !cached.empty()) drop(std::prev(cached.end()));
-    while (small_cached_bytes > keep_small) drop(std::prev(cached.lower_bound(kHostCacheKeepBytes)));
+    while (small_cached_bytes > keep_small) drop(cached.begin());
   }
 };
 
@@ -133,7 +133,7 @@ void host_cache_free(void* p) {
     return;
   }
   c.list(b.size, b.base);
-  c.trim(c.limit);  // (past their budget, small blocks go back to malloc largest first)
+  c.trim(c.limit);  // (past their budget, small blocks go back to malloc smallest first)
 }
 
 HostCacheStats host_cache_stats() {
