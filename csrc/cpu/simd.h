@@ -333,6 +333,66 @@ PYCONV_INLINE void vtranspose(V (&r)[N]) {
     }
 }
 #endif
+// Output tiles' rows side by side. o[0..M-1]: lane l of o[j] is column j of tile l's row (a
+// Winograd output transform's M row vectors, tiles in the lanes); R[q] gets the rows of tiles
+// q*G .. q*G + G - 1, G = W/M, one after another (lane e: column e % M of tile q*G + e / M), so
+// where those tiles sit side by side in one output row, R[q] is W consecutive outputs. Two
+// levels of two-source permutes; the transpose it replaces (then a store per tile) took 4x the
+// shuffles. kInterleaveRows<T, M>: implemented for this ISA.
+#if defined(PYCONV_SIMD_AVX512)
+template <typename T, int M>
+constexpr bool kInterleaveRows = M == 2 || M == 4;
+template <int M>
+PYCONV_INLINE void vinterleave_rows(const vec_t<float>* o, vec_t<float>* R) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  if constexpr (M == 2) {
+    R[0] = vec_t<float>(_mm512_permutex2var_ps(__m512(o[0]), lo, __m512(o[1])));
+    R[1] = vec_t<float>(_mm512_permutex2var_ps(__m512(o[0]), hi, __m512(o[1])));
+  } else {
+    static_assert(M == 4, "vinterleave_rows: M is 2 or 4");
+    // column pairs (0, 1) and (2, 3) of tiles 0-7 and 8-15, then the pairs of each tile together
+    const __m512d x0 = _mm512_castps_pd(_mm512_permutex2var_ps(__m512(o[0]), lo, __m512(o[1])));
+    const __m512d x1 = _mm512_castps_pd(_mm512_permutex2var_ps(__m512(o[0]), hi, __m512(o[1])));
+    const __m512d y0 = _mm512_castps_pd(_mm512_permutex2var_ps(__m512(o[2]), lo, __m512(o[3])));
+    const __m512d y1 = _mm512_castps_pd(_mm512_permutex2var_ps(__m512(o[2]), hi, __m512(o[3])));
+    const __m512i plo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), phi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    R[0] = vec_t<float>(_mm512_castpd_ps(_mm512_permutex2var_pd(x0, plo, y0)));
+    R[1] = vec_t<float>(_mm512_castpd_ps(_mm512_permutex2var_pd(x0, phi, y0)));
+    R[2] = vec_t<float>(_mm512_castpd_ps(_mm512_permutex2var_pd(x1, plo, y1)));
+    R[3] = vec_t<float>(_mm512_castpd_ps(_mm512_permutex2var_pd(x1, phi, y1)));
+  }
+}
+template <int M>
+PYCONV_INLINE void vinterleave_rows(const vec_t<double>* o, vec_t<double>* R) {
+  const __m512i lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+  if constexpr (M == 2) {
+    R[0] = vec_t<double>(_mm512_permutex2var_pd(__m512d(o[0]), lo, __m512d(o[1])));
+    R[1] = vec_t<double>(_mm512_permutex2var_pd(__m512d(o[0]), hi, __m512d(o[1])));
+  } else {
+    static_assert(M == 4, "vinterleave_rows: M is 2 or 4");
+    const __m512d x0 = _mm512_permutex2var_pd(__m512d(o[0]), lo, __m512d(o[1]));
+    const __m512d x1 = _mm512_permutex2var_pd(__m512d(o[0]), hi, __m512d(o[1]));
+    const __m512d y0 = _mm512_permutex2var_pd(__m512d(o[2]), lo, __m512d(o[3]));
+    const __m512d y1 = _mm512_permutex2var_pd(__m512d(o[2]), hi, __m512d(o[3]));
+    const __m512i plo = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), phi = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    R[0] = vec_t<double>(_mm512_permutex2var_pd(x0, plo, y0));
+    R[1] = vec_t<double>(_mm512_permutex2var_pd(x0, phi, y0));
+    R[2] = vec_t<double>(_mm512_permutex2var_pd(x1, plo, y1));
+    R[3] = vec_t<double>(_mm512_permutex2var_pd(x1, phi, y1));
+  }
+}
+#else
+template <typename T, int M>
+constexpr bool kInterleaveRows = false;
+template <int M, typename T>
+PYCONV_INLINE void vinterleave_rows(const vec_t<T>* o, vec_t<T>* R) {
+  constexpr int W = Simd<T>::W, G = W / M;
+  for (int q = 0; q < M; ++q)
+    for (int e = 0; e < W; ++e) R[q][e] = o[e % M][q * G + e / M];
+}
+#endif
+
 template <typename T>
 PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
   typedef int64_t I __attribute__((vector_size(kVectorBytes)));

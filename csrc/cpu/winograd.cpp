@@ -308,6 +308,22 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
       cols[l] = LaneMask<T>(0, imin(M, c.Q - lt.q0[l]));
       ofs[l] = lt.n[l] < 0 ? 0 : ((lt.n[l] * c.G + g) * c.Kout * c.P + lt.p0[l]) * c.Q + lt.q0[l];
     }
+    // Groups of G = W/M lanes whose tiles lie side by side in one output row, all columns inside:
+    // with kInterleaveRows each output row of such a group is one vector (vinterleave_rows), read
+    // and written whole; other groups store each tile's row from it under a lane mask.
+    constexpr int G = W / M;
+    bool grouped[M] = {};
+    LaneMask<T> in_group[W];  // lane l's columns inside the output, at its place in its group's vector
+    if constexpr (kInterleaveRows<T, M>) {
+      for (int q = 0; q < M; ++q) {
+        grouped[q] = rows[q * G] > 0;
+        for (int u = 0; u < G; ++u) {
+          const int l = q * G + u;
+          in_group[l] = LaneMask<T>(u * M, u * M + imin(M, c.Q - lt.q0[l]));
+          if (!full[l] || rows[l] != rows[q * G] || (u > 0 && ofs[l] != ofs[l - 1] + M)) grouped[q] = false;
+        }
+      }
+    }
     for (int64_t k = 0; k < c.Kout; ++k) {
       Vec mv[A * A], tmp[M * A], o[M * M];
       const int64_t t = ch * W, plane = k * c.P * c.Q;
@@ -316,6 +332,32 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
       mul_left<false, A, T>(WinogradTile<M>::AT, mv, tmp);
       mul_right<true, M, T>(WinogradTile<M>::AT, tmp, o);
       const Vec bv = vbroadcast(bias ? bias[g * c.Kout + k] : T(0));
+      if constexpr (kInterleaveRows<T, M>) {
+        for (int i = 0; i < M; ++i) {
+          Vec R[M];
+          vinterleave_rows<M>(o + i * M, R);
+          for (int q = 0; q < M; ++q) {
+            const int l0 = q * G;
+            Vec v = R[q] + bv;  // (the same operations per output as the transposed stores below)
+            if (grouped[q]) {
+              if (i >= rows[l0]) continue;
+              const int64_t at = plane + ofs[l0] + i * c.Q;
+              if (ep.residual) v += vload(ep.residual + at);
+              vstore(y + at, activate_vec<T>(ep.act, v));
+              continue;
+            }
+            // tile l0 + u's row at lanes [u*M, u*M + M): its address minus u*M, masked to those
+            // lanes (masked-off lanes are never touched)
+            if (ep.residual)
+              for (int u = 0; u < G; ++u)
+                if (i < rows[l0 + u]) v += vload_masked(ep.residual + plane + ofs[l0 + u] + i * c.Q - u * M, in_group[l0 + u]);
+            v = activate_vec<T>(ep.act, v);
+            for (int u = 0; u < G; ++u)
+              if (i < rows[l0 + u]) vstore_masked(y + plane + ofs[l0 + u] + i * c.Q - u * M, v, in_group[l0 + u]);
+          }
+        }
+        continue;
+      }
       for (int i = 0; i < M; ++i) {
         Vec r[W];
         if (ep.residual) {  // row i of each tile's residual, transposed to the lanes
