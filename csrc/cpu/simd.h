@@ -363,6 +363,31 @@ PYCONV_INLINE void vinterleave_rows(const vec_t<float>* o, vec_t<float>* R) {
     R[3] = vec_t<float>(_mm512_castpd_ps(_mm512_permutex2var_pd(x1, phi, y1)));
   }
 }
+// The inverse: o[j] lane q*G + u <- R[q] lane u*M + j (W/M tiles' rows side by side back to one
+// vector per column, tiles in the lanes).
+template <int M>
+PYCONV_INLINE void vdeinterleave_rows(const vec_t<float>* R, vec_t<float>* o) {
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  if constexpr (M == 2) {
+    o[0] = vec_t<float>(_mm512_permutex2var_ps(__m512(R[0]), ev, __m512(R[1])));
+    o[1] = vec_t<float>(_mm512_permutex2var_ps(__m512(R[0]), od, __m512(R[1])));
+  } else {
+    static_assert(M == 4, "vdeinterleave_rows: M is 2 or 4");
+    const __m512i pev = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), pod = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    // each tile's column pairs (0, 1) and (2, 3), tiles 0-7 then 8-15; then the columns apart
+    const __m512 x0 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[0])), pev, _mm512_castps_pd(__m512(R[1]))));
+    const __m512 y0 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[0])), pod, _mm512_castps_pd(__m512(R[1]))));
+    const __m512 x1 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[2])), pev, _mm512_castps_pd(__m512(R[3]))));
+    const __m512 y1 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[2])), pod, _mm512_castps_pd(__m512(R[3]))));
+    const __m512i lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    o[0] = vec_t<float>(_mm512_permutex2var_ps(x0, lo, x1));
+    o[1] = vec_t<float>(_mm512_permutex2var_ps(x0, hi, x1));
+    o[2] = vec_t<float>(_mm512_permutex2var_ps(y0, lo, y1));
+    o[3] = vec_t<float>(_mm512_permutex2var_ps(y0, hi, y1));
+  }
+}
 template <int M>
 PYCONV_INLINE void vinterleave_rows(const vec_t<double>* o, vec_t<double>* R) {
   const __m512i lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
@@ -382,6 +407,25 @@ PYCONV_INLINE void vinterleave_rows(const vec_t<double>* o, vec_t<double>* R) {
     R[3] = vec_t<double>(_mm512_permutex2var_pd(x1, phi, y1));
   }
 }
+template <int M>
+PYCONV_INLINE void vdeinterleave_rows(const vec_t<double>* R, vec_t<double>* o) {
+  const __m512i ev = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), od = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  if constexpr (M == 2) {
+    o[0] = vec_t<double>(_mm512_permutex2var_pd(__m512d(R[0]), ev, __m512d(R[1])));
+    o[1] = vec_t<double>(_mm512_permutex2var_pd(__m512d(R[0]), od, __m512d(R[1])));
+  } else {
+    static_assert(M == 4, "vdeinterleave_rows: M is 2 or 4");
+    const __m512i plo = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), phi = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+    const __m512d x0 = _mm512_permutex2var_pd(__m512d(R[0]), plo, __m512d(R[1]));
+    const __m512d y0 = _mm512_permutex2var_pd(__m512d(R[0]), phi, __m512d(R[1]));
+    const __m512d x1 = _mm512_permutex2var_pd(__m512d(R[2]), plo, __m512d(R[3]));
+    const __m512d y1 = _mm512_permutex2var_pd(__m512d(R[2]), phi, __m512d(R[3]));
+    o[0] = vec_t<double>(_mm512_permutex2var_pd(x0, ev, x1));
+    o[1] = vec_t<double>(_mm512_permutex2var_pd(x0, od, x1));
+    o[2] = vec_t<double>(_mm512_permutex2var_pd(y0, ev, y1));
+    o[3] = vec_t<double>(_mm512_permutex2var_pd(y0, od, y1));
+  }
+}
 #else
 template <typename T, int M>
 constexpr bool kInterleaveRows = false;
@@ -390,6 +434,12 @@ PYCONV_INLINE void vinterleave_rows(const vec_t<T>* o, vec_t<T>* R) {
   constexpr int W = Simd<T>::W, G = W / M;
   for (int q = 0; q < M; ++q)
     for (int e = 0; e < W; ++e) R[q][e] = o[e % M][q * G + e / M];
+}
+template <int M, typename T>
+PYCONV_INLINE void vdeinterleave_rows(const vec_t<T>* R, vec_t<T>* o) {
+  constexpr int W = Simd<T>::W, G = W / M;
+  for (int q = 0; q < M; ++q)
+    for (int e = 0; e < W; ++e) o[e % M][q * G + e / M] = R[q][e];
 }
 #endif
 

@@ -242,8 +242,55 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
   // per W tiles, not per channel (per lane and row inside the channel loop they were about half the
   // transform's instructions).
   constexpr int CW = (A + W - 1) / W * W, NCB = CW / W;
+  constexpr int G = W / M;  // (kInterleaveRows) tiles per group, side by side in one tile row
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
+    if constexpr (kInterleaveRows<T, M>) {
+      // Every group of G lanes holds G consecutive tiles of one tile row (32- and 16-wide planes
+      // with F(4x4)): a group's row is two vectors of consecutive columns (its tiles' first M
+      // columns, and the last A - M from A - M on), masked to the plane's columns (the padding
+      // reads 0), turned into one vector per column by vdeinterleave_rows. No per-lane loads.
+      bool grouped = true;
+      for (int l = 0; l < W && grouped; ++l)
+        grouped = lt.n[l] >= 0 && (l % G == 0 || (lt.n[l] == lt.n[l - 1] && lt.p0[l] == lt.p0[l - 1] &&
+                                                  lt.q0[l] == lt.q0[l - 1] + M));
+      if (grouped) {
+        int64_t base[A][M];           // row i of group q's window in channel c0's plane, column col0
+        bool row_in[A][M];            // the row exists (else zeros)
+        LaneMask<T> mlo[M], mhi[M];   // the plane's columns among the two loads' lanes
+        for (int q = 0; q < M; ++q) {
+          const int l = q * G;
+          const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w;
+          mlo[q] = LaneMask<T>(-x0, c.W - x0);
+          mhi[q] = LaneMask<T>(-(x0 + A - M), c.W - (x0 + A - M));
+          for (int i = 0; i < A; ++i) {
+            row_in[i][q] = y0 + i >= 0 && y0 + i < c.H;
+            base[i][q] = ((lt.n[l] * c.G + g) * c.Cin + c0) * c.H * c.W + (y0 + i) * c.W + x0;
+          }
+        }
+        int64_t v_ofs[A * A];
+        for (int xi = 0; xi < A * A; ++xi) v_ofs[xi] = layout.at<T>(xi, 0, ch * W);
+        for (int64_t ci = c0; ci < c1; ++ci) {
+          Vec dv[A * A], tmp[A * A], v[A * A];
+          const T* xc = x + (ci - c0) * c.H * c.W;
+          for (int i = 0; i < A; ++i) {
+            Vec lo[M], hi[M], dlo[M], dhi[M];
+            for (int q = 0; q < M; ++q) {
+              lo[q] = row_in[i][q] ? vload_masked(xc + base[i][q], mlo[q]) : Vec{};
+              hi[q] = row_in[i][q] ? vload_masked(xc + base[i][q] + (A - M), mhi[q]) : Vec{};
+            }
+            vdeinterleave_rows<M>(lo, dlo);
+            vdeinterleave_rows<M>(hi, dhi);
+            for (int j = 0; j < M; ++j) dv[i * A + j] = dlo[j];
+            for (int j = M; j < A; ++j) dv[i * A + j] = dhi[j - (A - M)];
+          }
+          mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
+          mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
+          for (int xi = 0; xi < A * A; ++xi) vstore(V + v_ofs[xi] + (ci - c0) * layout.row_stride, v[xi]);
+        }
+        continue;
+      }
+    }
     int64_t row_ofs[A][W];      // row i of lane l's window in channel c0's plane (0: none)
     bool whole[A][W];           // the CW columns lie inside the row
     bool inside[A][W];          // the row exists (else zeros)
