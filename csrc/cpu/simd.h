@@ -429,15 +429,15 @@ PYCONV_INLINE void vdeinterleave_rows(const vec_t<double>* R, vec_t<double>* o) 
 #else
 template <typename T, int M>
 constexpr bool kInterleaveRows = false;
-template <int M, typename T>
-PYCONV_INLINE void vinterleave_rows(const vec_t<T>* o, vec_t<T>* R) {
-  constexpr int W = Simd<T>::W, G = W / M;
+template <int M, typename V>
+PYCONV_INLINE void vinterleave_rows(const V* o, V* R) {
+  constexpr int W = sizeof(V) / sizeof(o[0][0]), G = W / M;
   for (int q = 0; q < M; ++q)
     for (int e = 0; e < W; ++e) R[q][e] = o[e % M][q * G + e / M];
 }
-template <int M, typename T>
-PYCONV_INLINE void vdeinterleave_rows(const vec_t<T>* R, vec_t<T>* o) {
-  constexpr int W = Simd<T>::W, G = W / M;
+template <int M, typename V>
+PYCONV_INLINE void vdeinterleave_rows(const V* R, V* o) {
+  constexpr int W = sizeof(V) / sizeof(R[0][0]), G = W / M;
   for (int q = 0; q < M; ++q)
     for (int e = 0; e < W; ++e) o[e % M][q * G + e / M] = R[q][e];
 }

@@ -582,6 +582,7 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
   const int64_t xi_stride = position_stride<T>((k1 - k0) * NB);
+  constexpr int G = W / M;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     LaneMask<T> cols[W];  // a tile's columns inside the output
@@ -592,7 +593,35 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
       rows[l] = lt.n[l] < 0 ? 0 : imin(M, c.P - lt.p0[l]);
       origin[l] = lt.n[l] < 0 ? gy : gy + (((lt.n[l] * c.G + g) * c.Kout + k0) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
     }
-    for (int64_t k = k0; k < k1; ++k) {
+    // As the output transform: where each group of G lanes is G tiles side by side in one tile
+    // row, a group's row of gy is one masked load of consecutive columns (the output's edge
+    // reads 0), and vdeinterleave_rows gives one vector per column.
+    bool grouped = kInterleaveRows<T, M>;
+    LaneMask<T> gcols[M];  // group q's columns inside the output
+    for (int l = 0; l < W && grouped; ++l)
+      grouped = lt.n[l] >= 0 && (l % G == 0 || (lt.n[l] == lt.n[l - 1] && lt.p0[l] == lt.p0[l - 1] &&
+                                                lt.q0[l] == lt.q0[l - 1] + M));
+    if (grouped)
+      for (int q = 0; q < M; ++q) gcols[q] = LaneMask<T>(0, c.Q - lt.q0[q * G]);
+    for (int64_t k = k0; grouped && k < k1; ++k) {
+      Vec z[A * A];
+      T* zk = Z + (k - k0) * NB + ch * W;
+      if (k >= c.Kout) {
+        for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, Vec{});
+        continue;
+      }
+      Vec dv[M * M], tmp[A * M];
+      for (int i = 0; i < M; ++i) {
+        Vec R[M];
+        for (int q = 0; q < M; ++q)
+          R[q] = i < rows[q * G] ? vload_masked(origin[q * G] + (k - k0) * c.P * c.Q + i * c.Q, gcols[q]) : Vec{};
+        vdeinterleave_rows<M>(R, dv + i * M);
+      }
+      mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
+      mul_right<false, A, T>(WinogradTile<M>::AT, tmp, z);
+      for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, z[xi]);
+    }
+    for (int64_t k = k0; !grouped && k < k1; ++k) {
       Vec z[A * A];
       T* zk = Z + (k - k0) * NB + ch * W;
       if (k >= c.Kout) {
