@@ -131,6 +131,13 @@ PYCONV_INLINE void vstore_masked(float* p, vec_t<float> v, const LaneMask<float>
 PYCONV_INLINE void vstore_masked(double* p, vec_t<double> v, const LaneMask<double>& k) {
   _mm512_mask_storeu_pd(p, k.m, __m512d(v));
 }
+// src with the mask's lanes loaded from p (as vload_masked, the others never touched)
+PYCONV_INLINE vec_t<float> vload_merge(vec_t<float> src, const float* p, const LaneMask<float>& k) {
+  return vec_t<float>(_mm512_mask_loadu_ps(__m512(src), k.m, p));
+}
+PYCONV_INLINE vec_t<double> vload_merge(vec_t<double> src, const double* p, const LaneMask<double>& k) {
+  return vec_t<double>(_mm512_mask_loadu_pd(__m512d(src), k.m, p));
+}
 #elif defined(PYCONV_SIMD_AVX2)
 template <>
 struct LaneMask<float> {
@@ -165,6 +172,12 @@ PYCONV_INLINE void vstore_masked(float* p, vec_t<float> v, const LaneMask<float>
 PYCONV_INLINE void vstore_masked(double* p, vec_t<double> v, const LaneMask<double>& k) {
   _mm256_maskstore_pd(p, k.m, __m256d(v));
 }
+PYCONV_INLINE vec_t<float> vload_merge(vec_t<float> src, const float* p, const LaneMask<float>& k) {
+  return vec_t<float>(_mm256_blendv_ps(__m256(src), _mm256_maskload_ps(p, k.m), _mm256_castsi256_ps(k.m)));
+}
+PYCONV_INLINE vec_t<double> vload_merge(vec_t<double> src, const double* p, const LaneMask<double>& k) {
+  return vec_t<double>(_mm256_blendv_pd(__m256d(src), _mm256_maskload_pd(p, k.m), _mm256_castsi256_pd(k.m)));
+}
 #else
 template <typename T>
 struct LaneMask {
@@ -181,6 +194,11 @@ PYCONV_INLINE vec_t<T> vload_masked(const T* p, const LaneMask<T>& k) {
 template <typename T>
 PYCONV_INLINE void vstore_masked(T* p, vec_t<T> v, const LaneMask<T>& k) {
   for (int64_t t = k.lo; t < k.hi; ++t) p[t] = v[t];
+}
+template <typename T>
+PYCONV_INLINE vec_t<T> vload_merge(vec_t<T> v, const T* p, const LaneMask<T>& k) {
+  for (int64_t t = k.lo; t < k.hi; ++t) v[t] = p[t];
+  return v;
 }
 #endif
 // Loads through a lane mask from a table (any lanes, not only a range): m[l] all ones loads lane l,

@@ -174,6 +174,33 @@ struct LaneTiles {
   }
 };
 
+// The W lanes as M groups of G = W/M (one vinterleave_rows vector each), each group cut into runs
+// of tiles side by side in one tile row of one image: a run's row is consecutive columns, so it
+// is one masked load or store at its first tile's address minus the run's first lane (u * M).
+template <int M, int W>
+struct LaneRuns {
+  static constexpr int G = W / M;
+  int count[M];                           // runs in group q
+  int lane0[M][G], tiles[M][G], tile[M][G];  // a run's first lane, its tiles, its first tile (lane)
+  explicit LaneRuns(const LaneTiles<M, W>& lt) {
+    for (int q = 0; q < M; ++q) {
+      count[q] = 0;
+      for (int u = 0; u < G; ++u) {
+        const int l = q * G + u;
+        if (lt.n[l] < 0) continue;  // past the last tile: no run, its lanes read 0 and are not stored
+        const int r = count[q] - 1;
+        if (r >= 0 && tile[q][r] + tiles[q][r] == l && lt.n[l] == lt.n[l - 1] && lt.p0[l] == lt.p0[l - 1] &&
+            lt.q0[l] == lt.q0[l - 1] + M) {
+          ++tiles[q][r];
+          continue;
+        }
+        lane0[q][count[q]] = u * M, tiles[q][count[q]] = 1, tile[q][count[q]] = l;
+        ++count[q];
+      }
+    }
+  }
+};
+
 // Filters of group g to packed panels U[xi][kb][c][MR] (kb over ceil(Kout/MR) blocks, zero past Kout).
 // `transposed` reads grad-input's filter: output channel = forward input channel, rotated 180 degrees.
 // Vectorized across W (k, c) pairs taken in panel order (c major, the MR rows of kb minor), so each
@@ -242,54 +269,55 @@ void transform_input_block(const Conv& c, const Tiling<M>& tl, const T* x, int64
   // per W tiles, not per channel (per lane and row inside the channel loop they were about half the
   // transform's instructions).
   constexpr int CW = (A + W - 1) / W * W, NCB = CW / W;
-  constexpr int G = W / M;  // (kInterleaveRows) tiles per group, side by side in one tile row
+  constexpr int G = W / M;  // (kInterleaveRows) tiles per group
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     if constexpr (kInterleaveRows<T, M>) {
-      // Every group of G lanes holds G consecutive tiles of one tile row (32- and 16-wide planes
-      // with F(4x4)): a group's row is two vectors of consecutive columns (its tiles' first M
-      // columns, and the last A - M from A - M on), masked to the plane's columns (the padding
-      // reads 0), turned into one vector per column by vdeinterleave_rows. No per-lane loads.
-      bool grouped = true;
-      for (int l = 0; l < W && grouped; ++l)
-        grouped = lt.n[l] >= 0 && (l % G == 0 || (lt.n[l] == lt.n[l - 1] && lt.p0[l] == lt.p0[l - 1] &&
-                                                  lt.q0[l] == lt.q0[l - 1] + M));
-      if (grouped) {
-        int64_t base[A][M];           // row i of group q's window in channel c0's plane, column col0
-        bool row_in[A][M];            // the row exists (else zeros)
-        LaneMask<T> mlo[M], mhi[M];   // the plane's columns among the two loads' lanes
-        for (int q = 0; q < M; ++q) {
-          const int l = q * G;
-          const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w;
-          mlo[q] = LaneMask<T>(-x0, c.W - x0);
-          mhi[q] = LaneMask<T>(-(x0 + A - M), c.W - (x0 + A - M));
+      // A group's window row is two vectors of consecutive columns (its tiles' first M columns,
+      // and their last A - M from column A - M on): one masked load per run of tiles side by side
+      // (the whole group on 32- and 16-wide planes with F(4x4)), the plane's padding and other
+      // runs' lanes left 0, then vdeinterleave_rows gives one vector per column. No per-lane loads,
+      // masks or register transpose.
+      const LaneRuns<M, W> lr(lt);
+      int64_t base[A][M][G];  // run (q, r)'s window row i in channel c0's plane, minus its first lane
+      bool row_in[A][M][G];   // the row exists (else zeros)
+      LaneMask<T> mlo[M][G], mhi[M][G];  // the run's lanes whose columns lie in the plane
+      for (int q = 0; q < M; ++q)
+        for (int r = 0; r < lr.count[q]; ++r) {
+          const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
+          const int64_t y0 = lt.p0[l] - c.pad_h, x0 = lt.q0[l] - c.pad_w, xh = x0 + (A - M);
+          mlo[q][r] = LaneMask<T>(imax(a, a - x0), imin(b, a + c.W - x0));
+          mhi[q][r] = LaneMask<T>(imax(a, a - xh), imin(b, a + c.W - xh));
           for (int i = 0; i < A; ++i) {
-            row_in[i][q] = y0 + i >= 0 && y0 + i < c.H;
-            base[i][q] = ((lt.n[l] * c.G + g) * c.Cin + c0) * c.H * c.W + (y0 + i) * c.W + x0;
+            row_in[i][q][r] = y0 + i >= 0 && y0 + i < c.H;
+            base[i][q][r] = ((lt.n[l] * c.G + g) * c.Cin + c0) * c.H * c.W + (y0 + i) * c.W + x0 - a;
           }
         }
-        int64_t v_ofs[A * A];
-        for (int xi = 0; xi < A * A; ++xi) v_ofs[xi] = layout.at<T>(xi, 0, ch * W);
-        for (int64_t ci = c0; ci < c1; ++ci) {
-          Vec dv[A * A], tmp[A * A], v[A * A];
-          const T* xc = x + (ci - c0) * c.H * c.W;
-          for (int i = 0; i < A; ++i) {
-            Vec lo[M], hi[M], dlo[M], dhi[M];
-            for (int q = 0; q < M; ++q) {
-              lo[q] = row_in[i][q] ? vload_masked(xc + base[i][q], mlo[q]) : Vec{};
-              hi[q] = row_in[i][q] ? vload_masked(xc + base[i][q] + (A - M), mhi[q]) : Vec{};
+      int64_t v_ofs[A * A];
+      for (int xi = 0; xi < A * A; ++xi) v_ofs[xi] = layout.at<T>(xi, 0, ch * W);
+      for (int64_t ci = c0; ci < c1; ++ci) {
+        Vec dv[A * A], tmp[A * A], v[A * A];
+        const T* xc = x + (ci - c0) * c.H * c.W;
+        for (int i = 0; i < A; ++i) {
+          Vec lo[M], hi[M], dlo[M], dhi[M];
+          for (int q = 0; q < M; ++q) {
+            lo[q] = hi[q] = Vec{};
+            for (int r = 0; r < lr.count[q]; ++r) {
+              if (!row_in[i][q][r]) continue;
+              lo[q] = vload_merge(lo[q], xc + base[i][q][r], mlo[q][r]);
+              hi[q] = vload_merge(hi[q], xc + base[i][q][r] + (A - M), mhi[q][r]);
             }
-            vdeinterleave_rows<M>(lo, dlo);
-            vdeinterleave_rows<M>(hi, dhi);
-            for (int j = 0; j < M; ++j) dv[i * A + j] = dlo[j];
-            for (int j = M; j < A; ++j) dv[i * A + j] = dhi[j - (A - M)];
           }
-          mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
-          mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
-          for (int xi = 0; xi < A * A; ++xi) vstore(V + v_ofs[xi] + (ci - c0) * layout.row_stride, v[xi]);
+          vdeinterleave_rows<M>(lo, dlo);
+          vdeinterleave_rows<M>(hi, dhi);
+          for (int j = 0; j < M; ++j) dv[i * A + j] = dlo[j];
+          for (int j = M; j < A; ++j) dv[i * A + j] = dhi[j - (A - M)];
         }
-        continue;
+        mul_left<false, A, T>(WinogradTile<M>::BT, dv, tmp);
+        mul_right<true, A, T>(WinogradTile<M>::BT, tmp, v);
+        for (int xi = 0; xi < A * A; ++xi) vstore(V + v_ofs[xi] + (ci - c0) * layout.row_stride, v[xi]);
       }
+      continue;
     }
     int64_t row_ofs[A][W];      // row i of lane l's window in channel c0's plane (0: none)
     bool whole[A][W];           // the CW columns lie inside the row
@@ -355,19 +383,23 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
       cols[l] = LaneMask<T>(0, imin(M, c.Q - lt.q0[l]));
       ofs[l] = lt.n[l] < 0 ? 0 : ((lt.n[l] * c.G + g) * c.Kout * c.P + lt.p0[l]) * c.Q + lt.q0[l];
     }
-    // Groups of G = W/M lanes whose tiles lie side by side in one output row, all columns inside:
-    // with kInterleaveRows each output row of such a group is one vector (vinterleave_rows), read
-    // and written whole; other groups store each tile's row from it under a lane mask.
+    // Each output row of a group of G = W/M lanes is one vinterleave_rows vector: written by one
+    // store where the group is G tiles side by side with all columns inside (32- and 16-wide planes
+    // with F(4x4), most of a 56-wide one), else by a masked store per run of tiles side by side.
     constexpr int G = W / M;
-    bool grouped[M] = {};
-    LaneMask<T> in_group[W];  // lane l's columns inside the output, at its place in its group's vector
+    bool whole[M] = {};          // group q is one run of G tiles, every column inside
+    LaneMask<T> rmask[M][G];     // run (q, r)'s lanes whose columns lie inside the output
+    int64_t rofs[M][G], rrows[M][G];  // its first tile's offset minus its first lane; its rows inside
+    int rcount[M] = {};
     if constexpr (kInterleaveRows<T, M>) {
+      const LaneRuns<M, W> lr(lt);
       for (int q = 0; q < M; ++q) {
-        grouped[q] = rows[q * G] > 0;
-        for (int u = 0; u < G; ++u) {
-          const int l = q * G + u;
-          in_group[l] = LaneMask<T>(u * M, u * M + imin(M, c.Q - lt.q0[l]));
-          if (!full[l] || rows[l] != rows[q * G] || (u > 0 && ofs[l] != ofs[l - 1] + M)) grouped[q] = false;
+        rcount[q] = lr.count[q];
+        for (int r = 0; r < lr.count[q]; ++r) {
+          const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
+          rmask[q][r] = LaneMask<T>(a, imin(b, a + c.Q - lt.q0[l]));
+          rofs[q][r] = ofs[l] - a, rrows[q][r] = rows[l];
+          whole[q] = lr.count[q] == 1 && b - a == W && c.Q - lt.q0[l] >= W;
         }
       }
     }
@@ -384,23 +416,23 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
           Vec R[M];
           vinterleave_rows<M>(o + i * M, R);
           for (int q = 0; q < M; ++q) {
-            const int l0 = q * G;
             Vec v = R[q] + bv;  // (the same operations per output as the transposed stores below)
-            if (grouped[q]) {
-              if (i >= rows[l0]) continue;
-              const int64_t at = plane + ofs[l0] + i * c.Q;
+            if (whole[q]) {
+              if (i >= rrows[q][0]) continue;
+              const int64_t at = plane + rofs[q][0] + i * c.Q;
               if (ep.residual) v += vload(ep.residual + at);
               vstore(y + at, activate_vec<T>(ep.act, v));
               continue;
             }
-            // tile l0 + u's row at lanes [u*M, u*M + M): its address minus u*M, masked to those
-            // lanes (masked-off lanes are never touched)
-            if (ep.residual)
-              for (int u = 0; u < G; ++u)
-                if (i < rows[l0 + u]) v += vload_masked(ep.residual + plane + ofs[l0 + u] + i * c.Q - u * M, in_group[l0 + u]);
+            if (ep.residual) {
+              Vec rv{};
+              for (int r = 0; r < rcount[q]; ++r)
+                if (i < rrows[q][r]) rv = vload_merge(rv, ep.residual + plane + rofs[q][r] + i * c.Q, rmask[q][r]);
+              v += rv;
+            }
             v = activate_vec<T>(ep.act, v);
-            for (int u = 0; u < G; ++u)
-              if (i < rows[l0 + u]) vstore_masked(y + plane + ofs[l0 + u] + i * c.Q - u * M, v, in_group[l0 + u]);
+            for (int r = 0; r < rcount[q]; ++r)
+              if (i < rrows[q][r]) vstore_masked(y + plane + rofs[q][r] + i * c.Q, v, rmask[q][r]);
           }
         }
         continue;
@@ -593,16 +625,25 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
       rows[l] = lt.n[l] < 0 ? 0 : imin(M, c.P - lt.p0[l]);
       origin[l] = lt.n[l] < 0 ? gy : gy + (((lt.n[l] * c.G + g) * c.Kout + k0) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
     }
-    // As the output transform: where each group of G lanes is G tiles side by side in one tile
-    // row, a group's row of gy is one masked load of consecutive columns (the output's edge
-    // reads 0), and vdeinterleave_rows gives one vector per column.
-    bool grouped = kInterleaveRows<T, M>;
-    LaneMask<T> gcols[M];  // group q's columns inside the output
-    for (int l = 0; l < W && grouped; ++l)
-      grouped = lt.n[l] >= 0 && (l % G == 0 || (lt.n[l] == lt.n[l - 1] && lt.p0[l] == lt.p0[l - 1] &&
-                                                lt.q0[l] == lt.q0[l - 1] + M));
-    if (grouped)
-      for (int q = 0; q < M; ++q) gcols[q] = LaneMask<T>(0, c.Q - lt.q0[q * G]);
+    // As the output transform: a group's row of gy is one masked load per run of tiles side by
+    // side (columns past the output's edge and other runs' lanes read 0), and vdeinterleave_rows
+    // gives one vector per column.
+    constexpr bool grouped = kInterleaveRows<T, M>;
+    LaneMask<T> rmask[M][G];
+    const T* rorigin[M][G];  // run (q, r)'s first tile's origin minus its first lane
+    int64_t rrows[M][G];
+    int rcount[M] = {};
+    if constexpr (grouped) {
+      const LaneRuns<M, W> lr(lt);
+      for (int q = 0; q < M; ++q) {
+        rcount[q] = lr.count[q];
+        for (int r = 0; r < lr.count[q]; ++r) {
+          const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
+          rmask[q][r] = LaneMask<T>(a, imin(b, a + c.Q - lt.q0[l]));
+          rorigin[q][r] = origin[l] - a, rrows[q][r] = rows[l];
+        }
+      }
+    }
     for (int64_t k = k0; grouped && k < k1; ++k) {
       Vec z[A * A];
       T* zk = Z + (k - k0) * NB + ch * W;
@@ -613,8 +654,11 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
       Vec dv[M * M], tmp[A * M];
       for (int i = 0; i < M; ++i) {
         Vec R[M];
-        for (int q = 0; q < M; ++q)
-          R[q] = i < rows[q * G] ? vload_masked(origin[q * G] + (k - k0) * c.P * c.Q + i * c.Q, gcols[q]) : Vec{};
+        for (int q = 0; q < M; ++q) {
+          R[q] = Vec{};
+          for (int r = 0; r < rcount[q]; ++r)
+            if (i < rrows[q][r]) R[q] = vload_merge(R[q], rorigin[q][r] + (k - k0) * c.P * c.Q + i * c.Q, rmask[q][r]);
+        }
         vdeinterleave_rows<M>(R, dv + i * M);
       }
       mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
