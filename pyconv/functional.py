@@ -286,20 +286,28 @@ def bound_conv2d_activation(cache, sources, conf: tuple, input, residual, weight
                               backend, cache, bind_as)
 
 
+def _same_call(rec, sources, conf, input, residual, out) -> bool:
+    """Whether a call matches what rec (a bound call: in_shape, dtype, device, residual, conf,
+    sources) was bound for: a plain input of the same size, dtype and device, the same arguments,
+    the same source tensors (objects), and a residual present as before, plain, of the output's size
+    `out` and the input's dtype and device."""
+    if (type(input) is not torch.Tensor or input.shape != rec.in_shape or input.dtype != rec.dtype
+            or input.device != rec.device or (residual is not None) != rec.residual or conf != rec.conf):
+        return False
+    for a, b in zip(sources, rec.sources):
+        if a is not b:
+            return False
+    return residual is None or (type(residual) is torch.Tensor and tuple(residual.shape) == tuple(out)
+                                and residual.dtype == rec.dtype and residual.device == rec.device)
+
+
 def _run_bound_call(cache, sources: tuple, conf: tuple, input, residual):
     """The call through cache.fast where nothing it was bound to has changed, else None (the caller
     takes the full path). The caller has checked that no gradient is needed from its sources."""
     rec = cache.fast
-    if (rec is None or type(input) is not torch.Tensor or input.shape != rec.in_shape or input.dtype != rec.dtype
-            or input.device != rec.device or (residual is not None) != rec.residual or conf != rec.conf):
+    if rec is None or not _same_call(rec, sources, conf, input, residual, rec.out):
         return None
-    for a, b in zip(sources, rec.sources):
-        if a is not b:
-            return None
     if versions_of(sources) != rec.versions:
-        return None
-    if residual is not None and (type(residual) is not torch.Tensor or tuple(residual.shape) != rec.out
-                                 or residual.dtype != rec.dtype or residual.device != rec.device):
         return None
     if _dispatcher_needed((input, residual)):
         return None
@@ -489,19 +497,10 @@ def bound_conv_bn_relu(cache, sources, input, weight, bias, bn_weight, bn_bias, 
 
 def _run_bound_train(rec, sources, conf, input, residual, momentum):
     """The call through rec where nothing it was bound to has changed, else None."""
-    if (type(input) is not torch.Tensor or input.shape != rec.in_shape or input.dtype != rec.dtype
-            or input.device != rec.device or (residual is not None) != rec.residual or conf != rec.conf):
-        return None
-    for a, b in zip(sources, rec.sources):
-        if a is not b:
-            return None
-    if _metas(sources) != rec.metas:
+    if not _same_call(rec, sources, conf, input, residual, rec.step.out) or _metas(sources) != rec.metas:
         return None
     w, b, bnw, bnb, rm, rv = sources
     if residual is not None:
-        if (type(residual) is not torch.Tensor or residual.shape != input.shape[:1] + rec.step.out[1:]
-                or residual.dtype != rec.dtype or residual.device != rec.device):
-            return None
         residual = residual.contiguous()
     need = _dispatch_need((input, residual, w, b, bnw, bnb))
     if need == _DISPATCH or (need == _AUTOGRAD_ONLY) != rec.grad or not (rm.is_contiguous() and rv.is_contiguous()):

@@ -32,6 +32,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -196,6 +197,31 @@ struct LaneRuns {
         }
         lane0[q][count[q]] = u * M, tiles[q][count[q]] = 1, tile[q][count[q]] = l;
         ++count[q];
+      }
+    }
+  }
+};
+
+// The runs of a unit on the output side (the output transform's stores, grad-weight's loads of gy;
+// planes P x Q): per run, its lanes whose columns lie inside the output, its first tile's offset
+// minus its first lane, and its rows inside the output; `whole`: the group is one run of G tiles
+// with every column inside, one plain vector.
+template <typename T, int M, int W>
+struct OutputRuns {
+  static constexpr int G = W / M;
+  int count[M];
+  LaneMask<T> mask[M][G];
+  int64_t ofs[M][G], rows[M][G];
+  bool whole[M];
+  OutputRuns(const LaneTiles<M, W>& lt, const int64_t* tile_ofs, const int64_t* tile_rows, int64_t Q) {
+    const LaneRuns<M, W> lr(lt);
+    for (int q = 0; q < M; ++q) {
+      count[q] = lr.count[q], whole[q] = false;
+      for (int r = 0; r < lr.count[q]; ++r) {
+        const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
+        mask[q][r] = LaneMask<T>(a, imin(b, a + Q - lt.q0[l]));
+        ofs[q][r] = tile_ofs[l] - a, rows[q][r] = tile_rows[l];
+        whole[q] = lr.count[q] == 1 && b - a == W && Q - lt.q0[l] >= W;
       }
     }
   }
@@ -386,23 +412,8 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
     // Each output row of a group of G = W/M lanes is one vinterleave_rows vector: written by one
     // store where the group is G tiles side by side with all columns inside (32- and 16-wide planes
     // with F(4x4), most of a 56-wide one), else by a masked store per run of tiles side by side.
-    constexpr int G = W / M;
-    bool whole[M] = {};          // group q is one run of G tiles, every column inside
-    LaneMask<T> rmask[M][G];     // run (q, r)'s lanes whose columns lie inside the output
-    int64_t rofs[M][G], rrows[M][G];  // its first tile's offset minus its first lane; its rows inside
-    int rcount[M] = {};
-    if constexpr (kInterleaveRows<T, M>) {
-      const LaneRuns<M, W> lr(lt);
-      for (int q = 0; q < M; ++q) {
-        rcount[q] = lr.count[q];
-        for (int r = 0; r < lr.count[q]; ++r) {
-          const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
-          rmask[q][r] = LaneMask<T>(a, imin(b, a + c.Q - lt.q0[l]));
-          rofs[q][r] = ofs[l] - a, rrows[q][r] = rows[l];
-          whole[q] = lr.count[q] == 1 && b - a == W && c.Q - lt.q0[l] >= W;
-        }
-      }
-    }
+    std::optional<OutputRuns<T, M, W>> runs;
+    if constexpr (kInterleaveRows<T, M>) runs.emplace(lt, ofs, rows, c.Q);
     for (int64_t k = 0; k < c.Kout; ++k) {
       Vec mv[A * A], tmp[M * A], o[M * M];
       const int64_t t = ch * W, plane = k * c.P * c.Q;
@@ -415,24 +426,25 @@ void transform_output_block(const Conv& c, const Tiling<M>& tl, const T* Mb, int
         for (int i = 0; i < M; ++i) {
           Vec R[M];
           vinterleave_rows<M>(o + i * M, R);
+          const OutputRuns<T, M, W>& ru = *runs;
           for (int q = 0; q < M; ++q) {
             Vec v = R[q] + bv;  // (the same operations per output as the transposed stores below)
-            if (whole[q]) {
-              if (i >= rrows[q][0]) continue;
-              const int64_t at = plane + rofs[q][0] + i * c.Q;
+            if (ru.whole[q]) {
+              if (i >= ru.rows[q][0]) continue;
+              const int64_t at = plane + ru.ofs[q][0] + i * c.Q;
               if (ep.residual) v += vload(ep.residual + at);
               vstore(y + at, activate_vec<T>(ep.act, v));
               continue;
             }
             if (ep.residual) {
               Vec rv{};
-              for (int r = 0; r < rcount[q]; ++r)
-                if (i < rrows[q][r]) rv = vload_merge(rv, ep.residual + plane + rofs[q][r] + i * c.Q, rmask[q][r]);
+              for (int r = 0; r < ru.count[q]; ++r)
+                if (i < ru.rows[q][r]) rv = vload_merge(rv, ep.residual + plane + ru.ofs[q][r] + i * c.Q, ru.mask[q][r]);
               v += rv;
             }
             v = activate_vec<T>(ep.act, v);
-            for (int r = 0; r < rcount[q]; ++r)
-              if (i < rrows[q][r]) vstore_masked(y + plane + rofs[q][r] + i * c.Q, v, rmask[q][r]);
+            for (int r = 0; r < ru.count[q]; ++r)
+              if (i < ru.rows[q][r]) vstore_masked(y + plane + ru.ofs[q][r] + i * c.Q, v, ru.mask[q][r]);
           }
         }
         continue;
@@ -614,37 +626,23 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
   const int64_t xi_stride = position_stride<T>((k1 - k0) * NB);
-  constexpr int G = W / M;
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     LaneMask<T> cols[W];  // a tile's columns inside the output
-    const T* origin[W];   // a tile's first element in channel k0's plane
+    int64_t origin[W];    // a tile's first element in channel k0's plane of gy
     int64_t rows[W];      // and its rows inside the output (0: a lane past the last tile)
     for (int l = 0; l < W; ++l) {
       cols[l] = LaneMask<T>(0, imin(M, c.Q - lt.q0[l]));
       rows[l] = lt.n[l] < 0 ? 0 : imin(M, c.P - lt.p0[l]);
-      origin[l] = lt.n[l] < 0 ? gy : gy + (((lt.n[l] * c.G + g) * c.Kout + k0) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
+      origin[l] = lt.n[l] < 0 ? 0 : (((lt.n[l] * c.G + g) * c.Kout + k0) * c.P + lt.p0[l]) * c.Q + lt.q0[l];
     }
     // As the output transform: a group's row of gy is one masked load per run of tiles side by
     // side (columns past the output's edge and other runs' lanes read 0), and vdeinterleave_rows
     // gives one vector per column.
     constexpr bool grouped = kInterleaveRows<T, M>;
-    LaneMask<T> rmask[M][G];
-    const T* rorigin[M][G];  // run (q, r)'s first tile's origin minus its first lane
-    int64_t rrows[M][G];
-    int rcount[M] = {};
-    if constexpr (grouped) {
-      const LaneRuns<M, W> lr(lt);
-      for (int q = 0; q < M; ++q) {
-        rcount[q] = lr.count[q];
-        for (int r = 0; r < lr.count[q]; ++r) {
-          const int l = lr.tile[q][r], a = lr.lane0[q][r], b = a + lr.tiles[q][r] * M;
-          rmask[q][r] = LaneMask<T>(a, imin(b, a + c.Q - lt.q0[l]));
-          rorigin[q][r] = origin[l] - a, rrows[q][r] = rows[l];
-        }
-      }
-    }
-    for (int64_t k = k0; grouped && k < k1; ++k) {
+    std::optional<OutputRuns<T, M, W>> runs;
+    if constexpr (grouped) runs.emplace(lt, origin, rows, c.Q);
+    for (int64_t k = k0; k < k1; ++k) {
       Vec z[A * A];
       T* zk = Z + (k - k0) * NB + ch * W;
       if (k >= c.Kout) {
@@ -653,32 +651,23 @@ void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy
       }
       Vec dv[M * M], tmp[A * M];
       for (int i = 0; i < M; ++i) {
-        Vec R[M];
-        for (int q = 0; q < M; ++q) {
-          R[q] = Vec{};
-          for (int r = 0; r < rcount[q]; ++r)
-            if (i < rrows[q][r]) R[q] = vload_merge(R[q], rorigin[q][r] + (k - k0) * c.P * c.Q + i * c.Q, rmask[q][r]);
+        if constexpr (grouped) {
+          const OutputRuns<T, M, W>& ru = *runs;
+          Vec R[M];
+          for (int q = 0; q < M; ++q) {
+            R[q] = Vec{};
+            for (int r = 0; r < ru.count[q]; ++r)
+              if (i < ru.rows[q][r])
+                R[q] = vload_merge(R[q], gy + ru.ofs[q][r] + (k - k0) * c.P * c.Q + i * c.Q, ru.mask[q][r]);
+          }
+          vdeinterleave_rows<M>(R, dv + i * M);
+          continue;
         }
-        vdeinterleave_rows<M>(R, dv + i * M);
-      }
-      mul_left<true, M, T>(WinogradTile<M>::AT, dv, tmp);
-      mul_right<false, A, T>(WinogradTile<M>::AT, tmp, z);
-      for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, z[xi]);
-    }
-    for (int64_t k = k0; !grouped && k < k1; ++k) {
-      Vec z[A * A];
-      T* zk = Z + (k - k0) * NB + ch * W;
-      if (k >= c.Kout) {
-        for (int xi = 0; xi < A * A; ++xi) vstore(zk + xi * xi_stride, Vec{});
-        continue;
-      }
-      // each tile's row as one masked load (M columns, fewer at the right edge), W tiles'
-      // rows transposed in registers (an element-by-element gather was ~20% of grad-weight)
-      Vec dv[M * M], tmp[A * M];
-      for (int i = 0; i < M; ++i) {
+        // each tile's row as one masked load (M columns, fewer at the right edge), W tiles'
+        // rows transposed in registers (an element-by-element gather was ~20% of grad-weight)
         Vec r[W];
         for (int l = 0; l < W; ++l)
-          r[l] = i < rows[l] ? vload_masked(origin[l] + (k - k0) * c.P * c.Q + i * c.Q, cols[l]) : Vec{};
+          r[l] = i < rows[l] ? vload_masked(gy + origin[l] + (k - k0) * c.P * c.Q + i * c.Q, cols[l]) : Vec{};
         vtranspose(r);
         for (int j = 0; j < M; ++j) dv[i * M + j] = r[j];
       }
