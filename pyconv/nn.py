@@ -301,10 +301,11 @@ def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activati
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # cumulative moving average, as torch's BatchNorm2d
             factor = 1.0 / float(bn.num_batches_tracked)
-        if bound is not None:
+        if bound is not None:  # (the activation resolved as conv_bn_relu does: relu counts here too)
+            act = ("relu" if relu else "none") if activation is None else activation
             return PF.bound_conv_bn_relu(bound, _layer_sources(c, bn), input, c.weight, c.bias, bn.weight,
                                          bn.bias, bn.running_mean, bn.running_var, c.stride, c.padding, c.dilation,
-                                         c.groups, factor, bn.eps, activation, c.algo, c.backend, residual)
+                                         c.groups, factor, bn.eps, act, c.algo, c.backend, residual)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                            c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
                            algo=c.algo, backend=c.backend, activation=activation, residual=residual)

@@ -30,8 +30,8 @@ constexpr size_t kHostCacheKeepBytes = size_t(8) << 20;
 // small layer (F(4x4)'s grad-weight on CIFAR's 64-channel 8x8 layer: a quarter of its time). A miss
 // costs a fault per page it touches, so the largest blocks are the ones worth keeping: dropping
 // the largest first, MobileNetV2's 3-6 MiB activations at batch 8 missed every call (13 misses,
-// ~20% of an inference in the kernel's page clearing; 59-62 ms against 78-98 with the smallest
-// dropped first), while malloc's heap serves the 1-2 MiB blocks without faults.
+// ~20% of an inference in the kernel's page clearing; dropping the smallest first, 59-62 ms against
+// 78-98), while malloc's heap serves the 1-2 MiB blocks without faults.
 constexpr size_t kHostCacheSmallKeepBytes = size_t(24) << 20;
 
 // At least `bytes`, 128-byte aligned; throws std::bad_alloc.
