@@ -49,6 +49,28 @@ def test_pointwise_batches_across_images(N, H, W):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("S,stride,dilation,W", [(3, 2, 1, 40), (3, 2, 1, 32), (5, 1, 2, 45), (17, 2, 1, 60),
+                                                  (17, 1, 1, 23), (3, 1, 1, 9)],
+                         ids=["s2-wide", "s2-row-of-16", "dilated", "untabled-s2", "untabled-s1", "short-rows"])
+def test_grad_weight_edge_masks(S, stride, dilation, W, dtype):
+    """grad-weight's transposed pack builds its edge masks once per filter column offset (up to 16
+    offsets; wider filters per column): rows with whole chunks inside, rows that are all edge, and
+    filters past the table, against torch."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, W, dtype=dtype)
+    w = torch.randn(6, 5, 3, S, dtype=dtype)
+    kw = dict(stride=(1, stride), padding=(1, S // 2 * dilation), dilation=(1, dilation))
+    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = torch.nn.functional.conv2d(xl, wl, **kw)
+    gy = torch.randn_like(y)
+    want, = torch.autograd.grad(y, wl, gy)
+    wg = w.clone().requires_grad_()
+    got, = torch.autograd.grad(PF.conv2d(x, wg, algo="im2col", backend="cpp", **kw), wg, gy)
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("N,H,W", [(70, 1, 1), (3, 7, 7), (2, 5, 3), (1, 40, 40)],
                          ids=["runs-past-the-limit", "7x7", "odd-plane", "one-image"])
 def test_pointwise_chunks_packed_row_by_row(N, H, W, dtype):

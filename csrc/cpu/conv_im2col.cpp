@@ -203,23 +203,30 @@ template <typename T>
 struct Im2colTransposedPackB {
   const ConvShape& s;
   const T* x;
+  // Up to this many filter columns (S), a chunk's edge masks are built once per column offset and
+  // shared by the panel's columns with that offset (built per column, with the (n, p, q) of each run
+  // found by division, they were two thirds of a stride-2 16 -> 32 grad-weight's pack).
+  static constexpr int64_t kTabledOffsets = 16;
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
     const int64_t PQ = s.P * s.Q, HW = s.H * s.W, img = s.C * HW;
-    int64_t coff[NR], roff[NR], soff[NR];
+    int64_t coff[NR], roff[NR], soff[NR], col_of[NR];
     for (int64_t jj = 0; jj < nr; ++jj) {
       const int64_t crs = j0 + jj;
       coff[jj] = (crs / (s.R * s.S)) * HW;
       roff[jj] = ((crs / s.S) % s.R) * s.dil_h;
-      soff[jj] = (crs % s.S) * s.dil_w;
+      col_of[jj] = crs % s.S;
+      soff[jj] = col_of[jj] * s.dil_w;
     }
     if (nr < NR)
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t jj = nr; jj < NR; ++jj) dst[k * NR + jj] = T(0);
     const bool flat = is_pointwise(s);
-    const int64_t Q = flat ? PQ : s.Q, rowlen = flat ? HW : s.W;  // output and input row lengths
+    const int64_t Q = flat ? PQ : s.Q, rows = flat ? 1 : s.P, rowlen = flat ? HW : s.W;  // output, input rows
+    const bool tabled = s.S <= kTabledOffsets;
+    // the first pixel's (n, p, q); each run advances them (no divisions per run)
+    int64_t n = k0 / PQ, p = (k0 % PQ) / Q, q = (k0 % PQ) % Q;
     for (int64_t pix = k0; pix < k0 + kc;) {
-      const int64_t n = pix / PQ, pq = pix % PQ, p = pq / Q, q = pq % Q;
       const int64_t len = imin(Q - q, k0 + kc - pix);
       const int64_t ih0 = flat ? 0 : p * s.stride_h - s.pad_h, iw0 = flat ? q : q * s.stride_w - s.pad_w;
       const T* xn = x + n * img;
@@ -238,17 +245,30 @@ struct Im2colTransposedPackB {
         // lanes past the chunk or outside the row reading 0. Padding rows and columns past nr are 0.
         int64_t lo = 0, hi = len;  // the pixels whose vector loads stay inside every column's row
         const int64_t span = rowlen - (sw - 1);  // (a stride-2 load reads one past its last)
-        for (int64_t jj = 0; jj < nr; ++jj) {
-          if (!row[jj]) continue;
+        auto narrow = [&](int64_t off) {
           int64_t l, h;
-          valid_range(iw0 + soff[jj], sw, span, len, l, h);
+          valid_range(iw0 + off, sw, span, len, l, h);
           lo = imax(lo, l), hi = imin(hi, h);
-        }
+        };
+        if (tabled)  // every offset, whether or not its columns' rows are in the padding
+          for (int64_t sc = 0; sc < s.S; ++sc) narrow(sc * s.dil_w);
+        else
+          for (int64_t jj = 0; jj < nr; ++jj)
+            if (row[jj]) narrow(soff[jj]);
         int64_t v0 = 0, v1 = 0;
         if (nr == NR && hi - lo >= W) v0 = lo, v1 = lo + (hi - lo) / W * W;
+        LaneMask<T> first[kTabledOffsets], second[kTabledOffsets];  // per column offset (tabled)
         for (int64_t t0 = 0; t0 < len;) {
           const bool inside = t0 >= v0 && t0 < v1;
           const int64_t cnt = imin(W, (t0 < v0 ? v0 : inside ? v1 : len) - t0);
+          // the masks of a load at a (first W elements, and the next W at stride 2)
+          auto masks = [&](int64_t a, LaneMask<T>& m0, LaneMask<T>& m1) {
+            const int64_t end = imin(sw * cnt, rowlen - a);
+            m0 = LaneMask<T>(-a, end);
+            m1 = LaneMask<T>(-a - W, end - W);
+          };
+          if (!inside && tabled)
+            for (int64_t sc = 0; sc < s.S; ++sc) masks(iw0 + sc * s.dil_w + t0 * sw, first[sc], second[sc]);
           for (int cb = 0; cb < NR; cb += W) {
             vec_t<T> r[W];
             for (int l = 0; l < W; ++l) {
@@ -260,10 +280,12 @@ struct Im2colTransposedPackB {
               if (inside) {
                 r[l] = sw == 1 ? vload(p) : vevens(vload(p), vload(p + W));
               } else {
-                const int64_t end = imin(sw * cnt, rowlen - a);
-                r[l] = sw == 1 ? vload_masked(p, LaneMask<T>(-a, end))
-                               : vevens(vload_masked(p, LaneMask<T>(-a, end)),
-                                        vload_masked(p + W, LaneMask<T>(-a - W, end - W)));
+                LaneMask<T> m0, m1;
+                if (tabled)
+                  m0 = first[col_of[jj]], m1 = second[col_of[jj]];
+                else
+                  masks(a, m0, m1);
+                r[l] = sw == 1 ? vload_masked(p, m0) : vevens(vload_masked(p, m0), vload_masked(p + W, m1));
               }
             }
             vtranspose(r);
@@ -281,6 +303,10 @@ struct Im2colTransposedPackB {
         }
       }
       pix += len;
+      if ((q += len) == Q) {
+        q = 0;
+        if (++p == rows) p = 0, ++n;
+      }
     }
   }
 };
