@@ -16,10 +16,10 @@ from models import EveryPattern
 X = torch.randn(4, 16, 10, 10)
 
 
-def _pair(dtype=torch.float32, algo="auto"):
+def _pair(dtype=torch.float32, algo="auto", backend="auto"):
     torch.manual_seed(0)
     ref = EveryPattern().to(dtype).train()
-    model = pyconv.convert(copy.deepcopy(ref), algo=algo).train()
+    model = pyconv.convert(copy.deepcopy(ref), algo=algo, backend=backend).train()
     for m in model.modules():  # the 1x1 layers keep 'auto' where the algorithm is Winograd
         if isinstance(m, PN.Conv2d) and m.kernel_size != (3, 3):
             m.algo = "auto"
@@ -107,6 +107,15 @@ def test_bound_training_follows_every_change(change):
 def test_bound_training_float64_tracks_torch(algo):
     ref, model = _pair(torch.float64, algo)
     _step_and_compare(model, ref, X.double(), algo, steps=3)
+
+
+def test_bound_training_generic_backend_closures():
+    """A backend without its own bind_conv_bn_train (numba) binds the table's kernels
+    (Backend.bind_conv_bn_train), whose closures make the outputs themselves."""
+    pytest.importorskip("numba")
+    ref, model = _pair(torch.float64, "direct", "numba")
+    _step_and_compare(model, ref, X[:2].double(), "numba", steps=2)
+    assert any(m._prepared.train is not None for m in _fused(model))
 
 
 def test_bound_training_follows_input_dtype_and_mode():

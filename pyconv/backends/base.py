@@ -14,7 +14,10 @@ from __future__ import annotations
 import abc
 from typing import Optional, Tuple
 
+import torch
+
 from .. import problem
+from ..memory import new_output
 
 
 class Backend(abc.ABC):
@@ -89,31 +92,38 @@ class Backend(abc.ABC):
     def bind_conv_bn_train(self, shape, algos, bn_shape, activation: str):
         """The fused conv -> batch norm -> activation training step of one planned layer (shape,
         (forward, grad-input, grad-weight) algorithms, the batch norm's shape, an activation this
-        backend fuses), called many times: (forward, backward) with
-          forward(x, w, b, y, stats, bn_weight, bn_bias, running_mean, running_var, z, save_mean,
-                  save_invstd, momentum, eps, residual): y <- conv, stats its sums, z <- act(BN(y)
-                  [+ residual]), the running statistics updated in place;
-          backward(gz, z, y, x, w, bn_weight, save_mean, save_invstd, gy, gx, gw, gb, g_bn_weight,
-                   g_bn_bias, g_residual): gy <- the conv output's gradient, then the rest (None: not
-                  wanted).
+        backend fuses), called many times: (forward, backward), which make their outputs:
+          forward(x, w, b, bn_weight, bn_bias, running_mean, running_var, momentum, eps, residual)
+                  -> (z, y, saved): y = conv, z = act(BN(y) [+ residual]), saved the batch's mean
+                  and invstd as the rows of one (2, K) tensor; the running statistics updated in place;
+          backward(gz, z, y, x, w, bn_weight, saved, wanted) -> (gx, gw, gb, g_bn_weight, g_bn_bias,
+                  g_residual), each None where `wanted` (six flags in that order) says so.
         Here closures over the kernel table; a backend may resolve its kernels and shapes once (cpp)."""
         fwd_algo, gi_algo, gw_algo = algos
         relu = activation != "none"
         clip = {"relu_max": 6.0} if activation == "relu6" else {}
+        out, K = (shape.N, shape.K, shape.P, shape.Q), shape.K
 
-        def forward(x, w, b, y, stats, bnw, bnb, rm, rv, z, save_mean, save_invstd, momentum, eps, residual):
+        def forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
+            y, z, saved = new_output(out, x), new_output(out, x), new_output((2, K), x)
+            stats = torch.empty((2, K), dtype=torch.float64, device=x.device)
             self.conv2d_forward(x, w, b, y, shape, fwd_algo, stats=stats)
-            self.batch_norm_forward(y, bnw, bnb, rm, rv, z, save_mean, save_invstd, bn_shape, True, momentum, eps,
+            self.batch_norm_forward(y, bnw, bnb, rm, rv, z, saved[0], saved[1], bn_shape, True, momentum, eps,
                                     relu=relu, stats=stats, **clip, **({} if residual is None else {"residual": residual}))
+            return z, y, saved
 
-        def backward(gz, z, y, x, w, bnw, save_mean, save_invstd, gy, gx, gw, gb, g_bnw, g_bnb, g_res):
-            self.batch_norm_backward(gz, y, bnw, save_mean, save_invstd, gy, g_bnw, g_bnb, bn_shape, True,
+        def backward(gz, z, y, x, w, bnw, saved, wanted):
+            gy = new_output(out, x)
+            gx, gw, gb, g_bnw, g_bnb, g_res = (new_output(size, x) if want else None for size, want in zip(
+                (x.shape, w.shape, (K,), (K,), (K,), out), wanted))
+            self.batch_norm_backward(gz, y, bnw, saved[0], saved[1], gy, g_bnw, g_bnb, bn_shape, True,
                                      relu_output=z if relu else None, **clip,
                                      **({} if g_res is None else {"grad_residual": g_res}))
             if gx is not None:
                 self.conv2d_backward_input(gy, w, gx, shape, gi_algo)
             if gw is not None or gb is not None:
                 self.conv2d_backward_weight(x, gy, gw, gb, shape, gw_algo)
+            return gx, gw, gb, g_bnw, g_bnb, g_res
         return forward, backward
 
     def prepare_conv_weight(self, w, shape, algo):

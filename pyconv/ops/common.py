@@ -5,24 +5,12 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .. import _config, memory
+from ..memory import new_output  # noqa: F401 (the ops' output allocation)
 
 # name -> the plain Python implementation registered as torch.ops.pyconv.<name>
 _IMPLS: Dict[str, Callable] = {}
 # name -> the op's autograd formula as a torch.autograd.Function, for eager calls (see call())
 _EAGER_AUTOGRAD: Dict[str, type] = {}
-
-
-def new_output(shape, like: torch.Tensor) -> torch.Tensor:
-    """Kernel outputs (large CPU ones from pyconv.memory's cache); NaN-filled under PYCONV_DEBUG_FILL
-    so unwritten elements fail the tests."""
-    if like.is_cpu:
-        t = memory.cached_empty(shape, like.dtype)
-    else:
-        t = torch.empty(shape, dtype=like.dtype, device=like.device)
-    if _config.DEBUG_FILL:
-        t.fill_(float("nan"))
-    return t
 
 
 def custom_op(name: str):

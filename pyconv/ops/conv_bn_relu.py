@@ -218,26 +218,24 @@ register_autograd("conv_bn_relu", conv_bn_relu, _backward, _setup_context)
 class TrainStep:
     """conv -> batch norm (-> activation) in training for one planned layer: the checked plan
     (shape, (forward, grad-input, grad-weight) algorithms) and the backend's kernels bound to it
-    (Backend.bind_conv_bn_train). run() is the same computation as conv_bn_relu with training=True,
-    as one autograd node, without re-planning, the dispatcher or the custom op's layers (on a small
-    network's layers those cost more than the kernels). The running statistics are updated in place
-    (their version counters bumped, as torch's own in-place update does)."""
-    __slots__ = ("K", "out", "relu", "forward_kernels", "backward_kernels")
+    (Backend.bind_conv_bn_train, which also makes their outputs). run() is the same computation as
+    conv_bn_relu with training=True, as one autograd node, without re-planning, the dispatcher or the
+    custom op's layers (on a small network's layers those cost more than the kernels). The running
+    statistics are updated in place (their version counters bumped, as torch's own in-place update
+    does)."""
+    __slots__ = ("out", "relu", "forward_kernels", "backward_kernels")
 
     def __init__(self, shape, algos, backend, activation: str):
-        self.K, self.out = shape.K, (shape.N, shape.K, shape.P, shape.Q)
-        self.relu = activation != "none"
+        self.out, self.relu = (shape.N, shape.K, shape.P, shape.Q), activation != "none"
         self.forward_kernels, self.backward_kernels = backend.bind_conv_bn_train(
             shape, algos, _bn_shape_of(shape), activation)
 
     def forward(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
-        """(z, y, save_mean, save_invstd) for a contiguous x and weights, residual already checked."""
-        z, y = new_output(self.out, x), new_output(self.out, x)
-        save_mean, save_invstd = new_output((self.K,), x), new_output((self.K,), x)
-        stats = torch.empty((2, self.K), dtype=torch.float64, device=x.device)
-        self.forward_kernels(x, w, b, y, stats, bnw, bnb, rm, rv, z, save_mean, save_invstd, momentum, eps, residual)
+        """(z, y, saved: the batch's mean and invstd as rows of one (2, K) tensor) for a contiguous x
+        and weights, residual already checked."""
+        z, y, saved = self.forward_kernels(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
         _increment_version((rm, rv))
-        return z, y, save_mean, save_invstd
+        return z, y, saved
 
     def run(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual, autograd: bool):
         if not autograd:
@@ -263,10 +261,10 @@ class _TrainStepFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, step, x, w, b, bnw, bnb, residual, rm, rv, momentum, eps):
-        z, y, save_mean, save_invstd = step.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
+        z, y, saved = step.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
         ctx.set_materialize_grads(False)
         # z only for the ReLU mask (as the op: a residual tail keeps no extra activation alive)
-        ctx.save_for_backward(x, w, bnw, y, save_mean, save_invstd, z if step.relu else None)
+        ctx.save_for_backward(x, w, bnw, y, saved, z if step.relu else None)
         ctx.step, ctx.has_bias, ctx.has_residual = step, b is not None, residual is not None
         return z
 
@@ -275,15 +273,8 @@ class _TrainStepFn(torch.autograd.Function):
         need = ctx.needs_input_grad  # (step, x, w, b, bn_weight, bn_bias, residual, ...)
         if gz is None or not any(need[1:7]):
             return (None,) * 11
-        step = ctx.step
-        x, w, bnw, y, save_mean, save_invstd, z = ctx.saved_tensors
-        gy = new_output(step.out, x)
-        gx = new_output(x.shape, x) if need[1] else None
-        gw = new_output(w.shape, x) if need[2] else None
-        gb = new_output((step.K,), x) if ctx.has_bias and need[3] else None
-        g_bnw = new_output((step.K,), x) if need[4] else None
-        g_bnb = new_output((step.K,), x) if need[5] else None
-        g_res = new_output(step.out, x) if ctx.has_residual and need[6] else None
-        step.backward_kernels(gz.contiguous(), z, y, x, w, bnw, save_mean, save_invstd, gy, gx, gw, gb, g_bnw, g_bnb,
-                              g_res)
+        x, w, bnw, y, saved, z = ctx.saved_tensors
+        gx, gw, gb, g_bnw, g_bnb, g_res = ctx.step.backward_kernels(
+            gz.contiguous(), z, y, x, w, bnw, saved,
+            (need[1], need[2], ctx.has_bias and need[3], need[4], need[5], ctx.has_residual and need[6]))
         return None, gx, gw, gb, g_bnw, g_bnb, g_res, None, None, None, None
