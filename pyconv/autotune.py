@@ -25,14 +25,16 @@ algo='auto' has two modes:
        grad-input on the blocked kernel, grad-weight im2col);
     3. 1x1 -> im2col: a 1x1 convolution *is* a GEMM, with no column matrix to build;
     4. wide layers (C/G * R * S >= 64) -> im2col: the packed GEMM beats direct loops on long
-       reductions. Where the backend's direct forward is channel-blocked: direct without gradients
-       (the same micro-kernel with no im2col panels; stride-2 3x3 layers 1.0-1.18x im2col, both with
-       prepared weights), "direct/im2col" with them ("direct/direct/im2col" at stride 1, where
-       direct's grad-input is the blocked kernel too; direct's grad-weight is slower than im2col's);
-    5. everything else -> direct; with gradients on a strided layer whose direct forward is
-       channel-blocked (an RGB stem), "direct/im2col": direct's strided grad-input runs row loops
-       (MobileNetV2's 3 -> 32 stride-2 stem at batch 8: forward + both gradients 35 ms, 14 with
-       the gradients on im2col; torch 15).
+       reductions. Where the backend's direct forward is channel-blocked and the layer has at least
+       32 input channels per group (BLOCKED_DIRECT_MIN_INPUT_CHANNELS; on fewer, RGB stems included,
+       im2col is 1.1-1.8x ahead): direct without gradients (the same micro-kernel with no im2col
+       panels; stride-2 3x3 layers 1.0-1.18x im2col, both with prepared weights), "direct/im2col"
+       with them ("direct/direct/im2col" at stride 1, where direct's grad-input is the blocked kernel
+       too; direct's grad-weight is slower than im2col's);
+    5. everything else -> direct, or im2col where the backend's direct forward would be
+       channel-blocked (such a short reduction has few input channels: see rule 4; direct's strided
+       grad-input runs row loops, MobileNetV2's 3 -> 32 stride-2 stem at batch 8: forward + both
+       gradients 35 ms, 14 with the gradients on im2col; torch 15).
   A plan "<forward>/<gradients>" or "<forward>/<grad-input>/<grad-weight>" runs each pass with its
   algorithm (the ops take plans; so does algo= for a user who wants one).
   A rule whose algorithm the backend does not implement falls through to the next one.
@@ -75,6 +77,15 @@ WINOGRAD_TRAIN_MIN_TILES2 = 64
 WINOGRAD_MIN_TILES2 = 64
 WINOGRAD_MAX_STREAMED_FILTER_ELEMS = 256 * 1024
 IM2COL_MIN_REDUCTION = 64
+# The channel-blocked direct kernel (rules 4 and 5) from this many input channels per group; on
+# fewer, im2col. im2col / blocked direct, cpp, batch 8 unless marked, min of 7-9 interleaved calls
+# (prepared weights / not): 3x3 stride 1 at 32x32 to 32 channels, 4 in 0.74 / 0.75, 8 0.83 / 0.84,
+# 12 0.89 / 0.98, 16 0.92 / 0.86, 24 0.76 / 0.72, 32 1.00 / 0.99; 3x3 stride 2 at 56x56 to 64, 4 in
+# 0.72 / 0.76, 8 0.94 / 0.73, 16 0.91 / 0.91, 24 0.71 / 0.74, 32 1.01 / 1.05; RGB stems: CIFAR's
+# 3 -> 16 at 32x32 0.78 (batch 1 0.56), MobileNetV2's 3 -> 32 stride 2 at 224 0.66 (batch 1 0.67),
+# VGG-16's 3 -> 64 at 224 0.57 (batch 1 0.68), ResNet's 7x7 stride 2 0.83 (batch 1 0.66). From 64
+# input channels (ResNet-18's stride-2 3x3 layers) the blocked kernel is 1.0-1.18x ahead.
+BLOCKED_DIRECT_MIN_INPUT_CHANNELS = 32
 
 
 class AlgoChoice(NamedTuple):
@@ -145,7 +156,8 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             return pick("im2col", "1x1 kernel: the convolution is a GEMM")
         missing.append("1x1 rule wants im2col, not implemented by this backend")
     elif reduction >= IM2COL_MIN_REDUCTION:
-        if "direct" in have and "im2col" in have and blocked_direct():
+        blocked = "direct" in have and "im2col" in have and blocked_direct()
+        if blocked and cg >= BLOCKED_DIRECT_MIN_INPUT_CHANNELS:
             if not grad:
                 return pick("direct", f"wide layer, {cg}->{kg} channels per group: channel-blocked direct "
                                       f"(no im2col panels)")
@@ -155,13 +167,16 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             return pick("direct/im2col", f"wide layer, {cg}->{kg} channels per group: forward channel-blocked "
                                          f"direct (no im2col panels), gradients GEMM")
         if "im2col" in have:
-            return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM")
+            few = (f" ({cg} < {BLOCKED_DIRECT_MIN_INPUT_CHANNELS} input channels per group: the channel-blocked "
+                   f"direct kernel does not pay)" if blocked else "")
+            return pick("im2col", f"wide layer, reduction C/G*R*S = {reduction} >= {IM2COL_MIN_REDUCTION}: GEMM{few}")
         missing.append("wide-layer rule wants im2col, not implemented by this backend")
     if missing:
         return pick("direct", "fallback to direct")
-    if grad and (shape.stride_h, shape.stride_w) != (1, 1) and "im2col" in have and blocked_direct():
-        return pick("direct/im2col", f"short reduction (C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}), strided: "
-                                     f"forward channel-blocked direct, gradients GEMM")
+    if "im2col" in have and blocked_direct():
+        return pick("im2col", f"short reduction (C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}) on {cg} input "
+                              f"channels per group (< {BLOCKED_DIRECT_MIN_INPUT_CHANNELS}): GEMM, ahead of the "
+                              f"channel-blocked direct kernel")
     return pick("direct", f"no faster rule applies (reduction C/G*R*S = {reduction} < {IM2COL_MIN_REDUCTION}): direct")
 
 

@@ -57,16 +57,22 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     assert wide.algo == "direct/im2col" and "wide" in wide.rule
     wide1 = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 5, 5, pad=2), "cpp", grad=True)  # stride 1: grad-input too
     assert wide1.algo == "direct/direct/im2col" and "grad-input" in wide1.rule
+    # fewer than 32 input channels: im2col, with or without gradients (RGB stems, 16-channel layers)
     narrow = autotune.choose_auto(shape_of(1, 7, 8, 8, 64, 5, 5, stride=2), "cpp", grad=True)  # 7 channels in
-    assert narrow.algo == "direct/im2col" and "wide" in narrow.rule
+    assert narrow.algo == "im2col" and "wide" in narrow.rule and "7 < 32 input channels" in narrow.rule
+    assert autotune.choose_auto(shape_of(1, 16, 8, 8, 32, 3, 3, stride=2), "cpp").algo == "im2col"
+    assert autotune.choose_auto(shape_of(1, 3, 32, 32, 64, 7, 7, stride=2, pad=3), "cpp").algo == "im2col"
+    assert autotune.choose_auto(shape_of(1, 32, 8, 8, 64, 3, 3, stride=2), "cpp").algo == "direct"
     few_out = autotune.choose_auto(shape_of(1, 64, 8, 8, 4, 5, 5, stride=2), "cpp", grad=True)  # 4 channels out
     assert few_out.algo == "im2col" and "wide" in few_out.rule
     assert autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "numba").algo == "im2col"
-    small = autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp")
+    small = autotune.choose_auto(shape_of(1, 3, 8, 8, 4, 3, 3), "cpp")  # 4 channels out: no blocked kernel
     assert small.algo == "direct" and "no faster rule" in small.rule
-    assert autotune.choose_auto(shape_of(1, 3, 8, 8, 8, 3, 3), "cpp", grad=True).algo == "direct"
-    stem = autotune.choose_auto(shape_of(1, 3, 8, 8, 32, 3, 3, stride=2), "cpp", grad=True)
-    assert stem.algo == "direct/im2col" and "strided" in stem.rule
+    assert autotune.choose_auto(shape_of(1, 3, 8, 8, 4, 3, 3), "cpp", grad=True).algo == "direct"
+    for grad in (False, True):  # an RGB stem: im2col, forward and gradients
+        stem = autotune.choose_auto(shape_of(1, 3, 8, 8, 32, 3, 3, stride=2), "cpp", grad=grad)
+        assert stem.algo == "im2col" and "short reduction" in stem.rule and "3 input channels" in stem.rule
+    assert autotune.choose_auto(shape_of(1, 3, 8, 8, 16, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
     # few tiles for large transformed filters: direct at batch 1 unless the filters are prepared,
     # Winograd again at batch 8; with gradients the tile count decides (64 2x2 tiles)
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
