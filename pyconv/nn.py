@@ -303,9 +303,11 @@ def _conv_bn_relu(c: Conv2d, bn: BatchNorm2d, input, relu: bool = True, activati
             factor = 1.0 / float(bn.num_batches_tracked)
         if bound is not None:  # (the activation resolved as conv_bn_relu does: relu counts here too)
             act = ("relu" if relu else "none") if activation is None else activation
-            return PF.bound_conv_bn_relu(bound, _layer_sources(c, bn), input, c.weight, c.bias, bn.weight,
-                                         bn.bias, bn.running_mean, bn.running_var, c.stride, c.padding, c.dilation,
-                                         c.groups, factor, bn.eps, act, c.algo, c.backend, residual)
+            sources = _layer_sources(c, bn)  # (the same tensors as the attributes, read without __getattr__)
+            w, b, bnw, bnb, rm, rv = sources if sources is not None else (
+                c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            return PF.bound_conv_bn_relu(bound, sources, input, w, b, bnw, bnb, rm, rv, c.stride, c.padding,
+                                         c.dilation, c.groups, factor, bn.eps, act, c.algo, c.backend, residual)
     return PF.conv_bn_relu(input, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                            c.stride, c.padding, c.dilation, c.groups, bn.training, factor, bn.eps, relu=relu,
                            algo=c.algo, backend=c.backend, activation=activation, residual=residual)
