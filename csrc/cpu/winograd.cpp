@@ -618,14 +618,13 @@ Conv backward_input_conv(const ConvShape& s) {
 }
 
 // Z[xi][k - k0][NB] = A dY A^T for the NB output tiles from t0 (zero outside P x Q and past the last
-// tile), channels [k0, k1) of group g; rows k >= Kout are zero.
+// tile), channels [k0, k1) of group g, positions xi_stride apart; rows k >= Kout are zero.
 template <typename T, int M>
 void transform_grad_output_block(const Conv& c, const Tiling<M>& tl, const T* gy, int64_t g, int64_t t0,
-                                 int64_t NB, int64_t k0, int64_t k1, T* Z) {
+                                 int64_t NB, int64_t k0, int64_t k1, int64_t xi_stride, T* Z) {
   using Vec = vec_t<T>;
   constexpr int W = Simd<T>::W;
   constexpr int A = WinogradTile<M>::alpha;
-  const int64_t xi_stride = position_stride<T>((k1 - k0) * NB);
   for (int64_t ch = 0; ch < NB / W; ++ch) {
     const LaneTiles<M, W> lt(tl, t0 + ch * W);
     LaneMask<T> cols[W];  // a tile's columns inside the output
@@ -702,20 +701,23 @@ void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi
     pack_tile_major_rows<T, P>(src + xi * src_xi_stride, NB, dst + xi * dst_xi_stride);
 }
 
-// tile[W][W] = a[kc][W] . b[kc][W]: grad-weight's products for input groups of at most W channels
-// (Narrow plans), whose B panels would be half zeros at the GEMM kernel's 2W columns. One step: a
-// B vector, W broadcasts, W FMAs into W accumulators (16 of the 32 zmm registers on AVX-512).
+// tile[W][W] = a[W rows of kc, row stride lda] . b[kc][W]: grad-weight's products for input groups of
+// at most W channels (Narrow plans), whose B panels would be half zeros at the GEMM kernel's 2W
+// columns. One step: a B vector, W broadcasts (one element of each of A's rows, as the grad-output
+// transform wrote them: packing Z tile-major first was ~6% of a 16-channel layer's grad-weight), W
+// FMAs into W accumulators (16 of the 32 zmm registers on AVX-512).
 template <typename T>
-PYCONV_INLINE void narrow_micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
+PYCONV_INLINE void narrow_micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b,
+                                            T* __restrict tile) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
   V c[W];
 #pragma GCC unroll 16
   for (int i = 0; i < W; ++i) c[i] = V{};
-  for (int64_t k = 0; k < kc; ++k, a += W, b += W) {
+  for (int64_t k = 0; k < kc; ++k, b += W) {
     const V bv = vload(b);
 #pragma GCC unroll 16
-    for (int i = 0; i < W; ++i) c[i] += gemm_splat(a[i]) * bv;
+    for (int i = 0; i < W; ++i) c[i] += gemm_splat(a[i * lda + k]) * bv;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < W; ++i) vstore(tile + i * W, c[i]);
@@ -725,9 +727,9 @@ PYCONV_INLINE void narrow_micro_kernel(int64_t kc, const T* __restrict a, const 
 // transformed row block by row block (NR input channels of V, MR grad-output channels of Z) into a
 // small scratch and packed tile-major into Vt[xi][Cpad][NB] and Zt[xi][Kpad][NB], the micro-kernel's
 // B and A panels; the products add Zt . Vt into dU[g][xi][Kpad][Cpad]; the end transforms dU back.
-// Narrow (at most W input channels a group: CIFAR ResNets' 16-channel layers on AVX-512): W x W
-// panels on narrow_micro_kernel. The GEMM kernel's 2W-column panels were half zeros there, and its
-// 6-row Z panels took three sparse 16 x 16 transposes each per 16 channels instead of one.
+// Narrow (at most W input channels a group: CIFAR ResNets' 16-channel layers on AVX-512): W-wide V
+// panels and Z left in rows, on narrow_micro_kernel. The GEMM kernel's 2W-column panels were half
+// zeros there, and its 6-row Z panels took three sparse 16 x 16 transposes each per 16 channels.
 template <typename T, int M, bool Narrow = false>
 struct WeightGradPlan {
   static constexpr int A = WinogradTile<M>::alpha;
@@ -759,8 +761,12 @@ struct WeightGradPlan {
       pack_tile_major<T, NR>(rows, A * A, NB, vt_stride, Vt + c0 * NB);
     } else {
       const int64_t k0 = (rb - ncb) * MR;
-      transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, rows);
-      pack_tile_major<T, MR>(rows, A * A, NB, zt_stride, Zt + k0 * NB);
+      if constexpr (Narrow) {  // Z stays in rows: narrow_micro_kernel broadcasts from them
+        transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, zt_stride, Zt + k0 * NB);
+      } else {
+        transform_grad_output_block<T, M>(c, tl, gy, g, t0, NB, k0, k0 + MR, position_stride<T>(MR * NB), rows);
+        pack_tile_major<T, MR>(rows, A * A, NB, zt_stride, Zt + k0 * NB);
+      }
     }
   }
 
@@ -772,7 +778,7 @@ struct WeightGradPlan {
       const T* a = Zt + xi * zt_stride + kb * MR * NB;
       const T* b = Vt + xi * vt_stride + cb * NR * NB;
       if constexpr (Narrow)
-        narrow_micro_kernel<T>(NB, a, b, tile);
+        narrow_micro_kernel<T>(NB, a, NB, b, tile);
       else
         gemm_micro_kernel<T>(NB, a, b, tile);
       T* d = dUg + xi * du_stride + kb * MR * Cpad + cb * NR;
