@@ -398,12 +398,10 @@ PYCONV_INLINE void vdeinterleave_rows(const vec_t<float>* R, vec_t<float>* o) {
     const __m512 y0 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[0])), pod, _mm512_castps_pd(__m512(R[1]))));
     const __m512 x1 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[2])), pev, _mm512_castps_pd(__m512(R[3]))));
     const __m512 y1 = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(__m512(R[2])), pod, _mm512_castps_pd(__m512(R[3]))));
-    const __m512i lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    o[0] = vec_t<float>(_mm512_permutex2var_ps(x0, lo, x1));
-    o[1] = vec_t<float>(_mm512_permutex2var_ps(x0, hi, x1));
-    o[2] = vec_t<float>(_mm512_permutex2var_ps(y0, lo, y1));
-    o[3] = vec_t<float>(_mm512_permutex2var_ps(y0, hi, y1));
+    o[0] = vec_t<float>(_mm512_permutex2var_ps(x0, ev, x1));
+    o[1] = vec_t<float>(_mm512_permutex2var_ps(x0, od, x1));
+    o[2] = vec_t<float>(_mm512_permutex2var_ps(y0, ev, y1));
+    o[3] = vec_t<float>(_mm512_permutex2var_ps(y0, od, y1));
   }
 }
 template <int M>

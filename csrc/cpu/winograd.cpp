@@ -708,7 +708,7 @@ void pack_tile_major(const T* src, int64_t positions, int64_t NB, int64_t dst_xi
 // FMAs into W accumulators (16 of the 32 zmm registers on AVX-512).
 template <typename T>
 PYCONV_INLINE void narrow_micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b,
-                                            T* __restrict tile) {
+                                       T* __restrict tile) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W;
   V c[W];

@@ -20,6 +20,14 @@ from .. import problem
 from ..memory import new_output
 
 
+def conv_bn_train_grad_sizes(shape) -> tuple:
+    """The sizes of a bound training step's six gradients, in bind_conv_bn_train's order: input,
+    weight, conv bias, batch-norm weight and bias, residual."""
+    out = (shape.N, shape.K, shape.P, shape.Q)
+    return ((shape.N, shape.C, shape.H, shape.W), (shape.K, shape.C // shape.G, shape.R, shape.S), (shape.K,),
+            (shape.K,), (shape.K,), out)
+
+
 class Backend(abc.ABC):
     name: str
     device: str  # "cpu" or "cuda": where the data it takes lives
@@ -102,7 +110,7 @@ class Backend(abc.ABC):
         fwd_algo, gi_algo, gw_algo = algos
         relu = activation != "none"
         clip = {"relu_max": 6.0} if activation == "relu6" else {}
-        out, K = (shape.N, shape.K, shape.P, shape.Q), shape.K
+        out, K, grad_sizes = (shape.N, shape.K, shape.P, shape.Q), shape.K, conv_bn_train_grad_sizes(shape)
 
         def forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
             y, z, saved = new_output(out, x), new_output(out, x), new_output((2, K), x)
@@ -114,8 +122,8 @@ class Backend(abc.ABC):
 
         def backward(gz, z, y, x, w, bnw, saved, wanted):
             gy = new_output(out, x)
-            gx, gw, gb, g_bnw, g_bnb, g_res = (new_output(size, x) if want else None for size, want in zip(
-                (x.shape, w.shape, (K,), (K,), (K,), out), wanted))
+            gx, gw, gb, g_bnw, g_bnb, g_res = (new_output(size, x) if want else None
+                                               for size, want in zip(grad_sizes, wanted))
             self.batch_norm_backward(gz, y, bnw, saved[0], saved[1], gy, g_bnw, g_bnb, bn_shape, True,
                                      relu_output=z if relu else None, **clip,
                                      **({} if g_res is None else {"grad_residual": g_res}))

@@ -10,7 +10,7 @@ import torch
 from .. import _C
 from ..memory import new_output_array
 from ..problem import ACTIVATIONS, CONV_ALGOS, WINOGRAD_ALGOS, winograd_tile
-from .base import Backend
+from .base import Backend, conv_bn_train_grad_sizes
 
 
 def _np(t: torch.Tensor):
@@ -104,7 +104,7 @@ class CppBackend(Backend):
         relu = activation != "none"
         relu_max = 6.0 if activation == "relu6" else math.inf
         bn_forward, bn_backward = _C.batch_norm_forward, _C.batch_norm_backward
-        out, K = (shape.N, shape.K, shape.P, shape.Q), shape.K
+        out, K, grad_sizes = (shape.N, shape.K, shape.P, shape.Q), shape.K, conv_bn_train_grad_sizes(shape)
 
         def forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
             dt = x.dtype
@@ -119,8 +119,7 @@ class CppBackend(Backend):
         def backward(gz, z, y, x, w, bnw, saved, wanted):
             dt = x.dtype
             gy, gy_np = new_output_array(out, dt)
-            grads = [new_output_array(size, dt) if want else (None, None) for size, want in zip(
-                (x.shape, w.shape, (K,), (K,), (K,), out), wanted)]
+            grads = [new_output_array(size, dt) if want else (None, None) for size, want in zip(grad_sizes, wanted)]
             (gx, gx_np), (gw, gw_np), (gb, gb_np), (_, g_bnw), (_, g_bnb), (_, g_res) = grads
             sv_np = saved.numpy()
             bn_backward(bs, _np(gz), y.numpy(), _np(bnw), sv_np[0], sv_np[1], gy_np, g_bnw, g_bnb, True,
