@@ -207,6 +207,17 @@ struct Im2colTransposedPackB {
   // shared by the panel's columns with that offset (built per column, with the (n, p, q) of each run
   // found by division, they were two thirds of a stride-2 16 -> 32 grad-weight's pack).
   static constexpr int64_t kTabledOffsets = 16;
+  // Pointwise layers: column j is channel j's plane, read over the block's pixels (the other
+  // layers read each input row for several taps; the hardware's streams do there).
+  void source_prefetch(int64_t j0, int64_t nr, int64_t k0, int64_t kc) const {
+    if (!is_pointwise(s)) return;
+    const int64_t HW = s.H * s.W, img = s.C * HW;
+    for (int64_t k = k0; k < k0 + kc;) {
+      const int64_t n = k / HW, l = k % HW, len = imin(HW - l, k0 + kc - k);
+      for (int64_t jj = 0; jj < nr; ++jj) prefetch_l2(x + n * img + (j0 + jj) * HW + l, len);
+      k += len;
+    }
+  }
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
     const int64_t PQ = s.P * s.Q, HW = s.H * s.W, img = s.C * HW;
