@@ -26,14 +26,24 @@ from . import _C, _config
 from ._errors import PyConvError
 
 _MIN_BYTES = _C.host_cache_min_bytes()
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    npt = _NUMPY_DTYPES.get(dtype)
+    if npt is None:  # (the kernels' other outputs: int64 pooling indices)
+        npt = _NUMPY_DTYPES[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+    return npt
 
 
 def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized CPU tensor from the cache (a plain torch.empty below 1 MiB)."""
+    """An uninitialized CPU tensor from the cache (a plain torch.empty below 1 MiB). Typed and shaped
+    on the numpy side: a torch .view() of the cache's byte tensor would be a view, which autograd
+    forbids modifying in place when an op returns it (relu_ or += on a layer's output)."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(_C.host_cache_buffer(nbytes)).view(dtype).view(shape)
+    return torch.from_numpy(_C.host_cache_buffer(nbytes).view(_numpy_dtype(dtype)).reshape(shape))
 
 
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
@@ -46,9 +56,6 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
     if _config.DEBUG_FILL:
         t.fill_(float("nan"))
     return t
-
-
-_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def new_output_array(shape, dtype: torch.dtype):

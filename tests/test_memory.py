@@ -1,6 +1,7 @@
 """pyconv.memory: large CPU kernel outputs come from a cache of reused blocks. A block is never handed
 out while any tensor (or view) of it lives, results are torch's whichever block a call gets, the
 limit and empty_cache() bound what is kept, and the public calls check their arguments."""
+import copy
 import threading
 
 import pytest
@@ -148,6 +149,33 @@ def test_training_through_cached_outputs_matches_torch():
     rx, rw = torch.autograd.grad(F.conv2d(x, w, padding=1).square().sum(), (x, w))
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer", ["conv", "batch_norm", "max_pool", "avg_pool", "conv_bn"])
+def test_cached_outputs_take_inplace_ops_under_autograd(layer):
+    """A layer's output from the cache is a tensor of its own, not a view: autograd lets the next op
+    modify it in place (nn.ReLU(inplace=True), a residual's +=), as it does torch's outputs (conv ->
+    batch norm runs fused)."""
+    import pyconv
+    torch.manual_seed(0)
+    ref = {"conv": lambda: torch.nn.Conv2d(8, 8, 3, padding=1, dtype=torch.float64),
+           "batch_norm": lambda: torch.nn.BatchNorm2d(8, dtype=torch.float64),
+           "max_pool": lambda: torch.nn.MaxPool2d(2),
+           "avg_pool": lambda: torch.nn.AvgPool2d(2),
+           "conv_bn": lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, dtype=torch.float64),
+                                                  torch.nn.BatchNorm2d(8, dtype=torch.float64))}[layer]()
+    ours = pyconv.convert(copy.deepcopy(ref))
+    x = torch.randn((2, 8, 320, 320) if layer.endswith("pool") else MID, dtype=torch.float64)
+    outs = []
+    for model in (ref, ours):
+        xi = x.clone().requires_grad_()
+        y = model(xi)
+        assert 8 * y.numel() >= _C.host_cache_min_bytes()  # from the cache
+        y.mul_(2).add_(1)  # in place on the layer's output
+        y.square().sum().backward()
+        outs.append([y.detach(), xi.grad] + [p.grad for p in model.parameters()])
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-6)  # (a conv bias before a batch norm: grad ~0)
 
 
 def test_forked_children_allocate_while_the_parent_is_busy():
