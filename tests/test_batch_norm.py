@@ -361,3 +361,44 @@ def test_threads_do_not_change_results():
     finally:
         pyconv.set_num_threads(torch.get_num_threads())
     assert torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu_max", [np.inf, 6.0])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("nl", [(4, 1), (3, 7), (2, 64), (4, 100), (1, 200), (2, 1000), (1, 70000)])
+def test_relu_mask_bits_match_the_relu_output(dtype, relu_max, residual, nl):
+    """The cpp kernels' compact ReLU mask (1 bit a value, what a bound training step keeps): the
+    backward through the bits equals the backward through the forward's output, bitwise (planes of
+    one value, rows of odd lengths, small planes summed a channel per task, several 32 Ki chunks a
+    row; zeros, ReLU6's clip and an infinite value at the mask's edges)."""
+    from pyconv import _C
+    N, L = nl
+    C = 3
+    rng = np.random.default_rng(L)
+    x = rng.standard_normal((N, C, L)).astype(dtype) * 4
+    x.reshape(-1)[:: 5] = 0  # exact zeros after the normalization too (weight 1, mean, bias below)
+    x.reshape(-1)[1] = np.inf if L > 2 else x.reshape(-1)[1]
+    w, b = np.ones(C, dtype), rng.standard_normal(C).astype(dtype)
+    res = rng.standard_normal((N, C, L)).astype(dtype) if residual else None
+    s = _C.BatchNormShape(N, C, L)
+    z, sm, si = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    bits = np.zeros(_C.batch_norm_relu_mask_words(s), np.uint64)
+    bits[:] = 0xFFFF  # stale bits must not survive
+    stats = None
+    _C.batch_norm_forward(s, x, w, b, None, None, z, sm, si, True, 0.1, 1e-5, stats, True, relu_max, res, bits)
+    gz = rng.standard_normal((N, C, L)).astype(dtype)
+    outs = []
+    for how in ("output", "bits"):
+        gx, gw, gb, gr = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype), np.empty_like(x)
+        _C.batch_norm_backward(s, gz, x, w, sm, si, gx, gw, gb, True, z if how == "output" else None, relu_max,
+                               gr, bits if how == "bits" else None)
+        outs.append((gx, gw, gb, gr))
+    for a, bb in zip(*outs):
+        np.testing.assert_array_equal(a, bb)
+    # and the bits are the mask: set exactly where the output passes the gradient
+    hi = relu_max if np.isfinite(relu_max) else np.nan
+    want = ~((z <= 0) | (z >= hi))
+    wpr = (L + 63) // 64
+    got = np.unpackbits(bits.reshape(N * C, wpr).view(np.uint8), axis=1, bitorder="little")[:, :L]
+    np.testing.assert_array_equal(got.astype(bool), want.reshape(N * C, L))

@@ -17,11 +17,17 @@ int64_t bn_numel(const BatchNormShape& s) {
   return checked_numel({s.N, s.C, s.L});
 }
 
+// Words of a ReLU's mask bits: ceil(L/64) per (n, c) row.
+int64_t relu_mask_words(const BatchNormShape& s) {
+  bn_numel(s);
+  return checked_numel({s.N, s.C, (s.L + 63) / 64});
+}
+
 template <typename T>
 void forward(const BatchNormShape& s, const py::array& x, const py::object& w, const py::object& b,
              const py::object& rm, const py::object& rv, py::array& y, py::array& save_mean, py::array& save_invstd,
              bool training, double momentum, double eps, const py::object& stats, bool relu, double relu_max,
-             const py::object& residual) {
+             const py::object& residual, const py::object& relu_mask) {
   const int64_t n = bn_numel(s);
   PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   PYCONV_CHECK(eps >= 0, "eps=", eps, ": expected a non-negative value");
@@ -38,17 +44,19 @@ void forward(const BatchNormShape& s, const py::array& x, const py::object& w, c
   T* sip = out_buffer<T>(save_invstd, "save_invstd", s.C);
   const double* stp = opt_in_buffer<double>(stats, "stats", 2 * s.C);
   const T* rp = opt_in_buffer<T>(residual, "residual", n);
+  PYCONV_CHECK(relu || relu_mask.is_none(), "relu_mask: given without relu");
+  uint64_t* mp = opt_out_buffer<uint64_t>(relu_mask, "relu_mask", relu_mask_words(s));
   advise_huge_pages(yp, n * sizeof(T));
   py::gil_scoped_release nogil;
   PYCONV_ISA_FN(batch_norm_forward<T>)(s, xp, wp, bp, rmp, rvp, yp, smp, sip, training, momentum, eps, stp, relu,
-                                       relu_max, rp);
+                                       relu_max, rp, mp);
 }
 
 template <typename T>
 void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, const py::object& w,
               const py::array& save_mean, const py::array& save_invstd, const py::object& gx, const py::object& gw,
               const py::object& gb, bool training, const py::object& relu_out, double relu_max,
-              const py::object& g_residual) {
+              const py::object& g_residual, const py::object& relu_mask) {
   const int64_t n = bn_numel(s);
   PYCONV_CHECK(relu_max > 0, "relu_max=", relu_max, ": expected a positive clip (infinity: ReLU)");
   const T* gyp = in_buffer<T>(gy, "grad_output", n);
@@ -61,9 +69,10 @@ void backward(const BatchNormShape& s, const py::array& gy, const py::array& x, 
   T* gbp = opt_out_buffer<T>(gb, "grad_bias", s.C);
   const T* zp = opt_in_buffer<T>(relu_out, "relu_output", n);
   T* grp = opt_out_buffer<T>(g_residual, "grad_residual", n);
+  const uint64_t* mp = opt_in_buffer<uint64_t>(relu_mask, "relu_mask", relu_mask_words(s));
   advise_huge_pages(gxp, n * sizeof(T));
   py::gil_scoped_release nogil;
-  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp, relu_max, grp);
+  PYCONV_ISA_FN(batch_norm_backward<T>)(s, gyp, xp, wp, smp, sip, gxp, gwp, gbp, training, zp, relu_max, grp, mp);
 }
 
 }  // namespace
@@ -80,29 +89,34 @@ void bind_batch_norm(py::module_& m) {
                                  const py::object& b, const py::object& rm, const py::object& rv, py::array& y,
                                  py::array& save_mean, py::array& save_invstd, bool training, double momentum,
                                  double eps, const py::object& stats, bool relu, double relu_max,
-                                 const py::object& residual) {
+                                 const py::object& residual, const py::object& relu_mask) {
     if (dtype_of(x, "input") == DType::f32)
       return forward<float>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
-                            relu_max, residual);
+                            relu_max, residual, relu_mask);
     return forward<double>(s, x, w, b, rm, rv, y, save_mean, save_invstd, training, momentum, eps, stats, relu,
-                           relu_max, residual);
+                           relu_max, residual, relu_mask);
   }, py::arg("shape"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
      py::arg("running_var"), py::arg("output"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"),
      py::arg("momentum"), py::arg("eps"), py::arg("stats") = py::none(), py::arg("relu") = false,
-     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("residual") = py::none());
+     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("residual") = py::none(),
+     py::arg("relu_mask") = py::none());
   m.def("batch_norm_backward", [](const BatchNormShape& s, const py::array& gy, const py::array& x,
                                   const py::object& w, const py::array& save_mean, const py::array& save_invstd,
                                   const py::object& gx, const py::object& gw, const py::object& gb, bool training,
-                                  const py::object& relu_out, double relu_max, const py::object& g_residual) {
+                                  const py::object& relu_out, double relu_max, const py::object& g_residual,
+                                  const py::object& relu_mask) {
     if (dtype_of(x, "input") == DType::f32)
       return backward<float>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max,
-                             g_residual);
+                             g_residual, relu_mask);
     return backward<double>(s, gy, x, w, save_mean, save_invstd, gx, gw, gb, training, relu_out, relu_max,
-                            g_residual);
+                            g_residual, relu_mask);
   }, py::arg("shape"), py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
      py::arg("save_invstd"), py::arg("grad_input"), py::arg("grad_weight"), py::arg("grad_bias"),
      py::arg("training"), py::arg("relu_output") = py::none(),
-     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("grad_residual") = py::none());
+     py::arg("relu_max") = std::numeric_limits<double>::infinity(), py::arg("grad_residual") = py::none(),
+     py::arg("relu_mask") = py::none());
+  m.def("batch_norm_relu_mask_words", &relu_mask_words, py::arg("shape"),
+        "Words (uint64) of the ReLU mask bits batch_norm_forward keeps for batch_norm_backward");
 }
 
 }  // namespace pyconv

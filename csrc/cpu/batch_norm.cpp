@@ -11,6 +11,9 @@
 //             sweep (relu_max: infinity for ReLU, 6 for ReLU6); backward takes gz and z and uses
 //             gy = (z <= 0 || z >= relu_max ? 0 : gz) inside the sums and the gx sweep (torch's
 //             threshold / hardtanh backward), and writes it as the residual's gradient
+//   ReLU mask bits (relu_mask): the forward may also keep, per value, whether the gradient passes
+//             (bit l % 64 of word (n*C + c) * ceil(L/64) + l/64), and the backward read those bits
+//             instead of z: 1/32 of z's bytes in each of its two sweeps
 //   given statistics (sum y, sum y^2 per channel, from the conv epilogue): no statistics pass,
 //             mean = s0/M, var = max(s1/M - mean^2, 0)
 //
@@ -22,6 +25,9 @@
 #include "cpu/batch_norm.h"
 
 #include <cmath>
+#include <cstring>
+
+#include <omp.h>
 
 #include "common/runtime.h"
 #include "cpu/simd.h"
@@ -48,23 +54,53 @@ struct Tasks {
         count(per_channel ? s.C : rows) {}
 };
 
+int64_t mask_words_per_row(int64_t L) { return ceil_div(L, 64); }
+
+// dst[i] = src[i] where bit i of the words at bits is set, else 0 (bits starts at value 0's word).
+template <typename T>
+void keep_masked(const T* src, const uint64_t* bits, int64_t n, T* dst) {
+  constexpr int W = Simd<T>::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(dst + i, vkeep_bits<T>(vload(src + i), uint32_t(bits[i >> 6] >> (i & 63))));
+  for (; i < n; ++i) dst[i] = (bits[i >> 6] >> (i & 63)) & 1 ? src[i] : T(0);
+}
+
 // For each task, sum_pair over its chunk of a and b (same [N][C][L] layout, mask m optional);
 // shifts per channel (null = 0).
 // float_blocks: sum_pair_float_blocks (the backward's sums, which do not cancel).
+// mbits (instead of m): a's values through the ReLU mask bits, copied masked into the thread's
+// scratch first (small planes: b's rows too, so both are contiguous rows), the same sums after.
 template <typename T>
 void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b, const T* m, const double* ka,
-                const double* kb, double* partial, double mhi = __builtin_nan(""), bool float_blocks = false) {
-#pragma omp parallel for num_threads(static_cast<int>(imin(num_threads(), imax(1, tk.count)))) schedule(static)
+                const double* kb, double* partial, double mhi = __builtin_nan(""), bool float_blocks = false,
+                const uint64_t* mbits = nullptr) {
+  const int nthr = static_cast<int>(imin(num_threads(), imax(1, tk.count)));
+  const int64_t wpr = mask_words_per_row(s.L);
+  const int64_t scratch_elems = tk.per_channel ? 2 * s.N * s.L : imin(kChunk, s.L);
+  Workspace scratch(mbits ? checked_bytes(int64_t(nthr) * scratch_elems, sizeof(T)) : 0);
+#pragma omp parallel for num_threads(nthr) schedule(static)
   for (int64_t t = 0; t < tk.count; ++t) {
     const int64_t row = tk.per_channel ? t : t / tk.chunks, c = row % s.C;  // (per channel: one chunk)
     const int64_t l0 = tk.per_channel ? 0 : (t % tk.chunks) * kChunk, n = imin(kChunk, s.L - l0);
     const int64_t off = row * s.L + l0;
-    const int64_t rows = tk.per_channel ? s.N : 1, stride = s.C * s.L;
+    const int64_t rows = tk.per_channel ? s.N : 1;
+    int64_t stride = s.C * s.L;
     const double kac = ka ? ka[c] : 0.0, kbc = kb ? kb[c] : 0.0;
+    const T *as = a + off, *bs = b + off, *ms = m ? m + off : nullptr;
+    if (mbits) {
+      T* buf = scratch.as<T>() + omp_get_thread_num() * scratch_elems;
+      for (int64_t r = 0; r < rows; ++r)  // row (n, c) of the task: word row * wpr on
+        keep_masked(as + r * stride, mbits + (row + r * s.C) * wpr + l0 / 64, n, buf + r * n);
+      if (rows > 1) {
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(buf + (rows + r) * n, bs + r * stride, n * sizeof(T));
+        bs = buf + rows * n;
+      }
+      as = buf, ms = nullptr, stride = n;
+    }
     if (float_blocks)
-      sum_pair_float_blocks(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
+      sum_pair_float_blocks(as, bs, ms, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
     else
-      sum_pair(a + off, b + off, m ? m + off : nullptr, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
+      sum_pair(as, bs, ms, kac, kbc, n, partial + 2 * t, mhi, rows, stride);
   }
 }
 
@@ -100,7 +136,8 @@ void for_each_chunk(const BatchNormShape& s, const Tasks& tk, Body body) {
 template <typename T>
 void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, const T* bias, T* running_mean,
                         T* running_var, T* y, T* save_mean, T* save_invstd, bool training, double momentum,
-                        double eps, const double* stats, bool relu, double relu_max, const T* residual) {
+                        double eps, const double* stats, bool relu, double relu_max, const T* residual,
+                        uint64_t* relu_mask) {
   using V = vec_t<T>;
   const int64_t M = s.N * s.L;
   const Tasks tk(s);
@@ -165,15 +202,36 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
     if (relu) {  // clipped at relu_max too (infinity for ReLU); NaN stays NaN as in torch.relu / hardtanh
       const T hi = T(relu_max);
       const V vhi = vbroadcast<T>(hi);
+      // the mask bits: the gradient passes unless z <= 0 or z >= relu_max (as the backward tests z);
+      // a chunk starts a word (kChunk is a multiple of 64) and a vector never straddles two
+      // (the upper test as the backward makes it: never for ReLU, where relu_max is infinite and the
+      // backward's bound NaN, so an infinite z passes)
+      // Each word is gathered in a register and stored once, when its 64 values are done (the last,
+      // partial one after the loops).
+      uint64_t* mw = relu_mask ? relu_mask + (off / s.L) * mask_words_per_row(s.L) + (off % s.L) / 64 : nullptr;
+      const T mhi = std::isfinite(relu_max) ? hi : T(__builtin_nan(""));
+      const V vmhi = vbroadcast<T>(mhi);
+      uint64_t word = 0;
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) {
         V v = nv(i);
         v = v < zero ? zero : v;
-        vstore(ys + i, v > vhi ? vhi : v);
+        v = v > vhi ? vhi : v;
+        vstore(ys + i, v);
+        if (mw) {
+          word |= uint64_t(vlane_bits<T>(~((v <= zero) | (v >= vmhi)))) << (i & 63);
+          if (((i + Simd<T>::W) & 63) == 0) mw[i >> 6] = word, word = 0;
+        }
       }
       for (; i < n; ++i) {
         const T v = n1(i);
-        ys[i] = v < T(0) ? T(0) : v > hi ? hi : v;
+        const T z = v < T(0) ? T(0) : v > hi ? hi : v;
+        ys[i] = z;
+        if (mw) {
+          word |= uint64_t(!(z <= T(0) || z >= mhi)) << (i & 63);
+          if (((i + 1) & 63) == 0) mw[i >> 6] = word, word = 0;
+        }
       }
+      if (mw && (n & 63)) mw[(n - 1) >> 6] = word;
     } else {
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(ys + i, nv(i));
       for (; i < n; ++i) ys[i] = n1(i);
@@ -184,7 +242,7 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
 template <typename T>
 void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const T* weight, const T* save_mean,
                          const T* save_invstd, T* gx, T* gw, T* gb, bool training, const T* relu_out,
-                         double relu_max, T* g_residual) {
+                         double relu_max, T* g_residual, const uint64_t* relu_mask) {
   using V = vec_t<T>;
   // the mask's upper bound: none for ReLU (NaN compares false), relu_max for a clipped ReLU
   const double mhi = std::isfinite(relu_max) ? relu_max : __builtin_nan("");
@@ -197,7 +255,8 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   const bool need_sums = gw || gb || (gx && training);
   if (need_sums) {
     Workspace part_ws(checked_bytes(2 * tk.count, sizeof(double)));
-    chunk_sums(s, tk, gy, x, relu_out, nullptr, mean, part_ws.as<double>(), mhi, true);
+    chunk_sums(s, tk, gy, x, relu_mask ? nullptr : relu_out, nullptr, mean, part_ws.as<double>(), mhi, true,
+               relu_mask);
     reduce_channels(s, tk, part_ws.as<double>(), total);
     for (int64_t c = 0; c < s.C; ++c) {
       if (gb) gb[c] = T(total[2 * c]);
@@ -218,17 +277,22 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
     const T* gys = gy + off;
     const T* xs = x + off;
-    const T* zs = relu_out ? relu_out + off : nullptr;
+    const uint64_t* mw = relu_mask ? relu_mask + (off / s.L) * mask_words_per_row(s.L) + (off % s.L) / 64 : nullptr;
+    const T* zs = relu_out && !mw ? relu_out + off : nullptr;
     T* gxs = gx ? gx + off : nullptr;
     T* grs = g_residual ? g_residual + off : nullptr;
     const V va = vbroadcast<T>(a[c]), zero = V{}, vhi = vbroadcast<T>(T(mhi));
-    // the incoming gradient, through the ReLU when its output is given
+    // the incoming gradient, through the ReLU when its output (or its mask bits) is given
     auto gv = [&](int64_t i) {
+      if (mw) return vkeep_bits<T>(vload(gys + i), uint32_t(mw[i >> 6] >> (i & 63)));
       if (!zs) return vload(gys + i);
       const V z = vload(zs + i);
       return (z <= zero) | (z >= vhi) ? zero : vload(gys + i);
     };
-    auto g1 = [&](int64_t i) { return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i]; };
+    auto g1 = [&](int64_t i) {
+      if (mw) return (mw[i >> 6] >> (i & 63)) & 1 ? gys[i] : T(0);
+      return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i];
+    };
     int64_t i = 0;
     if (!gxs) {  // the residual's gradient alone: gy through the activation's mask
       for (; i + Simd<T>::W <= n; i += Simd<T>::W) vstore(grs + i, gv(i));
@@ -276,9 +340,9 @@ void channel_sums(const BatchNormShape& s, const T* y, double* stats) {
 
 #define PYCONV_INSTANTIATE(T)                                                                                \
   template void batch_norm_forward<T>(const BatchNormShape&, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
-                                      bool, double, double, const double*, bool, double, const T*);         \
+                                      bool, double, double, const double*, bool, double, const T*, uint64_t*); \
   template void batch_norm_backward<T>(const BatchNormShape&, const T*, const T*, const T*, const T*, const T*, \
-                                       T*, T*, T*, bool, const T*, double, T*);                             \
+                                       T*, T*, T*, bool, const T*, double, T*, const uint64_t*);            \
   template void channel_sums<T>(const BatchNormShape&, const T*, double*);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)

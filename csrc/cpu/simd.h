@@ -465,6 +465,48 @@ PYCONV_INLINE vec_t<T> vor(vec_t<T> a, vec_t<T> b) {
   return vec_t<T>(I(a) | I(b));
 }
 
+// A vector comparison's lanes as bits (lane l -> bit l) and back: the compact mask a ReLU keeps for
+// its backward (1 bit a value instead of the output itself).
+template <typename T>
+struct MaskVec;
+template <>
+struct MaskVec<float> {
+  typedef int32_t V __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct MaskVec<double> {
+  typedef int64_t V __attribute__((vector_size(kVectorBytes)));
+};
+template <typename T>
+using mask_vec_t = typename MaskVec<T>::V;
+template <typename T>
+PYCONV_INLINE uint32_t vlane_bits(mask_vec_t<T> m) {
+#if defined(PYCONV_SIMD_AVX512)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_movepi32_mask(__m512i(m));
+  else
+    return _mm512_movepi64_mask(__m512i(m));
+#elif defined(PYCONV_SIMD_AVX2)
+  if constexpr (sizeof(T) == 4)
+    return uint32_t(_mm256_movemask_ps(__m256(m)));
+  else
+    return uint32_t(_mm256_movemask_pd(__m256d(m)));
+#else
+  uint32_t bits = 0;
+  for (int l = 0; l < Simd<T>::W; ++l) bits |= uint32_t(m[l] != 0) << l;
+  return bits;
+#endif
+}
+// v where bit l of bits is set, 0 elsewhere.
+template <typename T>
+PYCONV_INLINE vec_t<T> vkeep_bits(vec_t<T> v, uint32_t bits) {
+  using M = mask_vec_t<T>;
+  M lane{};
+  for (int l = 0; l < Simd<T>::W; ++l) lane[l] = mask_word_t<T>(1) << l;
+  const M on = (lane & M(mask_word_t<T>(bits) - M{})) != M{};
+  return on ? v : vec_t<T>{};
+}
+
 PYCONV_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 PYCONV_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 PYCONV_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }

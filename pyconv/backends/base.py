@@ -102,9 +102,11 @@ class Backend(abc.ABC):
         (forward, grad-input, grad-weight) algorithms, the batch norm's shape, an activation this
         backend fuses), called many times: (forward, backward), which make their outputs:
           forward(x, w, b, bn_weight, bn_bias, running_mean, running_var, momentum, eps, residual)
-                  -> (z, y, saved): y = conv, z = act(BN(y) [+ residual]), saved the batch's mean
-                  and invstd as the rows of one (2, K) tensor; the running statistics updated in place;
-          backward(gz, z, y, x, w, bn_weight, saved, wanted) -> (gx, gw, gb, g_bn_weight, g_bn_bias,
+                  -> (z, y, saved, mask): y = conv, z = act(BN(y) [+ residual]), saved the batch's mean
+                  and invstd as the rows of one (2, K) tensor, mask what the backward needs of the
+                  activation (z itself here; the cpp backend's one bit a value), None without one;
+                  the running statistics updated in place;
+          backward(gz, mask, y, x, w, bn_weight, saved, wanted) -> (gx, gw, gb, g_bn_weight, g_bn_bias,
                   g_residual), each None where `wanted` (six flags in that order) says so.
         Here closures over the kernel table; a backend may resolve its kernels and shapes once (cpp)."""
         fwd_algo, gi_algo, gw_algo = algos
@@ -118,14 +120,14 @@ class Backend(abc.ABC):
             self.conv2d_forward(x, w, b, y, shape, fwd_algo, stats=stats)
             self.batch_norm_forward(y, bnw, bnb, rm, rv, z, saved[0], saved[1], bn_shape, True, momentum, eps,
                                     relu=relu, stats=stats, **clip, **({} if residual is None else {"residual": residual}))
-            return z, y, saved
+            return z, y, saved, z if relu else None
 
-        def backward(gz, z, y, x, w, bnw, saved, wanted):
+        def backward(gz, mask, y, x, w, bnw, saved, wanted):
             gy = new_output(out, x)
             gx, gw, gb, g_bnw, g_bnb, g_res = (new_output(size, x) if want else None
                                                for size, want in zip(grad_sizes, wanted))
             self.batch_norm_backward(gz, y, bnw, saved[0], saved[1], gy, g_bnw, g_bnb, bn_shape, True,
-                                     relu_output=z if relu else None, **clip,
+                                     relu_output=mask, **clip,
                                      **({} if g_res is None else {"grad_residual": g_res}))
             if gx is not None:
                 self.conv2d_backward_input(gy, w, gx, shape, gi_algo)

@@ -105,25 +105,29 @@ class CppBackend(Backend):
         relu_max = 6.0 if activation == "relu6" else math.inf
         bn_forward, bn_backward = _C.batch_norm_forward, _C.batch_norm_backward
         out, K, grad_sizes = (shape.N, shape.K, shape.P, shape.Q), shape.K, conv_bn_train_grad_sizes(shape)
+        # the activation's mask for the backward as bits (1/32 of z's bytes in each of the batch-norm
+        # backward's two sweeps), not z
+        mask_words = _C.batch_norm_relu_mask_words(bs) if relu else 0
 
         def forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
             dt = x.dtype
             (z, z_np), (y, y_np), (saved, sv_np) = (new_output_array(out, dt), new_output_array(out, dt),
                                                     new_output_array((2, K), dt))
+            mask = np.empty(mask_words, np.uint64) if relu else None
             stats = np.empty((2, K))  # the conv epilogue's sums, for the batch norm only
             fk(*flead, _np(x), _np(w), _np(b), y_np, stats, None, None, 0)
             bn_forward(bs, y_np, _np(bnw), _np(bnb), rm.numpy(), rv.numpy(), z_np, sv_np[0], sv_np[1], True, momentum,
-                       eps, stats, relu, relu_max, _np(residual))
-            return z, y, saved
+                       eps, stats, relu, relu_max, _np(residual), mask)
+            return z, y, saved, None if mask is None else torch.from_numpy(mask)
 
-        def backward(gz, z, y, x, w, bnw, saved, wanted):
+        def backward(gz, mask, y, x, w, bnw, saved, wanted):
             dt = x.dtype
             gy, gy_np = new_output_array(out, dt)
             grads = [new_output_array(size, dt) if want else (None, None) for size, want in zip(grad_sizes, wanted)]
             (gx, gx_np), (gw, gw_np), (gb, gb_np), (_, g_bnw), (_, g_bnb), (_, g_res) = grads
             sv_np = saved.numpy()
-            bn_backward(bs, _np(gz), y.numpy(), _np(bnw), sv_np[0], sv_np[1], gy_np, g_bnw, g_bnb, True,
-                        z.numpy() if relu else None, relu_max, g_res)
+            bn_backward(bs, _np(gz), y.numpy(), _np(bnw), sv_np[0], sv_np[1], gy_np, g_bnw, g_bnb, True, None,
+                        relu_max, g_res, None if mask is None else mask.numpy())
             if gx is not None:
                 gik(*gilead, gy_np, _np(w), gx_np)
             if gw is not None or gb is not None:

@@ -231,11 +231,12 @@ class TrainStep:
             shape, algos, _bn_shape_of(shape), activation)
 
     def forward(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual):
-        """(z, y, saved: the batch's mean and invstd as rows of one (2, K) tensor) for a contiguous x
-        and weights, residual already checked."""
-        z, y, saved = self.forward_kernels(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
+        """(z, y, saved: the batch's mean and invstd as rows of one (2, K) tensor, mask: what the
+        backward needs of the activation, the backend's form) for a contiguous x and weights,
+        residual already checked."""
+        z, y, saved, mask = self.forward_kernels(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
         _increment_version((rm, rv))
-        return z, y, saved
+        return z, y, saved, mask
 
     def run(self, x, w, b, bnw, bnb, rm, rv, momentum, eps, residual, autograd: bool):
         if not autograd:
@@ -261,10 +262,10 @@ class _TrainStepFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, step, x, w, b, bnw, bnb, residual, rm, rv, momentum, eps):
-        z, y, saved = step.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
+        z, y, saved, mask = step.forward(x, w, b, bnw, bnb, rm, rv, momentum, eps, residual)
         ctx.set_materialize_grads(False)
-        # z only for the ReLU mask (as the op: a residual tail keeps no extra activation alive)
-        ctx.save_for_backward(x, w, bnw, y, saved, z if step.relu else None)
+        # the activation's mask (z, or the backend's bits): a residual tail keeps no extra activation alive
+        ctx.save_for_backward(x, w, bnw, y, saved, mask)
         ctx.step, ctx.has_bias, ctx.has_residual = step, b is not None, residual is not None
         return z
 
@@ -273,8 +274,8 @@ class _TrainStepFn(torch.autograd.Function):
         need = ctx.needs_input_grad  # (step, x, w, b, bn_weight, bn_bias, residual, ...)
         if gz is None or not any(need[1:7]):
             return (None,) * 11
-        x, w, bnw, y, saved, z = ctx.saved_tensors
+        x, w, bnw, y, saved, mask = ctx.saved_tensors
         gx, gw, gb, g_bnw, g_bnb, g_res = ctx.step.backward_kernels(
-            gz.contiguous(), z, y, x, w, bnw, saved,
+            gz.contiguous(), mask, y, x, w, bnw, saved,
             (need[1], need[2], ctx.has_bias and need[3], need[4], need[5], ctx.has_residual and need[6]))
         return None, gx, gw, gb, g_bnw, g_bnb, g_res, None, None, None, None
