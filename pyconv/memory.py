@@ -36,6 +36,11 @@ def _numpy_dtype(dtype: torch.dtype):
     return npt
 
 
+def _cache_array(shape, npt: np.dtype, nbytes: int) -> np.ndarray:
+    """A block of the cache as a numpy array of shape and dtype npt (nbytes of them)."""
+    return _C.host_cache_buffer(nbytes).view(npt).reshape(shape)
+
+
 def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized CPU tensor from the cache (a plain torch.empty below 1 MiB). Typed and shaped
     on the numpy side: a torch .view() of the cache's byte tensor would be a view, which autograd
@@ -43,7 +48,7 @@ def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(_C.host_cache_buffer(nbytes).view(_numpy_dtype(dtype)).reshape(shape))
+    return torch.from_numpy(_cache_array(shape, _numpy_dtype(dtype), nbytes))
 
 
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
@@ -65,7 +70,7 @@ def new_output_array(shape, dtype: torch.dtype):
     eleven outputs: about 20 us of its ~200)."""
     npt = _NUMPY_DTYPES[dtype]
     nbytes = math.prod(shape) * npt.itemsize
-    a = np.empty(shape, npt) if nbytes < _MIN_BYTES else _C.host_cache_buffer(nbytes).view(npt).reshape(shape)
+    a = np.empty(shape, npt) if nbytes < _MIN_BYTES else _cache_array(shape, npt, nbytes)
     if _config.DEBUG_FILL:
         a.fill(np.nan)
     return torch.from_numpy(a), a

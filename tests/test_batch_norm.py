@@ -383,10 +383,8 @@ def test_relu_mask_bits_match_the_relu_output(dtype, relu_max, residual, nl):
     res = rng.standard_normal((N, C, L)).astype(dtype) if residual else None
     s = _C.BatchNormShape(N, C, L)
     z, sm, si = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
-    bits = np.zeros(_C.batch_norm_relu_mask_words(s), np.uint64)
-    bits[:] = 0xFFFF  # stale bits must not survive
-    stats = None
-    _C.batch_norm_forward(s, x, w, b, None, None, z, sm, si, True, 0.1, 1e-5, stats, True, relu_max, res, bits)
+    bits = np.full(_C.batch_norm_relu_mask_words(s), 0xFFFF, np.uint64)  # stale bits must not survive
+    _C.batch_norm_forward(s, x, w, b, None, None, z, sm, si, True, 0.1, 1e-5, None, True, relu_max, res, bits)
     gz = rng.standard_normal((N, C, L)).astype(dtype)
     outs = []
     for how in ("output", "bits"):
@@ -399,6 +397,6 @@ def test_relu_mask_bits_match_the_relu_output(dtype, relu_max, residual, nl):
     # and the bits are the mask: set exactly where the output passes the gradient
     hi = relu_max if np.isfinite(relu_max) else np.nan
     want = ~((z <= 0) | (z >= hi))
-    wpr = (L + 63) // 64
+    wpr = bits.size // (N * C)
     got = np.unpackbits(bits.reshape(N * C, wpr).view(np.uint8), axis=1, bitorder="little")[:, :L]
     np.testing.assert_array_equal(got.astype(bool), want.reshape(N * C, L))

@@ -17,10 +17,9 @@ int64_t bn_numel(const BatchNormShape& s) {
   return checked_numel({s.N, s.C, s.L});
 }
 
-// Words of a ReLU's mask bits: ceil(L/64) per (n, c) row.
 int64_t relu_mask_words(const BatchNormShape& s) {
   bn_numel(s);
-  return checked_numel({s.N, s.C, (s.L + 63) / 64});
+  return checked_numel({s.N, s.C, relu_mask_words_per_row(s.L)});
 }
 
 template <typename T>

@@ -54,15 +54,31 @@ struct Tasks {
         count(per_channel ? s.C : rows) {}
 };
 
-int64_t mask_words_per_row(int64_t L) { return ceil_div(L, 64); }
+// The mask words from element offset off of x[N][C][L] on (a row's or a chunk's start: a word's
+// first bit); null without a mask.
+template <typename Word>
+Word* mask_words_at(Word* mask, const BatchNormShape& s, int64_t off) {
+  return mask ? mask + (off / s.L) * relu_mask_words_per_row(s.L) + (off % s.L) / 64 : nullptr;
+}
 
-// dst[i] = src[i] where bit i of the words at bits is set, else 0 (bits starts at value 0's word).
+// src[i] (a vector from i, i a multiple of W) where bit i of the mask words at bits is set, else 0
+// (bits starts at value 0's word).
+template <typename T>
+PYCONV_INLINE vec_t<T> vload_kept(const T* src, const uint64_t* bits, int64_t i) {
+  return vkeep_bits<T>(vload(src + i), uint32_t(bits[i >> 6] >> (i & 63)));
+}
+template <typename T>
+PYCONV_INLINE T load_kept(const T* src, const uint64_t* bits, int64_t i) {
+  return (bits[i >> 6] >> (i & 63)) & 1 ? src[i] : T(0);
+}
+
+// dst[i] = src[i] through the mask bits, i in [0, n).
 template <typename T>
 void keep_masked(const T* src, const uint64_t* bits, int64_t n, T* dst) {
   constexpr int W = Simd<T>::W;
   int64_t i = 0;
-  for (; i + W <= n; i += W) vstore(dst + i, vkeep_bits<T>(vload(src + i), uint32_t(bits[i >> 6] >> (i & 63))));
-  for (; i < n; ++i) dst[i] = (bits[i >> 6] >> (i & 63)) & 1 ? src[i] : T(0);
+  for (; i + W <= n; i += W) vstore(dst + i, vload_kept(src, bits, i));
+  for (; i < n; ++i) dst[i] = load_kept(src, bits, i);
 }
 
 // For each task, sum_pair over its chunk of a and b (same [N][C][L] layout, mask m optional);
@@ -75,7 +91,6 @@ void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b
                 const double* kb, double* partial, double mhi = __builtin_nan(""), bool float_blocks = false,
                 const uint64_t* mbits = nullptr) {
   const int nthr = static_cast<int>(imin(num_threads(), imax(1, tk.count)));
-  const int64_t wpr = mask_words_per_row(s.L);
   const int64_t scratch_elems = tk.per_channel ? 2 * s.N * s.L : imin(kChunk, s.L);
   Workspace scratch(mbits ? checked_bytes(int64_t(nthr) * scratch_elems, sizeof(T)) : 0);
 #pragma omp parallel for num_threads(nthr) schedule(static)
@@ -89,8 +104,8 @@ void chunk_sums(const BatchNormShape& s, const Tasks& tk, const T* a, const T* b
     const T *as = a + off, *bs = b + off, *ms = m ? m + off : nullptr;
     if (mbits) {
       T* buf = scratch.as<T>() + omp_get_thread_num() * scratch_elems;
-      for (int64_t r = 0; r < rows; ++r)  // row (n, c) of the task: word row * wpr on
-        keep_masked(as + r * stride, mbits + (row + r * s.C) * wpr + l0 / 64, n, buf + r * n);
+      for (int64_t r = 0; r < rows; ++r)
+        keep_masked(as + r * stride, mask_words_at(mbits, s, off + r * stride), n, buf + r * n);
       if (rows > 1) {
         for (int64_t r = 0; r < rows; ++r) std::memcpy(buf + (rows + r) * n, bs + r * stride, n * sizeof(T));
         bs = buf + rows * n;
@@ -202,13 +217,11 @@ void batch_norm_forward(const BatchNormShape& s, const T* x, const T* weight, co
     if (relu) {  // clipped at relu_max too (infinity for ReLU); NaN stays NaN as in torch.relu / hardtanh
       const T hi = T(relu_max);
       const V vhi = vbroadcast<T>(hi);
-      // the mask bits: the gradient passes unless z <= 0 or z >= relu_max (as the backward tests z);
-      // a chunk starts a word (kChunk is a multiple of 64) and a vector never straddles two
-      // (the upper test as the backward makes it: never for ReLU, where relu_max is infinite and the
-      // backward's bound NaN, so an infinite z passes)
-      // Each word is gathered in a register and stored once, when its 64 values are done (the last,
-      // partial one after the loops).
-      uint64_t* mw = relu_mask ? relu_mask + (off / s.L) * mask_words_per_row(s.L) + (off % s.L) / 64 : nullptr;
+      // The mask bits: the gradient passes unless z <= 0 or z >= mhi, as the backward tests z (mhi:
+      // NaN for ReLU, so an infinite z passes). A chunk starts a word (kChunk is a multiple of 64)
+      // and a vector never straddles two; each word is gathered in a register and stored once, when
+      // its 64 values are done (the last, partial one after the loops).
+      uint64_t* mw = mask_words_at(relu_mask, s, off);
       const T mhi = std::isfinite(relu_max) ? hi : T(__builtin_nan(""));
       const V vmhi = vbroadcast<T>(mhi);
       uint64_t word = 0;
@@ -277,20 +290,20 @@ void batch_norm_backward(const BatchNormShape& s, const T* gy, const T* x, const
   for_each_chunk(s, tk, [&](int64_t c, int64_t off, int64_t n) {
     const T* gys = gy + off;
     const T* xs = x + off;
-    const uint64_t* mw = relu_mask ? relu_mask + (off / s.L) * mask_words_per_row(s.L) + (off % s.L) / 64 : nullptr;
+    const uint64_t* mw = mask_words_at(relu_mask, s, off);
     const T* zs = relu_out && !mw ? relu_out + off : nullptr;
     T* gxs = gx ? gx + off : nullptr;
     T* grs = g_residual ? g_residual + off : nullptr;
     const V va = vbroadcast<T>(a[c]), zero = V{}, vhi = vbroadcast<T>(T(mhi));
     // the incoming gradient, through the ReLU when its output (or its mask bits) is given
     auto gv = [&](int64_t i) {
-      if (mw) return vkeep_bits<T>(vload(gys + i), uint32_t(mw[i >> 6] >> (i & 63)));
+      if (mw) return vload_kept(gys, mw, i);
       if (!zs) return vload(gys + i);
       const V z = vload(zs + i);
       return (z <= zero) | (z >= vhi) ? zero : vload(gys + i);
     };
     auto g1 = [&](int64_t i) {
-      if (mw) return (mw[i >> 6] >> (i & 63)) & 1 ? gys[i] : T(0);
+      if (mw) return load_kept(gys, mw, i);
       return (zs && (zs[i] <= T(0) || double(zs[i]) >= mhi)) ? T(0) : gys[i];
     };
     int64_t i = 0;

@@ -10,6 +10,10 @@ struct BatchNormShape {
   int64_t N = 0, C = 0, L = 0;
 };
 
+// A ReLU's mask bits (batch_norm_forward's relu_mask): ceil(L/64) uint64 words per (n, c) row, value
+// l at bit l % 64 of the row's word l / 64.
+inline int64_t relu_mask_words_per_row(int64_t L) { return (L + 63) / 64; }
+
 }  // namespace pyconv
 
 PYCONV_FOR_EACH_ISA(

@@ -211,12 +211,11 @@ struct Im2colTransposedPackB {
   // layers read each input row for several taps; the hardware's streams do there).
   void source_prefetch(int64_t j0, int64_t nr, int64_t k0, int64_t kc) const {
     if (!is_pointwise(s)) return;
-    const int64_t HW = s.H * s.W, img = s.C * HW;
-    for (int64_t k = k0; k < k0 + kc;) {
-      const int64_t n = k / HW, l = k % HW, len = imin(HW - l, k0 + kc - k);
-      for (int64_t jj = 0; jj < nr; ++jj) prefetch_l2(x + n * img + (j0 + jj) * HW + l, len);
-      k += len;
-    }
+    const int64_t HW = s.H * s.W;
+    const BatchedColumns<T> planes{x, s.C * HW, HW, HW};  // x as [channels, N*H*W]
+    planes.for_each_run(k0, kc, [&](int64_t, const T* col, int64_t len) {
+      for (int64_t jj = 0; jj < nr; ++jj) prefetch_l2(col + (j0 + jj) * HW, len);
+    });
   }
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;

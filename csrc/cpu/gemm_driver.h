@@ -260,6 +260,16 @@ template <typename T>
 struct BatchedColumns {
   const T* base;
   int64_t img, ld, L;
+  // fn(c, src, len) for each run of columns [c, c+len) of [c0, c0+count) inside one image; src is row
+  // 0's element of column c (row r at src + r*ld).
+  template <class Fn>
+  PYCONV_INLINE void for_each_run(int64_t c0, int64_t count, Fn&& fn) const {
+    for (int64_t c = c0; c < c0 + count;) {
+      const int64_t n = c / L, l = c % L, len = imin(L - l, c0 + count - c);
+      fn(c, base + n * img + l, len);
+      c += len;
+    }
+  }
 };
 
 // BatchedColumns as the B operand (k = row, j = column).
@@ -303,16 +313,14 @@ struct BatchedPackB {
   }
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR;
-    for (int64_t j = j0; j < j0 + nr;) {
-      const int64_t n = j / m.L, l = j % m.L, len = imin(m.L - l, j0 + nr - j);
-      const T* src = m.base + n * m.img + k0 * m.ld + l;
+    m.for_each_run(j0, nr, [&](int64_t j, const T* col, int64_t len) {
+      const T* src = col + k0 * m.ld;
       T* d = dst + (j - j0);
       for (int64_t k = 0; k < kc; ++k) {
         __builtin_prefetch(src + (k + kPrefetchRows) * m.ld);
         for (int64_t t = 0; t < len; ++t) d[k * NR + t] = src[k * m.ld + t];
       }
-      j += len;
-    }
+    });
     if (nr < NR)
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
@@ -366,25 +374,21 @@ template <typename T>
 struct BatchedPackA {
   BatchedColumns<T> m;
   void source_prefetch(int64_t i0, int64_t mr, int64_t k0, int64_t kc) const {
-    for (int64_t k = k0; k < k0 + kc;) {
-      const int64_t n = k / m.L, l = k % m.L, len = imin(m.L - l, k0 + kc - k);
-      for (int64_t i = 0; i < mr; ++i) prefetch_l2(m.base + n * m.img + (i0 + i) * m.ld + l, len);
-      k += len;
-    }
+    m.for_each_run(k0, kc, [&](int64_t, const T* col, int64_t len) {
+      for (int64_t i = 0; i < mr; ++i) prefetch_l2(col + (i0 + i) * m.ld, len);
+    });
   }
   void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
     constexpr int MR = GemmBlocking<T>::MR;
-    for (int64_t k = k0; k < k0 + kc;) {
-      const int64_t n = k / m.L, l = k % m.L, len = imin(m.L - l, k0 + kc - k);
+    m.for_each_run(k0, kc, [&](int64_t k, const T* col, int64_t len) {
       T* d = dst + (k - k0) * MR;
       for (int64_t i = 0; i < mr; ++i) {
-        const T* src = m.base + n * m.img + (i0 + i) * m.ld + l;
+        const T* src = col + (i0 + i) * m.ld;
         for (int64_t t = 0; t < len; ++t) d[t * MR + i] = src[t];
       }
       for (int64_t i = mr; i < MR; ++i)
         for (int64_t t = 0; t < len; ++t) d[t * MR + i] = T(0);
-      k += len;
-    }
+    });
   }
 };
 
