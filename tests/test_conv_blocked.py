@@ -3,7 +3,7 @@ algorithm runs for groups of at least one SIMD vector of output channels (8 floa
 edges against torch. Channel counts that are not a multiple of the block (zero lanes), narrow input
 groups (fewer channels than a vector: one block of all of them, interleaved per pixel, each lane
 count its own kernel), output channels that fill part of a 2-vector panel, short rows (a 6-pixel
-register tile wraps to the next row and the next image), pixel blocks of 960 spanning images,
+register tile wraps to the next row and the next image), pixel blocks (equal, up to 960) spanning images,
 strides, dilations, asymmetric padding, groups; the statistics of a fused training forward and the
 inference epilogue. Outputs start as NaN (conftest), so a pixel or channel the kernel skips fails."""
 import pytest
@@ -108,6 +108,35 @@ def test_statistics_do_not_depend_on_threads():
             outs.append(torch.cat([rm, rv]))
     finally:
         _C.set_num_threads(prev)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("channels", range(1, 18))
+def test_every_lane_count(channels, dtype):
+    """Each count of input channels a block holds (1 to 16 float lanes on AVX-512, 8 on AVX2; 8 and
+    4 double) runs its own unrolled kernel; 17 is a full block and a 1-lane one."""
+    x, w, b, kw = _data((2, channels, 7, 9, 20, 3, 3, 2, 1, 1, 1), dtype)
+    got = PF.conv2d(x, w, b, algo="direct", backend="cpp", **kw)
+    assert_close(got, F.conv2d(x, w, b, **kw), dtype, "output")
+
+
+@pytest.mark.parametrize("case", [(8, 32, 28, 28, 64, 3, 3, 2, 1, 1, 1), (3, 16, 20, 23, 16, 3, 3, 1, 1, 1, 1)],
+                         ids=_id)
+def test_output_does_not_depend_on_threads(case):
+    """Pixel blocks are sized by the thread count (equal blocks, a multiple of the threads where the
+    panels do not divide among them): every split gives the same output, bit for bit."""
+    from pyconv import _C
+    x, w, b, kw = _data(case, torch.float32)
+    prev = _C.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3, 5):
+            _C.set_num_threads(n)
+            outs.append(PF.conv2d(x, w, b, algo="direct", backend="cpp", **kw))
+    finally:
+        _C.set_num_threads(prev)
+    assert_close(outs[0], F.conv2d(x, w, b, **kw), torch.float32, "output")
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
