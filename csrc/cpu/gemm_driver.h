@@ -101,8 +101,8 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 #define PYCONV_VR "ymm"
 #define PYCONV_VB "32"
 #endif
-// The 12 accumulators (an MR x NR tile, rows NR wide) from / to the tile at %[t]; the GEMM
-// micro-kernel stores them, the AVX2 blocked direct kernel (conv_blocked.cpp) loads and stores them.
+// The 12 accumulators (an MR x NR tile, rows NR wide) from / to the tile at %[t], or zeroed; the GEMM
+// micro-kernel zeroes and stores them, the AVX2 blocked direct kernel (conv_blocked.cpp) all three.
 #define PYCONV_ASM_TILE_MOV(j) "vmovups " #j "*" PYCONV_VB "(%[t]), %%" PYCONV_VR #j "\n\t"
 #define PYCONV_ASM_TILE_PUT(j) "vmovups %%" PYCONV_VR #j ", " #j "*" PYCONV_VB "(%[t])\n\t"
 #define PYCONV_ASM_TILE_LOAD                                                                    \
@@ -114,6 +114,10 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
   PYCONV_ASM_TILE_PUT(4) PYCONV_ASM_TILE_PUT(5) PYCONV_ASM_TILE_PUT(6) PYCONV_ASM_TILE_PUT(7)    \
   PYCONV_ASM_TILE_PUT(8) PYCONV_ASM_TILE_PUT(9) PYCONV_ASM_TILE_PUT(10) PYCONV_ASM_TILE_PUT(11)
 #define PYCONV_ASM_ZERO(j) "vxorps %%" PYCONV_VR #j ", %%" PYCONV_VR #j ", %%" PYCONV_VR #j "\n\t"
+#define PYCONV_ASM_TILE_ZERO                                                                   \
+  PYCONV_ASM_ZERO(0) PYCONV_ASM_ZERO(1) PYCONV_ASM_ZERO(2) PYCONV_ASM_ZERO(3) PYCONV_ASM_ZERO(4) \
+  PYCONV_ASM_ZERO(5) PYCONV_ASM_ZERO(6) PYCONV_ASM_ZERO(7) PYCONV_ASM_ZERO(8) PYCONV_ASM_ZERO(9) \
+  PYCONV_ASM_ZERO(10) PYCONV_ASM_ZERO(11)
 #define PYCONV_GEMM_ROW(aoff, off, acc0, acc1)                                              \
   "vbroadcast" PYCONV_SFX " " aoff "+" off "(%[a]), %%" PYCONV_VR "14\n\t"                 \
   "vfmadd231p" PYCONV_P " %%" PYCONV_VR "12, %%" PYCONV_VR "14, %%" PYCONV_VR acc0 "\n\t"  \
@@ -129,9 +133,7 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
 #define PYCONV_GEMM_ASM_KERNEL(T, O1, O2, O3, O4, O5, ASTEP)                                       \
   PYCONV_INLINE void gemm_micro_kernel_asm(int64_t kc, const T* a, const T* b, T* tile) {           \
     __asm__ volatile(                                                                               \
-        PYCONV_ASM_ZERO(0) PYCONV_ASM_ZERO(1) PYCONV_ASM_ZERO(2) PYCONV_ASM_ZERO(3)                 \
-        PYCONV_ASM_ZERO(4) PYCONV_ASM_ZERO(5) PYCONV_ASM_ZERO(6) PYCONV_ASM_ZERO(7)                 \
-        PYCONV_ASM_ZERO(8) PYCONV_ASM_ZERO(9) PYCONV_ASM_ZERO(10) PYCONV_ASM_ZERO(11)               \
+        PYCONV_ASM_TILE_ZERO                                                                        \
         "cmp $4, %[k]\n\t"                                                                          \
         "jl 3f\n\t"                                                                                 \
         ".p2align 4\n"                                                                              \
@@ -174,7 +176,6 @@ PYCONV_GEMM_ASM_KERNEL(double, "8", "16", "24", "32", "40", "48")
 #undef PYCONV_GEMM_ASM_KERNEL
 #undef PYCONV_GEMM_STEP_ASM
 #undef PYCONV_GEMM_ROW
-#undef PYCONV_ASM_ZERO
 static_assert(GemmBlocking<float>::NR == 2 * Simd<float>::W && GemmBlocking<double>::NR == 2 * Simd<double>::W,
               "the assembly micro-kernel's B row is 2 vectors");
 
