@@ -169,6 +169,7 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
     for c in chains:
         bn = None if c.bn is None else modules[c.bn.target]
         fused = PN.FusedConv(modules[c.conv.target], bn, c.activation, c.identity is not None)
+        fused.train((bn if bn is not None else modules[c.conv.target]).training)
         target = f"{c.conv.target.replace('.', '_')}_fused"
         gm.add_submodule(target, fused)
         args = (c.conv.args[0],) if c.identity is None else (c.conv.args[0], replaced.get(c.identity, c.identity))
@@ -180,6 +181,12 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
             gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+    # GraphModule builds new containers for the submodule paths (new modules train): each takes the
+    # mode of the module it stands for, so a model converted in eval mode infers on the eval path
+    originals = dict(model.named_modules())
+    for name, m in gm.named_modules():
+        if name in originals and m is not originals[name]:
+            m.training = originals[name].training
     return gm
 
 
