@@ -251,6 +251,13 @@ struct BlkKernel {
   }
 };
 
+// Both assembly kernels: the tile loaded (LOAD) or, on a task's first chunk, zeroed (ZERO), then the
+// loop over the (channel block, tap) pairs, each an offset and L unrolled lane steps; the kernel
+// closes the loop (its counter) and stores the tile.
+#define PYCONV_BLK_ASM_LOOP(LOAD, ZERO, LANES, L)                                               \
+  "cmpq $0, %[fresh]\n\t" "jne 5f\n\t" LOAD "jmp 6f\n" "5:\n\t" ZERO "6:\n\t" ".p2align 4\n" \
+  "1:\n\t" "mov (%[offs]), %[o]\n\t" "add $8, %[offs]\n\t" LANES                            \
+  "add $" #L "*" PYCONV_BLK_PANEL ", %[w]\n\t"
 #if defined(PYCONV_SIMD_AVX2)
 // AVX2 + FMA: the same kernel in assembly (GCC's allocation of the version above copied and spilled
 // accumulators). ymm0-11 accumulate, ymm12-13 hold the filter row, ymm14 the broadcast input; one
@@ -272,19 +279,7 @@ struct BlkKernel {
                     int64_t fresh) {                                                                  \
       int64_t o;                                                                                      \
       __asm__ volatile(                                                                               \
-          "cmpq $0, %[fresh]\n\t"                                                                     \
-          "jne 5f\n\t"                                                                                \
-          PYCONV_ASM_TILE_LOAD                                                                        \
-          "jmp 6f\n"                                                                                  \
-          "5:\n\t"                                                                                    \
-          PYCONV_ASM_TILE_ZERO                                                                        \
-          "6:\n\t"                                                                                    \
-          ".p2align 4\n"                                                                              \
-          "1:\n\t"                                                                                    \
-          "mov (%[offs]), %[o]\n\t"                                                                   \
-          "add $8, %[offs]\n\t"                                                                       \
-          LANES                                                                                       \
-          "add $" #L "*64, %[w]\n\t"                                                                  \
+          PYCONV_BLK_ASM_LOOP(PYCONV_ASM_TILE_LOAD, PYCONV_ASM_TILE_ZERO, LANES, L)                   \
           "dec %[n]\n\t"                                                                              \
           "jnz 1b\n\t"                                                                                \
           PYCONV_ASM_TILE_STORE                                                                       \
@@ -295,71 +290,34 @@ struct BlkKernel {
             "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");                                     \
     }                                                                                                 \
   };
-// lane l: the input at byte displacement l * sizeof(T), the filter row at l * 64 (NR values)
-#define PYCONV_SFX "ss"
-#define PYCONV_P "s"
-#define PYCONV_F1 PYCONV_BLK_STEP("0", "0")
-#define PYCONV_F2 PYCONV_F1 PYCONV_BLK_STEP("4", "64")
-#define PYCONV_F3 PYCONV_F2 PYCONV_BLK_STEP("8", "128")
-#define PYCONV_F4 PYCONV_F3 PYCONV_BLK_STEP("12", "192")
-#define PYCONV_F5 PYCONV_F4 PYCONV_BLK_STEP("16", "256")
-#define PYCONV_F6 PYCONV_F5 PYCONV_BLK_STEP("20", "320")
-#define PYCONV_F7 PYCONV_F6 PYCONV_BLK_STEP("24", "384")
-#define PYCONV_F8 PYCONV_F7 PYCONV_BLK_STEP("28", "448")
-PYCONV_BLK_KERNEL(float, 1, PYCONV_F1)
-PYCONV_BLK_KERNEL(float, 2, PYCONV_F2)
-PYCONV_BLK_KERNEL(float, 3, PYCONV_F3)
-PYCONV_BLK_KERNEL(float, 4, PYCONV_F4)
-PYCONV_BLK_KERNEL(float, 5, PYCONV_F5)
-PYCONV_BLK_KERNEL(float, 6, PYCONV_F6)
-PYCONV_BLK_KERNEL(float, 7, PYCONV_F7)
-PYCONV_BLK_KERNEL(float, 8, PYCONV_F8)
-#undef PYCONV_SFX
-#undef PYCONV_P
-#define PYCONV_SFX "sd"
-#define PYCONV_P "d"
-#define PYCONV_D1 PYCONV_BLK_STEP("0", "0")
-#define PYCONV_D2 PYCONV_D1 PYCONV_BLK_STEP("8", "64")
-#define PYCONV_D3 PYCONV_D2 PYCONV_BLK_STEP("16", "128")
-#define PYCONV_D4 PYCONV_D3 PYCONV_BLK_STEP("24", "192")
-PYCONV_BLK_KERNEL(double, 1, PYCONV_D1)
-PYCONV_BLK_KERNEL(double, 2, PYCONV_D2)
-PYCONV_BLK_KERNEL(double, 3, PYCONV_D3)
-PYCONV_BLK_KERNEL(double, 4, PYCONV_D4)
-#undef PYCONV_SFX
-#undef PYCONV_P
-#undef PYCONV_BLK_KERNEL
-#undef PYCONV_BLK_STEP
-#undef PYCONV_BLK_ROW
-#endif
-
-#if defined(PYCONV_SIMD_AVX512)
+#define PYCONV_BLK_PANEL "64"  // bytes of a filter row (NR values)
+#elif defined(PYCONV_SIMD_AVX512)
 // AVX-512: the 12-pixel kernel in assembly. GCC's version of the loop above kept the lane loop
 // rolled and spilled two of the 12 pixel pointers (a vmovq and a stack load per lane step, with the
 // loop counters on the FMA ports: 77% of one core's FMA peak on a 3x3 256-channel layer, where torch
 // runs 95%). Here every lane of a tap is unrolled; zmm0-23 accumulate, zmm24-25 hold the filter row,
 // zmm26 the broadcast input. The 12 pixel pointers, the filter pointer, the offset pointer and the
 // offset take 15 registers, so the tile's address and the offsets' end are read from memory.
-#define PYCONV_BLK512_ROW(X, disp, acc0, acc1)                     \
+#define PYCONV_BLK_ROW(X, disp, acc0, acc1)                     \
   "vbroadcast" PYCONV_SFX " " disp "(%[" X "],%[o]), %%zmm26\n\t" \
   "vfmadd231p" PYCONV_P " %%zmm24, %%zmm26, %%zmm" acc0 "\n\t"    \
   "vfmadd231p" PYCONV_P " %%zmm25, %%zmm26, %%zmm" acc1 "\n\t"
-#define PYCONV_BLK512_STEP(disp, woff)                                                           \
+#define PYCONV_BLK_STEP(disp, woff)                                                           \
   "vmovups " woff "(%[w]), %%zmm24\n\t"                                                         \
   "vmovups " woff "+64(%[w]), %%zmm25\n\t"                                                      \
-  PYCONV_BLK512_ROW("x0", disp, "0", "1") PYCONV_BLK512_ROW("x1", disp, "2", "3")               \
-  PYCONV_BLK512_ROW("x2", disp, "4", "5") PYCONV_BLK512_ROW("x3", disp, "6", "7")               \
-  PYCONV_BLK512_ROW("x4", disp, "8", "9") PYCONV_BLK512_ROW("x5", disp, "10", "11")             \
-  PYCONV_BLK512_ROW("x6", disp, "12", "13") PYCONV_BLK512_ROW("x7", disp, "14", "15")           \
-  PYCONV_BLK512_ROW("x8", disp, "16", "17") PYCONV_BLK512_ROW("x9", disp, "18", "19")           \
-  PYCONV_BLK512_ROW("x10", disp, "20", "21") PYCONV_BLK512_ROW("x11", disp, "22", "23")
+  PYCONV_BLK_ROW("x0", disp, "0", "1") PYCONV_BLK_ROW("x1", disp, "2", "3")               \
+  PYCONV_BLK_ROW("x2", disp, "4", "5") PYCONV_BLK_ROW("x3", disp, "6", "7")               \
+  PYCONV_BLK_ROW("x4", disp, "8", "9") PYCONV_BLK_ROW("x5", disp, "10", "11")             \
+  PYCONV_BLK_ROW("x6", disp, "12", "13") PYCONV_BLK_ROW("x7", disp, "14", "15")           \
+  PYCONV_BLK_ROW("x8", disp, "16", "17") PYCONV_BLK_ROW("x9", disp, "18", "19")           \
+  PYCONV_BLK_ROW("x10", disp, "20", "21") PYCONV_BLK_ROW("x11", disp, "22", "23")
 #define PYCONV_BLK512_MOV(j) "vmovups " #j "*64(%[o]), %%zmm" #j "\n\t"
 #define PYCONV_BLK512_PUT(j) "vmovups %%zmm" #j ", " #j "*64(%[o])\n\t"
 #define PYCONV_BLK512_ZERO(j) "vpxord %%zmm" #j ", %%zmm" #j ", %%zmm" #j "\n\t"
 #define PYCONV_BLK512_TILE(OP)                                                                  \
   OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13) OP(14) \
   OP(15) OP(16) OP(17) OP(18) OP(19) OP(20) OP(21) OP(22) OP(23)
-#define PYCONV_BLK512_KERNEL(T, L, LANES)                                                               \
+#define PYCONV_BLK_KERNEL(T, L, LANES)                                                               \
   template <>                                                                                         \
   struct BlkKernel<T, L> {                                                                            \
     static void run(const T* const* px, const T* w, const int64_t* offs, int64_t steps, T* acc,      \
@@ -368,20 +326,8 @@ PYCONV_BLK_KERNEL(double, 4, PYCONV_D4)
       const int64_t* end = offs + steps;                                                              \
       int64_t o;                                                                                      \
       __asm__ volatile(                                                                               \
-          "cmpq $0, %[fresh]\n\t"                                                                     \
-          "jne 5f\n\t"                                                                                \
-          "mov %[t], %[o]\n\t"                                                                        \
-          PYCONV_BLK512_TILE(PYCONV_BLK512_MOV)                                                       \
-          "jmp 6f\n"                                                                                  \
-          "5:\n\t"                                                                                    \
-          PYCONV_BLK512_TILE(PYCONV_BLK512_ZERO)                                                      \
-          "6:\n\t"                                                                                    \
-          ".p2align 4\n"                                                                              \
-          "1:\n\t"                                                                                    \
-          "mov (%[offs]), %[o]\n\t"                                                                   \
-          "add $8, %[offs]\n\t"                                                                       \
-          LANES                                                                                       \
-          "add $" #L "*128, %[w]\n\t"                                                                 \
+          PYCONV_BLK_ASM_LOOP("mov %[t], %[o]\n\t" PYCONV_BLK512_TILE(PYCONV_BLK512_MOV),              \
+                              PYCONV_BLK512_TILE(PYCONV_BLK512_ZERO), LANES, L)                       \
           "cmp %[end], %[offs]\n\t"                                                                   \
           "jb 1b\n\t"                                                                                 \
           "mov %[t], %[o]\n\t"                                                                        \
@@ -395,70 +341,63 @@ PYCONV_BLK_KERNEL(double, 4, PYCONV_D4)
             "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "memory", "cc");          \
     }                                                                                                 \
   };
-// lane l: the input at byte displacement l * sizeof(T), the filter row at l * 128 (NR values)
+#define PYCONV_BLK_PANEL "128"  // bytes of a filter row (NR values)
+#endif
+
+#if defined(PYCONV_SIMD_AVX2) || defined(PYCONV_SIMD_AVX512)
+// The kernels of both ISAs from one table. Lane l of a tap: the input at byte displacement
+// l * sizeof(T) (SZ), the filter row at l * PYCONV_BLK_PANEL; PYCONV_BLK_LANESn unrolls n lanes.
+#define PYCONV_BLK_LANE(l, SZ) PYCONV_BLK_STEP(#l "*" SZ, #l "*" PYCONV_BLK_PANEL)
+#define PYCONV_BLK_LANES1(SZ) PYCONV_BLK_LANE(0, SZ)
+#define PYCONV_BLK_LANES2(SZ) PYCONV_BLK_LANES1(SZ) PYCONV_BLK_LANE(1, SZ)
+#define PYCONV_BLK_LANES3(SZ) PYCONV_BLK_LANES2(SZ) PYCONV_BLK_LANE(2, SZ)
+#define PYCONV_BLK_LANES4(SZ) PYCONV_BLK_LANES3(SZ) PYCONV_BLK_LANE(3, SZ)
+#define PYCONV_BLK_LANES5(SZ) PYCONV_BLK_LANES4(SZ) PYCONV_BLK_LANE(4, SZ)
+#define PYCONV_BLK_LANES6(SZ) PYCONV_BLK_LANES5(SZ) PYCONV_BLK_LANE(5, SZ)
+#define PYCONV_BLK_LANES7(SZ) PYCONV_BLK_LANES6(SZ) PYCONV_BLK_LANE(6, SZ)
+#define PYCONV_BLK_LANES8(SZ) PYCONV_BLK_LANES7(SZ) PYCONV_BLK_LANE(7, SZ)
+#define PYCONV_BLK_LANES9(SZ) PYCONV_BLK_LANES8(SZ) PYCONV_BLK_LANE(8, SZ)
+#define PYCONV_BLK_LANES10(SZ) PYCONV_BLK_LANES9(SZ) PYCONV_BLK_LANE(9, SZ)
+#define PYCONV_BLK_LANES11(SZ) PYCONV_BLK_LANES10(SZ) PYCONV_BLK_LANE(10, SZ)
+#define PYCONV_BLK_LANES12(SZ) PYCONV_BLK_LANES11(SZ) PYCONV_BLK_LANE(11, SZ)
+#define PYCONV_BLK_LANES13(SZ) PYCONV_BLK_LANES12(SZ) PYCONV_BLK_LANE(12, SZ)
+#define PYCONV_BLK_LANES14(SZ) PYCONV_BLK_LANES13(SZ) PYCONV_BLK_LANE(13, SZ)
+#define PYCONV_BLK_LANES15(SZ) PYCONV_BLK_LANES14(SZ) PYCONV_BLK_LANE(14, SZ)
+#define PYCONV_BLK_LANES16(SZ) PYCONV_BLK_LANES15(SZ) PYCONV_BLK_LANE(15, SZ)
+#define PYCONV_BLK_FOR(T, L, SZ) PYCONV_BLK_KERNEL(T, L, PYCONV_BLK_LANES##L(SZ))
 #define PYCONV_SFX "ss"
 #define PYCONV_P "s"
-#define PYCONV_F1 PYCONV_BLK512_STEP("0", "0")
-#define PYCONV_F2 PYCONV_F1 PYCONV_BLK512_STEP("4", "128")
-#define PYCONV_F3 PYCONV_F2 PYCONV_BLK512_STEP("8", "256")
-#define PYCONV_F4 PYCONV_F3 PYCONV_BLK512_STEP("12", "384")
-#define PYCONV_F5 PYCONV_F4 PYCONV_BLK512_STEP("16", "512")
-#define PYCONV_F6 PYCONV_F5 PYCONV_BLK512_STEP("20", "640")
-#define PYCONV_F7 PYCONV_F6 PYCONV_BLK512_STEP("24", "768")
-#define PYCONV_F8 PYCONV_F7 PYCONV_BLK512_STEP("28", "896")
-#define PYCONV_F9 PYCONV_F8 PYCONV_BLK512_STEP("32", "1024")
-#define PYCONV_F10 PYCONV_F9 PYCONV_BLK512_STEP("36", "1152")
-#define PYCONV_F11 PYCONV_F10 PYCONV_BLK512_STEP("40", "1280")
-#define PYCONV_F12 PYCONV_F11 PYCONV_BLK512_STEP("44", "1408")
-#define PYCONV_F13 PYCONV_F12 PYCONV_BLK512_STEP("48", "1536")
-#define PYCONV_F14 PYCONV_F13 PYCONV_BLK512_STEP("52", "1664")
-#define PYCONV_F15 PYCONV_F14 PYCONV_BLK512_STEP("56", "1792")
-#define PYCONV_F16 PYCONV_F15 PYCONV_BLK512_STEP("60", "1920")
-PYCONV_BLK512_KERNEL(float, 1, PYCONV_F1)
-PYCONV_BLK512_KERNEL(float, 2, PYCONV_F2)
-PYCONV_BLK512_KERNEL(float, 3, PYCONV_F3)
-PYCONV_BLK512_KERNEL(float, 4, PYCONV_F4)
-PYCONV_BLK512_KERNEL(float, 5, PYCONV_F5)
-PYCONV_BLK512_KERNEL(float, 6, PYCONV_F6)
-PYCONV_BLK512_KERNEL(float, 7, PYCONV_F7)
-PYCONV_BLK512_KERNEL(float, 8, PYCONV_F8)
-PYCONV_BLK512_KERNEL(float, 9, PYCONV_F9)
-PYCONV_BLK512_KERNEL(float, 10, PYCONV_F10)
-PYCONV_BLK512_KERNEL(float, 11, PYCONV_F11)
-PYCONV_BLK512_KERNEL(float, 12, PYCONV_F12)
-PYCONV_BLK512_KERNEL(float, 13, PYCONV_F13)
-PYCONV_BLK512_KERNEL(float, 14, PYCONV_F14)
-PYCONV_BLK512_KERNEL(float, 15, PYCONV_F15)
-PYCONV_BLK512_KERNEL(float, 16, PYCONV_F16)
+PYCONV_BLK_FOR(float, 1, "4") PYCONV_BLK_FOR(float, 2, "4") PYCONV_BLK_FOR(float, 3, "4")
+PYCONV_BLK_FOR(float, 4, "4") PYCONV_BLK_FOR(float, 5, "4") PYCONV_BLK_FOR(float, 6, "4")
+PYCONV_BLK_FOR(float, 7, "4") PYCONV_BLK_FOR(float, 8, "4")
+#if defined(PYCONV_SIMD_AVX512)
+PYCONV_BLK_FOR(float, 9, "4") PYCONV_BLK_FOR(float, 10, "4") PYCONV_BLK_FOR(float, 11, "4")
+PYCONV_BLK_FOR(float, 12, "4") PYCONV_BLK_FOR(float, 13, "4") PYCONV_BLK_FOR(float, 14, "4")
+PYCONV_BLK_FOR(float, 15, "4") PYCONV_BLK_FOR(float, 16, "4")
+#endif
 #undef PYCONV_SFX
 #undef PYCONV_P
 #define PYCONV_SFX "sd"
 #define PYCONV_P "d"
-#define PYCONV_D1 PYCONV_BLK512_STEP("0", "0")
-#define PYCONV_D2 PYCONV_D1 PYCONV_BLK512_STEP("8", "128")
-#define PYCONV_D3 PYCONV_D2 PYCONV_BLK512_STEP("16", "256")
-#define PYCONV_D4 PYCONV_D3 PYCONV_BLK512_STEP("24", "384")
-#define PYCONV_D5 PYCONV_D4 PYCONV_BLK512_STEP("32", "512")
-#define PYCONV_D6 PYCONV_D5 PYCONV_BLK512_STEP("40", "640")
-#define PYCONV_D7 PYCONV_D6 PYCONV_BLK512_STEP("48", "768")
-#define PYCONV_D8 PYCONV_D7 PYCONV_BLK512_STEP("56", "896")
-PYCONV_BLK512_KERNEL(double, 1, PYCONV_D1)
-PYCONV_BLK512_KERNEL(double, 2, PYCONV_D2)
-PYCONV_BLK512_KERNEL(double, 3, PYCONV_D3)
-PYCONV_BLK512_KERNEL(double, 4, PYCONV_D4)
-PYCONV_BLK512_KERNEL(double, 5, PYCONV_D5)
-PYCONV_BLK512_KERNEL(double, 6, PYCONV_D6)
-PYCONV_BLK512_KERNEL(double, 7, PYCONV_D7)
-PYCONV_BLK512_KERNEL(double, 8, PYCONV_D8)
+PYCONV_BLK_FOR(double, 1, "8") PYCONV_BLK_FOR(double, 2, "8") PYCONV_BLK_FOR(double, 3, "8")
+PYCONV_BLK_FOR(double, 4, "8")
+#if defined(PYCONV_SIMD_AVX512)
+PYCONV_BLK_FOR(double, 5, "8") PYCONV_BLK_FOR(double, 6, "8") PYCONV_BLK_FOR(double, 7, "8")
+PYCONV_BLK_FOR(double, 8, "8")
+#endif
 #undef PYCONV_SFX
 #undef PYCONV_P
-#undef PYCONV_BLK512_KERNEL
+#undef PYCONV_BLK_FOR
+#undef PYCONV_BLK_LANE
+#undef PYCONV_BLK_PANEL
+#undef PYCONV_BLK_KERNEL
+#undef PYCONV_BLK_STEP
+#undef PYCONV_BLK_ROW
+#undef PYCONV_BLK_ASM_LOOP
 #undef PYCONV_BLK512_TILE
 #undef PYCONV_BLK512_PUT
 #undef PYCONV_BLK512_MOV
 #undef PYCONV_BLK512_ZERO
-#undef PYCONV_BLK512_STEP
-#undef PYCONV_BLK512_ROW
 #endif
 
 template <typename T>
