@@ -11,17 +11,18 @@
 // channels interleaved per pixel, run by a kernel unrolled for L lanes: W lanes would multiply 5
 // zero channels of every 8 (MobileNetV2's 3 -> 32 stem ran the row loops over plain NCHW at
 // 40 GFLOP/s, 0.6x torch at batch 8; now 1.1-1.2x).
-// Register tile: MR = 6 output pixels x NR output channels (12 accumulators). One step of the
-// reduction over (cb, r, s, ci) is 2 filter-vector loads, 6 broadcasts of input pixels and 12 FMAs:
-// the GEMM micro-kernel's shape, without im2col and without packing the input per tile. The 6
-// pixels are any 6 consecutive output pixels of the image (rows wrap), each read through its own
-// pointer, so a 7x7 output fills 49 of 54 lanes instead of 7 of every 12 with row-bound tiles.
+// Register tile: MR = 6 output pixels x NR output channels (12 accumulators; AVX-512: 12 pixels, 24
+// accumulators). One step of the reduction over (cb, r, s, ci) is 2 filter-vector loads, MR
+// broadcasts of input pixels and 2*MR FMAs: the GEMM micro-kernel's shape, without im2col and
+// without packing the input per tile. The MR pixels are any MR consecutive output pixels of the
+// batch (rows and images wrap), each read through its own pointer, so a 7x7 output fills 49 of 54
+// lanes instead of 7 of every 12 with row-bound tiles.
 //
-// Loop order per task (image, group, panel, block of pixels): input channels in chunks whose filters
-// (R*S*W*NR values a block) stay in L1 while the block's pixels stream past; between chunks the
-// partial sums wait in a per-thread [pixel][NR] tile (L2). After the last chunk the tile is
-// transposed into y's channel planes (a pixel block is contiguous in each plane), with the bias,
-// the batch-norm statistics and the inference epilogue applied while it is in cache.
+// Tasks: (group, panel, block of pixels), blocks of equal size. Loop order per task: input channels
+// in chunks whose filters (R*S*W*NR values a block) stay in L1 while the block's pixels stream
+// past; between chunks the partial sums wait in a per-thread [pixel][NR] tile (L2). After the last
+// chunk the tile is transposed into y's channel planes (a pixel block is contiguous in each plane),
+// with the bias, the batch-norm statistics and the inference epilogue applied while it is in cache.
 #include "cpu/conv_blocked.h"
 
 #include "common/runtime.h"
