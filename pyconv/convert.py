@@ -169,7 +169,6 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
     for c in chains:
         bn = None if c.bn is None else modules[c.bn.target]
         fused = PN.FusedConv(modules[c.conv.target], bn, c.activation, c.identity is not None)
-        fused.train((bn if bn is not None else modules[c.conv.target]).training)
         target = f"{c.conv.target.replace('.', '_')}_fused"
         gm.add_submodule(target, fused)
         args = (c.conv.args[0],) if c.identity is None else (c.conv.args[0], replaced.get(c.identity, c.identity))

@@ -201,6 +201,9 @@ class FusedConv(torch.nn.Module):
         self.activation, self.residual = activation, residual
         self._prepared = PreparedCache()  # BN folded into the filters and the bias
         self._kernel_form = PreparedCache()  # the folded filters as the chosen kernel consumes them
+        # the mode of the layers it stands for (a new module trains: fused over eval-mode layers, it
+        # would run the training path and fold batch norm on every inference call)
+        self.training = (conv if bn is None else bn).training
 
     def _folded(self):
         c, bn = self.conv, self.bn
