@@ -264,12 +264,6 @@ struct BlkKernel {
 };
 
 #if defined(PYCONV_SIMD_AVX2)
-// The tile loaded or, on a task's first chunk, zeroed; then the loop over the (channel block, tap)
-// pairs, each an offset and L unrolled lane steps; the kernel closes the loop and stores the tile.
-#define PYCONV_BLK_ASM_LOOP(LOAD, ZERO, LANES, L)                                               \
-  "cmpq $0, %[fresh]\n\t" "jne 5f\n\t" LOAD "jmp 6f\n" "5:\n\t" ZERO "6:\n\t" ".p2align 4\n" \
-  "1:\n\t" "mov (%[offs]), %[o]\n\t" "add $8, %[offs]\n\t" LANES                            \
-  "add $" #L "*" PYCONV_BLK_PANEL ", %[w]\n\t"
 // AVX2 + FMA: the same kernel in assembly (GCC's allocation of the version above copied and spilled
 // accumulators). ymm0-11 accumulate, ymm12-13 hold the filter row, ymm14 the broadcast input; one
 // lane step: 2 loads, 6 broadcasts (pixel pointer + pair offset + lane), 12 FMAs.
@@ -290,7 +284,19 @@ struct BlkKernel {
                     int64_t fresh) {                                                                  \
       int64_t o;                                                                                      \
       __asm__ volatile(                                                                               \
-          PYCONV_BLK_ASM_LOOP(PYCONV_ASM_TILE_LOAD, PYCONV_ASM_TILE_ZERO, LANES, L)                   \
+          "cmpq $0, %[fresh]\n\t"                                                                     \
+          "jne 5f\n\t"                                                                                \
+          PYCONV_ASM_TILE_LOAD                                                                        \
+          "jmp 6f\n"                                                                                  \
+          "5:\n\t"                                                                                    \
+          PYCONV_ASM_TILE_ZERO                                                                        \
+          "6:\n\t"                                                                                    \
+          ".p2align 4\n"                                                                              \
+          "1:\n\t"                                                                                    \
+          "mov (%[offs]), %[o]\n\t"                                                                   \
+          "add $8, %[offs]\n\t"                                                                       \
+          LANES                                                                                       \
+          "add $" #L "*" PYCONV_BLK_PANEL ", %[w]\n\t"                                                \
           "dec %[n]\n\t"                                                                              \
           "jnz 1b\n\t"                                                                                \
           PYCONV_ASM_TILE_STORE                                                                       \
@@ -428,7 +434,6 @@ PYCONV_BLK_FOR(double, 8, "8")
 #undef PYCONV_BLK_KERNEL
 #undef PYCONV_BLK_STEP
 #undef PYCONV_BLK_ROW
-#undef PYCONV_BLK_ASM_LOOP
 #undef PYCONV_BLK512_TILE
 #undef PYCONV_BLK512_PUT
 #undef PYCONV_BLK512_MOV
@@ -600,11 +605,14 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
             ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * b.L * int64_t(sizeof(T));
   int64_t* offs_last = offs;
   if constexpr (kTapDeltas) {
+    // dst[j] = offs[j] - offs[j-1] for j < n, then kTapEnd; from the top down, so dst may be offs
+    auto deltas = [offs](int64_t n, int64_t* dst) {
+      for (int64_t j = n - 1; j >= 0; --j) dst[j] = offs[j] - (j > 0 ? offs[j - 1] : 0);
+      dst[n] = kTapEnd;
+    };
     offs_last = offs + pairs + 1;
-    for (int64_t j = 0; j < last_pairs; ++j) offs_last[j] = offs[j] - (j > 0 ? offs[j - 1] : 0);
-    offs_last[last_pairs] = kTapEnd;
-    for (int64_t j = pairs - 1; j > 0; --j) offs[j] -= offs[j - 1];
-    offs[pairs] = kTapEnd;
+    deltas(last_pairs, offs_last);
+    deltas(pairs, offs);
   }
   Workspace partw(stats ? checked_bytes(2 * s.K * b.nblk, sizeof(double)) : 0);
   double* part = stats ? partw.as<double>() : nullptr;
