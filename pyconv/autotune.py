@@ -16,10 +16,10 @@ algo='auto' has two modes:
        6.5 / 4.1 / 4.8 against direct 2.7 / 3.2 and im2col's grad-weight 2.4; 256 at 14x14,
        batch 1 (49): 1.8 / 2.0 / 2.1 against 1.6 / 1.5 / 1.2; at 64 tiles level, at 128 (batch 8
        at 7x7) F(2x2) ahead, 7.7 / 8.5 / 7.1 against 9.0 / 9.6 / 9.2 (torch 8.4 / 8.4 / 16.6) --
-       and except, without gradients and with filters transformed every call (not prepared), when
-       fewer than 64 F(2x2) tiles share transformed filters larger than L2 (16 C K values > 256 Ki:
-       ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2) 2.4 ms against direct's 1.5; with the
-       filters prepared F(2x2) takes 0.76 ms). Both exceptions: im2col -- or, where the backend's
+       and except, without gradients, when fewer than 64 F(2x2) tiles share transformed filters
+       larger than L2 (16 C K values > 256 Ki: ResNet-18's 512-channel 7x7 layer at batch 1, F(2x2)
+       2.4 ms against direct's 1.5; prepared filters too, which a layer timed alone keeps in cache
+       but a network reads from memory). Both exceptions: im2col -- or, where the backend's
        direct forward is channel-blocked (Backend.blocked_direct: cpp with >= 8 output channels per
        group), direct without gradients and the plan "direct/direct/im2col" with them (forward and
        grad-input on the blocked kernel, grad-weight im2col);
@@ -73,7 +73,12 @@ WINOGRAD_TRAIN_MIN_TILES2 = 64
 # blocked direct kernel is still ahead of 'winograd' (ms, min of 3 alternating runs, no gradients,
 # filters not prepared: 1x256x14x14 1.84 against 3.43, 1x512x14x14 7.1 / 7.4, 2x512x7x7 5.0 / 6.7,
 # 3x512x7x7 5.6 / 6.1, 2x256x7x7 1.19 / 1.69, 1x128x14x14 0.53 / 0.76); at 64 level (4x512x7x7
-# 6.88 / 6.89).
+# 6.88 / 6.89). The same holds with the transformed filters prepared (inference): a layer timed alone
+# keeps them in cache (1x256x14x14 F(2x2) 0.60 ms, direct 0.89), but in a network each layer's
+# filters come from memory, 2.25x (F(2x2)) or 4x (F(4x4)) the bytes of the direct kernel's. Whole
+# networks at batch 1, converted, eval, min of 7 alternating processes: ResNet-50 41.2 -> 37.8 ms,
+# ResNet-18 14.2 -> 12.4 with these layers on direct instead of prepared Winograd (F(4x4) at 14x14,
+# F(2x2) at 7x7); F(2x2) at 14x14 too reached 37.9 / 12.4.
 WINOGRAD_MIN_TILES2 = 64
 WINOGRAD_MAX_STREAMED_FILTER_ELEMS = 256 * 1024
 IM2COL_MIN_REDUCTION = 64
@@ -135,11 +140,10 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
                 return pick("direct/direct/im2col", few + "; forward and grad-input channel-blocked direct, "
                                                           "grad-weight GEMM")
             return pick("im2col", few + ", GEMM")
-        if not prepared and tiles2 < WINOGRAD_MIN_TILES2 \
-                and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
+        if tiles2 < WINOGRAD_MIN_TILES2 and 16 * cg * kg * shape.G > WINOGRAD_MAX_STREAMED_FILTER_ELEMS:
             few = (f"3x3 stride-1 with {tiles2} 2x2 output tiles (< {WINOGRAD_MIN_TILES2}) for "
                    f"{16 * cg * kg * shape.G} transformed filter values: the filters would stream from memory "
-                   f"for a few tiles each")
+                   f"for a few tiles each" + (" (prepared ones too: in a network they are cold)" if prepared else ""))
             if "direct" in have and "im2col" in have and blocked_direct():
                 if not grad:
                     return pick("direct", few + "; channel-blocked direct")

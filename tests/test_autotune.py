@@ -73,11 +73,13 @@ def test_heuristic_rules_and_explanation(monkeypatch):
         stem = autotune.choose_auto(shape_of(1, 3, 8, 8, 32, 3, 3, stride=2), "cpp", grad=grad)
         assert stem.algo == "im2col" and "short reduction" in stem.rule and "3 input channels" in stem.rule
     assert autotune.choose_auto(shape_of(1, 3, 8, 8, 16, 3, 3, pad=1), "cpp", grad=True).algo == "im2col"
-    # few tiles for large transformed filters: direct at batch 1 unless the filters are prepared,
+    # few tiles for large transformed filters: direct at batch 1, prepared filters or not,
     # Winograd again at batch 8; with gradients the tile count decides (64 2x2 tiles)
     few = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp")
     assert few.algo == "direct" and "tiles" in few.rule and "channel-blocked" in few.rule
-    assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", prepared=True).algo == "winograd_4x4"
+    cold = autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", prepared=True)
+    assert cold.algo == "direct" and "prepared ones too" in cold.rule
+    assert autotune.choose_auto(shape_of(1, 128, 7, 7, 128, 3, 3, pad=1), "cpp", prepared=True).algo == "winograd_4x4"
     # (prepared says nothing where gradients are taken: the filters are transformed every call)
     assert autotune.choose_auto(shape_of(1, 512, 7, 7, 512, 3, 3, pad=1), "cpp", grad=True,
                                 prepared=True).algo == "direct/direct/im2col"
