@@ -86,7 +86,6 @@ PYCONV_INLINE void gemm_micro_kernel_portable(int64_t kc, const T* __restrict a,
   vstore(tile + 5 * NR, c50), vstore(tile + 5 * NR + W, c51);
 }
 
-
 #if defined(PYCONV_SIMD_AVX2) || defined(PYCONV_SIMD_AVX512)
 // AVX2 + FMA and AVX-512: the same kernel written in assembly, one text for both, on ymm or zmm
 // registers (PYCONV_VR, PYCONV_VB bytes each; 6x16 / 6x8 tiles on AVX2, 6x32 / 6x16 on AVX-512).
@@ -255,6 +254,31 @@ struct StridedPackB {
   }
 };
 
+// An asm statement: GCC treats a prefetch builtin as free of side effects and deletes a loop that
+// does nothing else (or folds it into one prefetch).
+PYCONV_INLINE void prefetch_line_l2(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" ::"m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+PYCONV_INLINE void prefetch_line_l1(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" ::"m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 3);
+#endif
+}
+
+template <typename T>
+PYCONV_INLINE void prefetch_l2(const T* p, int64_t len) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t e = 0; e < len; e += line) prefetch_line_l2(p + e);
+  if (len > 0) prefetch_line_l2(p + len - 1);
+}
+
 // A matrix stored image by image: element (row, n*L + l) at base[n*img + row*ld + l]. The activations
 // of a convolution seen as [channels, N*P*Q] (1x1 inputs, grad-outputs).
 template <typename T>
@@ -283,6 +307,11 @@ struct BatchedPackB {
   // planes), pack panel by panel.
   static constexpr int kMaxRuns = 64;
   static constexpr int64_t kPrefetchRows = 16;
+  void source_prefetch(int64_t j0, int64_t nr, int64_t k0, int64_t kc) const {
+    m.for_each_run(j0, nr, [&](int64_t, const T* col, int64_t len) {
+      for (int64_t k = k0; k < k0 + kc; ++k) prefetch_l2(col + k * m.ld, len);
+    });
+  }
   bool chunk(int64_t k0, int64_t kc, int64_t j0, int64_t ncur, T* dst) const {
     constexpr int NR = GemmBlocking<T>::NR;
     struct Run {
@@ -352,31 +381,6 @@ template <class Pack, class = void>
 struct HasSourcePrefetch : std::false_type {};
 template <class Pack>
 struct HasSourcePrefetch<Pack, std::void_t<decltype(&Pack::source_prefetch)>> : std::true_type {};
-
-// An asm statement: GCC treats a prefetch builtin as free of side effects and deletes a loop that
-// does nothing else (or folds it into one prefetch).
-PYCONV_INLINE void prefetch_line_l2(const void* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" ::"m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 0, 2);
-#endif
-}
-
-PYCONV_INLINE void prefetch_line_l1(const void* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" ::"m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 0, 3);
-#endif
-}
-
-template <typename T>
-PYCONV_INLINE void prefetch_l2(const T* p, int64_t len) {
-  constexpr int64_t line = 64 / sizeof(T);
-  for (int64_t e = 0; e < len; e += line) prefetch_line_l2(p + e);
-  if (len > 0) prefetch_line_l2(p + len - 1);
-}
 
 // BatchedColumns as the A operand (i = row, k = column).
 template <typename T>
@@ -814,7 +818,13 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
           // write miss per line: 8-17% on 64-channel layers)
           const int64_t nr = imin(NR, ncur - jp * NR);
           const T* bpanel = b_panel(jp);
-          if (!pack_ahead && !b_packed) pack_b(k0, kc, j0 + jp * NR, nr, bp);
+          if (!pack_ahead && !b_packed) {
+            pack_b(k0, kc, j0 + jp * NR, nr, bp);
+            // the next panel's sources (rows a plane apart: one stream each, more than the hardware
+            // prefetcher follows) come into L2 while this one runs against every M panel
+            if constexpr (HasSourcePrefetch<PackB>::value)
+              if ((jp + 1) * NR < ncur) pack_b.source_prefetch(j0 + (jp + 1) * NR, imin(NR, ncur - (jp + 1) * NR), k0, kc);
+          }
           for (int64_t ip = ic; ip < ic_end; ++ip) {
             out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
             gemm_micro_kernel<T>(kc, ap + ip * MR * kc, bpanel, tile);
