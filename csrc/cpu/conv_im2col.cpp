@@ -214,7 +214,7 @@ struct Im2colTransposedPackB {
     const int64_t HW = s.H * s.W;
     const BatchedColumns<T> planes{x, s.C * HW, HW, HW};  // x as [channels, N*H*W]
     planes.for_each_run(k0, kc, [&](int64_t, const T* col, int64_t len) {
-      for (int64_t jj = 0; jj < nr; ++jj) prefetch_l2(col + (j0 + jj) * HW, len);
+      for (int64_t jj = 0; jj < nr; ++jj) prefetch_run<2>(col + (j0 + jj) * HW, len);
     });
   }
   void operator()(int64_t k0, int64_t kc, int64_t j0, int64_t nr, T* dst) const {

@@ -254,29 +254,27 @@ struct StridedPackB {
   }
 };
 
-// An asm statement: GCC treats a prefetch builtin as free of side effects and deletes a loop that
-// does nothing else (or folds it into one prefetch).
-PYCONV_INLINE void prefetch_line_l2(const void* p) {
+// Cache level 1 (prefetcht0) or 2 (prefetcht1). An asm statement: GCC treats a prefetch builtin as
+// free of side effects and deletes a loop that does nothing else (or folds it into one prefetch).
+template <int Level>
+PYCONV_INLINE void prefetch_line(const void* p) {
+  static_assert(Level == 1 || Level == 2, "prefetch into L1 or L2");
 #if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" ::"m"(*static_cast<const char*>(p)));
+  if constexpr (Level == 1)
+    asm volatile("prefetcht0 %0" ::"m"(*static_cast<const char*>(p)));
+  else
+    asm volatile("prefetcht1 %0" ::"m"(*static_cast<const char*>(p)));
 #else
-  __builtin_prefetch(p, 0, 2);
+  __builtin_prefetch(p, 0, 4 - Level);
 #endif
 }
 
-PYCONV_INLINE void prefetch_line_l1(const void* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" ::"m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 0, 3);
-#endif
-}
-
-template <typename T>
-PYCONV_INLINE void prefetch_l2(const T* p, int64_t len) {
+// Every line of p[0:len].
+template <int Level, typename T>
+PYCONV_INLINE void prefetch_run(const T* p, int64_t len) {
   constexpr int64_t line = 64 / sizeof(T);
-  for (int64_t e = 0; e < len; e += line) prefetch_line_l2(p + e);
-  if (len > 0) prefetch_line_l2(p + len - 1);
+  for (int64_t e = 0; e < len; e += line) prefetch_line<Level>(p + e);
+  if (len > 0) prefetch_line<Level>(p + len - 1);
 }
 
 // A matrix stored image by image: element (row, n*L + l) at base[n*img + row*ld + l]. The activations
@@ -309,7 +307,7 @@ struct BatchedPackB {
   static constexpr int64_t kPrefetchRows = 16;
   void source_prefetch(int64_t j0, int64_t nr, int64_t k0, int64_t kc) const {
     m.for_each_run(j0, nr, [&](int64_t, const T* col, int64_t len) {
-      for (int64_t k = k0; k < k0 + kc; ++k) prefetch_l2(col + k * m.ld, len);
+      for (int64_t k = k0; k < k0 + kc; ++k) prefetch_run<2>(col + k * m.ld, len);
     });
   }
   bool chunk(int64_t k0, int64_t kc, int64_t j0, int64_t ncur, T* dst) const {
@@ -388,7 +386,7 @@ struct BatchedPackA {
   BatchedColumns<T> m;
   void source_prefetch(int64_t i0, int64_t mr, int64_t k0, int64_t kc) const {
     m.for_each_run(k0, kc, [&](int64_t, const T* col, int64_t len) {
-      for (int64_t i = 0; i < mr; ++i) prefetch_l2(col + (i0 + i) * m.ld, len);
+      for (int64_t i = 0; i < mr; ++i) prefetch_run<2>(col + (i0 + i) * m.ld, len);
     });
   }
   void operator()(int64_t i0, int64_t mr, int64_t k0, int64_t kc, T* dst) const {
@@ -448,17 +446,12 @@ struct MatrixOut {
     const T* res = ep.residual && !row_sums ? ep.residual + (c - ep.y) : nullptr;
     const int64_t ahead = cols(j0 + GemmBlocking<T>::NR);
     for (int64_t i = 0; i < mr; ++i) {
-      const T* p = c + (i0 + i) * ldc + off;
-      prefetch_line_l1(p);
-      prefetch_line_l1(p + GemmBlocking<T>::NR - 1);
+      prefetch_run<1>(c + (i0 + i) * ldc + off, GemmBlocking<T>::NR);
+      prefetch_run<2>(c + (i0 + i) * ldc + ahead, GemmBlocking<T>::NR);
       if (res) {
-        prefetch_line_l1(res + (i0 + i) * ldc + off);
-        prefetch_line_l1(res + (i0 + i) * ldc + off + GemmBlocking<T>::NR - 1);
-        prefetch_line_l2(res + (i0 + i) * ldc + ahead);
-        prefetch_line_l2(res + (i0 + i) * ldc + ahead + GemmBlocking<T>::NR - 1);
+        prefetch_run<1>(res + (i0 + i) * ldc + off, GemmBlocking<T>::NR);
+        prefetch_run<2>(res + (i0 + i) * ldc + ahead, GemmBlocking<T>::NR);
       }
-      prefetch_line_l2(c + (i0 + i) * ldc + ahead);
-      prefetch_line_l2(c + (i0 + i) * ldc + ahead + GemmBlocking<T>::NR - 1);
     }
   }
   void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first, bool last) const {
