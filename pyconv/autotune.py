@@ -119,7 +119,8 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
     grad: gradients will be taken (the backward runs the same algorithm). blocked_direct(): whether
     the backend's direct forward for this shape is channel-blocked (Backend.blocked_direct; asked
     only where a rule depends on it). prepared: the caller keeps the weights in the kernel's form
-    between calls (an eval-mode layer), so no per-call filter transform is charged."""
+    between calls (an eval-mode layer); no rule changes with it (prepared Winograd filters are read
+    from memory in a network all the same), only the few-tile rule's explanation says so."""
     cg, kg = shape.C // shape.G, shape.K // shape.G
     reduction = cg * shape.R * shape.S
     missing = []

@@ -16,6 +16,7 @@
 // Include only from csrc/cpu kernel sources (compiled per ISA).
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include <omp.h>
@@ -445,14 +446,13 @@ struct MatrixOut {
     const int64_t off = cols(j0);
     const T* res = ep.residual && !row_sums ? ep.residual + (c - ep.y) : nullptr;
     const int64_t ahead = cols(j0 + GemmBlocking<T>::NR);
-    for (int64_t i = 0; i < mr; ++i) {
-      prefetch_run<1>(c + (i0 + i) * ldc + off, GemmBlocking<T>::NR);
-      prefetch_run<2>(c + (i0 + i) * ldc + ahead, GemmBlocking<T>::NR);
-      if (res) {
-        prefetch_run<1>(res + (i0 + i) * ldc + off, GemmBlocking<T>::NR);
-        prefetch_run<2>(res + (i0 + i) * ldc + ahead, GemmBlocking<T>::NR);
-      }
-    }
+    for (int64_t i = 0; i < mr; ++i)
+      for (const T* m : {static_cast<const T*>(c), res})
+        if (m) {
+          const T* row = m + (i0 + i) * ldc;
+          prefetch_run<1>(row + off, GemmBlocking<T>::NR);
+          prefetch_run<2>(row + ahead, GemmBlocking<T>::NR);
+        }
   }
   void operator()(int64_t i0, int64_t mr, int64_t j0, int64_t nr, const T* tile, bool first, bool last) const {
     constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
@@ -815,8 +815,10 @@ void gemm_run(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB&
             pack_b(k0, kc, j0 + jp * NR, nr, bp);
             // the next panel's sources (rows a plane apart: one stream each, more than the hardware
             // prefetcher follows) come into L2 while this one runs against every M panel
-            if constexpr (HasSourcePrefetch<PackB>::value)
-              if ((jp + 1) * NR < ncur) pack_b.source_prefetch(j0 + (jp + 1) * NR, imin(NR, ncur - (jp + 1) * NR), k0, kc);
+            if constexpr (HasSourcePrefetch<PackB>::value) {
+              const int64_t next = (jp + 1) * NR;
+              if (next < ncur) pack_b.source_prefetch(j0 + next, imin(NR, ncur - next), k0, kc);
+            }
           }
           for (int64_t ip = ic; ip < ic_end; ++ip) {
             out.prefetch(ip * MR, imin(MR, M - ip * MR), j0 + jp * NR);
