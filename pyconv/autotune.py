@@ -28,12 +28,14 @@ algo='auto' has two modes:
        reductions. Where the backend's direct forward is channel-blocked and the layer has at least
        32 input channels per group (BLOCKED_DIRECT_MIN_INPUT_CHANNELS; on fewer, RGB stems included,
        im2col is 1.1-1.8x ahead): direct without gradients (the same micro-kernel with no im2col
-       panels; stride-2 3x3 layers 1.0-1.18x im2col, both with prepared weights), "direct/im2col"
-       with them ("direct/direct/im2col" at stride 1, where direct's grad-input is the blocked kernel
-       too; direct's grad-weight is slower than im2col's);
+       panels; stride-2 3x3 layers 1.0-1.18x im2col, both with prepared weights), and with them
+       "direct/direct/im2col" where direct's grad-input is the blocked kernel too (stride 1, or
+       strided with dilation 1 and a kernel at least the stride: one stride-1 convolution per output
+       phase; ResNet's stride-2 3x3 layers at batch 8 0.70-0.83x im2col's grad-input time),
+       "direct/im2col" otherwise (direct's grad-weight is slower than im2col's);
     5. everything else -> direct, or im2col where the backend's direct forward would be
-       channel-blocked (such a short reduction has few input channels: see rule 4; direct's strided
-       grad-input runs row loops, MobileNetV2's 3 -> 32 stride-2 stem at batch 8: forward + both
+       channel-blocked (such a short reduction has few input channels: see rule 4; direct's
+       grad-input of a narrow strided layer runs row loops, MobileNetV2's 3 -> 32 stride-2 stem at batch 8: forward + both
        gradients 35 ms, 14 with the gradients on im2col; torch 15).
   A plan "<forward>/<gradients>" or "<forward>/<grad-input>/<grad-weight>" runs each pass with its
   algorithm (the ops take plans; so does algo= for a user who wants one).
@@ -113,6 +115,13 @@ def _first_winograd(have) -> Optional[str]:
     return next((a for a in ("winograd", "winograd_4x4", "winograd_2x2") if a in have), None)
 
 
+def _phased_grad_input(shape: ConvShape) -> bool:
+    """Whether the channel-blocked grad-input takes this strided shape (conv_blocked.cpp's
+    backward_input_phased): dilation 1 and a kernel at least as wide as the stride, so that every
+    output phase has a tap."""
+    return ((shape.dil_h, shape.dil_w) == (1, 1) and shape.R >= shape.stride_h and shape.S >= shape.stride_w)
+
+
 def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda: False,
                prepared: bool = False) -> AlgoChoice:
     """The shape rule for 'auto' (see the module docstring); returns the algorithm and the rule.
@@ -169,6 +178,10 @@ def _heuristic(shape: ConvShape, have, grad: bool = False, blocked_direct=lambda
             if (shape.stride_h, shape.stride_w) == (1, 1):
                 return pick("direct/direct/im2col", f"wide stride-1 layer, {cg}->{kg} channels per group: forward "
                                                     f"and grad-input channel-blocked direct, grad-weight GEMM")
+            if _phased_grad_input(shape):
+                return pick("direct/direct/im2col", f"wide strided layer, {cg}->{kg} channels per group: forward "
+                                                    f"channel-blocked direct, grad-input too (one stride-1 "
+                                                    f"convolution per output phase), grad-weight GEMM")
             return pick("direct/im2col", f"wide layer, {cg}->{kg} channels per group: forward channel-blocked "
                                          f"direct (no im2col panels), gradients GEMM")
         if "im2col" in have:

@@ -50,11 +50,16 @@ def test_heuristic_rules_and_explanation(monkeypatch):
     one = autotune.choose_auto(shape_of(1, 24, 8, 8, 144, 1, 1), "cpp")
     assert one.algo == "im2col" and "1x1" in one.rule
     # wide layers: the channel-blocked direct kernel where the backend has it (cpp from 8 output
-    # channels per group), its forward only with gradients ("direct/im2col"); else GEMM
+    # channels per group), with gradients its grad-input too where that kernel takes the stride (one
+    # stride-1 convolution per output phase: dilation 1, kernel >= stride), else only its forward
+    # ("direct/im2col"); else GEMM
     blocked = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp")
     assert blocked.algo == "direct" and "channel-blocked" in blocked.rule
-    wide = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
-    assert wide.algo == "direct/im2col" and "wide" in wide.rule
+    phased = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 3, 3, stride=2), "cpp", grad=True)
+    assert phased.algo == "direct/direct/im2col" and "phase" in phased.rule
+    for dil, R, stride in ((2, 3, 2), (1, 2, 3)):  # dilated, or a kernel narrower than the stride
+        wide = autotune.choose_auto(shape_of(1, 64, 12, 12, 64, R, R, stride=stride, dil=dil), "cpp", grad=True)
+        assert wide.algo == "direct/im2col" and "wide" in wide.rule, (dil, R, stride)
     wide1 = autotune.choose_auto(shape_of(1, 64, 8, 8, 64, 5, 5, pad=2), "cpp", grad=True)  # stride 1: grad-input too
     assert wide1.algo == "direct/direct/im2col" and "grad-input" in wide1.rule
     # fewer than 32 input channels: im2col, with or without gradients (RGB stems, 16-channel layers)

@@ -143,7 +143,17 @@ def test_output_does_not_depend_on_threads(case):
 GRAD_CASES = [c for c in CASES if c[7] == 1] + [
     (2, 16, 6, 7, 24, 1, 1, 1, 1, 1, 1),         # 1x1 with padding: grad-input crops (padding -1)
     (1, 24, 9, 8, 16, 3, 3, 1, (2, 0), 1, 2),    # more padding than the kernel reaches, groups
-    CASES[2],                                    # stride 2: the row kernels
+    # strided: one stride-1 convolution per output phase (dilation 1, kernel >= stride)
+    CASES[2],                                    # stride 2, odd sizes: phases of unequal size
+    CASES[-1],                                   # stride 2, several pixel blocks and panels a phase
+    (2, 16, 12, 11, 32, 4, 4, 2, 1, 1, 1),       # even kernel: 2x2 taps in every phase
+    (1, 24, 11, 13, 16, 5, 5, 3, 2, 1, 1),       # stride 3: 9 phases of 1-2 x 1-2 taps
+    (2, 16, 10, 9, 24, 3, 3, (2, 1), (1, 0), 1, 1),  # stride 2 x 1, asymmetric padding
+    (1, 32, 7, 7, 16, 3, 3, 2, 0, 1, 1),         # no padding: gx's last row and column get no tap
+    (2, 16, 1, 1, 16, 3, 3, 2, 1, 1, 1),         # a 1x1 image: phases without pixels
+    (1, 16, 9, 9, 16, 3, 3, 2, 4, 1, 1),         # padding past the kernel's reach: phases crop gy
+    (2, 36, 9, 9, 68, 3, 3, 2, 1, 1, 2),         # groups of 18 -> 34 (lanes past the channel counts)
+    (2, 16, 12, 12, 16, 3, 3, 2, 1, 2, 1),       # dilation 2: the row kernels
 ]
 
 
@@ -151,8 +161,9 @@ GRAD_CASES = [c for c in CASES if c[7] == 1] + [
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_id)
 def test_gradients_against_torch(case, dtype):
     """Grad-input of a stride-1 layer runs the blocked forward on gy (rotated, channel-transposed
-    filters, padding dil*(R-1) - pad, cropping where that is negative); strided grad-input and
-    grad-weight the row kernels."""
+    filters, padding dil*(R-1) - pad, cropping where that is negative), of a strided one a stride-1
+    blocked convolution per output phase written sh x sw apart (dilated ones and grad-weight the
+    row kernels)."""
     x, w, b, kw = _data(case, dtype)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
@@ -220,10 +231,13 @@ def test_pass_plans_train_against_torch(plan, monkeypatch):
 
 
 def test_gradcheck_float64():
-    """Numerical Jacobians of the blocked forward and stride-1 grad-input (8 channels each side)."""
+    """Numerical Jacobians of the blocked forward and grad-input, stride 1 and 2 (8 channels each side)."""
     torch.manual_seed(0)
     x = torch.randn(1, 8, 4, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(8, 8, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: PF.conv2d(x, w, b, padding=1, algo="direct", backend="cpp"),
                                     (x, w, b))
+    x = torch.randn(1, 8, 7, 6, dtype=torch.float64, requires_grad=True)  # strided: by phases
+    assert torch.autograd.gradcheck(lambda x, w, b: PF.conv2d(x, w, b, stride=2, padding=1, algo="direct",
+                                                              backend="cpp"), (x, w, b))

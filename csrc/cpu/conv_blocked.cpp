@@ -33,6 +33,8 @@
 
 #include <omp.h>
 
+#include <vector>
+
 namespace pyconv {
 namespace PYCONV_ISA {
 namespace {
@@ -65,6 +67,12 @@ struct Blocked {
   int64_t Cb, Kp, Hp, Wp;  // input channel blocks, output panels, padded input rows and columns
   int64_t PQ, nblk;        // output pixels per image, pixel blocks of the batch
   int64_t blk_pixels;      // pixels per block (the last may have fewer)
+  // A phase of a strided grad-input (backward_input_phased) reads an input blocked for all phases
+  // (origin: its (0, 0) in that layout) and writes output pixel (p, q) to row p*ysh + y0h, column
+  // q*ysw + y0w of planes y_h x y_w; a forward has origin 0 and writes its own P x Q planes.
+  int64_t origin = 0;
+  int64_t y_h = 0, y_w = 0, ysh = 1, ysw = 1, y0h = 0, y0w = 0;
+  bool phase = false;
   int64_t image() const { return s.G * Cb * Hp * Wp * L; }  // xb elements per image
 };
 
@@ -76,6 +84,7 @@ Blocked plan(const ConvShape& s) {
   Blocked b{s, narrow, L, ceil_div(s.Cg(), L), ceil_div(s.Kg(), 2 * W), 0, 0, s.P * s.Q, 0, 0};
   b.Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
   b.Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
+  b.y_h = s.P, b.y_w = s.Q;
   return b;
 }
 
@@ -204,27 +213,53 @@ void block_filters(const Blocked& b, const T* w, T* wb) {
   }
 }
 
-// The filters of grad-input's convolution (input channels: the forward's outputs, output channels:
-// its inputs, taps rotated 180 degrees) as panels: wb'[g][cp][kb][r][s][ki][NR] = w[g][kb*W + ki][cp*NR + j]
-// [R-1-r][S-1-s], zero past the channel counts. Each (forward output channel, NR forward input
-// channels) block of w is NR*R*S contiguous values; it is staged in L1 and written out rotated.
+// Where a forward tap goes in grad-input's filters: the phase (an index into the caller's list; a
+// stride-1 layer has one) and the tap within it.
+struct TapDest {
+  int64_t phase, tap;
+};
+
+// The filters of grad-input's convolutions (input channels: the forward's outputs, output channels:
+// its inputs, taps rotated) as panels, one set per phase:
+//   wb_f'[g][cp][kb][tap][ki][NR] = w[g][kb*W + ki][cp*NR + j][the forward tap with dest (f, tap)],
+// zero past the channel counts. Every phase has the same panels and channel blocks (it differs in
+// taps only), so one pass over w serves all of them: per (forward output channel, W of its input
+// channels) the Rf*Sf taps of each are W rows of contiguous values, transposed in registers W taps
+// at a time; each result is one tap for W channels, a vector of its phase's panel (element by
+// element this pass was most of a batch-1 strided grad-input).
 template <typename T>
-void block_filters_transposed(const Blocked& b, int64_t Kf, int64_t Cf, const T* w, T* wb) {
+void block_filters_transposed(const Blocked* const* phases, T* const* wbs, const TapDest* dest, int64_t nphases,
+                              int64_t Kf, int64_t Cf, int64_t RSf, const T* w) {
+  using V = vec_t<T>;
   constexpr int W = Simd<T>::W, NR = 2 * W;
-  const ConvShape& s = b.s;  // grad-input's problem: Cg() = Kf, Kg() = Cf
-  const int64_t L = b.L, RS = s.R * s.S, panel = b.Cb * RS * L * NR;
+  const Blocked& b0 = *phases[0];  // grad-input's problem: Cg() = Kf, Kg() = Cf
+  const int64_t L = b0.L;
 #pragma omp for schedule(static) nowait
-  for (int64_t gc = 0; gc < s.G * b.Kp; ++gc) {
-    const int64_t g = gc / b.Kp, cp = gc % b.Kp, c0 = cp * NR, cn = imin(NR, Cf - c0);
-    T* out = wb + gc * panel;
+  for (int64_t gc = 0; gc < b0.s.G * b0.Kp; ++gc) {
+    const int64_t g = gc / b0.Kp, cp = gc % b0.Kp, c0 = cp * NR, cn = imin(NR, Cf - c0);
     if (cn < NR || Kf % L)
-      for (int64_t e = 0; e < panel; ++e) out[e] = T(0);
-    for (int64_t k = 0; k < Kf; ++k) {
-      const T* src = w + ((g * Kf + k) * Cf + c0) * RS;  // [cn][RS]
-      T* dst = out + (k / L * RS * L + k % L) * NR;     // + rs * L * NR + j
-      for (int64_t rs = 0; rs < RS; ++rs)
-        for (int64_t j = 0; j < cn; ++j) dst[rs * L * NR + j] = src[j * RS + (RS - 1 - rs)];
-    }
+      for (int64_t f = 0; f < nphases; ++f) {
+        const int64_t panel = b0.Cb * phases[f]->s.R * phases[f]->s.S * L * NR;
+        for (int64_t e = 0; e < panel; ++e) wbs[f][gc * panel + e] = T(0);
+      }
+    for (int64_t k = 0; k < Kf; ++k)
+      for (int h = 0; h * W < cn; ++h) {
+        const int64_t ch = imin(W, cn - h * W);
+        const T* src = w + ((g * Kf + k) * Cf + c0 + h * W) * RSf;  // [ch][RSf]
+        for (int64_t t0 = 0; t0 < RSf; t0 += W) {
+          const int64_t nt = imin(W, RSf - t0);
+          const LaneMask<T> taps(0, nt);
+          V r[W];
+          for (int l = 0; l < W; ++l) r[l] = l < ch ? vload_masked(src + l * RSf + t0, taps) : V{};
+          vtranspose(r);
+          for (int m = 0; m < nt; ++m) {
+            const TapDest d = dest[t0 + m];
+            if (d.phase < 0) continue;  // a phase without pixels
+            const int64_t RS = phases[d.phase]->s.R * phases[d.phase]->s.S;
+            vstore(wbs[d.phase] + gc * b0.Cb * RS * L * NR + ((k / L * RS + d.tap) * L + k % L) * NR + h * W, r[m]);
+          }
+        }
+      }
   }
 }
 
@@ -453,6 +488,68 @@ TileKernel<T> tile_kernel_for(int64_t lanes) {
   return &BlkKernel<T, L>::run;
 }
 
+// A problem's (channel block, tap) pairs as byte offsets from a chunk's origin, in the filters'
+// order: a whole chunk's table, then the last chunk's (as deltas closed by kTapEnd where
+// kTapDeltas; the same table otherwise).
+struct Taps {
+  int64_t chunk;  // channel blocks a chunk (its filters stay in L1)
+  const int64_t* offs;
+  const int64_t* offs_last;
+};
+
+template <typename T>
+int64_t taps_chunk(const Blocked& b) {
+  return imin(b.Cb, imax(1, kChunkBytes / (b.s.R * b.s.S * b.L * 2 * Simd<T>::W * int64_t(sizeof(T)))));
+}
+
+// int64 values fill_taps writes.
+template <typename T>
+int64_t taps_numel(const Blocked& b) {
+  return 2 * (taps_chunk<T>(b) * b.s.R * b.s.S + 1);
+}
+
+template <typename T>
+Taps fill_taps(const Blocked& b, int64_t* offs) {
+  const ConvShape& s = b.s;
+  const int64_t RS = s.R * s.S, chunk = taps_chunk<T>(b);
+  const int64_t pairs = chunk * RS, last_pairs = (b.Cb - (ceil_div(b.Cb, chunk) - 1) * chunk) * RS;
+  for (int64_t cbi = 0; cbi < chunk; ++cbi)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t c = 0; c < s.S; ++c)
+        offs[(cbi * s.R + r) * s.S + c] =
+            ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * b.L * int64_t(sizeof(T));
+  int64_t* offs_last = offs;
+  if constexpr (kTapDeltas) {
+    // dst[j] = offs[j] - offs[j-1] for j < n, then kTapEnd; from the top down, so dst may be offs
+    auto deltas = [offs](int64_t n, int64_t* dst) {
+      for (int64_t j = n - 1; j >= 0; --j) dst[j] = offs[j] - (j > 0 ? offs[j - 1] : 0);
+      dst[n] = kTapEnd;
+    };
+    offs_last = offs + pairs + 1;
+    deltas(last_pairs, offs_last);
+    deltas(pairs, offs);
+  }
+  return Taps{chunk, offs, offs_last};
+}
+
+// A phase's tile rows [i0, i0 + len) (pixels pq0.. of image n) -> its pixels of gx, ysw apart in a
+// row; element by element (the phase's W consecutive pixels are not contiguous in gx).
+template <typename T>
+void store_segment_phase(const Blocked& b, const T* tile, int64_t i0, int64_t len, int64_t n, int64_t pq0,
+                         int64_t g, int64_t k0, int64_t kn, T* y) {
+  constexpr int NR = 2 * Simd<T>::W;
+  const int64_t Q = b.s.Q, plane = b.y_h * b.y_w, ysw = b.ysw;
+  T* yk = y + ((n * b.s.G + g) * b.s.Kg() + k0) * plane;
+  for (int64_t i = 0; i < len;) {
+    const int64_t p = (pq0 + i) / Q, q = (pq0 + i) % Q, run = imin(Q - q, len - i);
+    T* dst = yk + (p * b.ysh + b.y0h) * b.y_w + q * ysw + b.y0w;
+    const T* src = tile + (i0 + i) * NR;
+    for (int64_t l = 0; l < kn; ++l)
+      for (int64_t j = 0; j < run; ++j) dst[l * plane + j * ysw] = src[j * NR + l];
+    i += run;
+  }
+}
+
 // Tile rows [i0, i0 + len) -> y[n, gK + k0 + l, pq0 + (0..len)] for the kn channels of the panel:
 // W pixels x W channels at a time through a register transpose; then the bias, the statistics
 // (before the epilogue, one partial per channel and pixel block) and the epilogue, while in cache.
@@ -461,6 +558,7 @@ void store_segment(const Blocked& b, const T* tile, int64_t i0, int64_t len, int
                    int64_t k0, int64_t kn, const T* bias, T* y, double* part, const ConvEpilogue<T>& ep) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::W, NR = 2 * W;
+  if (b.phase) return store_segment_phase(b, tile, i0, len, n, pq0, g, k0, kn, y);
   const int64_t Kg = b.s.Kg();
   T* yk = y + ((n * b.s.G + g) * Kg + k0) * b.PQ + pq0;
   const T* tl = tile + i0 * NR;
@@ -498,8 +596,7 @@ void store_segment(const Blocked& b, const T* tile, int64_t i0, int64_t len, int
 // channels [kp*NR, kp*NR + NR) of group g. The filter chunk in L1 serves every image of the block.
 template <typename T>
 void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, double* part, const ConvEpilogue<T>& ep,
-              const int64_t* offs, const int64_t* offs_last, int64_t chunk, int64_t g, int64_t kp, int64_t blk,
-              T* tile) {
+              const Taps& taps, int64_t g, int64_t kp, int64_t blk, T* tile) {
   constexpr int W = Simd<T>::W, NR = 2 * W;
   const ConvShape& s = b.s;
   const int64_t RS = s.R * s.S, cb_stride = b.Hp * b.Wp * b.L, cb_filters = RS * b.L * NR;
@@ -511,7 +608,7 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
   const int64_t P = s.P, Q = s.Q, step = s.stride_w * b.L, row_step = s.stride_h * b.Wp * b.L, image = b.image();
   for (int64_t i = 0, n = pix0 / b.PQ, p = pix0 % b.PQ / Q; i < npix;) {
     const int64_t q0 = (pix0 + i) % Q, len = imin(Q - q0, npix - i);
-    int64_t at = n * image + p * row_step + q0 * step;
+    int64_t at = b.origin + n * image + p * row_step + q0 * step;
     for (int64_t j = 0; j < len; ++j, at += step) pixel_at[i + j] = at;
     i += len;
     if (++p == P) p = 0, ++n;
@@ -519,6 +616,7 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
   const TileKernel<T> kernel = tile_kernel_for<T>(b.L);
   const T* xg = xb + g * b.Cb * cb_stride;
   const T* wk = wb + (g * b.Kp + kp) * b.Cb * cb_filters;
+  const int64_t chunk = taps.chunk;
   for (int64_t cb0 = 0; cb0 < b.Cb; cb0 += chunk) {
     const int64_t ncb = imin(chunk, b.Cb - cb0);
     const T* wc = wk + cb0 * cb_filters;
@@ -533,7 +631,7 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
       for (int u = 0; u < kMR; ++u) px[u] = xc + pixel_at[imin(u0 + u, npix - 1)];  // a short last tile repeats a pixel
       for (int64_t l = u0 / kMR * per_tile; l < imin(next_lines, (u0 / kMR + 1) * per_tile); ++l)
         __builtin_prefetch(next + l * 64);
-      kernel(px, wc, cb0 + ncb == b.Cb ? offs_last : offs, ncb * RS, tile + u0 * NR, cb0 == 0);
+      kernel(px, wc, cb0 + ncb == b.Cb ? taps.offs_last : taps.offs, ncb * RS, tile + u0 * NR, cb0 == 0);
     }
   }
   const int64_t k0 = kp * NR, kn = imin(NR, s.Kg() - k0);
@@ -542,6 +640,89 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
     const int64_t pix = pix0 + i0, pq0 = pix % b.PQ, len = imin(npix - i0, b.PQ - pq0);
     store_segment(b, tile, i0, len, pix / b.PQ, pq0, g, k0, kn, bias, y, pb, ep);
     i0 += len;
+  }
+}
+
+// grad-input of a strided convolution (dilation 1, R >= sh, S >= sw) by phases (the sub-pixel
+// decomposition of a transposed convolution): gx's rows i = a*sh + e (e < sh) take only the forward
+// taps r = r0 + sh*t, r0 = (e + ph) mod sh, from gy's rows p = a + d - t, d = (e + ph - r0) / sh.
+// So each phase (e, f) of gx is a stride-1 convolution of gy with ceil((R - r0)/sh) x
+// ceil((S - c0)/sw) taps of the rotated, channel-transposed filters, padding taps - 1 - d: the
+// blocked forward's kernel at its stride-1 rate, the same FLOPs as the layer's forward, and every
+// pixel of gx written once (im2col's grad-input computes R*S columns per input pixel and adds them
+// back with col2im). The phases read one blocked copy of gy, padded for the phase that reaches
+// furthest, and write their pixels into gx sh rows and sw columns apart.
+template <typename T>
+void backward_input_phased(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  constexpr int NR = 2 * Simd<T>::W;
+  struct Axis {
+    int64_t r0, taps, pad, out;
+  };
+  auto axis = [](int64_t e, int64_t pad, int64_t st, int64_t k, int64_t in) {
+    const int64_t r0 = (e + pad) % st, taps = ceil_div(k - r0, st), d = (e + pad - r0) / st;
+    return Axis{r0, taps, taps - 1 - d, in > e ? ceil_div(in - e, st) : 0};
+  };
+  const int nthr = num_threads();
+  ConvShape t = s;  // gy -> gx: the forward's outputs are the inputs
+  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.stride_h = t.stride_w = 1;
+  std::vector<Blocked> phases;
+  std::vector<TapDest> dest(s.R * s.S, TapDest{-1, 0});
+  for (int64_t e = 0; e < s.stride_h; ++e)
+    for (int64_t f = 0; f < s.stride_w; ++f) {
+      const Axis ah = axis(e, s.pad_h, s.stride_h, s.R, s.H), aw = axis(f, s.pad_w, s.stride_w, s.S, s.W);
+      if (ah.out == 0 || aw.out == 0) continue;
+      ConvShape u = t;
+      u.R = ah.taps, u.S = aw.taps, u.P = ah.out, u.Q = aw.out, u.pad_h = ah.pad, u.pad_w = aw.pad;
+      Blocked b = plan<T>(u);
+      b.phase = true, b.y_h = s.H, b.y_w = s.W, b.ysh = s.stride_h, b.ysw = s.stride_w, b.y0h = e, b.y0w = f;
+      split_pixels(b, nthr);
+      // its taps (t, v) are the forward's (r0h + sh*(R' - 1 - t), r0w + sw*(S' - 1 - v)): rotated
+      for (int64_t tt = 0; tt < u.R; ++tt)
+        for (int64_t v = 0; v < u.S; ++v)
+          dest[(ah.r0 + s.stride_h * (u.R - 1 - tt)) * s.S + aw.r0 + s.stride_w * (u.S - 1 - v)] =
+              TapDest{int64_t(phases.size()), tt * u.S + v};
+      phases.push_back(b);
+    }
+  // one blocked gy for every phase: the largest padding before, the furthest reach after
+  int64_t ph = phases[0].s.pad_h, pw = phases[0].s.pad_w, Hp = 0, Wp = 0;
+  for (const Blocked& b : phases) ph = imax(ph, b.s.pad_h), pw = imax(pw, b.s.pad_w);
+  for (const Blocked& b : phases) Hp = imax(Hp, ph - b.s.pad_h + b.Hp), Wp = imax(Wp, pw - b.s.pad_w + b.Wp);
+  std::vector<int64_t> wofs{0}, tofs{0}, first{0};
+  for (Blocked& b : phases) {
+    b.origin = ((ph - b.s.pad_h) * Wp + pw - b.s.pad_w) * b.L;
+    b.Hp = Hp, b.Wp = Wp;
+    wofs.push_back(wofs.back() + filters_numel<T>(b));
+    tofs.push_back(tofs.back() + taps_numel<T>(b));
+    first.push_back(first.back() + b.s.G * b.Kp * b.nblk);
+  }
+  Blocked padded = phases[0];  // what block_input reads: gy's size, the common padding
+  padded.s.pad_h = ph, padded.s.pad_w = pw;
+  Workspace xbw(checked_bytes(s.N * padded.image(), sizeof(T)));
+  Workspace wbw(checked_bytes(wofs.back(), sizeof(T)));
+  Workspace offw(checked_bytes(tofs.back(), sizeof(int64_t)));
+  std::vector<Taps> taps;
+  for (size_t f = 0; f < phases.size(); ++f) taps.push_back(fill_taps<T>(phases[f], offw.as<int64_t>() + tofs[f]));
+  const int64_t tile_elems = kBlockPixels * NR + kBlockPixels * int64_t(sizeof(int64_t) / sizeof(T));
+  Workspace tiles(checked_bytes(nthr * tile_elems, sizeof(T)));
+  std::vector<const Blocked*> bs;
+  std::vector<T*> wbs;
+  for (size_t f = 0; f < phases.size(); ++f) bs.push_back(&phases[f]), wbs.push_back(wbw.as<T>() + wofs[f]);
+  const ConvEpilogue<T> none{};
+  // Phases differ in taps (a 3x3 stride 2: 4, 2, 2, 1): tasks are handed out as threads free up.
+#pragma omp parallel num_threads(nthr)
+  {
+    block_input(padded, gy, xbw.as<T>());
+    block_filters_transposed(bs.data(), wbs.data(), dest.data(), int64_t(phases.size()), s.Kg(), s.Cg(), s.R * s.S, w);
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < first.back(); ++task) {
+      size_t f = 0;
+      while (task >= first[f + 1]) ++f;
+      const Blocked& b = phases[f];
+      const int64_t i = task - first[f], kp = i % b.Kp, blk = i / b.Kp % b.nblk, g = i / (b.Kp * b.nblk);
+      run_task(b, xbw.as<T>(), wbw.as<T>() + wofs[f], static_cast<const T*>(nullptr), gx, nullptr, none, taps[f], g,
+               kp, blk, tiles.as<T>() + omp_get_thread_num() * tile_elems);
+    }
   }
 }
 
@@ -588,32 +769,11 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   const int nthr = num_threads();
   Blocked b = plan<T>(s);
   split_pixels(b, nthr);
-  const int64_t RS = s.R * s.S;
   Workspace xbw(checked_bytes(s.N * b.image(), sizeof(T)));
   Workspace wbw(prepared ? 0 : checked_bytes(filters_numel<T>(b), sizeof(T)));
   const T* wb = prepared ? prepared + kPreparedHeader : wbw.as<T>();
-  // byte offsets of a chunk's (channel block, tap) pairs from its origin, in the filters' order
-  const int64_t chunk = imin(b.Cb, imax(1, kChunkBytes / (RS * b.L * NR * int64_t(sizeof(T)))));
-  // (as deltas, kTapDeltas: a whole chunk's, then the last chunk's, each closed by kTapEnd)
-  const int64_t pairs = chunk * RS, last_pairs = (b.Cb - (ceil_div(b.Cb, chunk) - 1) * chunk) * RS;
-  Workspace offw(checked_bytes(2 * (pairs + 1), sizeof(int64_t)));
-  int64_t* offs = offw.as<int64_t>();
-  for (int64_t cbi = 0; cbi < chunk; ++cbi)
-    for (int64_t r = 0; r < s.R; ++r)
-      for (int64_t c = 0; c < s.S; ++c)
-        offs[(cbi * s.R + r) * s.S + c] =
-            ((cbi * b.Hp + r * s.dil_h) * b.Wp + c * s.dil_w) * b.L * int64_t(sizeof(T));
-  int64_t* offs_last = offs;
-  if constexpr (kTapDeltas) {
-    // dst[j] = offs[j] - offs[j-1] for j < n, then kTapEnd; from the top down, so dst may be offs
-    auto deltas = [offs](int64_t n, int64_t* dst) {
-      for (int64_t j = n - 1; j >= 0; --j) dst[j] = offs[j] - (j > 0 ? offs[j - 1] : 0);
-      dst[n] = kTapEnd;
-    };
-    offs_last = offs + pairs + 1;
-    deltas(last_pairs, offs_last);
-    deltas(pairs, offs);
-  }
+  Workspace offw(checked_bytes(taps_numel<T>(b), sizeof(int64_t)));
+  const Taps taps = fill_taps<T>(b, offw.as<int64_t>());
   Workspace partw(stats ? checked_bytes(2 * s.K * b.nblk, sizeof(double)) : 0);
   double* part = stats ? partw.as<double>() : nullptr;
   // a thread's [pixel][NR] tile, then its pixels' input offsets (int64)
@@ -638,7 +798,7 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t kp = t % b.Kp, blk = t / b.Kp % b.nblk, g = t / (b.Kp * b.nblk);
-      run_task(b, xbw.as<T>(), wb, bias, y, part, ep, offs, offs_last, chunk, g, kp, blk,
+      run_task(b, xbw.as<T>(), wb, bias, y, part, ep, taps, g, kp, blk,
                tiles.as<T>() + omp_get_thread_num() * tile_elems);
     }
   }
@@ -647,13 +807,16 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
 
 template <typename T>
 bool conv_blocked_backward_input_applies(const ConvShape& s) {
-  // its output channels are the forward's inputs: a narrow forward would fill 3 of 16 panel columns
-  return s.stride_h == 1 && s.stride_w == 1 && s.Cg() >= conv_blocked_min_channels<T>() &&
-         s.Kg() >= conv_blocked_min_channels<T>();
+  // its output channels are the forward's inputs: a narrow forward would fill 3 of 16 panel columns;
+  // strided layers by phases, each with at least one tap
+  const bool stride1 = s.stride_h == 1 && s.stride_w == 1;
+  const bool phased = s.dil_h == 1 && s.dil_w == 1 && s.R >= s.stride_h && s.S >= s.stride_w;
+  return (stride1 || phased) && s.Cg() >= conv_blocked_min_channels<T>() && s.Kg() >= conv_blocked_min_channels<T>();
 }
 
 // grad-input of a stride-1 convolution = a forward convolution of gy (K channels) with the rotated,
-// channel-transposed filters, padding dil*(R-1) - pad (negative: crop), dilation kept.
+// channel-transposed filters, padding dil*(R-1) - pad (negative: crop), dilation kept; strided
+// layers by phases (backward_input_phased).
 template <typename T>
 void conv_blocked_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return;
@@ -664,10 +827,15 @@ void conv_blocked_backward_input(const ConvShape& s, const T* gy, const T* w, T*
     for (int64_t e = 0; e < s.N * s.C * s.H * s.W; ++e) gx[e] = T(0);
     return;
   }
+  if (s.stride_h > 1 || s.stride_w > 1) return backward_input_phased(s, gy, w, gx);
   const Blocked b = plan<T>(t);
   Workspace wt(checked_bytes(kPreparedHeader + filters_numel<T>(b), sizeof(T)));
+  std::vector<TapDest> dest(s.R * s.S);  // rotated 180 degrees
+  for (int64_t f = 0; f < s.R * s.S; ++f) dest[f] = TapDest{0, s.R * s.S - 1 - f};
+  const Blocked* bs[1] = {&b};
+  T* wbs[1] = {wt.as<T>() + kPreparedHeader};
 #pragma omp parallel num_threads(num_threads())
-  block_filters_transposed(b, s.Kg(), s.Cg(), w, wt.as<T>() + kPreparedHeader);
+  block_filters_transposed(bs, wbs, dest.data(), 1, s.Kg(), s.Cg(), s.R * s.S, w);
   conv_blocked_forward(t, gy, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), gx, nullptr,
                        wt.as<T>(), ConvEpilogue<T>{});
 }

@@ -20,7 +20,9 @@ PYCONV_FOR_EACH_ISA(
   void conv_blocked_prepare_weight(const ConvShape& s, const T* w, T* prepared);
   template <typename T>
   bool conv_blocked_prepared_fits(const ConvShape& s, const T* prepared);
-  // grad-input of a stride-1 convolution it takes, as its forward on gy with rotated, transposed filters.
+  // grad-input of a convolution it takes, as its forward on gy with rotated, transposed filters: stride
+  // 1 (any dilation) in one convolution, strides sh x sw (dilation 1, R >= sh, S >= sw) in sh*sw
+  // stride-1 phases.
   template <typename T>
   bool conv_blocked_backward_input_applies(const ConvShape& s);
   template <typename T>
