@@ -592,6 +592,13 @@ void store_segment(const Blocked& b, const T* tile, int64_t i0, int64_t len, int
   }
 }
 
+// Elements of a thread's scratch for run_task: the [pixel][NR] tile, then its pixels' input
+// offsets (int64).
+template <typename T>
+constexpr int64_t task_scratch_elems() {
+  return kBlockPixels * 2 * Simd<T>::W + kBlockPixels * int64_t(sizeof(int64_t) / sizeof(T));
+}
+
 // One task: output pixels [pix0, pix0 + npix) of the batch (images follow each other), output
 // channels [kp*NR, kp*NR + NR) of group g. The filter chunk in L1 serves every image of the block.
 template <typename T>
@@ -654,7 +661,6 @@ void run_task(const Blocked& b, const T* xb, const T* wb, const T* bias, T* y, d
 // furthest, and write their pixels into gx sh rows and sw columns apart.
 template <typename T>
 void backward_input_phased(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  constexpr int NR = 2 * Simd<T>::W;
   struct Axis {
     int64_t r0, taps, pad, out;
   };
@@ -702,7 +708,7 @@ void backward_input_phased(const ConvShape& s, const T* gy, const T* w, T* gx) {
   Workspace offw(checked_bytes(tofs.back(), sizeof(int64_t)));
   std::vector<Taps> taps;
   for (size_t f = 0; f < phases.size(); ++f) taps.push_back(fill_taps<T>(phases[f], offw.as<int64_t>() + tofs[f]));
-  const int64_t tile_elems = kBlockPixels * NR + kBlockPixels * int64_t(sizeof(int64_t) / sizeof(T));
+  const int64_t tile_elems = task_scratch_elems<T>();
   Workspace tiles(checked_bytes(nthr * tile_elems, sizeof(T)));
   std::vector<const Blocked*> bs;
   std::vector<T*> wbs;
@@ -762,7 +768,6 @@ bool conv_blocked_prepared_fits(const ConvShape& s, const T* prepared) {
 template <typename T>
 void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, double* stats,
                           const T* prepared, const ConvEpilogue<T>& ep) {
-  constexpr int W = Simd<T>::W, NR = 2 * W;
   if (stats)
     for (int64_t i = 0; i < 2 * s.K; ++i) stats[i] = 0;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return;
@@ -776,8 +781,7 @@ void conv_blocked_forward(const ConvShape& s, const T* x, const T* w, const T* b
   const Taps taps = fill_taps<T>(b, offw.as<int64_t>());
   Workspace partw(stats ? checked_bytes(2 * s.K * b.nblk, sizeof(double)) : 0);
   double* part = stats ? partw.as<double>() : nullptr;
-  // a thread's [pixel][NR] tile, then its pixels' input offsets (int64)
-  const int64_t tile_elems = kBlockPixels * NR + kBlockPixels * int64_t(sizeof(int64_t) / sizeof(T));
+  const int64_t tile_elems = task_scratch_elems<T>();
   Workspace tiles(checked_bytes(nthr * tile_elems, sizeof(T)));
   if (part)  // a block may hold several segments of a channel: they add up in its partial
     for (int64_t i = 0; i < 2 * s.K * b.nblk; ++i) part[i] = 0;
